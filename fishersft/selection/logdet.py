@@ -1,0 +1,57 @@
+"""The FisherSFT objective f(S) = log det Sigma(S), Sigma(S) = lambda*I + sum_{i in S} X_i^T X_i.
+
+By the matrix determinant lemma the gain of adding example i is
+
+    f(S + i) - f(S) = log det(I + X_i Sigma^-1 X_i^T) = log det(I + A_i A_i^T),   A_i = X_i L^-T,
+
+where Sigma = L L^T. We keep W = L^-1, so A_i is one matrix product and a batch of candidates is a few batched
+products plus one batched Cholesky of small n_i x n_i matrices.
+
+Sigma and its factor are accumulated in float64; the products over candidates run in float32 (three times the
+throughput on CPU; features are float16 to begin with), and each gain is summed in float64.
+"""
+
+import torch
+from torch import Tensor
+
+from fishersft.selection.blocks import FeatureBlocks
+
+
+class LogDetObjective:
+    """Sigma for the examples added so far, its inverse Cholesky factor, and the gains of candidates."""
+
+    def __init__(self, blocks: FeatureBlocks, lam: float) -> None:
+        if not lam > 0:
+            raise ValueError(f"lambda must be positive, got {lam}")
+        self.blocks = blocks
+        self.sigma = lam * torch.eye(blocks.dim, dtype=torch.float64)
+        self.evaluations = 0
+        self._factor()
+
+    def _factor(self) -> None:
+        self.chol = torch.linalg.cholesky(self.sigma)
+        identity = torch.eye(self.blocks.dim, dtype=torch.float64)
+        inv_chol = torch.linalg.solve_triangular(self.chol, identity, upper=False)
+        self.inv_chol_t = inv_chol.T.to(torch.float32).contiguous()
+
+    def gains(self, idx: Tensor) -> Tensor:
+        """log det(I + X_i Sigma^-1 X_i^T) for each example index in `idx`, as float64."""
+        out = torch.empty(len(idx), dtype=torch.float64)
+        for where, block in self.blocks.by_bucket(idx):
+            a = block @ self.inv_chol_t
+            gram = a @ a.transpose(1, 2)
+            gram.diagonal(dim1=1, dim2=2).add_(1.0)
+            diagonal = torch.linalg.cholesky(gram).diagonal(dim1=1, dim2=2)
+            out[where] = 2 * diagonal.to(torch.float64).log().sum(-1)
+        self.evaluations += len(idx)
+        return out
+
+    def add(self, i: int) -> None:
+        """Add example i to the design: Sigma += X_i^T X_i, then refactor."""
+        block = self.blocks.block(i)
+        self.sigma += block.T @ block
+        self._factor()
+
+    def value(self) -> float:
+        """f(S) = log det Sigma(S)."""
+        return float(2 * self.chol.diagonal().log().sum())
