@@ -40,13 +40,25 @@ def naive_greedy(blocks, k, lam):
     chosen: list[int] = []
     for _ in range(k):
         base = logdet_of(blocks, chosen, lam)
-        gains = [(logdet_of(blocks, chosen + [i], lam) - base, -i) for i in range(len(blocks)) if i not in chosen]
+        gains = [(logdet_of(blocks, [*chosen, i], lam) - base, -i) for i in range(len(blocks)) if i not in chosen]
         chosen.append(-max(gains)[1])
     return chosen
 
 
 def test_padded_rows_is_the_smallest_bucket_that_fits():
-    assert [padded_rows(n) for n in (1, 8, 9, 16, 17, 24, 25, 33, 48, 49, 65)] == [8, 8, 16, 16, 24, 24, 32, 48, 48, 64, 96]
+    assert [padded_rows(n) for n in (1, 8, 9, 16, 17, 24, 25, 33, 48, 49, 65)] == [
+        8,
+        8,
+        16,
+        16,
+        24,
+        24,
+        32,
+        48,
+        48,
+        64,
+        96,
+    ]
 
 
 def test_gains_match_the_matrix_determinant_lemma_from_scratch():
@@ -152,6 +164,6 @@ def test_random_is_seeded_and_reports_true_gains():
 
 
 def test_budget_larger_than_the_dataset_selects_everything():
-    features, offsets, blocks = random_dataset(6, n=8)
+    features, offsets, _blocks = random_dataset(6, n=8)
     assert sorted(select(features, offsets, Budget(examples=100)).indices) == list(range(8))
     assert select(features, offsets, Budget(examples=0)).indices == []

@@ -28,8 +28,8 @@ class Objective(Protocol):
     def add(self, i: int) -> None: ...
 
 
-StepCallback = Callable[[int], None]
-"""Called with the number of picks made so far after every pick (progress, cancellation)."""
+StepCallback = Callable[[float], None]
+"""Called after every pick with the budget spent so far (progress, cancellation)."""
 
 
 @dataclass
@@ -61,7 +61,7 @@ def exact_greedy(
         remaining[order[-1]] = False
         left -= float(costs[order[-1]])
         if on_step:
-            on_step(len(order))
+            on_step(limit - left)
     return _better_than_best_single(GreedyResult(order, gains), singles)
 
 
@@ -105,7 +105,7 @@ def lazy_greedy(
         _pick(objective, top, last_gain[top], order, gains)
         left -= cost[top]
         if on_step:
-            on_step(len(order))
+            on_step(limit - left)
     return _better_than_best_single(GreedyResult(order, gains), singles)
 
 

@@ -100,5 +100,5 @@ def _random_order(
             order.append(i)
             left -= cost[i]
             if on_step:
-                on_step(len(order))
+                on_step(limit - left)
     return GreedyResult(order, gains)

@@ -1,0 +1,156 @@
+"""Read SFT datasets: JSONL, one example per line, in one of three shapes.
+
+- prompt/response: {"id"?, "prompt": str, "response": str}: SFT trains on the response, given the prompt.
+- chat:            {"id"?, "messages": [{"role": str, "content": str}, ...]}: trains on the assistant turns.
+- text:            {"id"?, "text": str}: trains on every token.
+
+`id` (a string or an integer) defaults to the 0-based line number. Other keys are ignored. Every line of a file
+must have the same shape. Blank lines are skipped.
+"""
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from fishersft.errors import DatasetError, LineError
+
+Shape = Literal["prompt_response", "messages", "text"]
+ExampleId = str | int
+SHAPE_KEYS: dict[Shape, tuple[str, ...]] = {
+    "prompt_response": ("prompt", "response"),
+    "messages": ("messages",),
+    "text": ("text",),
+}
+SHAPE_NAMES: dict[Shape, str] = {"prompt_response": "prompt/response", "messages": "chat messages", "text": "text"}
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class Example:
+    id: ExampleId
+    line: int
+    """1-based line number in the source file."""
+    shape: Shape
+    prompt: str = ""
+    response: str = ""
+    text: str = ""
+    messages: tuple[Message, ...] = field(default=())
+
+
+class _BadLine(Exception):
+    pass
+
+
+def read_jsonl(path: str | Path, max_errors: int = 20) -> list[Example]:
+    with open(path, "rb") as f:
+        return read_examples(f, max_errors=max_errors)
+
+
+def read_examples(lines: Iterable[bytes | str], max_errors: int = 20) -> list[Example]:
+    """Parse and validate every line; raise DatasetError listing the first `max_errors` problems."""
+    examples: list[Example] = []
+    errors: list[LineError] = []
+    seen: dict[str, int] = {}
+    shape: tuple[Shape, int] | None = None  # the dataset's shape and the line that set it
+    for number, raw in enumerate(lines, start=1):
+        if len(errors) > max_errors:
+            raise DatasetError(errors[:max_errors], more=True)
+        try:
+            record = _parse(raw)
+            if record is None:
+                continue
+            example = _example(record, number)
+            if shape is None:
+                shape = (example.shape, number)
+            elif example.shape != shape[0]:
+                raise _BadLine(
+                    f"mixed shapes: this line is {SHAPE_NAMES[example.shape]} but line {shape[1]} is "
+                    f"{SHAPE_NAMES[shape[0]]}; use one shape per file"
+                )
+            key = str(example.id)
+            if key in seen:
+                raise _BadLine(f"duplicate id {example.id!r} (first used on line {seen[key]})")
+            seen[key] = number
+            examples.append(example)
+        except _BadLine as e:
+            errors.append(LineError(number, str(e)))
+    if errors:
+        raise DatasetError(errors[:max_errors], more=len(errors) > max_errors)
+    if not examples:
+        raise DatasetError([LineError(1, "the dataset is empty: no examples found")])
+    return examples
+
+
+def _parse(raw: bytes | str) -> dict[str, Any] | None:
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError as e:
+        raise _BadLine(f"not UTF-8 text (byte {e.start})") from None
+    if not text.strip():
+        return None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise _BadLine(f"not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(record, dict):
+        raise _BadLine(f"expected a JSON object, got {type(record).__name__}")
+    return record
+
+
+def _example(record: dict[str, Any], number: int) -> Example:
+    present = [shape for shape, keys in SHAPE_KEYS.items() if any(k in record for k in keys)]
+    if not present:
+        keys = ", ".join(sorted(record)) or "none"
+        raise _BadLine(f'unknown shape: expected "prompt"+"response", "messages" or "text"; got keys: {keys}')
+    if len(present) > 1:
+        names = " and ".join(SHAPE_NAMES[s] for s in present)
+        raise _BadLine(f"ambiguous shape: the object has fields of both {names}")
+    example_id = record.get("id", number - 1)
+    if isinstance(example_id, bool) or not isinstance(example_id, str | int):
+        raise _BadLine(f'"id" must be a string or an integer, got {json.dumps(example_id)}')
+    shape = present[0]
+    if shape == "prompt_response":
+        return Example(
+            example_id,
+            number,
+            shape,
+            prompt=_string(record, "prompt", empty_ok=True),
+            response=_string(record, "response"),
+        )
+    if shape == "text":
+        return Example(example_id, number, shape, text=_string(record, "text"))
+    return Example(example_id, number, shape, messages=_messages(record["messages"]))
+
+
+def _string(record: dict[str, Any], key: str, empty_ok: bool = False) -> str:
+    if key not in record:
+        raise _BadLine(f'missing field "{key}"')
+    value = record[key]
+    if not isinstance(value, str):
+        raise _BadLine(f'"{key}" must be a string, got {type(value).__name__}')
+    if not empty_ok and not value.strip():
+        raise _BadLine(f'empty "{key}": there is nothing to train on')
+    return value
+
+
+def _messages(value: Any) -> tuple[Message, ...]:
+    if not isinstance(value, list) or not value:
+        raise _BadLine('"messages" must be a non-empty list of {"role", "content"} objects')
+    messages = []
+    for k, message in enumerate(value):
+        if not isinstance(message, dict):
+            raise _BadLine(f"messages[{k}] must be an object")
+        for key in ("role", "content"):
+            if not isinstance(message.get(key), str):
+                raise _BadLine(f'messages[{k}] needs a string "{key}"')
+        messages.append(Message(message["role"], message["content"]))
+    if not any(m.role == "assistant" and m.content.strip() for m in messages):
+        raise _BadLine('no non-empty "assistant" message: there is nothing to train on')
+    return tuple(messages)

@@ -1,0 +1,154 @@
+"""Feature files: one flat [tokens x d] array, `offsets` [N+1] (example i owns rows offsets[i]:offsets[i+1])
+and the example ids.
+
+Three layouts are read:
+- a features store, the directory the embedder writes: features.npy (float16, memory-mapped), offsets.npy and
+  ids.json;
+- `.npz` with arrays `features`, `offsets` and optionally `ids`;
+- `.safetensors` with tensors `features`, `offsets` and optionally `ids` (integers), or string ids as a JSON
+  list in the metadata key `ids`.
+Without ids, example i has id i.
+"""
+
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+
+from fishersft.dataset import ExampleId
+from fishersft.errors import InputError
+
+FEATURES_FILE, OFFSETS_FILE, IDS_FILE = "features.npy", "offsets.npy", "ids.json"
+FEATURE_SUFFIXES = (".npz", ".safetensors")
+
+
+class FeaturesError(InputError):
+    pass
+
+
+@dataclass
+class FeatureSet:
+    features: np.ndarray
+    """[tokens x d], any float dtype; memory-mapped for a features store."""
+    offsets: np.ndarray
+    """int64 [N+1]"""
+    ids: list[ExampleId]
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.offsets[-1])
+
+
+def is_features_path(path: str | Path) -> bool:
+    path = Path(path)
+    return path.suffix in FEATURE_SUFFIXES or (path / FEATURES_FILE).exists()
+
+
+class FeatureStoreWriter:
+    """Writes a features store into `<directory>.partial` and renames it to `directory` on `commit()`, so a store
+    that exists is always complete. Rows go straight to a memory-mapped file: RAM does not grow with the data."""
+
+    def __init__(self, directory: str | Path, lengths: Sequence[int], dim: int, ids: Sequence[ExampleId]) -> None:
+        self.directory = Path(directory)
+        self.partial = self.directory.with_name(self.directory.name + ".partial")
+        shutil.rmtree(self.partial, ignore_errors=True)
+        self.partial.mkdir(parents=True)
+        self.offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=self.offsets[1:])
+        self.features = np.lib.format.open_memmap(
+            self.partial / FEATURES_FILE, mode="w+", dtype=np.float16, shape=(int(self.offsets[-1]), dim)
+        )
+        np.save(self.partial / OFFSETS_FILE, self.offsets)
+        (self.partial / IDS_FILE).write_text(json.dumps(list(ids)))
+
+    def write(self, i: int, rows: np.ndarray) -> None:
+        self.features[self.offsets[i] : self.offsets[i + 1]] = rows
+
+    def commit(self) -> Path:
+        self.features.flush()
+        del self.features
+        shutil.rmtree(self.directory, ignore_errors=True)
+        os.replace(self.partial, self.directory)
+        return self.directory
+
+    def abort(self) -> None:
+        del self.features
+        shutil.rmtree(self.partial, ignore_errors=True)
+
+
+def load_features(path: str | Path) -> FeatureSet:
+    """Load and validate a features store, `.npz` or `.safetensors` file."""
+    path = Path(path)
+    if not path.exists():
+        raise FeaturesError(f"no such file or directory: {path}")
+    try:
+        if path.is_dir():
+            features = np.load(path / FEATURES_FILE, mmap_mode="r")
+            offsets = np.load(path / OFFSETS_FILE)
+            ids = json.loads((path / IDS_FILE).read_text())
+        elif path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                missing = {"features", "offsets"} - set(data.files)
+                if missing:
+                    raise FeaturesError(f"{path.name}: missing array(s) {', '.join(sorted(missing))}")
+                features, offsets = data["features"], data["offsets"]
+                ids = data["ids"].tolist() if "ids" in data.files else None
+        elif path.suffix == ".safetensors":
+            features, offsets, ids = _read_safetensors(path)
+        else:
+            raise FeaturesError(f"{path.name}: expected a features directory, .npz or .safetensors file")
+    except FeaturesError:
+        raise
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
+        raise FeaturesError(f"{path.name}: cannot read features ({e})") from None
+    return validate(features, offsets, ids, path.name)
+
+
+def _read_safetensors(path: Path) -> tuple[np.ndarray, np.ndarray, list[ExampleId] | None]:
+    with safe_open(str(path), framework="np") as f:
+        keys = set(f.keys())
+        missing = {"features", "offsets"} - keys
+        if missing:
+            raise FeaturesError(f"{path.name}: missing tensor(s) {', '.join(sorted(missing))}")
+        ids = f.get_tensor("ids").tolist() if "ids" in keys else None
+        metadata = f.metadata() or {}
+        if ids is None and "ids" in metadata:
+            ids = json.loads(metadata["ids"])
+        return f.get_tensor("features"), f.get_tensor("offsets"), ids
+
+
+def validate(features: np.ndarray, offsets: np.ndarray, ids: list | None, name: str) -> FeatureSet:
+    def fail(message: str) -> FeaturesError:
+        return FeaturesError(f"{name}: {message}")
+
+    if features.ndim != 2 or not np.issubdtype(features.dtype, np.floating):
+        raise fail(f"`features` must be a 2-D float array [tokens x d], got {features.dtype} {features.shape}")
+    if offsets.ndim != 1 or not np.issubdtype(offsets.dtype, np.integer) or len(offsets) < 2:
+        raise fail(f"`offsets` must be a 1-D integer array [N+1], got {offsets.dtype} {offsets.shape}")
+    offsets = offsets.astype(np.int64)
+    lengths = np.diff(offsets)
+    if offsets[0] != 0 or offsets[-1] != len(features):
+        raise fail(
+            f"`offsets` must start at 0 and end at the number of rows ({len(features)}), "
+            f"got {offsets[0]} ... {offsets[-1]}"
+        )
+    if (lengths <= 0).any():
+        raise fail(f"example {int(np.argmax(lengths <= 0))} has no rows: offsets must strictly increase")
+    for start in range(0, len(features), 1 << 20):
+        if not np.isfinite(features[start : start + (1 << 20)]).all():
+            raise fail(f"`features` has NaN or infinite values (rows {start} to {start + (1 << 20)})")
+    n = len(lengths)
+    if ids is None:
+        ids = list(range(n))
+    if len(ids) != n:
+        raise fail(f"{len(ids)} ids for {n} examples")
+    if any(isinstance(i, bool) or not isinstance(i, str | int) for i in ids):
+        raise fail("ids must be strings or integers")
+    if len({str(i) for i in ids}) != n:
+        raise fail("ids are not unique")
+    return FeatureSet(features, offsets, list(ids))

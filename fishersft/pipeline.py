@@ -1,0 +1,111 @@
+"""The main job, dataset to selection, shared by the CLI and the workers: embed a JSONL dataset into a features
+store, then select from features."""
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fishersft.dataset import ExampleId, read_jsonl
+from fishersft.embedding import embed, load_model, resolve_device
+from fishersft.encoding import encode_all
+from fishersft.errors import InputError
+from fishersft.features import FeatureSet, FeatureStoreWriter, load_features
+from fishersft.selection import Budget, Method, select
+
+Progress = Callable[[str, int, int], None]
+"""progress(phase, done, total): phase "embedding" counts examples, "selecting" counts the budget spent."""
+
+
+@dataclass
+class Embedding:
+    features: FeatureSet
+    truncated: int
+    """Examples cut to max_length."""
+    seconds: float
+
+
+def embed_dataset(
+    data: str | Path,
+    model_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    max_length: int = 1024,
+    batch_size: int = 16,
+    device: str | None = None,
+    progress: Progress | None = None,
+) -> Embedding:
+    """Read a JSONL dataset, run the model over it and write its features store to `out_dir`."""
+    start = time.perf_counter()
+    examples = read_jsonl(data)
+    model, tokenizer = load_model(model_dir, resolve_device(device))
+    encoded = encode_all(examples, tokenizer, max_length)
+    dim = model.get_output_embeddings().weight.shape[1]
+    writer = FeatureStoreWriter(out_dir, [len(e.targets) for e in encoded], dim, [ex.id for ex in examples])
+
+    def on_batch(done: int) -> None:
+        if progress:
+            progress("embedding", done, len(encoded))
+
+    try:
+        embed(model, encoded, writer, batch_size, on_batch)
+    except BaseException:
+        writer.abort()
+        raise
+    features = load_features(writer.commit())
+    return Embedding(features, sum(e.truncated for e in encoded), time.perf_counter() - start)
+
+
+def select_features(
+    features: FeatureSet,
+    budget: Budget,
+    *,
+    method: Method = "fisher",
+    lam: float = 1.0,
+    seed: int = 0,
+    warm_start_ids: Sequence[ExampleId] = (),
+    progress: Progress | None = None,
+) -> dict:
+    """Run the selection; the result as the JSON object the CLI prints and the service returns."""
+    start = time.perf_counter()
+    index = {str(i): k for k, i in enumerate(features.ids)}
+    unknown = [i for i in warm_start_ids if str(i) not in index]
+    if unknown:
+        raise InputError(f"{len(unknown)} warm-start id(s) not in the dataset", [repr(i) for i in unknown[:20]])
+    warm_start = sorted({index[str(i)] for i in warm_start_ids})
+    if budget.examples is not None:
+        total = min(budget.examples, len(features.ids) - len(warm_start))
+    else:
+        total = min(budget.tokens, features.n_tokens)  # type: ignore[type-var]
+
+    def on_step(spent: float) -> None:
+        if progress:
+            progress("selecting", int(spent), total)
+
+    selection = select(
+        torch.from_numpy(np.asarray(features.features)),
+        torch.from_numpy(features.offsets),
+        budget,
+        method=method,
+        lam=lam,
+        seed=seed,
+        warm_start=warm_start,
+        on_step=on_step,
+    )
+    lengths = np.diff(features.offsets)
+    return {
+        "selected": [features.ids[i] for i in selection.indices],
+        "gains": selection.gains,
+        "objective": selection.objective,
+        "method": method,
+        "budget": {"examples": budget.examples} if budget.examples is not None else {"tokens": budget.tokens},
+        "lambda": lam,
+        "n_candidates": len(features.ids),
+        "n_loss_tokens": features.n_tokens,
+        "n_selected_loss_tokens": int(lengths[selection.indices].sum()),
+        "gain_evaluations": selection.evaluations,
+        "timings": {"select_s": time.perf_counter() - start},
+    }

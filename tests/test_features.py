@@ -1,0 +1,72 @@
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from fishersft.features import FeaturesError, FeatureStoreWriter, load_features
+
+
+def arrays(n=5, d=4, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 6, n)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return rng.standard_normal((int(offsets[-1]), d)).astype(np.float32), offsets
+
+
+def test_npz_safetensors_and_store_round_trip(tmp_path):
+    features, offsets = arrays()
+    np.savez(tmp_path / "a.npz", features=features, offsets=offsets, ids=np.array(["a", "b", "c", "d", "e"]))
+    save_file(
+        {"features": features, "offsets": offsets},
+        str(tmp_path / "b.safetensors"),
+        metadata={"ids": json.dumps(["v", "w", "x", "y", "z"])},
+    )
+    save_file({"features": features, "offsets": offsets, "ids": np.arange(10, 15)}, str(tmp_path / "c.safetensors"))
+    writer = FeatureStoreWriter(tmp_path / "store", np.diff(offsets).tolist(), 4, [1, 2, 3, 4, 5])
+    for i in range(5):
+        writer.write(i, features[offsets[i] : offsets[i + 1]])
+    writer.commit()
+    assert load_features(tmp_path / "a.npz").ids == ["a", "b", "c", "d", "e"]
+    assert load_features(tmp_path / "b.safetensors").ids == ["v", "w", "x", "y", "z"]
+    assert load_features(tmp_path / "c.safetensors").ids == [10, 11, 12, 13, 14]
+    store = load_features(tmp_path / "store")
+    assert isinstance(store.features, np.memmap) and store.features.dtype == np.float16
+    np.testing.assert_allclose(store.features, features, atol=2e-3)
+    assert store.ids == [1, 2, 3, 4, 5] and store.offsets.tolist() == offsets.tolist()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda f, o: (f[:, 0], o), "`features` must be a 2-D float array"),
+        (lambda f, o: (f, o.astype(np.float32)), "`offsets` must be a 1-D integer array"),
+        (lambda f, o: (f, o[:-1]), "`offsets` must start at 0 and end at the number of rows"),
+        (lambda f, o: (f, np.concatenate([o[:2], o[1:]])), "example 1 has no rows"),
+        (lambda f, o: (np.where(np.arange(len(f))[:, None] == 2, np.nan, f), o), "NaN or infinite"),
+    ],
+)
+def test_bad_feature_files_are_explained(tmp_path, change, message):
+    features, offsets = change(*arrays())
+    np.savez(tmp_path / "bad.npz", features=features, offsets=offsets)
+    with pytest.raises(FeaturesError, match=message):
+        load_features(tmp_path / "bad.npz")
+
+
+def test_missing_arrays_ids_and_files(tmp_path):
+    features, offsets = arrays()
+    np.savez(tmp_path / "no_offsets.npz", features=features)
+    np.savez(tmp_path / "short_ids.npz", features=features, offsets=offsets, ids=np.arange(3))
+    np.savez(tmp_path / "dup_ids.npz", features=features, offsets=offsets, ids=np.array(["a", "a", "b", "c", "d"]))
+    save_file({"features": features}, str(tmp_path / "x.safetensors"))
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    for name, message in [
+        ("no_offsets.npz", "missing array\\(s\\) offsets"),
+        ("short_ids.npz", "3 ids for 5"),
+        ("dup_ids.npz", "ids are not unique"),
+        ("x.safetensors", "missing tensor\\(s\\) offsets"),
+        ("junk.safetensors", "cannot read features"),
+        ("nothing.npz", "no such file"),
+    ]:
+        with pytest.raises(FeaturesError, match=message):
+            load_features(tmp_path / name)
