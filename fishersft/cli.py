@@ -8,8 +8,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import transformers
+
 from fishersft.errors import InputError
 from fishersft.features import is_features_path, load_features
+from fishersft.models import default_model_dir, sample_dataset
 from fishersft.pipeline import Progress, embed_dataset, select_features
 from fishersft.selection import Budget
 
@@ -139,27 +142,54 @@ class ProgressBars:
             bar.close()
 
 
+def select_command(args: argparse.Namespace) -> None:
+    started = time.perf_counter()
+    result = run_select(args)
+    text = json.dumps(result, indent=2)
+    if args.out:
+        args.out.write_text(text + "\n")
+        elapsed = time.perf_counter() - started
+        print(f"selected {len(result['selected'])} examples in {elapsed:.1f}s -> {args.out}", file=sys.stderr)
+    else:
+        print(text)
+
+
+def demo_command(args: argparse.Namespace) -> None:
+    """Select from the bundled sample with the default model, and show what was picked beside random."""
+    data, model = sample_dataset(), default_model_dir()
+    print(f"model:   tiny Llama built locally, no model hub needed ({model})\ndataset: {data}", file=sys.stderr)
+    parser = argparse.ArgumentParser()
+    add_select_arguments(parser)
+    select = parser.parse_args([str(data), "--model", str(model), "--budget", str(args.budget)])
+    fisher = run_select(select)
+    random = run_select(argparse.Namespace(**{**vars(select), "method": "random"}))
+    prompts = {row["id"]: row["prompt"] for row in map(json.loads, data.read_text().splitlines())}
+    print(
+        f"FisherSFT picked {len(fisher['selected'])} of {fisher['n_candidates']} examples: "
+        f"log det {fisher['objective']:.1f} (random pick: {random['objective']:.1f})"
+    )
+    for example_id, gain in zip(fisher["selected"], fisher["gains"], strict=True):
+        print(f"  {example_id:<15} gain {gain:6.2f}  {prompts[example_id][:60]}")
+    timings = fisher["timings"]
+    print(f"embedding {timings['embed_s']:.2f}s, selection {timings['select_s']:.2f}s")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fishersft", description="FisherSFT data selection for fine-tuning.")
     commands = parser.add_subparsers(dest="command", required=True)
     select = commands.add_parser("select", help="select the most informative examples of a dataset")
     add_select_arguments(select)
+    select.set_defaults(run=select_command)
+    demo = commands.add_parser("demo", help="select from a bundled sample with the default model: no setup")
+    demo.add_argument("--budget", type=positive_int, default=10, metavar="K", help="examples to select (default 10)")
+    demo.set_defaults(run=demo_command)
     args = parser.parse_args(argv)
-    started = time.perf_counter()
+    transformers.logging.disable_progress_bar()
     try:
-        result = run_select(args)
+        args.run(args)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n")
-        print(
-            f"selected {len(result['selected'])} examples in {time.perf_counter() - started:.1f}s -> {args.out}",
-            file=sys.stderr,
-        )
-    else:
-        print(text)
     return 0
 
 

@@ -86,7 +86,7 @@ def select_features(
             progress("selecting", int(spent), total)
 
     selection = select(
-        torch.from_numpy(np.asarray(features.features)),
+        torch.from_numpy(np.asarray(features.features, dtype=np.float32)),  # selection holds float32 rows
         torch.from_numpy(features.offsets),
         budget,
         method=method,

@@ -1,0 +1,32 @@
+"""Where models come from: a local directory, or the default model built on first use.
+
+No model hub is reachable, so the default (see shared MODELS.md) is the tiny Llama that `tiny_model` builds
+from the bundled sample; it is made once under FISHERSFT_HOME (default ~/.cache/fishersft) and reused.
+"""
+
+import json
+import os
+from importlib import resources
+from pathlib import Path
+
+from fishersft.tiny_model import build_tiny_model
+
+DEFAULT_MODEL = "tiny-llama"
+
+
+def home() -> Path:
+    return Path(os.environ.get("FISHERSFT_HOME", Path.home() / ".cache" / "fishersft"))
+
+
+def sample_dataset() -> Path:
+    """The bundled sample: 200 prompt/response pairs over five topics."""
+    return Path(str(resources.files("fishersft") / "data" / "sample.jsonl"))
+
+
+def default_model_dir() -> Path:
+    """The default model's directory, built from the sample text the first time it is needed."""
+    path = home() / "models" / DEFAULT_MODEL
+    if not (path / "config.json").exists():
+        rows = [json.loads(line) for line in sample_dataset().read_text().splitlines()]
+        build_tiny_model(path, [r["prompt"] + " " + r["response"] for r in rows], arch="llama")
+    return path
