@@ -1,4 +1,4 @@
-"""Per-example feature blocks, gathered into fixed-shape padded batches.
+"""Per-example feature blocks, stored padded by row count so a batch of candidates is one gather.
 
 Gains are evaluated many times per candidate, in batches of varying composition. Every candidate is always
 padded to the same row count (its *bucket*), so its gain is computed by the same kernels on the same shapes
@@ -21,7 +21,7 @@ def padded_rows(n: int) -> int:
 
 
 class FeatureBlocks:
-    """The rows X_i (n_i x d) of every example, held as float32.
+    """The rows X_i (n_i x d) of every example, as float32, zero-padded to their bucket's row count.
 
     An example with more rows than dimensions is replaced by the d x d factor R of its QR decomposition:
     R^T R = X^T X, so every quantity of the log-det objective is unchanged while the rows stay bounded by d.
@@ -32,27 +32,27 @@ class FeatureBlocks:
             raise ValueError("features must be [tokens x d] and offsets [N+1]")
         self.dim = features.shape[1]
         offsets = offsets.to(torch.int64)
-        counts = offsets.diff()
-        starts = offsets[:-1].clone()
-        rows = [features.to(torch.float32)]
-        extra = len(features)
-        for i in (counts > self.dim).nonzero().flatten().tolist():
-            block = features[offsets[i] : offsets[i + 1]].to(torch.float64)
-            rows.append(torch.linalg.qr(block, mode="r").R.to(torch.float32))
-            starts[i], counts[i] = extra, self.dim
-            extra += self.dim
-        self.rows = torch.cat(rows) if len(rows) > 1 else rows[0]
-        self.starts = starts
-        self.counts = counts
-        self.buckets = torch.tensor([padded_rows(int(n)) for n in counts.tolist()], dtype=torch.int64)
+        self.counts = offsets.diff().clamp_max(self.dim)
+        self.buckets = torch.tensor([padded_rows(int(n)) for n in self.counts.tolist()], dtype=torch.int64)
+        self.slots = torch.zeros(len(self.counts), dtype=torch.int64)
+        self.padded: dict[int, Tensor] = {}
+        for size in self.buckets.unique().tolist():
+            members = (self.buckets == size).nonzero().flatten()
+            self.slots[members] = torch.arange(len(members))
+            row = torch.arange(size)
+            valid = row < self.counts[members, None]
+            index = (offsets[members, None] + row).clamp_max(len(features) - 1)
+            self.padded[size] = features[index].to(torch.float32) * valid[..., None]
+        for i in (offsets.diff() > self.dim).nonzero().flatten().tolist():
+            rows = features[offsets[i] : offsets[i + 1]].to(torch.float64)
+            self.padded[int(self.buckets[i])][self.slots[i], : self.dim] = torch.linalg.qr(rows, mode="r").R
 
     def __len__(self) -> int:
         return len(self.counts)
 
     def block(self, i: int) -> Tensor:
         """The rows of example `i` as float64 [n_i x d]."""
-        start = int(self.starts[i])
-        return self.rows[start : start + int(self.counts[i])].to(torch.float64)
+        return self.padded[int(self.buckets[i])][self.slots[i], : self.counts[i]].to(torch.float64)
 
     def by_bucket(self, idx: Tensor, max_elements: int = 1 << 24) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield (positions in `idx`, zero-padded float32 blocks [m x p x d]) for the examples `idx`, one bucket
@@ -62,8 +62,4 @@ class FeatureBlocks:
             positions = (buckets == size).nonzero().flatten()
             per_chunk = max(1, max_elements // (size * self.dim))
             for where in positions.split(per_chunk):
-                chosen = idx[where]
-                row = torch.arange(size)
-                index = self.starts[chosen, None] + row
-                valid = row < self.counts[chosen, None]
-                yield where, self.rows[index.clamp_max(len(self.rows) - 1)] * valid[..., None]
+                yield where, self.padded[size].index_select(0, self.slots[idx[where]])
