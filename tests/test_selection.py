@@ -8,6 +8,7 @@ import torch
 
 from fishersft.selection import Budget, select
 from fishersft.selection.blocks import FeatureBlocks, padded_rows
+from fishersft.selection.greedy import exact_greedy, lazy_greedy
 from fishersft.selection.logdet import LogDetObjective
 
 
@@ -167,3 +168,27 @@ def test_budget_larger_than_the_dataset_selects_everything():
     features, offsets, _blocks = random_dataset(6, n=8)
     assert sorted(select(features, offsets, Budget(examples=100)).indices) == list(range(8))
     assert select(features, offsets, Budget(examples=0)).indices == []
+
+
+class ScriptedGains:
+    """An objective whose gains follow a script per step, including a gain that grows by rounding noise."""
+
+    def __init__(self, script: list[list[float]]) -> None:
+        self.script, self.steps, self.evaluations = script, 0, 0
+
+    def gains(self, idx: torch.Tensor) -> torch.Tensor:
+        self.evaluations += len(idx)
+        return torch.tensor([self.script[self.steps][i] for i in idx.tolist()], dtype=torch.float64)
+
+    def add(self, i: int) -> None:
+        self.steps += 1
+
+
+def test_lazy_greedy_absorbs_gains_that_grow_by_rounding_noise():
+    # after the first pick, candidate 2 comes out 2e-7 above its earlier value, and above candidate 1's new
+    # value, whose bound was higher: exact greedy picks 2, and so must lazy greedy
+    script = [[1.0, 0.9, 0.8999999, 0.1], [0.0, 0.89999995, 0.9000001, 0.1], [0.0, 0.5, 0.5, 0.1]]
+    ones = torch.ones(4, dtype=torch.float64)
+    exact = exact_greedy(ScriptedGains(script), ones, 2, torch.arange(4))
+    lazy = lazy_greedy(ScriptedGains(script), ones, 2, torch.arange(4))
+    assert exact.order == lazy.order == [0, 2]

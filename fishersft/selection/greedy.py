@@ -19,6 +19,10 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+ROUNDING_TOLERANCE = 1e-6
+"""Relative rounding noise allowed in computed gains. Exact math never lets a gain grow, but a float32 gain can
+come out a hair above an earlier value; stale bounds this close below the best gain are refreshed before a pick."""
+
 
 class Objective(Protocol):
     evaluations: int
@@ -88,17 +92,20 @@ def lazy_greedy(
             _, top = heap[0]
             if cost[top] > left:
                 heapq.heappop(heap)  # it will never fit again
-            elif fresh_at[top] == len(order):
-                break
+                continue
+            if fresh_at[top] == len(order):
+                stale = _pop_stale_near_top(heap, cost, left, fresh_at, len(order))
+                if not stale:
+                    break
             else:
                 stale = _pop_stale(heap, batch, cost, left, fresh_at, len(order))
-                stale_idx = torch.tensor(stale, dtype=torch.int64)
-                fresh = objective.gains(stale_idx)
-                keys = (-(fresh / costs[stale_idx])).tolist()
-                for i, value, key in zip(stale, fresh.tolist(), keys, strict=True):
-                    last_gain[i], fresh_at[i] = value, len(order)
-                    heapq.heappush(heap, (key, i))
                 batch *= 2
+            stale_idx = torch.tensor(stale, dtype=torch.int64)
+            fresh = objective.gains(stale_idx)
+            keys = (-(fresh / costs[stale_idx])).tolist()
+            for i, value, key in zip(stale, fresh.tolist(), keys, strict=True):
+                last_gain[i], fresh_at[i] = value, len(order)
+                heapq.heappush(heap, (key, i))
         if not heap:
             break
         _, top = heapq.heappop(heap)
@@ -118,6 +125,26 @@ def _pop_stale(
         _, i = heapq.heappop(heap)
         if cost[i] <= left:
             stale.append(i)
+    return stale
+
+
+def _pop_stale_near_top(
+    heap: list[tuple[float, int]], cost: list[float], left: float, fresh_at: list[int], step: int
+) -> list[int]:
+    """Pop the stale, affordable entries whose bound is within ROUNDING_TOLERANCE of the fresh top's value;
+    fresh entries popped on the way go back."""
+    best = -heap[0][0]
+    floor_key = -(best - ROUNDING_TOLERANCE * abs(best))
+    stale: list[int] = []
+    fresh: list[tuple[float, int]] = []
+    while heap and heap[0][0] <= floor_key:
+        entry = heapq.heappop(heap)
+        if fresh_at[entry[1]] == step:
+            fresh.append(entry)
+        elif cost[entry[1]] <= left:
+            stale.append(entry[1])
+    for entry in fresh:
+        heapq.heappush(heap, entry)
     return stale
 
 
