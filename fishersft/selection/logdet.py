@@ -11,6 +11,8 @@ Sigma and its factor are accumulated in float64; the products over candidates ru
 throughput on CPU; features are float16 to begin with), and each gain is summed in float64.
 """
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -26,6 +28,7 @@ class LogDetObjective:
         self.blocks = blocks
         self.sigma = lam * torch.eye(blocks.dim, dtype=torch.float64)
         self.evaluations = 0
+        self._buffers: dict[str, Tensor] = {}
         self._factor()
 
     def _factor(self) -> None:
@@ -37,14 +40,23 @@ class LogDetObjective:
     def gains(self, idx: Tensor) -> Tensor:
         """log det(I + X_i Sigma^-1 X_i^T) for each example index in `idx`, as float64."""
         out = torch.empty(len(idx), dtype=torch.float64)
-        for where, block in self.blocks.by_bucket(idx):
-            a = block @ self.inv_chol_t
-            gram = a @ a.transpose(1, 2)
+        for where, block in self.blocks.by_bucket(idx, lambda shape: self._scratch("block", shape)):
+            m, size, dim = block.shape
+            a = torch.matmul(block, self.inv_chol_t, out=self._scratch("projection", (m, size, dim)))
+            gram = torch.bmm(a, a.transpose(1, 2), out=self._scratch("gram", (m, size, size)))
             gram.diagonal(dim1=1, dim2=2).add_(1.0)
-            diagonal = torch.linalg.cholesky(gram).diagonal(dim1=1, dim2=2)
-            out[where] = 2 * diagonal.to(torch.float64).log().sum(-1)
+            chol = torch.linalg.cholesky(gram, out=self._scratch("chol", (m, size, size)))
+            out[where] = 2 * chol.diagonal(dim1=1, dim2=2).to(torch.float64).log().sum(-1)
         self.evaluations += len(idx)
         return out
+
+    def _scratch(self, name: str, shape: tuple[int, ...]) -> Tensor:
+        """A float32 tensor of `shape` backed by a buffer kept across calls (grown when too small)."""
+        size = math.prod(shape)
+        buffer = self._buffers.get(name)
+        if buffer is None or len(buffer) < size:
+            buffer = self._buffers[name] = torch.empty(size)
+        return buffer[:size].view(shape)
 
     def add(self, i: int) -> None:
         """Add example i to the design: Sigma += X_i^T X_i, then refactor."""
