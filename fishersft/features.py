@@ -81,24 +81,26 @@ class FeatureStoreWriter:
         shutil.rmtree(self.partial, ignore_errors=True)
 
 
-def load_features(path: str | Path) -> FeatureSet:
-    """Load and validate a features store, `.npz` or `.safetensors` file."""
+def load_features(path: str | Path, suffix: str | None = None) -> FeatureSet:
+    """Load and validate a features store, `.npz` or `.safetensors` file; `suffix` names the format of a file
+    whose name does not end in it (a content-addressed blob)."""
     path = Path(path)
     if not path.exists():
         raise FeaturesError(f"no such file or directory: {path}")
+    suffix = suffix or path.suffix
     try:
         if path.is_dir():
             features = np.load(path / FEATURES_FILE, mmap_mode="r")
             offsets = np.load(path / OFFSETS_FILE)
             ids = json.loads((path / IDS_FILE).read_text())
-        elif path.suffix == ".npz":
+        elif suffix == ".npz":
             with np.load(path, allow_pickle=False) as data:
                 missing = {"features", "offsets"} - set(data.files)
                 if missing:
                     raise FeaturesError(f"{path.name}: missing array(s) {', '.join(sorted(missing))}")
                 features, offsets = data["features"], data["offsets"]
                 ids = data["ids"].tolist() if "ids" in data.files else None
-        elif path.suffix == ".safetensors":
+        elif suffix == ".safetensors":
             features, offsets, ids = _read_safetensors(path)
         else:
             raise FeaturesError(f"{path.name}: expected a features directory, .npz or .safetensors file")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fishersft.dataset import ExampleId, read_jsonl
 from fishersft.embedding import embed, load_model, resolve_device
@@ -20,12 +21,17 @@ Progress = Callable[[str, int, int], None]
 """progress(phase, done, total): phase "embedding" counts examples, "selecting" counts the budget spent."""
 
 
+ModelLoader = Callable[[Path, torch.device], tuple[PreTrainedModel, PreTrainedTokenizerBase]]
+
+
 @dataclass
 class Embedding:
     features: FeatureSet
     truncated: int
     """Examples cut to max_length."""
     seconds: float
+    load_seconds: float
+    """Of which loading the model."""
 
 
 def embed_dataset(
@@ -37,11 +43,15 @@ def embed_dataset(
     batch_size: int = 16,
     device: str | None = None,
     progress: Progress | None = None,
+    load: ModelLoader = load_model,
 ) -> Embedding:
-    """Read a JSONL dataset, run the model over it and write its features store to `out_dir`."""
+    """Read a JSONL dataset, run the model over it and write its features store to `out_dir`.
+    `load` loads the model (a worker passes a cached loader)."""
     start = time.perf_counter()
     examples = read_jsonl(data)
-    model, tokenizer = load_model(model_dir, resolve_device(device))
+    loading = time.perf_counter()
+    model, tokenizer = load(Path(model_dir), resolve_device(device))
+    load_seconds = time.perf_counter() - loading
     encoded = encode_all(examples, tokenizer, max_length)
     dim = model.get_output_embeddings().weight.shape[1]
     writer = FeatureStoreWriter(out_dir, [len(e.targets) for e in encoded], dim, [ex.id for ex in examples])
@@ -56,7 +66,7 @@ def embed_dataset(
         writer.abort()
         raise
     features = load_features(writer.commit())
-    return Embedding(features, sum(e.truncated for e in encoded), time.perf_counter() - start)
+    return Embedding(features, sum(e.truncated for e in encoded), time.perf_counter() - start, load_seconds)
 
 
 def select_features(

@@ -26,3 +26,12 @@ def gpt2_dir(tmp_path_factory) -> Path:
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return path
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server, without persistence: what must survive Redis lives in the artifact store."""
+    from fishersft.redis_server import RedisServer
+
+    with RedisServer(tmp_path_factory.mktemp("redis"), persist=False) as server:
+        yield server

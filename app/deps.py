@@ -1,0 +1,43 @@
+"""FastAPI dependencies: settings, Redis, the artifact store, jobs, and authentication."""
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from redis import Redis
+
+from app.config import Settings
+from app.errors import ApiError
+from app.jobs import SelectionJobs
+from app.store import ArtifactStore
+
+
+def settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def redis(request: Request) -> Redis:
+    return request.app.state.redis
+
+
+def store(request: Request) -> ArtifactStore:
+    return request.app.state.store
+
+
+def jobs(
+    redis: Annotated[Redis, Depends(redis)],
+    settings: Annotated[Settings, Depends(settings)],
+    store: Annotated[ArtifactStore, Depends(store)],
+) -> SelectionJobs:
+    return SelectionJobs(redis, settings, store)
+
+
+def authorize(
+    settings: Annotated[Settings, Depends(settings)],
+    authorization: Annotated[str | None, Header(description="`Bearer <key>` when keys are configured.")] = None,
+) -> None:
+    """Open when no API keys are configured (the local default); else a configured Bearer key is required."""
+    if not settings.api_keys:
+        return
+    scheme, _, key = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or key not in settings.api_keys:
+        raise ApiError(401, "unauthorized", "missing or unknown API key: send `Authorization: Bearer <key>`")

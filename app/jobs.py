@@ -1,0 +1,154 @@
+"""Selection jobs on RQ: enqueue, read back as the API's job body, cancel, list.
+
+RQ's statuses map to the API's: queued (also deferred, scheduled), running (started), succeeded (finished),
+failed, cancelled (canceled, stopped, or failed after a cancellation request). A running job whose worker
+stopped refreshing its alive key (the worker was killed) is marked failed with code `worker_lost` when read.
+"""
+
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from redis import Redis
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry, StartedJobRegistry
+
+from app.config import Settings
+from app.schemas import JobError, Progress, Selection, SelectionCreate, SelectionResult
+from app.store import ArtifactStore
+from workers.protocol import alive_key, cancel_key
+
+INDEX = "fishersft:selections"
+"""Sorted set of selection job ids, scored by creation time: the list endpoint's order and cursor."""
+KEEP_S = 30 * 24 * 3600
+"""How long finished jobs stay in Redis (results stay in the artifact store)."""
+
+STATUS = {
+    JobStatus.QUEUED: "queued",
+    JobStatus.DEFERRED: "queued",
+    JobStatus.SCHEDULED: "queued",
+    JobStatus.CREATED: "queued",
+    JobStatus.STARTED: "running",
+    JobStatus.FINISHED: "succeeded",
+    JobStatus.FAILED: "failed",
+    JobStatus.STOPPED: "cancelled",
+    JobStatus.CANCELED: "cancelled",
+}
+
+
+class SelectionJobs:
+    def __init__(self, redis: Redis, settings: Settings, store: ArtifactStore) -> None:
+        self.redis, self.settings, self.store = redis, settings, store
+        self.queue = Queue(settings.queue, connection=redis)
+
+    def create(self, request: SelectionCreate) -> Selection:
+        job_id = f"sel_{uuid.uuid4().hex[:24]}"
+        payload = request.model_dump(by_alias=True)
+        job = self.queue.enqueue(
+            "workers.selection.run_selection",
+            kwargs={"request": payload},
+            job_id=job_id,
+            meta={"request": payload},
+            job_timeout=self.settings.job_timeout_s,
+            result_ttl=KEEP_S,
+            failure_ttl=KEEP_S,
+        )
+        self.redis.zadd(INDEX, {job_id: time.time()})
+        return self.view(job)
+
+    def get(self, job_id: str) -> Selection | None:
+        try:
+            return self.view(Job.fetch(job_id, connection=self.redis))
+        except NoSuchJobError:
+            return self._from_store(job_id)
+
+    def view(self, job: Job) -> Selection:
+        status = job.get_status()
+        if status == JobStatus.STARTED and self._worker_lost(job):
+            self._fail(job, "worker_lost", "the worker running this job stopped (killed or crashed) before it ended")
+            status = JobStatus.FAILED
+        meta = job.get_meta()
+        state = "cancelled" if status == JobStatus.FAILED and meta.get("cancelled") else STATUS.get(status, "queued")
+        result = self.store.result(job.id) if state == "succeeded" else None
+        progress = meta.get("progress") if state in ("running", "succeeded") else None
+        return Selection(
+            id=job.id,
+            status=state,
+            created_at=_utc(job.created_at),
+            started_at=_utc(job.started_at),
+            finished_at=_utc(job.ended_at),
+            progress=Progress(**progress) if progress else None,
+            error=self._error(job, meta) if state == "failed" else None,
+            result=SelectionResult(**result["result"]) if result else None,
+            request=meta["request"],
+        )
+
+    def cancel(self, job_id: str) -> Selection | None:
+        """Cancel a queued job now; ask a running one to stop at its next batch or pick."""
+        try:
+            job = Job.fetch(job_id, connection=self.redis)
+        except NoSuchJobError:
+            return self._from_store(job_id)
+        status = job.get_status()
+        if status == JobStatus.STARTED:
+            self.redis.set(cancel_key(job_id), 1, ex=KEEP_S)
+        elif STATUS.get(status) == "queued":
+            job.cancel()
+        return self.view(job)
+
+    def list(self, limit: int, after: str | None) -> tuple[list[Selection], str | None]:
+        top = "+inf"
+        if after is not None:
+            score = self.redis.zscore(INDEX, after)
+            top = f"({score}" if score is not None else "-inf"
+        ids = [i.decode() for i in self.redis.zrevrangebyscore(INDEX, top, "-inf", start=0, num=limit + 1)]
+        page = [s for s in (self.get(i) for i in ids[:limit]) if s is not None]
+        return page, ids[limit - 1] if len(ids) > limit else None
+
+    def _worker_lost(self, job: Job) -> bool:
+        started = job.started_at
+        recent = started is not None and (datetime.now(UTC) - _utc(started)).total_seconds() < self.settings.alive_ttl_s
+        return not recent and not self.redis.exists(alive_key(job.id))
+
+    def _fail(self, job: Job, code: str, message: str) -> None:
+        job.meta["error"] = {"code": code, "message": message}
+        job.save_meta()
+        with self.redis.pipeline() as pipe:
+            job.set_status(JobStatus.FAILED, pipeline=pipe)
+            StartedJobRegistry(queue=self.queue).remove_executions(job, pipeline=pipe)
+            FailedJobRegistry(queue=self.queue).add(job, ttl=KEEP_S, exc_string=message, pipeline=pipe)
+            pipe.execute()
+
+    def _error(self, job: Job, meta: dict[str, Any]) -> JobError:
+        if "error" in meta:
+            return JobError(**meta["error"])
+        latest = job.latest_result()
+        text = (latest.exc_string or "").strip() if latest else ""
+        last_line = text.splitlines()[-1] if text else "the job failed"
+        return JobError(code="internal_error", message=last_line)
+
+    def _from_store(self, job_id: str) -> Selection | None:
+        """A job Redis no longer knows (expired or lost), from its saved result."""
+        saved = self.store.result(job_id)
+        if saved is None:
+            return None
+        return Selection(
+            id=job_id,
+            status="succeeded",
+            created_at=saved["created_at"],
+            started_at=saved["started_at"],
+            finished_at=saved["finished_at"],
+            progress=None,
+            error=None,
+            result=SelectionResult(**saved["result"]),
+            request=saved["request"],
+        )
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -1,0 +1,28 @@
+"""The FastAPI application: `uvicorn app.main:create_app --factory`."""
+
+from fastapi import Depends, FastAPI
+from redis import Redis
+
+from app import errors
+from app.config import Settings
+from app.deps import authorize
+from app.routes import datasets, health, selections
+from app.store import ArtifactStore
+from app.upload_limit import UploadLimit
+
+DESCRIPTION = """FisherSFT data selection: upload an SFT dataset, ask for the most informative examples under a
+budget, poll the job, fetch the selected ids. Errors are `{"error": {"code", "message", "details"}}`."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    app = FastAPI(title="fishersft", version="0.1.0", description=DESCRIPTION)
+    app.state.settings = settings
+    app.state.redis = Redis.from_url(settings.redis_url)
+    app.state.store = ArtifactStore(settings.data_dir)
+    errors.install(app)
+    app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+    app.include_router(health.router)
+    for router in (datasets.router, selections.router, health.models_router):
+        app.include_router(router, dependencies=[Depends(authorize)])
+    return app

@@ -1,0 +1,79 @@
+"""The artifact store: a directory holding datasets, cached features and results, addressed by content hash.
+
+    blobs/<sha256>                          uploaded files, content-addressed
+    datasets/<id>.json                      dataset metadata
+    features/<sha256>-<model>-<max_length>/ features stores computed from a dataset (see fishersft.features)
+    results/<job id>.json                   selection results
+
+Everything a user uploads or gets back lives here, not in Redis: losing Redis loses no dataset or result.
+Writes go to a temporary name first and are renamed into place, so a crash never leaves a partial file.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+class ArtifactStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        for sub in ("blobs", "datasets", "features", "results", "tmp"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+
+    def temp_file(self, suffix: str = "") -> Path:
+        fd, name = tempfile.mkstemp(suffix=suffix, dir=self.root / "tmp")
+        os.close(fd)
+        return Path(name)
+
+    def blob(self, sha256: str) -> Path:
+        return self.root / "blobs" / sha256
+
+    def put_blob(self, temp: Path, sha256: str) -> Path:
+        os.replace(temp, self.blob(sha256))
+        return self.blob(sha256)
+
+    def dataset(self, dataset_id: str) -> dict[str, Any] | None:
+        return _read_json(self.root / "datasets" / f"{_safe(dataset_id)}.json")
+
+    def put_dataset(self, record: dict[str, Any]) -> None:
+        _write_json(self.root / "datasets" / f"{record['id']}.json", record)
+
+    def datasets(self) -> list[dict[str, Any]]:
+        records = [_read_json(p) for p in (self.root / "datasets").glob("*.json")]
+        return [r for r in records if r is not None]
+
+    def delete_dataset(self, record: dict[str, Any]) -> None:
+        (self.root / "datasets" / f"{record['id']}.json").unlink(missing_ok=True)
+        self.blob(record["sha256"]).unlink(missing_ok=True)
+        for cached in (self.root / "features").glob(f"{record['sha256']}-*"):
+            shutil.rmtree(cached, ignore_errors=True)
+
+    def features_dir(self, sha256: str, model: str, max_length: int) -> Path:
+        return self.root / "features" / f"{sha256}-{_safe(model)}-{max_length}"
+
+    def result(self, job_id: str) -> dict[str, Any] | None:
+        return _read_json(self.root / "results" / f"{_safe(job_id)}.json")
+
+    def put_result(self, job_id: str, result: dict[str, Any]) -> None:
+        _write_json(self.root / "results" / f"{job_id}.json", result)
+
+
+def _safe(name: str) -> str:
+    """A path component that cannot leave its folder."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).lstrip(".")
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_text(json.dumps(value))
+    os.replace(temp, path)

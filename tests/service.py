@@ -1,0 +1,71 @@
+"""Helpers to run the service in tests: the app through TestClient, real RQ workers in subprocesses."""
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+from redis import Redis
+from rq import Worker
+
+from app.config import Settings
+
+ROOT = Path(__file__).parents[1]
+
+
+@dataclass
+class Service:
+    settings: Settings
+    client: TestClient
+    workers: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def redis(self) -> Redis:
+        return Redis.from_url(self.settings.redis_url)
+
+    def start_worker(self) -> subprocess.Popen:
+        before = Worker.count(connection=self.redis)
+        env = {**os.environ, **self.settings.to_env(), "PYTHONPATH": str(ROOT)}
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "workers"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self.workers.append(worker)
+        deadline = time.monotonic() + 60
+        while Worker.count(connection=self.redis) <= before:
+            assert worker.poll() is None, "the worker exited"
+            assert time.monotonic() < deadline, "the worker did not register"
+            time.sleep(0.1)
+        return worker
+
+    def stop_workers(self) -> None:
+        for worker in self.workers:
+            if worker.poll() is None:
+                worker.terminate()
+                try:
+                    worker.wait(10)
+                except subprocess.TimeoutExpired:
+                    worker.kill()
+        self.workers.clear()
+
+    def upload(self, path: Path, **form: str) -> dict:
+        with open(path, "rb") as f:
+            response = self.client.post("/v1/datasets", files={"file": (path.name, f)}, data=form)
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def select(self, **body) -> dict:
+        response = self.client.post("/v1/selections", json=body)
+        assert response.status_code == 202, response.text
+        return response.json()
+
+    def wait(self, job_id: str, until: tuple[str, ...] = ("succeeded", "failed", "cancelled"), timeout: float = 120):
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.client.get(f"/v1/selections/{job_id}").json()
+            if job["status"] in until:
+                return job
+            assert time.monotonic() < deadline, f"job still {job['status']}: {job}"
+            time.sleep(0.1)

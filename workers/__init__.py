@@ -1,0 +1,1 @@
+"""RQ workers: thin glue from a job to fishersft.pipeline."""

@@ -1,0 +1,23 @@
+"""What the API and the workers agree on in Redis, beside RQ's own job records."""
+
+
+def alive_key(job_id: str) -> str:
+    """Refreshed by a running job (Settings.alive_ttl_s); when it expires, the job's worker is gone."""
+    return f"fishersft:alive:{job_id}"
+
+
+def cancel_key(job_id: str) -> str:
+    """Set by the API to ask a running job to stop at its next batch or pick."""
+    return f"fishersft:cancel:{job_id}"
+
+
+class JobCancelled(Exception):
+    """Raised inside a job that was asked to stop."""
+
+
+class JobInputError(Exception):
+    """A job whose input turned out to be unusable; `code` and the message go to the client."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
