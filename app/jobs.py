@@ -66,7 +66,8 @@ class SelectionJobs:
             return self._from_store(job_id)
 
     def view(self, job: Job) -> Selection:
-        status = job.get_status()
+        job.refresh()  # status, timestamps and meta read together
+        status = job.get_status(refresh=False)
         if status == JobStatus.STARTED and self._worker_lost(job):
             self._fail(job, "worker_lost", "the worker running this job stopped (killed or crashed) before it ended")
             status = JobStatus.FAILED
@@ -109,9 +110,11 @@ class SelectionJobs:
         return page, ids[limit - 1] if len(ids) > limit else None
 
     def _worker_lost(self, job: Job) -> bool:
-        started = job.started_at
-        recent = started is not None and (datetime.now(UTC) - _utc(started)).total_seconds() < self.settings.alive_ttl_s
-        return not recent and not self.redis.exists(alive_key(job.id))
+        """No alive key, and started longer ago than its TTL (a job just started may not have set it yet)."""
+        started = _utc(job.started_at)
+        if started is None or (datetime.now(UTC) - started).total_seconds() < self.settings.alive_ttl_s:
+            return False
+        return not self.redis.exists(alive_key(job.id))
 
     def _fail(self, job: Job, code: str, message: str) -> None:
         job.meta["error"] = {"code": code, "message": message}

@@ -6,6 +6,7 @@ from the bundled sample; it is made once under FISHERSFT_HOME (default ~/.cache/
 
 import json
 import os
+import shutil
 from importlib import resources
 from pathlib import Path
 
@@ -28,5 +29,10 @@ def default_model_dir() -> Path:
     path = home() / "models" / DEFAULT_MODEL
     if not (path / "config.json").exists():
         rows = [json.loads(line) for line in sample_dataset().read_text().splitlines()]
-        build_tiny_model(path, [r["prompt"] + " " + r["response"] for r in rows], arch="llama")
+        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
+        build_tiny_model(partial, [r["prompt"] + " " + r["response"] for r in rows], arch="llama")
+        try:
+            os.replace(partial, path)  # atomic: another process building it at the same time is harmless
+        except OSError:
+            shutil.rmtree(partial, ignore_errors=True)
     return path

@@ -5,18 +5,24 @@ one job stays cached for the next, and CUDA is never initialised in a parent tha
 """
 
 import logging
+import os
 
+import transformers
 from redis import Redis
 from rq import Queue, SimpleWorker
 
+import workers.selection  # noqa: F401  (imported now, not inside the first job: torch takes seconds to load)
 from app.config import Settings
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    level = os.environ.get("FISHERSFT_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    transformers.logging.disable_progress_bar()
     settings = Settings.from_env()
     redis = Redis.from_url(settings.redis_url)
-    SimpleWorker([Queue(settings.queue, connection=redis)], connection=redis).work(with_scheduler=False)
+    worker = SimpleWorker([Queue(settings.queue, connection=redis)], connection=redis)
+    worker.work(with_scheduler=False, logging_level=level)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,59 @@
+"""A small HTTP client for a running fishersft service (the CLI's `datasets`, `jobs` and `select --server`)."""
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from fishersft.errors import InputError
+
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+class ServiceError(InputError):
+    """The service answered with an error body."""
+
+
+class ServiceClient:
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = 300) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+
+    def upload(self, path: Path, name: str | None = None) -> dict[str, Any]:
+        with open(path, "rb") as f:
+            return self._call("POST", "/v1/datasets", files={"file": (path.name, f)}, data={"name": name or path.name})
+
+    def datasets(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/v1/datasets")["data"]
+
+    def create_selection(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._call("POST", "/v1/selections", json=body)
+
+    def selection(self, job_id: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/selections/{job_id}")
+
+    def wait(self, job_id: str, on_progress: Callable[[dict], None] | None = None, poll_s: float = 0.3) -> dict:
+        """Poll until the job ends; `on_progress(job)` after each poll."""
+        while True:
+            job = self.selection(job_id)
+            if on_progress:
+                on_progress(job)
+            if job["status"] in FINAL:
+                return job
+            time.sleep(poll_s)
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as e:
+            raise ServiceError(f"cannot reach the service at {self.http.base_url}: {e}") from None
+        if response.is_success:
+            return response.json()
+        try:
+            error = response.json()["error"]
+        except (ValueError, KeyError, TypeError):
+            raise ServiceError(f"{method} {path}: HTTP {response.status_code}") from None
+        details = [d if isinstance(d, str) else ", ".join(f"{k}: {v}" for k, v in d.items()) for d in error["details"]]
+        raise ServiceError(f"{error['message']} ({error['code']}, HTTP {response.status_code})", details)

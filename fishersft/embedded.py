@@ -1,0 +1,82 @@
+"""The whole service on one machine, with no setup: a private Redis (unless REDIS_URL is set), workers in
+subprocesses and the API, all stopped together. Used by `fishersft serve` and `fishersft demo`."""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import replace
+from pathlib import Path
+from types import TracebackType
+
+import uvicorn
+
+from app.config import Settings
+from app.main import create_app
+from fishersft.models import default_model_dir
+from fishersft.redis_server import RedisServer
+
+ROOT = Path(__file__).parents[1]
+
+
+class EmbeddedService:
+    def __init__(
+        self, settings: Settings, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, log_level: str = "INFO"
+    ) -> None:
+        self.settings, self.host, self.port, self.n_workers = settings, host, port, workers
+        self.log_level = log_level
+        self.workers: list[subprocess.Popen] = []
+        self.stack = ExitStack()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def __enter__(self) -> "EmbeddedService":
+        try:
+            if "REDIS_URL" not in os.environ:
+                redis = self.stack.enter_context(RedisServer(self.settings.data_dir / "redis"))
+                self.settings = replace(self.settings, redis_url=redis.url)
+            default_model_dir()  # build the default model once, before workers race for it
+            env = {**os.environ, **self.settings.to_env(), "FISHERSFT_LOG_LEVEL": self.log_level}
+            for _ in range(self.n_workers):
+                self.workers.append(subprocess.Popen([sys.executable, "-m", "workers"], env=env, cwd=ROOT))
+            self.stack.callback(self._stop_workers)
+        except BaseException:
+            self.stack.close()
+            raise
+        return self
+
+    def server(self) -> uvicorn.Server:
+        app = create_app(self.settings)
+        return uvicorn.Server(uvicorn.Config(app, host=self.host, port=self.port, log_level="warning"))
+
+    def serve_in_thread(self) -> None:
+        """Start the API in a background thread (the demo); it stops with the service."""
+        server = self.server()
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError(f"the API could not start on {self.url}")
+            time.sleep(0.05)
+
+        def stop() -> None:
+            server.should_exit = True
+            thread.join(10)
+
+        self.stack.callback(stop)
+
+    def _stop_workers(self) -> None:
+        for worker in self.workers:
+            worker.terminate()
+        for worker in self.workers:
+            try:
+                worker.wait(10)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.stack.close()

@@ -1,0 +1,80 @@
+"""The embedded default (`fishersft serve`, `fishersft demo`) and the client commands, as a user runs them."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+
+from fishersft.redis_server import free_port
+from tests.conftest import SAMPLE
+
+
+def fishersft(*args: str, env: dict, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "fishersft.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        **kwargs,
+    )
+
+
+def isolated_env(tmp_path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "FISHERSFT_"))}
+    return {**env, "FISHERSFT_HOME": str(tmp_path / "home"), "FISHERSFT_DATA_DIR": str(tmp_path / "data")}
+
+
+def test_demo_runs_end_to_end_with_nothing_set_up(tmp_path):
+    done = fishersft("demo", "--budget", 6, env=isolated_env(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "FisherSFT picked 6 of 200 examples" in done.stdout
+    assert len([line for line in done.stdout.splitlines() if " gain " in line]) == 6
+
+
+def test_serve_and_the_client_commands(tmp_path):
+    env = isolated_env(tmp_path)
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "fishersft.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()
+            time.sleep(0.2)
+        remote = fishersft("select", SAMPLE, "--server", url, "--budget", 5, "--wait", "--max-length", 64, env=env)
+        assert remote.returncode == 0, remote.stderr
+        model_dir = tmp_path / "home" / "models" / "tiny-llama"
+        local = fishersft("select", SAMPLE, "--model", model_dir, "--budget", 5, "--max-length", 64, env=env)
+        assert json.loads(remote.stdout)["selected"] == json.loads(local.stdout)["selected"]
+        listed = json.loads(fishersft("datasets", "list", "--server", url, env=env).stdout)
+        assert [d["n_examples"] for d in listed] == [200]
+        job = json.loads(fishersft("select", listed[0]["id"], "--server", url, "--budget", 3, env=env).stdout)
+        assert job["status"] in ("queued", "running", "succeeded")
+        got = fishersft("jobs", "get", job["id"], "--server", url, env=env)
+        assert json.loads(got.stdout)["id"] == job["id"]
+        missing = fishersft("jobs", "get", "sel_nope", "--server", url, env=env)
+        assert missing.returncode == 2 and "no selection 'sel_nope' (selection_not_found, HTTP 404)" in missing.stderr
+        banner = next(line for line in server.stderr if line.startswith("fishersft at"))
+        redis_port = int(banner.split("Redis redis://127.0.0.1:")[1].split("/")[0])
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(30)
+    with socket.socket() as s:  # the private Redis went away with the service
+        assert s.connect_ex(("127.0.0.1", redis_port)) != 0
