@@ -1,0 +1,100 @@
+"""Docker does not run here: the deployment files are parsed and checked against the CLI and the settings."""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from app.config import Settings
+from fishersft.cli import build_parser
+
+ROOT = Path(__file__).parents[1]
+SETTINGS_ENV = set(Settings().to_env()) | {"FISHERSFT_HOME"}
+
+
+def manifests() -> list[dict]:
+    return [
+        doc
+        for path in sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
+
+
+def containers(kind_name: str) -> dict:
+    deployment = next(d for d in manifests() if d["kind"] == "Deployment" and d["metadata"]["name"] == kind_name)
+    return deployment["spec"]["template"]["spec"]
+
+
+def assert_valid_command(command: list[str]) -> None:
+    assert command[0] == "fishersft"
+    build_parser().parse_args(command[1:])  # exits (fails the test) on an unknown subcommand or option
+
+
+def test_dockerfile_pins_torch_like_the_project_and_runs_a_real_command():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'"torch==([\d.]+)"', pyproject)[1] == re.search(r"torch==([\d.]+)", dockerfile)[1]
+    assert "ARG BASE_IMAGE=" in dockerfile and "ARG TORCH_INDEX_URL=" in dockerfile
+    cmd = yaml.safe_load(re.search(r"^CMD (.+)$", dockerfile, re.M)[1])
+    assert_valid_command(cmd)
+    for source in re.findall(r"^COPY (\S+) \S+$", dockerfile, re.M):
+        assert (ROOT / source).exists(), source
+
+
+def test_compose_runs_redis_api_and_workers_on_a_shared_volume():
+    compose = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"redis", "api", "worker"}
+    for name in ("api", "worker"):
+        service = services[name]
+        assert_valid_command(service["command"])
+        assert "artifacts:/data" in service["volumes"]
+        assert set(service["environment"]) <= SETTINGS_ENV
+        assert service["environment"]["FISHERSFT_DATA_DIR"] == "/data"
+        assert service["environment"]["REDIS_URL"].startswith("redis://redis:")
+    assert services["worker"]["deploy"]["replicas"] >= 1
+    port = services["api"]["command"][services["api"]["command"].index("--port") + 1]
+    assert services["api"]["ports"] == [f"{port}:{port}"]
+
+
+def test_k8s_api_gpu_workers_redis_and_the_shared_claim_agree():
+    docs = manifests()
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    assert {
+        ("Deployment", "fishersft-api"),
+        ("Deployment", "fishersft-worker"),
+        ("Deployment", "fishersft-redis"),
+        ("Service", "fishersft-api"),
+        ("Service", "fishersft-redis"),
+        ("ConfigMap", "fishersft"),
+        ("PersistentVolumeClaim", "fishersft-artifacts"),
+    } <= kinds
+    config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    assert set(config) <= SETTINGS_ENV and config["REDIS_URL"].startswith("redis://fishersft-redis:")
+    for name in ("fishersft-api", "fishersft-worker"):
+        spec = containers(name)
+        container = spec["containers"][0]
+        assert_valid_command(container["command"])
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "artifacts")
+        assert mount["mountPath"] == config["FISHERSFT_DATA_DIR"]
+        claim = next(v for v in spec["volumes"] if v["name"] == "artifacts")["persistentVolumeClaim"]["claimName"]
+        assert claim == "fishersft-artifacts"
+    worker = containers("fishersft-worker")["containers"][0]
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
+    api = containers("fishersft-api")["containers"][0]
+    port = int(api["command"][api["command"].index("--port") + 1])
+    service = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "fishersft-api")
+    assert api["ports"][0]["containerPort"] == service["spec"]["ports"][0]["targetPort"] == port
+    assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+@pytest.mark.parametrize("command", ["fishersft api --port 9", "fishersft nonsense"])
+def test_the_command_check_can_fail(command):
+    if command.endswith("nonsense"):
+        with pytest.raises(SystemExit):
+            assert_valid_command(shlex.split(command))
+    else:
+        assert_valid_command(shlex.split(command))
