@@ -66,12 +66,12 @@ class SelectionJobs:
             return self._from_store(job_id)
 
     def view(self, job: Job) -> Selection:
-        job.refresh()  # status, timestamps and meta read together
+        """The API body of a job as last read from Redis (status, timestamps and meta are read together)."""
         status = job.get_status(refresh=False)
         if status == JobStatus.STARTED and self._worker_lost(job):
             self._fail(job, "worker_lost", "the worker running this job stopped (killed or crashed) before it ended")
             status = JobStatus.FAILED
-        meta = job.get_meta()
+        meta = job.meta
         state = "cancelled" if status == JobStatus.FAILED and meta.get("cancelled") else STATUS.get(status, "queued")
         result = self.store.result(job.id) if state == "succeeded" else None
         progress = meta.get("progress") if state in ("running", "succeeded") else None
@@ -93,12 +93,12 @@ class SelectionJobs:
             job = Job.fetch(job_id, connection=self.redis)
         except NoSuchJobError:
             return self._from_store(job_id)
-        status = job.get_status()
+        status = job.get_status(refresh=False)
         if status == JobStatus.STARTED:
             self.redis.set(cancel_key(job_id), 1, ex=KEEP_S)
         elif STATUS.get(status) == "queued":
             job.cancel()
-        return self.view(job)
+        return self.get(job_id)
 
     def list(self, limit: int, after: str | None) -> tuple[list[Selection], str | None]:
         top = "+inf"
