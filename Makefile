@@ -25,3 +25,4 @@ test: lint
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/selection.py
 	$(BIN)/python benchmarks/embedding.py
+	$(BIN)/python benchmarks/api.py
