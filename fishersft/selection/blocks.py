@@ -42,7 +42,7 @@ class FeatureBlocks:
             row = torch.arange(size)
             valid = row < self.counts[members, None]
             index = (offsets[members, None] + row).clamp_max(len(features) - 1)
-            self.padded[size] = features[index].to(torch.float32) * valid[..., None]
+            self.padded[size] = features[index].to(torch.float32).masked_fill_(~valid[..., None], 0.0)
         for i in (offsets.diff() > self.dim).nonzero().flatten().tolist():
             rows = features[offsets[i] : offsets[i + 1]].to(torch.float64)
             self.padded[int(self.buckets[i])][self.slots[i], : self.dim] = torch.linalg.qr(rows, mode="r").R
