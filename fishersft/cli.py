@@ -136,10 +136,9 @@ def run_select(args: argparse.Namespace) -> dict:
 def run_remote_select(args: argparse.Namespace, client: ServiceClient) -> dict:
     """Select on a service: upload DATA unless it is a dataset id, request the job, optionally wait for it."""
     dataset_id = args.data if not Path(args.data).exists() else client.upload(Path(args.data))["id"]
-    budget = _budget(args)
     body = {
         "dataset_id": dataset_id,
-        "budget": {"examples": budget.examples} if budget.examples else {"tokens": budget.tokens},
+        "budget": _budget(args).as_dict(),
         "method": args.method,
         "lambda": args.lam,
         "seed": args.seed,

@@ -111,7 +111,7 @@ def select_features(
         "gains": selection.gains,
         "objective": selection.objective,
         "method": method,
-        "budget": {"examples": budget.examples} if budget.examples is not None else {"tokens": budget.tokens},
+        "budget": budget.as_dict(),
         "lambda": lam,
         "n_candidates": len(features.ids),
         "n_loss_tokens": features.n_tokens,

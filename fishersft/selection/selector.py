@@ -27,6 +27,10 @@ class Budget:
         if (self.examples if self.examples is not None else self.tokens) < 0:  # type: ignore[operator]
             raise ValueError("a budget cannot be negative")
 
+    def as_dict(self) -> dict[str, int]:
+        """`{"examples": K}` or `{"tokens": T}`, as the CLI's result and the HTTP API write it."""
+        return {"examples": self.examples} if self.examples is not None else {"tokens": self.tokens}  # type: ignore[dict-item]
+
     def costs(self, lengths: Tensor) -> tuple[Tensor, float]:
         """Per-example costs and the limit on their sum."""
         if self.examples is not None:
