@@ -91,7 +91,10 @@ def test_cancel_while_queued_and_while_running(service, long_dataset):
     service.start_worker()
     job = service.select(dataset_id=dataset["id"], budget={"examples": 5})
     running = service.wait(job["id"], until=("running",))
-    while not (running.get("progress") or {}).get("done"):
+    deadline = time.monotonic() + 60
+    while not (running.get("progress") or {}).get("done"):  # cancel mid-embedding, after a batch or more
+        assert running["status"] == "running" and time.monotonic() < deadline, running
+        time.sleep(0.05)
         running = service.client.get(f"/v1/selections/{job['id']}").json()
     assert service.client.post(f"/v1/selections/{job['id']}/cancel").status_code == 200
     ended = service.wait(job["id"], timeout=30)
