@@ -9,7 +9,7 @@ must have the same shape. Blank lines are skipped.
 """
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -55,7 +55,12 @@ def read_jsonl(path: str | Path, max_errors: int = 20) -> list[Example]:
 
 def read_examples(lines: Iterable[bytes | str], max_errors: int = 20) -> list[Example]:
     """Parse and validate every line; raise DatasetError listing the first `max_errors` problems."""
-    examples: list[Example] = []
+    return list(iter_examples(lines, max_errors))
+
+
+def iter_examples(lines: Iterable[bytes | str], max_errors: int = 20) -> Iterator[Example]:
+    """Yield the examples as the lines come, keeping only their ids (for duplicates); at the end, or once more
+    than `max_errors` lines are bad, raise DatasetError listing the first `max_errors` problems."""
     errors: list[LineError] = []
     seen: dict[str, int] = {}
     shape: tuple[Shape, int] | None = None  # the dataset's shape and the line that set it
@@ -78,14 +83,14 @@ def read_examples(lines: Iterable[bytes | str], max_errors: int = 20) -> list[Ex
             if key in seen:
                 raise _BadLine(f"duplicate id {example.id!r} (first used on line {seen[key]})")
             seen[key] = number
-            examples.append(example)
         except _BadLine as e:
             errors.append(LineError(number, str(e)))
+            continue
+        yield example
     if errors:
         raise DatasetError(errors[:max_errors], more=len(errors) > max_errors)
-    if not examples:
+    if not seen:
         raise DatasetError([LineError(1, "the dataset is empty: no examples found")])
-    return examples
 
 
 def _parse(raw: bytes | str) -> dict[str, Any] | None:

@@ -1,9 +1,10 @@
 """/v1/datasets: upload (multipart), read, list, delete."""
 
 import hashlib
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
 
@@ -11,11 +12,12 @@ from app import deps
 from app.errors import ApiError
 from app.schemas import Dataset, Page
 from app.store import ArtifactStore
-from fishersft.dataset import read_jsonl
+from fishersft.dataset import iter_examples
 from fishersft.errors import DatasetError, InputError
 from fishersft.features import load_features
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+T = TypeVar("T")
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".npz": "npz", ".safetensors": "safetensors"}
 
 
@@ -33,24 +35,26 @@ def create_dataset(
         message = f"expected a .jsonl, .npz or .safetensors file, got {file.filename!r}"
         detail = {"field": "file", "message": "the file name must end in .jsonl, .npz or .safetensors"}
         raise ApiError(422, "unsupported_format", message, [detail])
+    fmt = FORMATS[suffix]
     temp = store.temp_file(suffix)
     try:
-        sha256, size = _copy_hashing(file, temp)
-        dataset_id = f"ds_{sha256[:24]}"
+        with _Upload(file, temp) as upload:
+            n_examples, n_loss_tokens = _validated(lambda: _counts(upload, fmt), temp, file.filename)
+            upload.finish()
+        dataset_id = f"ds_{upload.sha256[:24]}"
         existing = store.dataset(dataset_id)
         if existing is None:
-            n_examples, n_loss_tokens = _validate(temp, FORMATS[suffix])
             existing = Dataset(
                 id=dataset_id,
                 name=name or file.filename,
-                format=FORMATS[suffix],
+                format=fmt,
                 n_examples=n_examples,
                 n_loss_tokens=n_loss_tokens,
-                sha256=sha256,
-                bytes=size,
+                sha256=upload.sha256,
+                bytes=upload.size,
                 created_at=datetime.now(UTC),
             ).model_dump(mode="json")
-            store.put_blob(temp, sha256)
+            store.put_blob(temp, upload.sha256)
             store.put_dataset(existing)
     finally:
         temp.unlink(missing_ok=True)
@@ -58,27 +62,65 @@ def create_dataset(
     return Dataset(**existing)
 
 
-def _copy_hashing(file: UploadFile, target: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    with open(target, "wb") as out:
-        while chunk := file.file.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-            out.write(chunk)
-    return digest.hexdigest(), size
+class _Upload:
+    """Copies an uploaded file to `target` in 1 MiB chunks, hashing it, and hands out its lines on the way."""
+
+    def __init__(self, file: UploadFile, target: Path) -> None:
+        self.file, self.target = file, target
+        self.digest, self.size = hashlib.sha256(), 0
+
+    def __enter__(self) -> "_Upload":
+        self.out = open(self.target, "wb")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.out.close()
+
+    def chunks(self) -> Iterator[bytes]:
+        while chunk := self.file.file.read(1 << 20):
+            self.digest.update(chunk)
+            self.size += len(chunk)
+            self.out.write(chunk)
+            yield chunk
+
+    def lines(self) -> Iterator[bytes]:
+        rest = b""
+        for chunk in self.chunks():
+            *complete, rest = (rest + chunk).split(b"\n")
+            yield from complete
+        if rest:
+            yield rest
+
+    def finish(self) -> None:
+        """Copy whatever was not read yet."""
+        for _ in self.chunks():
+            pass
+        self.out.flush()
+
+    @property
+    def sha256(self) -> str:
+        return self.digest.hexdigest()
 
 
-def _validate(path: Path, fmt: str) -> tuple[int, int | None]:
+def _counts(upload: _Upload, fmt: str) -> tuple[int, int | None]:
+    """Examples and loss tokens: JSONL is validated line by line as it is copied (only ids are kept, for
+    duplicates), a features file is read whole once copied."""
+    if fmt == "jsonl":
+        return sum(1 for _ in iter_examples(upload.lines())), None
+    upload.finish()
+    features = load_features(upload.target)
+    return len(features.ids), features.n_tokens
+
+
+def _validated(check: Callable[[], T], temp: Path, filename: str | None) -> T:
+    """`check()`, with its input errors as 422s that name the uploaded file, not our temporary copy."""
     try:
-        if fmt == "jsonl":
-            return len(read_jsonl(path)), None
-        features = load_features(path)
-        return len(features.ids), features.n_tokens
+        return check()
     except DatasetError as e:
         details = [{"line": err.line, "message": err.message} for err in e.errors]
         raise ApiError(422, "invalid_dataset", e.message, details) from None
     except InputError as e:
-        raise ApiError(422, "invalid_features", e.message.replace(path.name, "file"), e.details) from None
+        raise ApiError(422, "invalid_features", e.message.replace(temp.name, filename or "file"), e.details) from None
 
 
 @router.get("", response_model=Page[Dataset], summary="List datasets, newest first")
