@@ -109,6 +109,8 @@ def run_select(args: argparse.Namespace) -> dict:
         else:
             if not args.model:
                 raise InputError("a JSONL dataset needs --model DIR to compute its features")
+            if args.features_out and args.features_out.exists():
+                raise InputError(f"--features-out {args.features_out} already exists; remove it or pick another")
             embedding = embed_dataset(
                 data,
                 args.model,

@@ -13,6 +13,7 @@ Without ids, example i has id i.
 import json
 import os
 import shutil
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,13 +51,13 @@ def is_features_path(path: str | Path) -> bool:
 
 
 class FeatureStoreWriter:
-    """Writes a features store into `<directory>.partial` and renames it to `directory` on `commit()`, so a store
-    that exists is always complete. Rows go straight to a memory-mapped file: RAM does not grow with the data."""
+    """Writes a features store into a partial directory of its own and renames it to `directory` on `commit()`,
+    so a store that exists is always complete, and writers of the same store never share files. Rows go
+    straight to a memory-mapped file: RAM does not grow with the data."""
 
     def __init__(self, directory: str | Path, lengths: Sequence[int], dim: int, ids: Sequence[ExampleId]) -> None:
         self.directory = Path(directory)
-        self.partial = self.directory.with_name(self.directory.name + ".partial")
-        shutil.rmtree(self.partial, ignore_errors=True)
+        self.partial = self.directory.with_name(f"{self.directory.name}.{uuid.uuid4().hex[:12]}.partial")
         self.partial.mkdir(parents=True)
         self.offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
         np.cumsum(lengths, out=self.offsets[1:])
@@ -70,10 +71,16 @@ class FeatureStoreWriter:
         self.features[self.offsets[i] : self.offsets[i + 1]] = rows
 
     def commit(self) -> Path:
+        """Move the finished store into place. If another writer put the same store there first (two jobs
+        embedding one dataset at once), keep theirs: it is complete and may be in use."""
         self.features.flush()
         del self.features
-        shutil.rmtree(self.directory, ignore_errors=True)
-        os.replace(self.partial, self.directory)
+        try:
+            os.rename(self.partial, self.directory)
+        except OSError:
+            if not (self.directory / FEATURES_FILE).exists():
+                raise
+            shutil.rmtree(self.partial, ignore_errors=True)
         return self.directory
 
     def abort(self) -> None:

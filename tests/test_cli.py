@@ -70,6 +70,7 @@ def test_select_on_a_features_file_with_token_budget_random_and_warm_start(tmp_p
         (["select", "{tmp}/missing.npz", "--budget", "3"], "no such file"),
         (["select", "{data}", "--budget", "0"], "must be a positive integer"),
         (["select", "{data}", "--budget", "3", "--budget-tokens", "9"], "not allowed with argument"),
+        (["select", "{data}", "--model", "{model}", "--budget", "3", "--features-out", "{tmp}"], "already exists"),
     ],
 )
 def test_bad_input_exits_with_a_message_not_a_traceback(tmp_path, llama_dir, args, message):

@@ -70,3 +70,21 @@ def test_missing_arrays_ids_and_files(tmp_path):
     ]:
         with pytest.raises(FeaturesError, match=message):
             load_features(tmp_path / name)
+
+
+def test_two_writers_of_one_store_never_share_files(tmp_path):
+    """Two jobs embedding the same dataset at once: the first complete store stays, the second is dropped."""
+    features, offsets = arrays()
+    lengths = np.diff(offsets).tolist()
+    first = FeatureStoreWriter(tmp_path / "store", lengths, 4, list(range(5)))
+    second = FeatureStoreWriter(tmp_path / "store", lengths, 4, list(range(5)))
+    assert first.partial != second.partial
+    for writer in (first, second):
+        for i in range(5):
+            writer.write(i, features[offsets[i] : offsets[i + 1]])
+    first.commit()
+    in_use = load_features(tmp_path / "store")
+    second.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
+    np.testing.assert_allclose(in_use.features, features, atol=2e-3)
+    np.testing.assert_allclose(load_features(tmp_path / "store").features, features, atol=2e-3)
