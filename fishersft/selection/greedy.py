@@ -11,7 +11,6 @@ re-evaluates only the candidates whose bound reaches the top of a heap. Both see
 return the same selection in the same order.
 """
 
-import heapq
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -72,80 +71,53 @@ def exact_greedy(
 def lazy_greedy(
     objective: Objective, costs: Tensor, limit: float, candidates: Tensor, on_step: StepCallback | None = None
 ) -> GreedyResult:
-    """Greedy with cached upper bounds on the gains; same result as `exact_greedy`, far fewer evaluations."""
-    idx = candidates[costs[candidates] <= limit]
+    """Greedy with cached upper bounds on the gains; same result as `exact_greedy`, far fewer evaluations.
+
+    Each candidate keeps its last computed gain per unit cost, an upper bound on its current one. Before a pick,
+    the stale bounds that reach the best current value (less ROUNDING_TOLERANCE) are refreshed, highest first, in
+    batches of 1, 2, 4, ...; when none is left, the best current value is the exact-greedy pick. The bounds live
+    in tensors: a round is a few vector operations over all candidates, not a heap operation per candidate.
+    """
+    alive = torch.zeros(len(costs), dtype=torch.bool)
+    alive[candidates] = True
+    alive &= costs <= limit
+    idx = alive.nonzero().flatten()
     order: list[int] = []
     gains: list[float] = []
     if len(idx) == 0:
         return GreedyResult(order, gains)
-    gain = objective.gains(idx)
-    singles = (idx, gain)
-    heap = list(zip((-(gain / costs[idx])).tolist(), idx.tolist(), strict=True))
-    heapq.heapify(heap)
-    last_gain = torch.zeros(len(costs), dtype=torch.float64).index_copy_(0, idx, gain).tolist()
-    fresh_at = [0] * len(costs)  # the step at which each cached gain was computed
-    cost = costs.tolist()
+    gain = torch.zeros(len(costs), dtype=torch.float64)
+    gain[idx] = objective.gains(idx)
+    singles = (idx, gain[idx].clone())
+    bound = torch.full((len(costs),), -torch.inf, dtype=torch.float64)
+    bound[idx] = gain[idx] / costs[idx]
+    fresh = alive.clone()  # gain computed at the current step
     left = limit
-    while heap:
-        batch = 1
-        while heap:
-            _, top = heap[0]
-            if cost[top] > left:
-                heapq.heappop(heap)  # it will never fit again
-                continue
-            if fresh_at[top] == len(order):
-                stale = _pop_stale_near_top(heap, cost, left, fresh_at, len(order))
-                if not stale:
-                    break
-            else:
-                stale = _pop_stale(heap, batch, cost, left, fresh_at, len(order))
-                batch *= 2
-            stale_idx = torch.tensor(stale, dtype=torch.int64)
-            fresh = objective.gains(stale_idx)
-            keys = (-(fresh / costs[stale_idx])).tolist()
-            for i, value, key in zip(stale, fresh.tolist(), keys, strict=True):
-                last_gain[i], fresh_at[i] = value, len(order)
-                heapq.heappush(heap, (key, i))
-        if not heap:
+    while True:
+        alive &= costs <= left
+        if not alive.any():
             break
-        _, top = heapq.heappop(heap)
-        _pick(objective, top, last_gain[top], order, gains)
-        left -= cost[top]
+        batch = 1
+        while True:
+            best = torch.where(alive & fresh, bound, -torch.inf).max()
+            floor = best - ROUNDING_TOLERANCE * best.abs() if torch.isfinite(best) else best
+            stale = alive & ~fresh & (bound >= floor)
+            n_stale = int(stale.sum())
+            if n_stale == 0:
+                break
+            chosen = torch.topk(torch.where(stale, bound, -torch.inf), min(batch, n_stale)).indices
+            gain[chosen] = objective.gains(chosen)
+            bound[chosen] = gain[chosen] / costs[chosen]
+            fresh[chosen] = True
+            batch *= 2
+        top = int(torch.argmax(torch.where(alive & fresh, bound, -torch.inf)))  # first maximum: lowest index
+        _pick(objective, top, float(gain[top]), order, gains)
+        alive[top] = False
+        fresh[:] = False
+        left -= float(costs[top])
         if on_step:
             on_step(limit - left)
     return _better_than_best_single(GreedyResult(order, gains), singles)
-
-
-def _pop_stale(
-    heap: list[tuple[float, int]], batch: int, cost: list[float], left: float, fresh_at: list[int], step: int
-) -> list[int]:
-    """Pop up to `batch` stale, affordable entries from the top of the heap, stopping at the first fresh one."""
-    stale: list[int] = []
-    while heap and len(stale) < batch and fresh_at[heap[0][1]] != step:
-        _, i = heapq.heappop(heap)
-        if cost[i] <= left:
-            stale.append(i)
-    return stale
-
-
-def _pop_stale_near_top(
-    heap: list[tuple[float, int]], cost: list[float], left: float, fresh_at: list[int], step: int
-) -> list[int]:
-    """Pop the stale, affordable entries whose bound is within ROUNDING_TOLERANCE of the fresh top's value;
-    fresh entries popped on the way go back."""
-    best = -heap[0][0]
-    floor_key = -(best - ROUNDING_TOLERANCE * abs(best))
-    stale: list[int] = []
-    fresh: list[tuple[float, int]] = []
-    while heap and heap[0][0] <= floor_key:
-        entry = heapq.heappop(heap)
-        if fresh_at[entry[1]] == step:
-            fresh.append(entry)
-        elif cost[entry[1]] <= left:
-            stale.append(entry[1])
-    for entry in fresh:
-        heapq.heappush(heap, entry)
-    return stale
 
 
 def _pick(objective: Objective, i: int, gain: float, order: list[int], gains: list[float]) -> None:
