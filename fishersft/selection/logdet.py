@@ -5,7 +5,8 @@ By the matrix determinant lemma the gain of adding example i is
     f(S + i) - f(S) = log det(I + X_i Sigma^-1 X_i^T) = log det(I + A_i A_i^T),   A_i = X_i L^-T,
 
 where Sigma = L L^T. We keep W = L^-1, so A_i is one matrix product and a batch of candidates is a few batched
-products plus one batched Cholesky of small n_i x n_i matrices.
+products plus one batched Cholesky of small n_i x n_i matrices. W^T is upper triangular: split in halves,
+A = [X_1 U_11, X_1 U_12 + X_2 U_22] skips the zero quarter of the product, which is most of the cost.
 
 Sigma and its factor are accumulated in float64; the products over candidates run in float32 (three times the
 throughput on CPU; features are float16 to begin with), and each gain is summed in float64.
@@ -35,15 +36,25 @@ class LogDetObjective:
         self.chol = torch.linalg.cholesky(self.sigma)
         identity = torch.eye(self.blocks.dim, dtype=torch.float64)
         inv_chol = torch.linalg.solve_triangular(self.chol, identity, upper=False)
-        self.inv_chol_t = inv_chol.T.to(torch.float32).contiguous()
+        w_t = inv_chol.T.to(torch.float32)
+        h = self.blocks.dim // 2
+        self._triangle_blocks = (w_t[:h, :h].contiguous(), w_t[:h, h:].contiguous(), w_t[h:, h:].contiguous())
 
     def gains(self, idx: Tensor) -> Tensor:
         """log det(I + X_i Sigma^-1 X_i^T) for each example index in `idx`, as float64."""
         out = torch.empty(len(idx), dtype=torch.float64)
+        h = self.blocks.dim // 2
+        upper_left, upper_right, lower_right = self._triangle_blocks
         for where, block in self.blocks.by_bucket(idx, lambda shape: self._scratch("block", shape)):
-            m, size, dim = block.shape
-            a = torch.matmul(block, self.inv_chol_t, out=self._scratch("projection", (m, size, dim)))
-            gram = torch.bmm(a, a.transpose(1, 2), out=self._scratch("gram", (m, size, size)))
+            m, size, _ = block.shape
+            rows = block.view(m * size, -1)
+            # A = X W^T with W^T upper triangular: [X1 U11, X1 U12 + X2 U22], a quarter of the flops skipped
+            a1 = torch.mm(rows[:, :h], upper_left, out=self._scratch("a1", (m * size, h)))
+            a2 = torch.mm(rows[:, h:], lower_right, out=self._scratch("a2", (m * size, lower_right.shape[1])))
+            a2.addmm_(rows[:, :h], upper_right)
+            a1, a2 = a1.view(m, size, -1), a2.view(m, size, -1)
+            gram = torch.bmm(a1, a1.transpose(1, 2), out=self._scratch("gram", (m, size, size)))
+            gram.baddbmm_(a2, a2.transpose(1, 2))
             gram.diagonal(dim1=1, dim2=2).add_(1.0)
             chol = torch.linalg.cholesky(gram, out=self._scratch("chol", (m, size, size)))
             out[where] = 2 * chol.diagonal(dim1=1, dim2=2).to(torch.float64).log().sum(-1)
