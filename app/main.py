@@ -20,6 +20,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.redis = Redis.from_url(settings.redis_url)
     app.state.store = ArtifactStore(settings.data_dir)
+    app.state.store.sweep(older_than_s=settings.job_timeout_s)
     errors.install(app)
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
     app.include_router(health.router)

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,19 @@ class ArtifactStore:
         self.blob(record["sha256"]).unlink(missing_ok=True)
         for cached in (self.root / "features").glob(f"{record['sha256']}-*"):
             shutil.rmtree(cached, ignore_errors=True)
+
+    def sweep(self, older_than_s: float) -> list[Path]:
+        """Remove what crashed writers left: upload copies in tmp/ and partial features stores, once older than
+        `older_than_s` (the job timeout: nothing still running can own them). Returns what was removed."""
+        cutoff = time.time() - older_than_s
+        leftovers = [*(self.root / "tmp").iterdir(), *(self.root / "features").glob("*.partial")]
+        removed = [p for p in leftovers if p.stat().st_mtime < cutoff]
+        for path in removed:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        return removed
 
     def features_dir(self, sha256: str, model: str, max_length: int) -> Path:
         return self.root / "features" / f"{sha256}-{_safe(model)}-{max_length}"

@@ -1,6 +1,7 @@
 """The service end to end: a real Redis server, real RQ workers in subprocesses, the API over TestClient."""
 
 import json
+import os
 import random
 import signal
 import time
@@ -12,6 +13,7 @@ from redis import Redis
 
 from app.config import Settings
 from app.main import create_app
+from app.store import ArtifactStore
 from fishersft.features import load_features
 from fishersft.pipeline import embed_dataset, select_features
 from fishersft.selection import Budget
@@ -260,3 +262,18 @@ def test_progress_is_reported_while_embedding(service, long_dataset):
         time.sleep(0.2)
     assert ("embedding", 3000) in seen and body["status"] == "succeeded"
     assert json.loads(json.dumps(body["result"]))["n_candidates"] == 3000
+
+
+def test_leftovers_of_crashed_writers_are_swept_once_old(tmp_path):
+    store = ArtifactStore(tmp_path)
+    old_copy, new_copy = store.temp_file(".jsonl"), store.temp_file(".jsonl")
+    old_partial = store.root / "features" / "abc-tiny-64.1234.partial"
+    old_partial.mkdir()
+    (old_partial / "features.npy").write_bytes(b"x")
+    done = store.root / "features" / "abc-tiny-64"
+    done.mkdir()
+    day_ago = time.time() - 86400
+    for path in (old_copy, old_partial, done):
+        os.utime(path, (day_ago, day_ago))
+    assert sorted(store.sweep(older_than_s=3600)) == sorted([old_copy, old_partial])
+    assert new_copy.exists() and done.exists() and not old_partial.exists()

@@ -13,6 +13,7 @@ from rq import Queue, SimpleWorker
 
 import workers.selection  # noqa: F401  (imported now, not inside the first job: torch takes seconds to load)
 from app.config import Settings
+from app.store import ArtifactStore
 
 
 def main() -> None:
@@ -20,6 +21,7 @@ def main() -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     transformers.logging.disable_progress_bar()
     settings = Settings.from_env()
+    ArtifactStore(settings.data_dir).sweep(older_than_s=settings.job_timeout_s)
     redis = Redis.from_url(settings.redis_url)
     worker = SimpleWorker([Queue(settings.queue, connection=redis)], connection=redis)
     worker.work(with_scheduler=False, logging_level=level)
