@@ -73,9 +73,10 @@ def _select(request: dict[str, Any], settings: Settings, store: ArtifactStore, p
                 progress=progress,
                 load=cached_model,
             )
-            truncated, load_s = embedding.truncated, embedding.load_seconds
+            features, truncated, load_s = embedding.features, embedding.truncated, embedding.load_seconds
             model_cached = cached_model.cache_info().hits > hits
-        features = load_features(features_dir)
+        else:
+            features = load_features(features_dir)
     else:
         features = load_features(store.blob(dataset["sha256"]), suffix=f".{dataset['format']}")
     embed_s = time.perf_counter() - started
