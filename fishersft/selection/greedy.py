@@ -7,8 +7,8 @@ the best single affordable candidate and the better of the two is returned (Khul
 
 `exact_greedy` evaluates every remaining candidate at every step. `lazy_greedy` (Minoux 1978) keeps the last
 computed gain of each candidate as an upper bound, valid because gains only decrease as the set grows, and
-re-evaluates only the candidates whose bound reaches the top of a heap. Both see the same gain values, so they
-return the same selection in the same order.
+re-evaluates only the candidates whose bound reaches the best current gain. Both see the same gain values, so
+they return the same selection in the same order.
 """
 
 from collections.abc import Callable
