@@ -56,13 +56,8 @@ def main() -> None:
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            while True:
-                try:
-                    if httpx.get(f"{url}/readyz").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.2)
             client = ServiceClient(url)
+            client.wait_ready(alive=lambda: server.poll() is None)
             dataset = client.upload(sample_dataset())
             job = client.wait(client.create_selection({"dataset_id": dataset["id"], "budget": {"examples": 20}})["id"])
             start = time.perf_counter()

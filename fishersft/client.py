@@ -21,6 +21,20 @@ class ServiceClient:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
 
+    def wait_ready(self, timeout: float = 120, alive: Callable[[], bool] = lambda: True) -> None:
+        """Wait until GET /readyz answers 200 (Redis reachable, a worker registered); give up after `timeout`
+        seconds or as soon as `alive()` (the server process is still running, say) turns false."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.http.get("/readyz").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if not alive() or time.monotonic() > deadline:
+                raise ServiceError(f"the service at {self.http.base_url} did not become ready")
+            time.sleep(0.2)
+
     def upload(self, path: Path, name: str | None = None) -> dict[str, Any]:
         with open(path, "rb") as f:
             return self._call("POST", "/v1/datasets", files={"file": (path.name, f)}, data={"name": name or path.name})
