@@ -14,6 +14,8 @@ from rq import Worker
 from app.config import Settings
 
 ROOT = Path(__file__).parents[1]
+WAIT_S = 600
+"""Deadline for any awaited state: generous, since CI machines are shared and can be many times slower."""
 
 
 @dataclass
@@ -33,7 +35,7 @@ class Service:
             [sys.executable, "-m", "workers"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         self.workers.append(worker)
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + WAIT_S
         while Worker.count(connection=self.redis) <= before:
             assert worker.poll() is None, "the worker exited"
             assert time.monotonic() < deadline, "the worker did not register"
@@ -61,7 +63,7 @@ class Service:
         assert response.status_code == 202, response.text
         return response.json()
 
-    def wait(self, job_id: str, until: tuple[str, ...] = ("succeeded", "failed", "cancelled"), timeout: float = 120):
+    def wait(self, job_id: str, until: tuple[str, ...] = ("succeeded", "failed", "cancelled"), timeout: float = WAIT_S):
         deadline = time.monotonic() + timeout
         while True:
             job = self.client.get(f"/v1/selections/{job_id}").json()

@@ -6,10 +6,8 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
-import httpx
-
+from fishersft.client import ServiceClient, ServiceError
 from fishersft.redis_server import free_port
 from tests.conftest import SAMPLE
 
@@ -20,7 +18,7 @@ def fishersft(*args: str, env: dict, **kwargs) -> subprocess.CompletedProcess:
         capture_output=True,
         text=True,
         env=env,
-        timeout=300,
+        timeout=600,
         **kwargs,
     )
 
@@ -49,15 +47,10 @@ def test_serve_and_the_client_commands(tmp_path):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()
-            time.sleep(0.2)
+        try:
+            ServiceClient(url).wait_ready(timeout=600, alive=lambda: server.poll() is None)
+        except ServiceError:
+            raise AssertionError(server.stderr.read()) from None
         remote = fishersft("select", SAMPLE, "--server", url, "--budget", 5, "--wait", "--max-length", 64, env=env)
         assert remote.returncode == 0, remote.stderr
         model_dir = tmp_path / "home" / "models" / "tiny-llama"

@@ -1,6 +1,5 @@
 """The service end to end: a real Redis server, real RQ workers in subprocesses, the API over TestClient."""
 
-import json
 import os
 import random
 import signal
@@ -18,7 +17,7 @@ from fishersft.features import load_features
 from fishersft.pipeline import embed_dataset, select_features
 from fishersft.selection import Budget
 from tests.conftest import SAMPLE, sample_texts, write_jsonl
-from tests.service import Service
+from tests.service import WAIT_S, Service
 
 
 @pytest.fixture
@@ -39,7 +38,8 @@ def service(tmp_path, redis_server, llama_dir):
 
 @pytest.fixture(scope="session")
 def long_dataset(tmp_path_factory):
-    """3,000 texts of 400 words: about ten seconds of embedding for the tiny model."""
+    """3,000 texts of 400 words: long enough to catch its job running (10 s to minutes of embedding for the tiny
+    model, depending on the machine). Tests cancel, kill or abandon it; none waits for it to finish."""
     rng = random.Random(0)
     words = " ".join(sample_texts()).split()
     path = tmp_path_factory.mktemp("long") / "long.jsonl"
@@ -93,13 +93,13 @@ def test_cancel_while_queued_and_while_running(service, long_dataset):
     service.start_worker()
     job = service.select(dataset_id=dataset["id"], budget={"examples": 5})
     running = service.wait(job["id"], until=("running",))
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + WAIT_S
     while not (running.get("progress") or {}).get("done"):  # cancel mid-embedding, after a batch or more
         assert running["status"] == "running" and time.monotonic() < deadline, running
         time.sleep(0.05)
         running = service.client.get(f"/v1/selections/{job['id']}").json()
     assert service.client.post(f"/v1/selections/{job['id']}/cancel").status_code == 200
-    ended = service.wait(job["id"], timeout=30)
+    ended = service.wait(job["id"])
     assert ended["status"] == "cancelled" and ended["progress"] is None and ended["result"] is None
     assert service.client.post(f"/v1/selections/{job['id']}/cancel").json()["error"]["code"] == "already_ended"
     # the worker is free again
@@ -114,7 +114,7 @@ def test_killed_worker_leaves_the_job_failed_and_the_service_answers(service, lo
     service.wait(job["id"], until=("running",))
     worker.send_signal(signal.SIGKILL)
     worker.wait()
-    ended = service.wait(job["id"], timeout=30)
+    ended = service.wait(job["id"])
     assert ended["status"] == "failed" and ended["error"]["code"] == "worker_lost"
     assert service.client.get("/healthz").status_code == 200
     assert service.client.get(f"/v1/datasets/{dataset['id']}").status_code == 200
@@ -248,20 +248,21 @@ def test_openapi_documents_every_field(service):
 
 
 def test_progress_is_reported_while_embedding(service, long_dataset):
+    """Watches a long job until it reports embedding progress, then cancels it: the check needs no assumption
+    about how long the whole embedding takes on this machine."""
     service.start_worker()
     dataset = service.upload(long_dataset)
     job = service.select(dataset_id=dataset["id"], budget={"examples": 5})
-    seen = set()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    body = service.wait(job["id"], until=("running",))
+    deadline = time.monotonic() + WAIT_S
+    while not (body["progress"] and body["progress"]["done"] > 0):
+        assert body["status"] == "running" and time.monotonic() < deadline, body
+        time.sleep(0.1)
         body = service.client.get(f"/v1/selections/{job['id']}").json()
-        if body["progress"]:
-            seen.add((body["progress"]["phase"], body["progress"]["total"]))
-        if body["status"] == "succeeded":
-            break
-        time.sleep(0.2)
-    assert ("embedding", 3000) in seen and body["status"] == "succeeded"
-    assert json.loads(json.dumps(body["result"]))["n_candidates"] == 3000
+    assert body["progress"]["phase"] == "embedding" and body["progress"]["total"] == 3000
+    assert 0 < body["progress"]["done"] <= 3000
+    service.client.post(f"/v1/selections/{job['id']}/cancel")
+    assert service.wait(job["id"])["status"] in ("cancelled", "succeeded")
 
 
 def test_leftovers_of_crashed_writers_are_swept_once_old(tmp_path):
