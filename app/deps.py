@@ -9,10 +9,10 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from redis import Redis
 
-from app.config import Settings
 from app.errors import ApiError
 from app.jobs import SelectionJobs
-from app.store import ArtifactStore
+from fishersft.service.settings import Settings
+from fishersft.service.store import ArtifactStore
 
 
 async def settings(request: Request) -> Settings:

@@ -16,10 +16,10 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
-from app.config import Settings
 from app.schemas import JobError, Progress, Selection, SelectionCreate, SelectionResult
-from app.store import ArtifactStore
-from workers.protocol import alive_key, cancel_key
+from fishersft.service.protocol import alive_key, cancel_key
+from fishersft.service.settings import Settings
+from fishersft.service.store import ArtifactStore
 
 INDEX = "fishersft:selections"
 """Sorted set of selection job ids, scored by creation time: the list endpoint's order and cursor."""

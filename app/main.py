@@ -4,11 +4,11 @@ from fastapi import Depends, FastAPI
 from redis import Redis
 
 from app import errors
-from app.config import Settings
 from app.deps import authorize
 from app.routes import datasets, health, selections
-from app.store import ArtifactStore
 from app.upload_limit import UploadLimit
+from fishersft.service.settings import Settings
+from fishersft.service.store import ArtifactStore
 
 DESCRIPTION = """FisherSFT data selection: upload an SFT dataset, ask for the most informative examples under a
 budget, poll the job, fetch the selected ids. Errors are `{"error": {"code", "message", "details"}}`."""

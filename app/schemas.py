@@ -74,6 +74,8 @@ class SelectionResult(BaseModel):
     gains: list[float] = Field(description="Increase of log det Sigma from each pick.")
     objective: float = Field(description="log det Sigma of the warm start and the picks.")
     method: str = Field(description="fisher or random.")
+    model: str | None = Field(description="The model whose features were selected on; null for uploaded features.")
+    dim: int = Field(description="Width of the features (the model's hidden size).")
     budget: dict[str, int] = Field(description="The budget asked for.")
     n_candidates: int = Field(description="Examples in the dataset.")
     n_loss_tokens: int = Field(description="Loss tokens in the dataset.")
@@ -101,6 +103,7 @@ class Selection(BaseModel):
 class Model(BaseModel):
     name: str = Field(description="Registry name, to use as `model`.")
     default: bool = Field(description="Whether selections without `model` use it.")
+    dim: int = Field(description="Width of its pre-logit features (hidden size).")
 
 
 class Health(BaseModel):

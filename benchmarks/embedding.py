@@ -1,144 +1,147 @@
-"""Embedding throughput: the embedder against a bare forward pass of the same model on the same batches.
+"""Embedding on the real default model: throughput against a bare forward pass, and float32 vs bfloat16.
 
-    python benchmarks/embedding.py [--examples 1500 --hidden 256 --layers 4 --batch-size 16]
+    python benchmarks/embedding.py [--model smollm2-135m-instruct] [--data FILE.jsonl] [--batch-size 16]
+                                   [--out benchmarks/results/embedding.json]
 
-A Llama-architecture model is built locally (no hub here) at a size a CPU runs in reasonable time; the data is
-synthetic prompt/response pairs of 8 to 160 words. Reported in loss tokens per second:
+Data: chatterbot-corpus English (from the installed package) unless --data names a JSONL file. Reported in loss
+tokens per second, each run twice, alternating, the faster counting:
 - embedder: `embed()`, i.e. padding, the body's forward pass, the gather of the loss positions, float16
   conversion and the write to the memory-mapped features store;
 - bare forward: the body's forward pass alone on the same padded, length-sorted batches (the floor);
-- full LM forward: the whole causal LM with output_hidden_states, the obvious way to get the same vectors.
-Each is run twice, alternating, and the faster run counts.
+each in float32 and under bfloat16 autocast. Then the selection agreement of the two precisions: fisher under
+an example budget and under a loss-token budget from each precision's features, the overlap of the selected
+ids, and the objective of each subset evaluated on the float32 features.
 """
 
 import argparse
-import random
+import json
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from fishersft.dataset import Example
+from fishersft import corpora
+from fishersft.dataset import read_jsonl
 from fishersft.embedding import embed, length_sorted_batches, load_model, pad_batch
 from fishersft.encoding import encode_all
-from fishersft.features import FeatureStoreWriter
-from fishersft.tiny_model import build_tiny_model
+from fishersft.features import FeatureStoreWriter, load_features
+from fishersft.models import DEFAULT_MODEL, resolve_model
+from fishersft.selection import Budget, select
+from fishersft.selection.blocks import FeatureBlocks
+from fishersft.selection.logdet import LogDetObjective
 
-WORDS = [
-    "model",
-    "data",
-    "token",
-    "train",
-    "loss",
-    "answer",
-    "question",
-    "river",
-    "city",
-    "number",
-    "write",
-    "code",
-    "list",
-    "python",
-    "function",
-    "value",
-    "learn",
-    "fine",
-    "tune",
-    "select",
-    "budget",
-    "example",
-    "prompt",
-    "response",
-    "topic",
-    "cluster",
-    "gradient",
-    "matrix",
-    "vector",
-]
-
-
-def synthetic_examples(n: int, seed: int = 0) -> list[Example]:
-    rng = random.Random(seed)
-
-    def sentence(k: int) -> str:
-        return " ".join(rng.choice(WORDS) for _ in range(k))
-
-    return [
-        Example(
-            i, i + 1, "prompt_response", prompt=sentence(rng.randint(8, 160)), response=sentence(rng.randint(8, 160))
-        )
-        for i in range(n)
-    ]
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 
 
 @torch.inference_mode()
-def bare_forward(model, encoded, batch_size: int) -> None:
+def bare_forward(model, encoded, batch_size: int, autocast: torch.dtype | None) -> None:
     for batch in length_sorted_batches(encoded, batch_size):
         ids, mask = pad_batch(encoded, batch, torch.device("cpu"))
-        model.base_model(input_ids=ids, attention_mask=mask)
+        with torch.autocast("cpu", dtype=autocast or torch.float32, enabled=autocast is not None):
+            model.base_model(input_ids=ids, attention_mask=mask)
 
 
-@torch.inference_mode()
-def full_forward(model, encoded, batch_size: int) -> None:
-    for batch in length_sorted_batches(encoded, batch_size):
-        ids, mask = pad_batch(encoded, batch, torch.device("cpu"))
-        model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+def objective_on(features: torch.Tensor, offsets: torch.Tensor, indices: list[int]) -> float:
+    objective = LogDetObjective(FeatureBlocks(features, offsets), lam=1.0)
+    for i in indices:
+        objective.add(i)
+    return objective.value()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--examples", type=int, default=1500)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--vocab", type=int, default=8000)
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--data", type=Path, help="a JSONL dataset (default: chatterbot-corpus English)")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-length", type=int, default=1024)
+    parser.add_argument("--budget", type=int, default=30, help="examples, for the agreement check")
+    parser.add_argument("--budget-tokens", type=int, default=600, help="loss tokens, for the agreement check")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "embedding.json")
     args = parser.parse_args()
-    examples = synthetic_examples(args.examples)
     with tempfile.TemporaryDirectory() as tmp:
-        texts = [e.prompt + " " + e.response for e in examples]
-        model_dir = build_tiny_model(
-            Path(tmp) / "model",
-            texts,
-            hidden_size=args.hidden,
-            layers=args.layers,
-            vocab_size=args.vocab,
-            max_positions=1024,
-        )
-        model, tokenizer = load_model(model_dir, torch.device("cpu"))
-        start = time.perf_counter()
-        encoded = encode_all(examples, tokenizer, max_length=1024)
-        tokenize_s = time.perf_counter() - start
+        data = args.data
+        if data is None:
+            data = Path(tmp) / "chatterbot-english.jsonl"
+            corpora.write_jsonl(corpora.chatterbot(["english"]), data)
+        model, tokenizer = load_model(resolve_model(args.model), torch.device("cpu"))
+        dim = model.get_output_embeddings().weight.shape[1]
+        examples = read_jsonl(data)
+        encoded = encode_all(examples, tokenizer, args.max_length)
         loss_tokens = sum(len(e.targets) for e in encoded)
         all_tokens = sum(len(e.input_ids) for e in encoded)
+        stores = {}
 
-        def embedder() -> None:
+        def embedder(precision: str) -> None:
             writer = FeatureStoreWriter(
-                Path(tmp) / "store", [len(e.targets) for e in encoded], args.hidden, list(range(len(encoded)))
+                Path(tmp) / precision, [len(e.targets) for e in encoded], dim, list(range(len(encoded)))
             )
-            embed(model, encoded, writer, args.batch_size)
-            writer.commit()
+            embed(model, encoded, writer, args.batch_size, autocast=PRECISIONS[precision])
+            stores[precision] = writer.commit()
 
-        runs = {
-            "embedder": embedder,
-            "bare forward": lambda: bare_forward(model, encoded, args.batch_size),
-            "full LM forward": lambda: full_forward(model, encoded, args.batch_size),
-        }
+        runs = {}
+        for precision, autocast in PRECISIONS.items():
+            runs[f"embedder {precision}"] = lambda p=precision: embedder(p)
+            runs[f"bare forward {precision}"] = lambda a=autocast: bare_forward(model, encoded, args.batch_size, a)
         best = dict.fromkeys(runs, float("inf"))
-        bare_forward(model, encoded[:64], args.batch_size)  # warm up
+        bare_forward(model, encoded[:64], args.batch_size, None)  # warm up
         for _ in range(2):
             for name, fn in runs.items():
                 start = time.perf_counter()
                 fn()
                 best[name] = min(best[name], time.perf_counter() - start)
+        features = {p: load_features(stores[p]) for p in PRECISIONS}
+        offsets = torch.from_numpy(features["float32"].offsets)
+        exact = torch.from_numpy(np.asarray(features["float32"].features, dtype=np.float32))
+        agreement = {}
+        for budget in (Budget(examples=args.budget), Budget(tokens=args.budget_tokens)):
+            picks = {
+                p: select(torch.from_numpy(np.asarray(f.features, dtype=np.float32)), offsets, budget).indices
+                for p, f in features.items()
+            }
+            agreement[json.dumps(budget.as_dict())] = {
+                "overlap": len(set(picks["float32"]) & set(picks["bfloat16"])),
+                "selected": {p: len(v) for p, v in picks.items()},
+                "objective_on_float32_features": {p: objective_on(exact, offsets, v) for p, v in picks.items()},
+            }
+        deviation = np.abs(
+            features["bfloat16"].features.astype(np.float32) - features["float32"].features.astype(np.float32)
+        )
+        scale = float(np.abs(features["float32"].features.astype(np.float32)).mean())
+    report = {
+        "model": args.model,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "examples": len(examples),
+        "tokens": all_tokens,
+        "loss_tokens": loss_tokens,
+        "batch_size": args.batch_size,
+        "seconds": best,
+        "loss_tokens_per_s": {name: loss_tokens / s for name, s in best.items()},
+        "embedder_over_bare": {p: best[f"bare forward {p}"] / best[f"embedder {p}"] for p in PRECISIONS},
+        "bfloat16_speedup": best["embedder float32"] / best["embedder bfloat16"],
+        "bfloat16_feature_error": {"mean_abs": float(deviation.mean()), "mean_abs_feature": scale},
+        "agreement": agreement,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; Llama d={args.hidden}, {args.layers} "
-        f"layers, vocab {len(tokenizer)}; {args.examples} examples, {all_tokens:,} tokens, {loss_tokens:,} loss "
-        f"tokens, batch size {args.batch_size}; tokenization {tokenize_s:.1f} s"
+        f"{args.model}, torch {torch.__version__}, {torch.get_num_threads()} threads; {len(examples)} examples, "
+        f"{all_tokens:,} tokens, {loss_tokens:,} loss tokens, batch size {args.batch_size}"
     )
     for name, seconds in best.items():
-        print(f"{name:>16}: {seconds:6.2f} s, {loss_tokens / seconds:9,.0f} loss tokens/s")
-    print(f"embedder / bare forward throughput: {best['bare forward'] / best['embedder']:.2f}")
+        print(f"{name:>22}: {seconds:6.2f} s, {loss_tokens / seconds:7,.0f} loss tokens/s")
+    for p, ratio in report["embedder_over_bare"].items():
+        print(f"embedder / bare forward ({p}): {ratio:.2f}")
+    print(f"bfloat16 autocast speed-up of the embedder: {report['bfloat16_speedup']:.2f}x")
+    for budget, row in agreement.items():
+        objective = row["objective_on_float32_features"]
+        print(
+            f"{budget}: {row['overlap']} of {row['selected']['float32']} ids in common; objective on float32 "
+            f"features: float32 picks {objective['float32']:.2f}, bfloat16 picks {objective['bfloat16']:.2f}"
+        )
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -7,26 +7,21 @@ import sys
 import threading
 import time
 from contextlib import ExitStack
-from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 
 import uvicorn
 
-from app.config import Settings
 from app.main import create_app
-from fishersft.models import default_model_dir
 from fishersft.redis_server import RedisServer
+from fishersft.service.settings import Settings
 
 ROOT = Path(__file__).parents[1]
 
 
 class EmbeddedService:
-    def __init__(
-        self, settings: Settings, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, log_level: str = "INFO"
-    ) -> None:
+    def __init__(self, settings: Settings, host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
         self.settings, self.host, self.port, self.n_workers = settings, host, port, workers
-        self.log_level = log_level
         self.workers: list[subprocess.Popen] = []
         self.stack = ExitStack()
 
@@ -38,9 +33,9 @@ class EmbeddedService:
         try:
             if "REDIS_URL" not in os.environ:
                 redis = self.stack.enter_context(RedisServer(self.settings.data_dir / "redis"))
-                self.settings = replace(self.settings, redis_url=redis.url)
-            default_model_dir()  # build the default model once, before workers race for it
-            env = {**os.environ, **self.settings.to_env(), "FISHERSFT_LOG_LEVEL": self.log_level}
+                self.settings = self.settings.model_copy(update={"redis_url": redis.url})
+            self.settings.model_dir(self.settings.default_model)  # prepared once, before workers race for it
+            env = {**os.environ, **self.settings.to_env()}
             for _ in range(self.n_workers):
                 self.workers.append(subprocess.Popen([sys.executable, "-m", "workers"], env=env, cwd=ROOT))
             self.stack.callback(self._stop_workers)

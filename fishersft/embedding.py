@@ -8,6 +8,7 @@ length so padding stays small, and rows go to a memory-mapped features store as 
 
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -29,6 +30,23 @@ def resolve_device(device: str | None = None) -> torch.device:
             raise InputError(f"device {device!r} asked for, but CUDA is not available on this machine")
         return resolved
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+Precision = Literal["auto", "float32", "bfloat16"]
+
+
+def embedding_autocast(device: torch.device, precision: Precision = "auto") -> torch.dtype | None:
+    """The embedder's autocast dtype. `auto`: bfloat16 on CPUs with native bfloat16 dot products (AVX512-BF16 or
+    AMX), where it embeds SmolLM2 1.76x faster than float32 and selects the same examples (README, Figures);
+    float32 on other CPUs, where bfloat16 is emulated. On CUDA the weights are loaded in bfloat16 already."""
+    if precision != "auto":
+        return torch.bfloat16 if precision == "bfloat16" else None
+    if device.type != "cpu":
+        return None
+    native = (
+        getattr(torch.cpu, "_is_avx512_bf16_supported", bool)() or getattr(torch.cpu, "_is_amx_tile_supported", bool)()
+    )
+    return torch.bfloat16 if native else None
 
 
 def load_model(model_dir: str | Path, device: torch.device) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -63,6 +81,22 @@ def pad_batch(encoded: Sequence[Encoded], batch: list[int], device: torch.device
     return torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device)
 
 
+def pre_logits(
+    model: PreTrainedModel, encoded: Sequence[Encoded], batch: list[int], autocast: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pre-logit vectors [n x d] of the loss targets of the examples `batch` (in order: example by example,
+    target by target) and the n token ids they predict. Only the model's body runs; `autocast` runs it under
+    torch.autocast with that dtype (weights stay as loaded)."""
+    device = next(model.parameters()).device
+    ids, mask = pad_batch(encoded, batch, device)
+    with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+        hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+    rows = torch.from_numpy(np.concatenate([np.full(len(encoded[i].targets), r) for r, i in enumerate(batch)]))
+    cols = torch.from_numpy(np.concatenate([encoded[i].targets for i in batch]).astype(np.int64))
+    rows, cols = rows.to(device), cols.to(device)
+    return hidden[rows, cols], ids[rows, cols + 1]
+
+
 @torch.inference_mode()
 def embed(
     model: PreTrainedModel,
@@ -70,18 +104,12 @@ def embed(
     writer: FeatureStoreWriter,
     batch_size: int,
     on_batch: Callable[[int], None] | None = None,
+    autocast: torch.dtype | None = None,
 ) -> None:
     """Write the pre-logit vectors of every example's targets to `writer`; `on_batch(examples done)`."""
-    device = next(model.parameters()).device
-    body = model.base_model
     done = 0
     for batch in length_sorted_batches(encoded, batch_size):
-        ids, mask = pad_batch(encoded, batch, device)
-        hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
-        rows = np.concatenate([np.full(len(encoded[i].targets), r) for r, i in enumerate(batch)])
-        cols = np.concatenate([encoded[i].targets for i in batch])
-        vectors = hidden[torch.from_numpy(rows).to(device), torch.from_numpy(cols).to(device)]
-        vectors = vectors.to(torch.float16).cpu().numpy()
+        vectors = pre_logits(model, encoded, batch, autocast)[0].to(torch.float16).cpu().numpy()
         start = 0
         for i in batch:
             n = len(encoded[i].targets)

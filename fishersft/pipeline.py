@@ -11,7 +11,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fishersft.dataset import ExampleId, read_jsonl
-from fishersft.embedding import embed, load_model, resolve_device
+from fishersft.embedding import Precision, embed, embedding_autocast, load_model, resolve_device
 from fishersft.encoding import encode_all
 from fishersft.errors import InputError
 from fishersft.features import FeatureSet, FeatureStoreWriter, load_features
@@ -42,15 +42,17 @@ def embed_dataset(
     max_length: int = 1024,
     batch_size: int = 16,
     device: str | None = None,
+    precision: Precision = "auto",
     progress: Progress | None = None,
     load: ModelLoader = load_model,
 ) -> Embedding:
     """Read a JSONL dataset, run the model over it and write its features store to `out_dir`.
-    `load` loads the model (a worker passes a cached loader)."""
+    `precision`: see `embedding_autocast`. `load` loads the model (a worker passes a cached loader)."""
     start = time.perf_counter()
     examples = read_jsonl(data)
     loading = time.perf_counter()
-    model, tokenizer = load(Path(model_dir), resolve_device(device))
+    resolved = resolve_device(device)
+    model, tokenizer = load(Path(model_dir), resolved)
     load_seconds = time.perf_counter() - loading
     encoded = encode_all(examples, tokenizer, max_length)
     dim = model.get_output_embeddings().weight.shape[1]
@@ -61,7 +63,7 @@ def embed_dataset(
             progress("embedding", done, len(encoded))
 
     try:
-        embed(model, encoded, writer, batch_size, on_batch)
+        embed(model, encoded, writer, batch_size, on_batch, autocast=embedding_autocast(resolved, precision))
     except BaseException:
         writer.abort()
         raise
@@ -78,8 +80,10 @@ def select_features(
     seed: int = 0,
     warm_start_ids: Sequence[ExampleId] = (),
     progress: Progress | None = None,
+    model: str | None = None,
 ) -> dict:
-    """Run the selection; the result as the JSON object the CLI prints and the service returns."""
+    """Run the selection; the result as the JSON object the CLI prints and the service returns. `model` names
+    the model the features came from (None for uploaded features)."""
     start = time.perf_counter()
     index = {str(i): k for k, i in enumerate(features.ids)}
     unknown = [i for i in warm_start_ids if str(i) not in index]
@@ -111,6 +115,8 @@ def select_features(
         "gains": selection.gains,
         "objective": selection.objective,
         "method": method,
+        "model": model,
+        "dim": int(features.features.shape[1]),
         "budget": budget.as_dict(),
         "lambda": lam,
         "n_candidates": len(features.ids),

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from redis import Redis
 from rq import Worker
 
-from app.config import Settings
+from fishersft.service.settings import Settings
 
 ROOT = Path(__file__).parents[1]
 WAIT_S = 600

@@ -64,7 +64,7 @@ def test_select_on_a_features_file_with_token_budget_random_and_warm_start(tmp_p
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["select", "{data}", "--budget", "3"], "a JSONL dataset needs --model DIR"),
+        (["select", "{data}", "--model", "gpt-17", "--budget", "3"], "neither a built-in model"),
         (["select", "{data}", "--model", "{tmp}", "--budget", "3"], "not a transformers model directory"),
         (["select", "{bad}", "--model", "{model}", "--budget", "3"], "line 2: not valid JSON"),
         (["select", "{tmp}/missing.npz", "--budget", "3"], "no such file"),

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from app.config import Settings
 from fishersft.cli import build_parser
+from fishersft.models import DEFAULT_MODEL
+from fishersft.service.settings import Settings
 
 ROOT = Path(__file__).parents[1]
 SETTINGS_ENV = set(Settings().to_env()) | {"FISHERSFT_HOME"}
@@ -42,6 +43,13 @@ def test_dockerfile_pins_torch_like_the_project_and_runs_a_real_command():
     assert_valid_command(cmd)
     for source in re.findall(r"^COPY (\S+) \S+$", dockerfile, re.M):
         assert (ROOT / source).exists(), source
+    makefile = (ROOT / "Makefile").read_text()
+    no_deps = re.search(r"pip install -q --no-deps (.+)$", makefile, re.M)[1].split()
+    assert re.search(r"^RUN pip install --no-deps (.+)$", dockerfile, re.M)[1].split() == no_deps
+    prepare = re.search(r"^RUN (fishersft models --prepare \S+)$", dockerfile, re.M)[1]
+    assert_valid_command(shlex.split(prepare)) and prepare.endswith(DEFAULT_MODEL)
+    home = re.search(r"FISHERSFT_HOME=(\S+)", dockerfile)[1]
+    assert not home.startswith(re.search(r"^VOLUME (\S+)$", dockerfile, re.M)[1])  # the model is in the image
 
 
 def test_compose_runs_redis_api_and_workers_on_a_shared_volume():

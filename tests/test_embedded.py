@@ -2,14 +2,18 @@
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 
 from fishersft.client import ServiceClient, ServiceError
+from fishersft.models import DEFAULT_MODEL, builtin_model_dir
 from fishersft.redis_server import free_port
 from tests.conftest import SAMPLE
+
+ROW = r"(?P<budget>\d+ (examples|loss tokens)) +(?P<method>fisher|random) +(?P<examples>\d+) +[\d,]+ +\d+/21 "
 
 
 def fishersft(*args: str, env: dict, **kwargs) -> subprocess.CompletedProcess:
@@ -28,15 +32,24 @@ def isolated_env(tmp_path) -> dict:
     return {**env, "FISHERSFT_HOME": str(tmp_path / "home"), "FISHERSFT_DATA_DIR": str(tmp_path / "data")}
 
 
-def test_demo_runs_end_to_end_with_nothing_set_up(tmp_path):
-    done = fishersft("demo", "--budget", 6, env=isolated_env(tmp_path))
+def test_demo_runs_end_to_end_on_real_data_with_the_default_model(tmp_path):
+    env = isolated_env(tmp_path)
+    (tmp_path / "home" / "models").mkdir(parents=True)  # the converted model, not a second 20 s conversion
+    (tmp_path / "home" / "models" / DEFAULT_MODEL).symlink_to(builtin_model_dir(DEFAULT_MODEL))
+    done = fishersft("demo", "--budget", 12, env=env)
     assert done.returncode == 0, done.stderr
-    assert "FisherSFT picked 6 of 200 examples" in done.stdout
-    assert len([line for line in done.stdout.splitlines() if " gain " in line]) == 6
+    out = done.stdout
+    assert "chatterbot-corpus English: 898 conversations in 21 categories" in out
+    assert f"model {DEFAULT_MODEL} (d=576)" in out
+    rows = [re.match(ROW, line) for line in out.splitlines()]
+    rows = [(m["budget"], m["method"], int(m["examples"])) for m in rows if m]
+    tokens = rows[2][0]
+    assert rows[:2] == [("12 examples", "fisher", 12), ("12 examples", "random", 12)]
+    assert [r[:2] for r in rows[2:]] == [(tokens, "fisher"), (tokens, "random")] and tokens.endswith("loss tokens")
 
 
 def test_serve_and_the_client_commands(tmp_path):
-    env = isolated_env(tmp_path)
+    env = {**isolated_env(tmp_path), "FISHERSFT_DEFAULT_MODEL": "tiny-llama"}
     port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "fishersft.cli", "serve", "--port", str(port)],
@@ -53,9 +66,9 @@ def test_serve_and_the_client_commands(tmp_path):
             raise AssertionError(server.stderr.read()) from None
         remote = fishersft("select", SAMPLE, "--server", url, "--budget", 5, "--wait", "--max-length", 64, env=env)
         assert remote.returncode == 0, remote.stderr
-        model_dir = tmp_path / "home" / "models" / "tiny-llama"
-        local = fishersft("select", SAMPLE, "--model", model_dir, "--budget", 5, "--max-length", 64, env=env)
+        local = fishersft("select", SAMPLE, "--model", "tiny-llama", "--budget", 5, "--max-length", 64, env=env)
         assert json.loads(remote.stdout)["selected"] == json.loads(local.stdout)["selected"]
+        assert json.loads(remote.stdout)["model"] == json.loads(local.stdout)["model"] == "tiny-llama"
         listed = json.loads(fishersft("datasets", "list", "--server", url, env=env).stdout)
         assert [d["n_examples"] for d in listed] == [200]
         job = json.loads(fishersft("select", listed[0]["id"], "--server", url, "--budget", 3, env=env).stdout)

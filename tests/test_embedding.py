@@ -16,7 +16,7 @@ from tests.conftest import SAMPLE, write_jsonl
 def test_features_are_the_pre_logit_vectors_of_the_loss_positions(arch, request, tmp_path):
     model_dir = request.getfixturevalue(arch)
     data = write_jsonl(tmp_path / "d.jsonl", [line for line in SAMPLE.read_text().splitlines()[:23]])
-    embedding = embed_dataset(data, model_dir, tmp_path / "store", max_length=24, batch_size=4)
+    embedding = embed_dataset(data, model_dir, tmp_path / "store", max_length=24, batch_size=4, precision="float32")
     model, tokenizer = load_model(model_dir, torch.device("cpu"))
     encoded = encode_all(read_jsonl(data), tokenizer, 24)
     fs = embedding.features

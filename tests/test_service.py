@@ -10,12 +10,12 @@ import pytest
 from fastapi.testclient import TestClient
 from redis import Redis
 
-from app.config import Settings
 from app.main import create_app
-from app.store import ArtifactStore
 from fishersft.features import load_features
 from fishersft.pipeline import embed_dataset, select_features
 from fishersft.selection import Budget
+from fishersft.service.settings import Settings
+from fishersft.service.store import ArtifactStore
 from tests.conftest import SAMPLE, sample_texts, write_jsonl
 from tests.service import WAIT_S, Service
 
@@ -216,7 +216,8 @@ def test_idempotency_listing_deletion_and_models(service):
     rest = service.client.get("/v1/selections", params={"limit": 3, "after": page["next_after"]}).json()
     assert [s["id"] for s in rest["data"]] == [ids[0], first.json()["id"]] and rest["next_after"] is None
     models = service.client.get("/v1/models").json()
-    assert {"name": "tiny", "default": True} in models
+    assert {"name": "tiny", "default": True, "dim": 64} in models
+    assert {"name": "smollm2-135m-instruct", "default": False, "dim": 576} in models
     assert service.client.delete(f"/v1/datasets/{dataset['id']}").status_code == 204
     assert service.client.get(f"/v1/datasets/{dataset['id']}").status_code == 404
 

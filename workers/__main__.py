@@ -5,22 +5,21 @@ one job stays cached for the next, and CUDA is never initialised in a parent tha
 """
 
 import logging
-import os
 
 import transformers
 from redis import Redis
 from rq import Queue, SimpleWorker
 
 import workers.selection  # noqa: F401  (imported now, not inside the first job: torch takes seconds to load)
-from app.config import Settings
-from app.store import ArtifactStore
+from fishersft.service.settings import Settings
+from fishersft.service.store import ArtifactStore
 
 
 def main() -> None:
-    level = os.environ.get("FISHERSFT_LOG_LEVEL", "INFO").upper()
+    settings = Settings.from_env()
+    level = settings.log_level
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     transformers.logging.disable_progress_bar()
-    settings = Settings.from_env()
     ArtifactStore(settings.data_dir).sweep(older_than_s=settings.job_timeout_s)
     redis = Redis.from_url(settings.redis_url)
     worker = SimpleWorker([Queue(settings.queue, connection=redis)], connection=redis)

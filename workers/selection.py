@@ -17,14 +17,14 @@ from redis import Redis
 from rq import get_current_job
 from rq.job import Job
 
-from app.config import Settings
-from app.store import ArtifactStore
 from fishersft.embedding import load_model
 from fishersft.errors import InputError
 from fishersft.features import load_features
 from fishersft.pipeline import embed_dataset, select_features
 from fishersft.selection import Budget
-from workers.protocol import JobCancelled, JobInputError, alive_key, cancel_key
+from fishersft.service.protocol import JobCancelled, JobInputError, alive_key, cancel_key
+from fishersft.service.settings import Settings
+from fishersft.service.store import ArtifactStore
 
 PROGRESS_INTERVAL_S = 0.5
 
@@ -58,7 +58,7 @@ def _select(request: dict[str, Any], settings: Settings, store: ArtifactStore, p
     if dataset is None:
         raise JobInputError("dataset_not_found", f"dataset {request['dataset_id']} no longer exists")
     started = time.perf_counter()
-    features_cached, truncated, load_s, model_cached = True, 0, 0.0, None
+    features_cached, truncated, load_s, model_cached, model = True, 0, 0.0, None, None
     if dataset["format"] == "jsonl":
         model = request["model"]
         features_dir = store.features_dir(dataset["sha256"], model, request["max_length"])
@@ -89,6 +89,7 @@ def _select(request: dict[str, Any], settings: Settings, store: ArtifactStore, p
         seed=request["seed"],
         warm_start_ids=request["warm_start_ids"],
         progress=progress,
+        model=model,
     )
     result["truncated"] = truncated
     result["features_cached"] = features_cached

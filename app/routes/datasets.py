@@ -11,10 +11,10 @@ from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
 from app import deps
 from app.errors import ApiError
 from app.schemas import Dataset, Page
-from app.store import ArtifactStore
 from fishersft.dataset import iter_examples
 from fishersft.errors import DatasetError, InputError
 from fishersft.features import load_features
+from fishersft.service.store import ArtifactStore
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 T = TypeVar("T")

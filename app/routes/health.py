@@ -9,8 +9,8 @@ from redis.exceptions import RedisError
 from rq import Worker
 
 from app import deps
-from app.config import Settings
 from app.schemas import Health, Model
+from fishersft.service.settings import Settings
 
 router = APIRouter()
 
@@ -42,4 +42,7 @@ models_router = APIRouter(prefix="/v1/models", tags=["models"])
 
 @models_router.get("", response_model=list[Model], summary="Models selections can use")
 def list_models(settings: Annotated[Settings, Depends(deps.settings)]) -> list[Model]:
-    return [Model(name=name, default=name == settings.default_model) for name in settings.model_names()]
+    return [
+        Model(name=name, default=name == settings.default_model, dim=settings.model_dim(name))
+        for name in settings.model_names()
+    ]

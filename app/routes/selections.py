@@ -9,11 +9,11 @@ from fastapi.responses import PlainTextResponse
 from redis import Redis
 
 from app import deps
-from app.config import Settings
 from app.errors import ApiError
 from app.jobs import KEEP_S, SelectionJobs
 from app.schemas import Page, Selection, SelectionCreate
-from app.store import ArtifactStore
+from fishersft.service.settings import Settings
+from fishersft.service.store import ArtifactStore
 
 router = APIRouter(prefix="/v1/selections", tags=["selections"])
 

@@ -1,0 +1,32 @@
+"""`fishersft` command line. Three groups of commands, a module each: `local` (select on this machine, sample
+data, models), `service` (serve, api, worker, demo) and `remote` (the HTTP client)."""
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from fishersft.cli import local, remote, service
+from fishersft.errors import InputError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fishersft", description="FisherSFT data selection for fine-tuning.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for group in (local, service, remote):
+        group.add_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import transformers
+
+    transformers.logging.disable_progress_bar()
+    try:
+        args.run(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0

@@ -1,0 +1,5 @@
+import sys
+
+from fishersft.cli import main
+
+sys.exit(main())

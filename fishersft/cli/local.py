@@ -1,0 +1,176 @@
+"""Commands that run on this machine: `select` (or on a service with --server), `sample-data`, `models`."""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from fishersft import corpora
+from fishersft.cli.common import (
+    ProgressBars,
+    add_server_arguments,
+    budget,
+    positive_float,
+    positive_int,
+    print_json,
+    read_ids,
+)
+from fishersft.cli.remote import run_remote_select
+from fishersft.client import ServiceClient
+from fishersft.errors import InputError
+from fishersft.features import is_features_path, load_features
+from fishersft.models import BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_dir, home, resolve_model
+from fishersft.pipeline import embed_dataset, select_features
+
+
+def run_select(args: argparse.Namespace) -> dict:
+    """Select on this machine: embed a JSONL dataset with a model (the default one unless --model), or read
+    features, then select."""
+    data = Path(args.data)
+    warm_start = read_ids(args.warm_start) if args.warm_start else []
+    with ProgressBars() as progress, tempfile.TemporaryDirectory(prefix="fishersft-") as tmp:
+        if is_features_path(data):
+            if args.model:
+                raise InputError("--model is for JSONL datasets; features input needs no model")
+            features, truncated, embed_s, model = load_features(data), 0, 0.0, None
+        else:
+            if args.features_out and args.features_out.exists():
+                raise InputError(f"--features-out {args.features_out} already exists; remove it or pick another")
+            model = args.model or DEFAULT_MODEL
+            embedding = embed_dataset(
+                data,
+                resolve_model(model),
+                args.features_out or Path(tmp) / "features",
+                max_length=args.max_length,
+                batch_size=args.batch_size,
+                device=args.device,
+                precision=args.precision,
+                progress=progress,
+            )
+            features, truncated, embed_s = embedding.features, embedding.truncated, embedding.seconds
+        result = select_features(
+            features,
+            budget(args),
+            method=args.method,
+            lam=args.lam,
+            seed=args.seed,
+            warm_start_ids=warm_start,
+            progress=progress,
+            model=model,
+        )
+    result["truncated"] = truncated
+    result["timings"]["embed_s"] = embed_s
+    return result
+
+
+def select_command(args: argparse.Namespace) -> None:
+    started = time.perf_counter()
+    if args.server:
+        result = run_remote_select(args, ServiceClient(args.server, args.api_key))
+    elif args.wait:
+        raise InputError("--wait is for --server; a local selection always waits")
+    else:
+        result = run_select(args)
+    print_json(result, args.out)
+    if args.out and "selected" in result:
+        elapsed = time.perf_counter() - started
+        print(f"selected {len(result['selected'])} examples in {elapsed:.1f}s -> {args.out}", file=sys.stderr)
+
+
+def sample_data_command(args: argparse.Namespace) -> None:
+    if args.corpus == "humaneval":
+        rows = corpora.humaneval()
+    else:
+        languages = corpora.chatterbot_languages() if args.language == "all" else args.language.split(",")
+        rows = corpora.chatterbot(languages)
+    n = corpora.write_jsonl(rows, args.out)
+    print(f"wrote {n} examples to {args.out}", file=sys.stderr)
+
+
+def models_command(args: argparse.Namespace) -> None:
+    if args.prepare:
+        started = time.perf_counter()
+        path = builtin_model_dir(args.prepare)
+        print(f"{args.prepare} ready in {path} ({time.perf_counter() - started:.1f}s)", file=sys.stderr)
+        return
+    for model in BUILTIN_MODELS.values():
+        ready = (home() / "models" / model.name / "config.json").exists()
+        default = " (default)" if model.name == DEFAULT_MODEL else ""
+        print(
+            f"{model.name}{default}: d={model.dim}, {'prepared' if ready else 'not prepared yet'}; {model.description}"
+        )
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    select = commands.add_parser("select", help="select the most informative examples of a dataset")
+    add_select_arguments(select)
+    select.set_defaults(run=select_command)
+    sample = commands.add_parser(
+        "sample-data", help="write real instruction data from installed packages as a JSONL dataset"
+    )
+    sample.add_argument("corpus", choices=["chatterbot", "humaneval"])
+    sample.add_argument(
+        "--language",
+        default="english",
+        help="chatterbot: a language, a comma-separated list, or `all` (28 languages pooled); default english",
+    )
+    sample.add_argument("--out", type=Path, required=True, metavar="FILE", help="the JSONL file to write")
+    sample.set_defaults(run=sample_data_command)
+    models = commands.add_parser("models", help="the built-in models; --prepare NAME converts or builds one now")
+    models.add_argument("--prepare", choices=sorted(BUILTIN_MODELS), metavar="NAME", help="prepare this model")
+    models.set_defaults(run=models_command)
+
+
+def add_select_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "data", help="JSONL dataset or features (.npz, .safetensors, store); with --server also a dataset id"
+    )
+    parser.add_argument(
+        "--model",
+        help=f"a built-in model ({', '.join(BUILTIN_MODELS)}) or a local model directory (default: {DEFAULT_MODEL}); "
+        "with --server, a model name from GET /v1/models",
+    )
+    budget_group = parser.add_mutually_exclusive_group(required=True)
+    budget_group.add_argument("--budget", type=positive_int, metavar="K", help="select at most K examples")
+    budget_group.add_argument("--budget-tokens", type=positive_int, metavar="T", help="select at most T loss tokens")
+    parser.add_argument("--method", choices=["fisher", "random"], default="fisher")
+    parser.add_argument(
+        "--lambda",
+        dest="lam",
+        type=positive_float,
+        default=1.0,
+        metavar="L",
+        help="ridge term of Sigma = L*I + sum X^T X (default 1.0)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random method (default 0)")
+    parser.add_argument(
+        "--max-length",
+        type=positive_int,
+        default=1024,
+        metavar="M",
+        help="tokens per example at most; longer ones lose prompt tokens first (default 1024)",
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=16, metavar="B", help="examples per forward pass")
+    parser.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "float32", "bfloat16"],
+        default="auto",
+        help="embedding arithmetic; auto: bfloat16 autocast on CPUs with native bfloat16, else float32 (default)",
+    )
+    parser.add_argument(
+        "--warm-start",
+        type=Path,
+        metavar="FILE",
+        help="ids already selected earlier, one a line: they seed Sigma and are not chosen again",
+    )
+    parser.add_argument(
+        "--features-out",
+        type=Path,
+        metavar="DIR",
+        help="keep the computed features store here, to select from it again later",
+    )
+    parser.add_argument("--out", type=Path, metavar="FILE", help="write the JSON result here (default: stdout)")
+    add_server_arguments(parser, required=False)
+    parser.add_argument("--wait", action="store_true", help="with --server: wait for the job and print its result")

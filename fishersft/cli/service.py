@@ -1,0 +1,118 @@
+"""Commands that run the service: `serve` (everything on this machine), `api`, `worker`, and `demo`."""
+
+import argparse
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from fishersft import corpora
+from fishersft.cli.common import ProgressBars, positive_int
+from fishersft.client import ServiceClient
+from fishersft.errors import InputError
+from fishersft.service.settings import Settings
+
+
+def demo_command(args: argparse.Namespace) -> None:
+    """The whole service on this machine (private Redis, a worker, the API) on real data: chatterbot-corpus
+    English, embedded by the default model, selected four ways: fisher and random, under an example budget and
+    under the loss-token budget that the random subset used."""
+    from fishersft.embedded import EmbeddedService
+    from fishersft.redis_server import free_port
+
+    rows = corpora.chatterbot(["english"])
+    category = {row["id"]: row["category"] for row in rows}
+    first_turn = {row["id"]: row["messages"][0]["content"] for row in rows}
+    n_categories = len(set(category.values()))
+    with tempfile.TemporaryDirectory(prefix="fishersft-demo-") as tmp:
+        data = Path(tmp) / "chatterbot-english.jsonl"
+        corpora.write_jsonl(rows, data)
+        settings = Settings.from_env().model_copy(update={"data_dir": Path(tmp) / "data", "log_level": "WARNING"})
+        started = time.perf_counter()
+        with EmbeddedService(settings, port=free_port()) as service:
+            service.serve_in_thread()
+            print(f"service up at {service.url} in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+            client = ServiceClient(service.url)
+            dataset = client.upload(data, name=data.name)
+            print(f"uploaded {dataset['n_examples']} conversations as {dataset['id']}", file=sys.stderr)
+
+            def run(budget: dict, method: str) -> dict:
+                job = client.create_selection({"dataset_id": dataset["id"], "budget": budget, "method": method})
+                with ProgressBars() as progress:
+                    job = client.wait(job["id"], lambda j: j["progress"] and progress(**j["progress"]))
+                if job["status"] != "succeeded":
+                    raise InputError(f"the demo selection {job['status']}: {job['error']}")
+                return job["result"]
+
+            by_examples = [run({"examples": args.budget}, method) for method in ("fisher", "random")]
+            tokens = by_examples[1]["n_selected_loss_tokens"]
+            by_tokens = [run({"tokens": tokens}, method) for method in ("fisher", "random")]
+    fisher = by_examples[0]
+    print(
+        f"chatterbot-corpus English: {fisher['n_candidates']} conversations in {n_categories} categories, "
+        f"{fisher['n_loss_tokens']:,} loss tokens; model {fisher['model']} (d={fisher['dim']}), embedded in "
+        f"{fisher['timings']['embed_s']:.1f}s\n"
+    )
+    print(f"{'budget':<18} {'method':<7} {'examples':>8} {'loss tokens':>11} {'categories':>10} {'log det':>9}")
+    for label, results in ((f"{args.budget} examples", by_examples), (f"{tokens} loss tokens", by_tokens)):
+        for result in results:
+            covered = len({category[i] for i in result["selected"]})
+            print(
+                f"{label:<18} {result['method']:<7} {len(result['selected']):>8} "
+                f"{result['n_selected_loss_tokens']:>11,} {f'{covered}/{n_categories}':>10} {result['objective']:>9.1f}"
+            )
+    print(f"\nfisher's first picks under {args.budget} examples (category: first user turn):")
+    for example_id in fisher["selected"][:5]:
+        print(f"  {category[example_id]:<13} {first_turn[example_id][:70]!r}")
+    counts = Counter(category[i] for i in fisher["selected"]).most_common(3)
+    ratio = fisher["n_selected_loss_tokens"] / max(by_examples[1]["n_selected_loss_tokens"], 1)
+    print(
+        f"\nUnder an example budget the log-det objective favours long examples: fisher's subset holds {ratio:.1f}x\n"
+        f"the loss tokens of the random one (top categories: {', '.join(f'{c} {n}' for c, n in counts)}).\n"
+        "Under a loss-token budget, which is what fine-tuning costs, compare the second pair."
+    )
+    print(f"end to end {time.perf_counter() - started:.1f}s")
+
+
+def serve_command(args: argparse.Namespace) -> None:
+    from fishersft.embedded import EmbeddedService
+
+    with EmbeddedService(Settings.from_env(), host=args.host, port=args.port, workers=args.workers) as service:
+        print(
+            f"fishersft at {service.url} (docs: {service.url}/docs), Redis {service.settings.redis_url}, "
+            f"{args.workers} worker(s), data in {service.settings.data_dir}",
+            file=sys.stderr,
+        )
+        service.server().run()
+
+
+def api_command(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    Settings.from_env()  # a bad setting stops here with its message, not inside uvicorn's factory call
+    uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port)
+
+
+def worker_command(args: argparse.Namespace) -> None:
+    from workers.__main__ import main as worker_main
+
+    worker_main()
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    demo = commands.add_parser(
+        "demo", help="run the service on this machine and select from chatterbot-corpus English with the default model"
+    )
+    demo.add_argument("--budget", type=positive_int, default=30, metavar="K", help="examples to select (default 30)")
+    demo.set_defaults(run=demo_command)
+    for name, run, help_text in (
+        ("serve", serve_command, "API + workers (+ a private Redis when REDIS_URL is unset) on this machine"),
+        ("api", api_command, "the HTTP API alone (REDIS_URL, FISHERSFT_DATA_DIR shared with workers)"),
+    ):
+        command = commands.add_parser(name, help=help_text)
+        command.add_argument("--host", default="127.0.0.1")
+        command.add_argument("--port", type=int, default=8000)
+        command.set_defaults(run=run)
+    commands.choices["serve"].add_argument("--workers", type=positive_int, default=1, help="worker processes")
+    commands.add_parser("worker", help="an RQ worker for selection jobs").set_defaults(run=worker_command)

@@ -1,0 +1,104 @@
+"""Service settings, from environment variables (see README "Configuration"), with pydantic-settings: a bad
+value stops the process at start-up with a message naming the variable, never in the middle of a request."""
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, PositiveInt, ValidationError, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from fishersft.errors import InputError
+from fishersft.models import BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_dir, home, model_dim
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FISHERSFT_", frozen=True, populate_by_name=True)
+
+    redis_url: str = Field(
+        "redis://localhost:6379/0",
+        validation_alias=AliasChoices("REDIS_URL", "redis_url"),
+        description="Redis for queue and job state.",
+    )
+    data_dir: Path = Field(default_factory=lambda: home() / "data", description="The artifact store.")
+    models: Annotated[dict[str, Path], NoDecode] = Field(
+        default_factory=dict,
+        description="Model registry, JSON {name: local directory}, beside the built-in models.",
+    )
+    default_model: str = Field(DEFAULT_MODEL, description="Model for selections that name none.")
+    max_upload_bytes: PositiveInt = Field(2 << 30, description="Upload size limit.")
+    api_keys: Annotated[frozenset[str], NoDecode] = Field(
+        frozenset(), description="Comma-separated API keys; none: the API is open."
+    )
+    queue: str = Field("fishersft", min_length=1, description="RQ queue name.")
+    job_timeout_s: PositiveInt = Field(24 * 3600, description="RQ job timeout.")
+    alive_ttl_s: PositiveInt = Field(
+        10, description="A running job refreshes an alive key with this TTL; when it expires, its worker is dead."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Worker log level.")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return frozenset(k.strip() for k in value.split(",") if k.strip()) if isinstance(value, str) else value
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _json_object(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ValueError(
+                f'not JSON ({e.msg} at column {e.colno}); expected {{"name": "/model/dir", ...}}'
+            ) from None
+
+    @field_validator("default_model")
+    @classmethod
+    def _registered(cls, value: str, info: ValidationInfo) -> str:
+        names = {*BUILTIN_MODELS, *info.data.get("models", {})}
+        if value not in names:
+            raise ValueError(f"{value!r} is not a model: one of {', '.join(sorted(names))}")
+        return value
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        """Settings from the environment; a bad value is an InputError naming the variable and the problem."""
+        try:
+            return cls()
+        except ValidationError as e:
+            details = [
+                f"{cls.env_name(str(err['loc'][0])) if err['loc'] else 'settings'}: {err['msg']}" for err in e.errors()
+            ]
+            raise InputError("invalid configuration", details) from None
+
+    @classmethod
+    def env_name(cls, field: str) -> str:
+        alias = cls.model_fields[field].validation_alias
+        return alias.choices[0] if isinstance(alias, AliasChoices) else f"FISHERSFT_{field.upper()}"
+
+    def to_env(self) -> dict[str, str]:
+        """The environment variables that give these settings to another process (a worker)."""
+        env = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name == "models":
+                value = json.dumps({k: str(v) for k, v in value.items()})
+            elif name == "api_keys":
+                value = ",".join(sorted(value))
+            env[self.env_name(name)] = str(value)
+        return env
+
+    def model_names(self) -> list[str]:
+        return sorted({*BUILTIN_MODELS, *self.models})
+
+    def model_dir(self, name: str) -> Path:
+        """The directory of a model by name; a built-in one is prepared on first use."""
+        if name in self.models:
+            return self.models[name]
+        return builtin_model_dir(name)
+
+    def model_dim(self, name: str) -> int:
+        """Feature width, without loading (or preparing) the model."""
+        return model_dim(self.models[name]) if name in self.models else BUILTIN_MODELS[name].dim
