@@ -4,8 +4,9 @@
 - chat:            {"id"?, "messages": [{"role": str, "content": str}, ...]}: trains on the assistant turns.
 - text:            {"id"?, "text": str}: trains on every token.
 
-`id` (a string or an integer) defaults to the 0-based line number. Other keys are ignored. Every line of a file
-must have the same shape. Blank lines are skipped.
+`id` (a string or an integer) defaults to the 0-based line number. Other keys with string values are kept as
+`labels` (`category`, `language`, `source`: what held-out splits are stratified by); the rest are ignored. Every
+line of a file must have the same shape. Blank lines are skipped.
 """
 
 import json
@@ -23,6 +24,7 @@ SHAPE_KEYS: dict[Shape, tuple[str, ...]] = {
     "messages": ("messages",),
     "text": ("text",),
 }
+OWN_KEYS = {"id", "prompt", "response", "messages", "text"}
 SHAPE_NAMES: dict[Shape, str] = {"prompt_response": "prompt/response", "messages": "chat messages", "text": "text"}
 
 
@@ -42,6 +44,8 @@ class Example:
     response: str = ""
     text: str = ""
     messages: tuple[Message, ...] = field(default=())
+    labels: dict[str, str] = field(default_factory=dict)
+    """The line's other string fields, e.g. {"category": "coding"}."""
 
 
 class _BadLine(Exception):
@@ -121,6 +125,7 @@ def _example(record: dict[str, Any], number: int) -> Example:
     if isinstance(example_id, bool) or not isinstance(example_id, str | int):
         raise _BadLine(f'"id" must be a string or an integer, got {json.dumps(example_id)}')
     shape = present[0]
+    labels = {k: v for k, v in record.items() if isinstance(v, str) and k not in OWN_KEYS}
     if shape == "prompt_response":
         return Example(
             example_id,
@@ -128,10 +133,11 @@ def _example(record: dict[str, Any], number: int) -> Example:
             shape,
             prompt=_string(record, "prompt", empty_ok=True),
             response=_string(record, "response"),
+            labels=labels,
         )
     if shape == "text":
-        return Example(example_id, number, shape, text=_string(record, "text"))
-    return Example(example_id, number, shape, messages=_messages(record["messages"]))
+        return Example(example_id, number, shape, text=_string(record, "text"), labels=labels)
+    return Example(example_id, number, shape, messages=_messages(record["messages"]), labels=labels)
 
 
 def _string(record: dict[str, Any], key: str, empty_ok: bool = False) -> str:

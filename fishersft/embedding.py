@@ -49,14 +49,17 @@ def embedding_autocast(device: torch.device, precision: Precision = "auto") -> t
     return torch.bfloat16 if native else None
 
 
-def load_model(model_dir: str | Path, device: torch.device) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A causal LM and its tokenizer from a local directory (never a hub download). bfloat16 on CUDA."""
+def load_model(
+    model_dir: str | Path, device: torch.device, dtype: torch.dtype | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A causal LM and its tokenizer from a local directory (never a hub download). Weights in `dtype`, by
+    default bfloat16 on CUDA and float32 elsewhere."""
     path = Path(model_dir)
     if not (path / "config.json").is_file():
         raise InputError(f"not a transformers model directory (no config.json): {path}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
     except (OSError, ValueError) as e:
         raise InputError(f"cannot load the model in {path}: {e}") from None

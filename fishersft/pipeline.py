@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from fishersft.dataset import ExampleId, read_jsonl
+from fishersft.dataset import Example, ExampleId, read_jsonl
 from fishersft.embedding import Precision, embed, embedding_autocast, load_model, resolve_device
-from fishersft.encoding import encode_all
+from fishersft.encoding import Encoded, encode_all
 from fishersft.errors import InputError
 from fishersft.features import FeatureSet, FeatureStoreWriter, load_features
 from fishersft.selection import Budget, Method, select
@@ -34,6 +34,14 @@ class Embedding:
     """Of which loading the model."""
 
 
+def encode_file(
+    data: str | Path, tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> tuple[list[Example], list[Encoded]]:
+    """Read a JSONL dataset and encode it: what the embedder and the trainer both see."""
+    examples = read_jsonl(data)
+    return examples, encode_all(examples, tokenizer, max_length)
+
+
 def embed_dataset(
     data: str | Path,
     model_dir: str | Path,
@@ -49,12 +57,10 @@ def embed_dataset(
     """Read a JSONL dataset, run the model over it and write its features store to `out_dir`.
     `precision`: see `embedding_autocast`. `load` loads the model (a worker passes a cached loader)."""
     start = time.perf_counter()
-    examples = read_jsonl(data)
-    loading = time.perf_counter()
     resolved = resolve_device(device)
     model, tokenizer = load(Path(model_dir), resolved)
-    load_seconds = time.perf_counter() - loading
-    encoded = encode_all(examples, tokenizer, max_length)
+    load_seconds = time.perf_counter() - start
+    examples, encoded = encode_file(data, tokenizer, max_length)
     dim = model.get_output_embeddings().weight.shape[1]
     writer = FeatureStoreWriter(out_dir, [len(e.targets) for e in encoded], dim, [ex.id for ex in examples])
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from fishersft.errors import InputError
 from fishersft.pipeline import Progress
 from fishersft.selection import Budget
+from fishersft.training import DEFAULT_LORA, DEFAULT_TRAINING, LoraSettings, TrainingSettings
 
 
 def positive_int(text: str) -> int:
@@ -87,3 +88,51 @@ class ProgressBars:
     def __exit__(self, *exc: object) -> None:
         for bar in self.bars.values():
             bar.close()
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """LoRA, training and evaluation options, shared by `finetune` and `compare`."""
+    lora = parser.add_argument_group("LoRA")
+    lora.add_argument("--lora-r", type=positive_int, default=DEFAULT_LORA.r, metavar="R", help="rank (default 8)")
+    lora.add_argument("--lora-alpha", type=positive_float, default=DEFAULT_LORA.alpha, metavar="A", help="scale (16)")
+    lora.add_argument("--lora-dropout", type=float, default=DEFAULT_LORA.dropout, metavar="P", help="dropout (0.05)")
+    lora.add_argument(
+        "--target-modules",
+        default=",".join(DEFAULT_LORA.target_modules),
+        metavar="M,M",
+        help="comma-separated module names (default q_proj,k_proj,v_proj,o_proj)",
+    )
+    training = parser.add_argument_group("training")
+    training.add_argument("--epochs", type=positive_int, default=DEFAULT_TRAINING.epochs, help="epochs (default 3)")
+    training.add_argument("--max-steps", type=positive_int, metavar="N", help="stop after N optimizer steps")
+    training.add_argument(
+        "--learning-rate", type=positive_float, default=DEFAULT_TRAINING.learning_rate, metavar="LR", help="(3e-4)"
+    )
+    training.add_argument(
+        "--train-batch-size", type=positive_int, default=DEFAULT_TRAINING.batch_size, metavar="B", help="(8)"
+    )
+    training.add_argument("--train-seed", type=int, default=DEFAULT_TRAINING.seed, metavar="S", help="(0)")
+    evaluation = parser.add_argument_group("evaluation")
+    evaluation.add_argument(
+        "--holdout", type=float, default=0.1, metavar="F", help="held-out fraction, never selected (default 0.1)"
+    )
+    evaluation.add_argument("--stratify-by", default="category", metavar="FIELD", help="label to stratify by")
+    evaluation.add_argument("--eval-data", type=Path, metavar="FILE", help="a separate JSONL held-out set")
+    evaluation.add_argument(
+        "--eval-points", type=positive_int, default=4, metavar="N", help="held-out evaluations per run (default 4)"
+    )
+
+
+def lora_settings(args: argparse.Namespace) -> LoraSettings:
+    modules = tuple(m.strip() for m in args.target_modules.split(",") if m.strip())
+    return LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout, target_modules=modules)
+
+
+def training_settings(args: argparse.Namespace) -> TrainingSettings:
+    return TrainingSettings(
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        learning_rate=args.learning_rate,
+        batch_size=args.train_batch_size,
+        seed=args.train_seed,
+    )

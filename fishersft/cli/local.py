@@ -10,11 +10,14 @@ from fishersft import corpora
 from fishersft.cli.common import (
     ProgressBars,
     add_server_arguments,
+    add_training_arguments,
     budget,
+    lora_settings,
     positive_float,
     positive_int,
     print_json,
     read_ids,
+    training_settings,
 )
 from fishersft.cli.remote import run_remote_select
 from fishersft.client import ServiceClient
@@ -78,6 +81,57 @@ def select_command(args: argparse.Namespace) -> None:
         print(f"selected {len(result['selected'])} examples in {elapsed:.1f}s -> {args.out}", file=sys.stderr)
 
 
+def compare_command(args: argparse.Namespace) -> None:
+    """Fisher against seeded random subsets, fine-tuned and judged on one held-out set: the table (JSON) and the
+    plot (PNG) go to --out-dir."""
+    if args.server:
+        raise InputError("compare --server is not available yet: run it locally")
+    from fishersft.finetuning import compare, plot_curves
+
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    model = args.model or DEFAULT_MODEL
+    with ProgressBars() as progress, tempfile.TemporaryDirectory(prefix="fishersft-") as tmp:
+        embedding = embed_dataset(
+            args.data, resolve_model(model), Path(tmp) / "features", max_length=args.max_length, progress=progress
+        )
+        result = compare(
+            Path(args.data),
+            resolve_model(model),
+            args.budget,
+            embedding.features,
+            seeds=range(args.random_seeds),
+            holdout_fraction=args.holdout,
+            stratify_by=args.stratify_by,
+            eval_data=args.eval_data,
+            lam=args.lam,
+            lora=lora_settings(args),
+            training=training_settings(args),
+            max_length=args.max_length,
+            eval_points=args.eval_points,
+            progress=progress,
+        )
+    result = {"model": model, "budget": {"examples": args.budget}, **result}
+    result["timings"]["embed_s"] = embedding.seconds
+    print_json(result, args.out_dir / "comparison.json")
+    plot_curves(result["runs"], args.out_dir / "comparison.png", f"{Path(args.data).name}, {model}")
+    print_comparison(result)
+
+
+def print_comparison(result: dict) -> None:
+    print(
+        f"{'method':<7} {'seed':>4} {'budget':>16} {'examples':>8} {'loss tok':>8} {'before':>7} {'after':>7} "
+        "worst group"
+    )
+    for r in result["runs"]:
+        worst = r["worst_group"]
+        budget = " ".join(f"{v} {k}" for k, v in r["budget"].items())
+        print(
+            f"{r['method']:<7} {r['seed'] if r['seed'] is not None else '':>4} {budget:>16} {r['examples']:>8} "
+            f"{r['loss_tokens']:>8,} {r['loss_before']:>7.3f} {r['loss_after']:>7.3f} "
+            + (f"{worst['group']} {worst['loss']:.3f}" if worst else "")
+        )
+
+
 def sample_data_command(args: argparse.Namespace) -> None:
     if args.corpus == "humaneval":
         rows = corpora.humaneval()
@@ -106,6 +160,20 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     select = commands.add_parser("select", help="select the most informative examples of a dataset")
     add_select_arguments(select)
     select.set_defaults(run=select_command)
+    compare = commands.add_parser(
+        "compare", help="fine-tune fisher and seeded random subsets with LoRA and compare their held-out loss"
+    )
+    compare.add_argument("data", help="a JSONL dataset")
+    compare.add_argument("--model", help=f"a built-in model or a model directory (default: {DEFAULT_MODEL})")
+    compare.add_argument("--budget", type=positive_int, required=True, metavar="K", help="examples per subset")
+    compare.add_argument("--random-seeds", type=positive_int, default=3, metavar="N", help="random subsets (3)")
+    compare.add_argument("--lambda", dest="lam", type=positive_float, default=1.0, metavar="L", help="ridge (1.0)")
+    compare.add_argument("--max-length", type=positive_int, default=1024, metavar="M", help="tokens (1024)")
+    compare.add_argument("--out-dir", type=Path, default=Path("comparison"), help="where the table and plot go")
+    add_training_arguments(compare)
+    add_server_arguments(compare, required=False)
+    compare.add_argument("--wait", action="store_true", help="with --server: wait for the job")
+    compare.set_defaults(run=compare_command)
     sample = commands.add_parser(
         "sample-data", help="write real instruction data from installed packages as a JSONL dataset"
     )

@@ -59,12 +59,14 @@ def select(
     lam: float = 1.0,
     seed: int = 0,
     warm_start: Sequence[int] = (),
+    exclude: Sequence[int] = (),
     lazy: bool = True,
     on_step: StepCallback | None = None,
 ) -> Selection:
     """Select examples from the flat `features` [tokens x d], example i owning rows offsets[i]:offsets[i+1].
 
     Examples in `warm_start` (indices) are already in the design: they seed Sigma and are not chosen again.
+    Examples in `exclude` (indices: a held-out set, say) are never chosen.
     """
     blocks = FeatureBlocks(features, offsets)
     objective = LogDetObjective(blocks, lam)
@@ -73,6 +75,7 @@ def select(
     start = objective.value()
     candidates = torch.ones(len(blocks), dtype=torch.bool)
     candidates[list(warm_start)] = False
+    candidates[list(exclude)] = False
     candidates = candidates.nonzero().flatten()
     costs, limit = budget.costs(offsets.diff())
     if method == "random":

@@ -1,0 +1,309 @@
+"""Fine-tune on a subset and judge it on held-out examples; compare a fisher subset with random ones.
+
+Shared by the CLI and the workers. The data is encoded once (the same encoding, truncation and loss positions as
+the selection); a held-out set is drawn before selection, stratified by a label such as `category`, and is
+never selected nor trained on. Every run starts from a fresh copy of the base model, with identical settings.
+"""
+
+import hashlib
+import json
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fishersft.dataset import Example, ExampleId
+from fishersft.embedding import load_model
+from fishersft.encoding import Encoded
+from fishersft.features import FeatureSet
+from fishersft.selection import Budget, select
+from fishersft.training import (
+    DEFAULT_LORA,
+    DEFAULT_TRAINING,
+    LoraSettings,
+    Trained,
+    TrainingSettings,
+    example_losses,
+    train_lora,
+)
+
+MAX_CURVE_POINTS = 200
+"""Training losses kept per run: every step up to this many, else evenly sampled (last step included)."""
+
+
+@dataclass
+class HeldOut:
+    encoded: list[Encoded]
+    groups: list[str | None]
+    """Each held-out example's group (its stratification label), for the worst-group loss."""
+
+    @property
+    def n_loss_tokens(self) -> int:
+        return sum(len(e.targets) for e in self.encoded)
+
+    def evaluate(self, model: torch.nn.Module) -> dict[str, Any]:
+        """Mean loss per loss token overall and per group, perplexity, and the worst group."""
+        sums = example_losses(model, self.encoded)
+        counts = torch.tensor([len(e.targets) for e in self.encoded], dtype=torch.float64)
+        loss = float(sums.sum() / counts.sum())
+        by_group: dict[str, float] = {}
+        for group in sorted({g for g in self.groups if g is not None}):
+            members = torch.tensor([g == group for g in self.groups])
+            by_group[group] = float(sums[members].sum() / counts[members].sum())
+        worst = max(by_group, key=by_group.__getitem__) if by_group else None
+        return {
+            "loss": loss,
+            "perplexity": math.exp(loss),
+            "by_group": by_group,
+            "worst_group": {"group": worst, "loss": by_group[worst]} if worst else None,
+        }
+
+
+def ids_sha256(ids: Sequence[ExampleId]) -> str:
+    """A fingerprint of a subset: SHA-256 of its ids, one a line, sorted as strings."""
+    return hashlib.sha256("".join(f"{i}\n" for i in sorted(map(str, ids))).encode()).hexdigest()
+
+
+def sampled_losses(losses: list[float]) -> list[list[float]]:
+    """[step, loss] pairs, at most MAX_CURVE_POINTS of them, always including the last step."""
+    steps = np.unique(np.linspace(1, len(losses), min(len(losses), MAX_CURVE_POINTS)).round().astype(int))
+    return [[int(s), losses[s - 1]] for s in steps]
+
+
+def finetune(
+    model_dir: Path,
+    train: Sequence[Encoded],
+    held_out: HeldOut | None,
+    lora: LoraSettings,
+    training: TrainingSettings,
+    *,
+    device: torch.device,
+    before: dict[str, Any] | None = None,
+    eval_points: int = 4,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> tuple[Trained, dict[str, Any]]:
+    """Train LoRA on `train` from a fresh float32 copy of the base model; `before` is the base model's held-out
+    evaluation (measured once by the caller). Returns the trained model and the run's JSON result."""
+    model, _ = load_model(model_dir, device, dtype=torch.float32)
+    last: dict[str, Any] = {}
+
+    def evaluate(m: torch.nn.Module) -> float:
+        last.update(held_out.evaluate(m))  # type: ignore[union-attr]
+        return last["loss"]
+
+    started = time.perf_counter()
+    trained = train_lora(
+        model, train, lora, training, evaluate=evaluate if held_out else None, eval_points=eval_points, on_step=on_step
+    )
+    result: dict[str, Any] = {
+        "steps": trained.steps,
+        "train_loss": sampled_losses(trained.train_loss),
+        "eval": None,
+        "timings": {"train_s": time.perf_counter() - started},
+    }
+    if held_out:
+        curve = ([[0, before["loss"]]] if before else []) + [[s, v] for s, v in trained.eval_loss]
+        result["eval"] = {
+            "n_examples": len(held_out.encoded),
+            "n_loss_tokens": held_out.n_loss_tokens,
+            "before": before,
+            "after": dict(last),
+            "curve": curve,
+        }
+    return trained, result
+
+
+@dataclass(frozen=True)
+class Run:
+    method: str
+    seed: int | None
+    budget: Budget
+    indices: list[int]
+
+
+def comparison_runs(
+    features: FeatureSet, budget_examples: int, seeds: Sequence[int], exclude: Sequence[int], lam: float
+) -> list[Run]:
+    """The subsets a comparison trains: fisher and each seeded random subset at `budget_examples` examples, then
+    fisher at the mean loss tokens of those random subsets (equal cost: a fisher subset of K examples can hold
+    several times the tokens of a random one)."""
+    flat = torch.from_numpy(np.asarray(features.features, dtype=np.float32))
+    offsets = torch.from_numpy(features.offsets)
+    lengths = np.diff(features.offsets)
+
+    def pick(budget: Budget, method: str, seed: int = 0) -> list[int]:
+        return select(flat, offsets, budget, method=method, lam=lam, seed=seed, exclude=exclude).indices  # type: ignore[arg-type]
+
+    by_examples = Budget(examples=budget_examples)
+    runs = [Run("fisher", None, by_examples, pick(by_examples, "fisher"))]
+    runs += [Run("random", s, by_examples, pick(by_examples, "random", s)) for s in seeds]
+    tokens = round(statistics.mean(int(lengths[r.indices].sum()) for r in runs[1:])) if seeds else 0
+    if tokens:
+        by_tokens = Budget(tokens=tokens)
+        runs.append(Run("fisher", None, by_tokens, pick(by_tokens, "fisher")))
+    return runs
+
+
+def run_row(run: Run, examples: Sequence[Example], encoded: Sequence[Encoded], result: dict[str, Any]) -> dict:
+    """One line of the comparison table."""
+    evaluation = result["eval"]
+    return {
+        "method": run.method,
+        "seed": run.seed,
+        "budget_kind": "examples" if run.budget.examples is not None else "tokens",
+        "budget": run.budget.as_dict(),
+        "examples": len(run.indices),
+        "loss_tokens": sum(len(encoded[i].targets) for i in run.indices),
+        "ids_sha256": ids_sha256([examples[i].id for i in run.indices]),
+        "loss_before": evaluation["before"]["loss"],
+        "loss_after": evaluation["after"]["loss"],
+        "perplexity_before": evaluation["before"]["perplexity"],
+        "perplexity_after": evaluation["after"]["perplexity"],
+        "worst_group": evaluation["after"]["worst_group"],
+        "categories": len({examples[i].labels.get("category") for i in run.indices} - {None}),
+        "steps": result["steps"],
+        "curve": evaluation["curve"],
+        "train_s": result["timings"]["train_s"],
+    }
+
+
+def summarize(rows: Sequence[dict]) -> dict[str, Any]:
+    """Per budget kind: fisher's held-out loss after training against the random runs' mean, min and max (and
+    the same for the worst group)."""
+    summary = {}
+    for kind in ("examples", "tokens"):
+        fisher = [r for r in rows if r["budget_kind"] == kind and r["method"] == "fisher"]
+        random = [r for r in rows if r["method"] == "random"]
+        if not fisher or not random:
+            continue
+        entry = {"fisher": fisher[0]["loss_after"], "random": _spread([r["loss_after"] for r in random])}
+        if fisher[0]["worst_group"]:
+            entry["fisher_worst_group"] = fisher[0]["worst_group"]["loss"]
+            entry["random_worst_group"] = _spread([r["worst_group"]["loss"] for r in random])
+        summary[kind] = entry
+    return summary
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.mean(values), "min": min(values), "max": max(values)}
+
+
+def plot_curves(rows: Sequence[dict], out: Path, title: str) -> Path:
+    """Held-out loss against training step, one line per run, a panel per budget kind (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = [k for k in ("examples", "tokens") if any(r["budget_kind"] == k for r in rows)]
+    figure, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 4.2), squeeze=False, sharey=True)
+    for axis, kind in zip(axes[0], kinds, strict=True):
+        random_runs = [r for r in rows if r["method"] == "random"]
+        for row in [r for r in rows if r["budget_kind"] == kind] + (random_runs if kind == "tokens" else []):
+            steps, losses = zip(*row["curve"], strict=True)
+            label = f"{row['method']}" + (f" seed {row['seed']}" if row["seed"] is not None else "")
+            label += f": {row['examples']} ex, {row['loss_tokens']:,} tok"
+            style = {"color": "tab:blue", "linewidth": 2.2} if row["method"] == "fisher" else {"alpha": 0.7}
+            axis.plot(steps, losses, marker="o", markersize=3, label=label, **style)
+        budget = next(r["budget"] for r in rows if r["budget_kind"] == kind)
+        axis.set_title(f"equal {kind}: {json.dumps(budget)}")
+        axis.set_xlabel("training step")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    axes[0][0].set_ylabel("held-out loss per loss token")
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
+    return out
+
+
+Progress = Callable[[str, int, int], None]
+
+
+def compare(
+    data: Path,
+    model_dir: Path,
+    budget_examples: int,
+    features: FeatureSet,
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    holdout_fraction: float | None = 0.1,
+    stratify_by: str = "category",
+    eval_data: Path | None = None,
+    lam: float = 1.0,
+    lora: LoraSettings = DEFAULT_LORA,
+    training: TrainingSettings = DEFAULT_TRAINING,
+    max_length: int = 1024,
+    eval_points: int = 4,
+    device: torch.device | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Train the fisher subset and each seeded random subset of `data` (whose `features` are given) with identical
+    settings, evaluate all on the same held-out set (`eval_data`, or a stratified `holdout_fraction` of `data`
+    that is never selected), at equal examples and at equal loss tokens. Returns the comparison's JSON."""
+    from transformers import AutoTokenizer
+
+    from fishersft.holdout import holdout
+    from fishersft.pipeline import encode_file
+
+    device = device or torch.device("cpu")
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    examples, encoded = encode_file(data, tokenizer, max_length)
+    if eval_data is not None:
+        eval_examples, eval_encoded = encode_file(eval_data, tokenizer, max_length)
+        held = HeldOut(eval_encoded, [e.labels.get(stratify_by) for e in eval_examples])
+        exclude: list[int] = []
+    else:
+        groups = [e.labels.get(stratify_by) for e in examples]
+        exclude = holdout(groups, holdout_fraction or 0.1, seed=0)
+        held = HeldOut([encoded[i] for i in exclude], [groups[i] for i in exclude])
+    if not held.encoded:
+        raise ValueError("the held-out set is empty")
+    base, _ = load_model(model_dir, device, dtype=torch.float32)
+    before = held.evaluate(base)
+    del base
+    runs = comparison_runs(features, budget_examples, seeds, exclude, lam)
+    prepared_s = time.perf_counter() - started
+    totals = [training.total_steps(len(run.indices)) for run in runs]
+    rows = []
+    for k, run in enumerate(runs):
+        done = sum(totals[:k])
+
+        def on_step(step: int, total: int, loss: float, done: int = done) -> None:
+            if progress:
+                progress("training", done + step, sum(totals))
+
+        _, result = finetune(
+            model_dir,
+            [encoded[i] for i in run.indices],
+            held,
+            lora,
+            training,
+            device=device,
+            before=before,
+            eval_points=eval_points,
+            on_step=on_step,
+        )
+        rows.append(run_row(run, examples, encoded, result))
+    return {
+        "n_examples": len(examples),
+        "held_out": {
+            "source": "eval_data" if eval_data is not None else "holdout",
+            "fraction": None if eval_data is not None else holdout_fraction,
+            "stratified_by": stratify_by,
+            "n_examples": len(held.encoded),
+            "n_loss_tokens": held.n_loss_tokens,
+            "before": before,
+        },
+        "runs": rows,
+        "summary": summarize(rows),
+        "timings": {"prepare_s": prepared_s, "train_s": sum(r["train_s"] for r in rows)},
+    }

@@ -1,0 +1,173 @@
+"""LoRA fine-tuning (SFT) on exactly the loss tokens the selection used, and the held-out loss that judges it.
+
+The loss of an example is the cross-entropy of its loss tokens, given everything before them: the same encoding,
+truncation and loss positions as the embedder (`fishersft.encoding`). The LM head runs only at those positions,
+so the 49k-wide vocabulary product is never paid for prompt or padding tokens. A step's loss is the mean over
+the loss tokens of its batch.
+
+Adapters are peft LoRA modules, saved in peft's layout (`adapter_config.json`, `adapter_model.safetensors`)
+so that `PeftModel.from_pretrained(base, directory)` loads them.
+"""
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from fishersft.embedding import Precision, embedding_autocast, length_sorted_batches, pre_logits
+from fishersft.encoding import Encoded
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    epochs: int = 3
+    max_steps: int | None = None
+    """Stop after this many optimizer steps, even within an epoch."""
+    learning_rate: float = 3e-4
+    batch_size: int = 8
+    seed: int = 0
+    precision: Precision = "auto"
+
+    def total_steps(self, n_examples: int) -> int:
+        steps = self.epochs * math.ceil(n_examples / self.batch_size)
+        return min(steps, self.max_steps) if self.max_steps else steps
+
+
+DEFAULT_LORA, DEFAULT_TRAINING = LoraSettings(), TrainingSettings()
+
+
+def autocast_dtype(device: torch.device, precision: Precision = "auto") -> torch.dtype | None:
+    """bfloat16 autocast on CUDA and on CPUs with native bfloat16 (see `embedding_autocast`); float32 elsewhere.
+    LoRA weights, gradients and optimizer state stay float32."""
+    return torch.bfloat16 if device.type == "cuda" else embedding_autocast(device, precision)
+
+
+def batch_loss(
+    model: PreTrainedModel, encoded: Sequence[Encoded], batch: list[int], autocast: torch.dtype | None
+) -> tuple[torch.Tensor, int]:
+    """Summed cross-entropy of the loss tokens of the examples `batch`, and how many there are."""
+    vectors, labels = pre_logits(model, encoded, batch, autocast)
+    with torch.autocast(vectors.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+        logits = model.get_output_embeddings()(vectors)
+    return F.cross_entropy(logits.float(), labels, reduction="sum"), len(labels)
+
+
+@torch.no_grad()
+def example_losses(model: PreTrainedModel, encoded: Sequence[Encoded], batch_size: int = 16) -> torch.Tensor:
+    """Summed cross-entropy of each example's loss tokens [N], float64, in eval mode (no dropout) and in
+    float32: this is the judge of every comparison, so it does not take bfloat16's rounding."""
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(len(encoded), dtype=torch.float64)
+    for batch in length_sorted_batches(encoded, batch_size):
+        vectors, labels = pre_logits(model, encoded, batch, None)
+        losses = F.cross_entropy(model.get_output_embeddings()(vectors).float(), labels, reduction="none")
+        owner = torch.repeat_interleave(torch.tensor(batch), torch.tensor([len(encoded[i].targets) for i in batch]))
+        sums.index_add_(0, owner, losses.double().cpu())
+    model.train(was_training)
+    return sums
+
+
+def mean_loss(model: PreTrainedModel, encoded: Sequence[Encoded], batch_size: int = 16) -> float:
+    """Mean cross-entropy per loss token over `encoded`; exp() of it is perplexity."""
+    return float(example_losses(model, encoded, batch_size).sum()) / sum(len(e.targets) for e in encoded)
+
+
+def shuffled_batches(encoded: Sequence[Encoded], batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    """One epoch of batches, grouped by length as HF Trainer's group_by_length does: a seeded shuffle, cut into
+    chunks of 16 batches, each chunk sorted by length and cut into batches, the batches shuffled. Padding stays
+    small and the batches still mix at random across epochs."""
+    order = torch.randperm(len(encoded), generator=generator).tolist()
+    chunk = 16 * batch_size
+    batches = []
+    for start in range(0, len(order), chunk):
+        part = sorted(order[start : start + chunk], key=lambda i: len(encoded[i].input_ids))
+        batches += [part[k : k + batch_size] for k in range(0, len(part), batch_size)]
+    return [batches[k] for k in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+StepCallback = Callable[[int, int, float], None]
+"""on_step(step, total steps, training loss of the step): progress, events, cancellation."""
+
+
+@dataclass
+class Trained:
+    model: PeftModel
+    steps: int
+    train_loss: list[float] = field(default_factory=list)
+    """Training loss of every step."""
+    eval_loss: list[tuple[int, float]] = field(default_factory=list)
+    """(step, evaluate()) at the evaluation steps, the last at the end."""
+
+
+def train_lora(
+    model: PreTrainedModel,
+    train: Sequence[Encoded],
+    lora: LoraSettings = DEFAULT_LORA,
+    settings: TrainingSettings = DEFAULT_TRAINING,
+    *,
+    evaluate: Callable[[PreTrainedModel], float] | None = None,
+    eval_points: int = 4,
+    on_step: StepCallback | None = None,
+) -> Trained:
+    """Wrap `model` with fresh LoRA modules (in place: pass a model of your own) and train them with AdamW and a
+    linearly decaying learning rate over length-grouped shuffled batches, seeded. `evaluate(model)` (a held-out
+    loss, say) is called at `eval_points` evenly spaced steps, the last one at the end; measure step 0 yourself,
+    once, before training: it is the same for every run on one base model."""
+    torch.manual_seed(settings.seed)
+    config = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+    )
+    peft_model = get_peft_model(model, config)
+    causal_lm = peft_model.get_base_model()
+    autocast = autocast_dtype(next(model.parameters()).device, settings.precision)
+    total = settings.total_steps(len(train))
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=settings.learning_rate)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / total)
+    eval_at = {round(total * k / eval_points) for k in range(1, eval_points + 1)} if evaluate else set()
+    trained = Trained(peft_model, total)
+    generator = torch.Generator().manual_seed(settings.seed)
+    peft_model.train()
+    step = 0
+    while step < total:
+        for batch in shuffled_batches(train, settings.batch_size, generator):
+            loss_sum, n = batch_loss(causal_lm, train, batch, autocast)
+            loss = loss_sum / n
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            trained.train_loss.append(loss.item())
+            if on_step:
+                on_step(step, total, trained.train_loss[-1])
+            if step in eval_at:
+                trained.eval_loss.append((step, evaluate(causal_lm)))
+            if step == total:
+                break
+    return trained
+
+
+def save_adapter(model: PeftModel, tokenizer: PreTrainedTokenizerBase, out: Path, card: str) -> Path:
+    """peft's layout plus the tokenizer files and a model card (README.md) in `out`."""
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "README.md").write_text(card)
+    return out
