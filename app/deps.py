@@ -4,13 +4,14 @@ They do no I/O, so they are `async def`: FastAPI runs them on the event loop ins
 thread pool (which cost more than the request's own work).
 """
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 from redis import Redis
 
 from app.errors import ApiError
-from app.jobs import SelectionJobs
+from app.jobs import JobKind, Jobs
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
 
@@ -27,12 +28,17 @@ async def store(request: Request) -> ArtifactStore:
     return request.app.state.store
 
 
-async def jobs(
-    redis: Annotated[Redis, Depends(redis)],
-    settings: Annotated[Settings, Depends(settings)],
-    store: Annotated[ArtifactStore, Depends(store)],
-) -> SelectionJobs:
-    return SelectionJobs(redis, settings, store)
+def jobs(kind: JobKind) -> Callable[..., Awaitable[Jobs]]:
+    """The dependency that gives a route the jobs of one kind."""
+
+    async def dependency(
+        redis: Annotated[Redis, Depends(redis)],
+        settings: Annotated[Settings, Depends(settings)],
+        store: Annotated[ArtifactStore, Depends(store)],
+    ) -> Jobs:
+        return Jobs(kind, redis, settings, store)
+
+    return dependency
 
 
 async def authorize(

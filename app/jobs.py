@@ -1,4 +1,4 @@
-"""Selection jobs on RQ: enqueue, read back as the API's job body, cancel, list.
+"""Jobs on RQ (selections, finetunes, comparisons): enqueue, read back as the API's job body, cancel, list.
 
 RQ's statuses map to the API's: queued (also deferred, scheduled), running (started), succeeded (finished),
 failed, cancelled (canceled, stopped, or failed after a cancellation request). A running job whose worker
@@ -7,22 +7,33 @@ stopped refreshing its alive key (the worker was killed) is marked failed with c
 
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import BaseModel
 from redis import Redis
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
-from app.schemas import JobError, Progress, Selection, SelectionCreate, SelectionResult
+from app.schemas import (
+    Comparison,
+    ComparisonResult,
+    Event,
+    Finetune,
+    FinetuneResult,
+    JobBody,
+    JobError,
+    Progress,
+    Selection,
+    SelectionResult,
+)
 from fishersft.service.protocol import alive_key, cancel_key
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
 
-INDEX = "fishersft:selections"
-"""Sorted set of selection job ids, scored by creation time: the list endpoint's order and cursor."""
 KEEP_S = 30 * 24 * 3600
 """How long finished jobs stay in Redis (results stay in the artifact store)."""
 
@@ -39,16 +50,40 @@ STATUS = {
 }
 
 
-class SelectionJobs:
-    def __init__(self, redis: Redis, settings: Settings, store: ArtifactStore) -> None:
-        self.redis, self.settings, self.store = redis, settings, store
-        self.queue = Queue(settings.queue, connection=redis)
+@dataclass(frozen=True)
+class JobKind:
+    resource: str
+    """URL segment and Redis namespace: selections, finetunes, comparisons."""
+    prefix: str
+    """Of job ids: sel_, ft_, cmp_."""
+    function: str
+    """The worker function RQ runs."""
+    body: type[JobBody]
+    result: type[BaseModel]
+    training: bool
+    """Goes to the training queue (GPU workers) rather than the selection queue."""
 
-    def create(self, request: SelectionCreate) -> Selection:
-        job_id = f"sel_{uuid.uuid4().hex[:24]}"
+    @property
+    def index(self) -> str:
+        """Sorted set of the kind's job ids, scored by creation time: the list endpoint's order and cursor."""
+        return f"fishersft:{self.resource}"
+
+
+SELECTIONS = JobKind("selections", "sel", "workers.selection.run_selection", Selection, SelectionResult, False)
+FINETUNES = JobKind("finetunes", "ft", "workers.finetune.run_finetune", Finetune, FinetuneResult, True)
+COMPARISONS = JobKind("comparisons", "cmp", "workers.finetune.run_comparison", Comparison, ComparisonResult, True)
+
+
+class Jobs:
+    def __init__(self, kind: JobKind, redis: Redis, settings: Settings, store: ArtifactStore) -> None:
+        self.kind, self.redis, self.settings, self.store = kind, redis, settings, store
+        self.queue = Queue(settings.training_queue if kind.training else settings.queue, connection=redis)
+
+    def create(self, request: BaseModel) -> JobBody:
+        job_id = f"{self.kind.prefix}_{uuid.uuid4().hex[:24]}"
         payload = request.model_dump(by_alias=True)
         job = self.queue.enqueue(
-            "workers.selection.run_selection",
+            self.kind.function,
             kwargs={"request": payload},
             job_id=job_id,
             meta={"request": payload},
@@ -56,16 +91,18 @@ class SelectionJobs:
             result_ttl=KEEP_S,
             failure_ttl=KEEP_S,
         )
-        self.redis.zadd(INDEX, {job_id: time.time()})
+        self.redis.zadd(self.kind.index, {job_id: time.time()})
         return self.view(job)
 
-    def get(self, job_id: str) -> Selection | None:
+    def get(self, job_id: str) -> JobBody | None:
+        if not job_id.startswith(f"{self.kind.prefix}_"):
+            return None
         try:
             return self.view(Job.fetch(job_id, connection=self.redis))
         except NoSuchJobError:
             return self._from_store(job_id)
 
-    def view(self, job: Job) -> Selection:
+    def view(self, job: Job) -> JobBody:
         """The API body of a job as last read from Redis (status, timestamps and meta are read together)."""
         status = job.get_status(refresh=False)
         if status == JobStatus.STARTED and self._worker_lost(job):
@@ -75,7 +112,7 @@ class SelectionJobs:
         state = "cancelled" if status == JobStatus.FAILED and meta.get("cancelled") else STATUS.get(status, "queued")
         result = self.store.result(job.id) if state == "succeeded" else None
         progress = meta.get("progress") if state in ("running", "succeeded") else None
-        return Selection(
+        return self.kind.body(
             id=job.id,
             status=state,
             created_at=_utc(job.created_at),
@@ -83,11 +120,21 @@ class SelectionJobs:
             finished_at=_utc(job.ended_at),
             progress=Progress(**progress) if progress else None,
             error=self._error(job, meta) if state == "failed" else None,
-            result=SelectionResult(**result["result"]) if result else None,
+            result=self.kind.result(**result["result"]) if result else None,
             request=meta["request"],
         )
 
-    def cancel(self, job_id: str) -> Selection | None:
+    def events(self, job_id: str) -> list[Event] | None:
+        """The job's events, oldest first: from its saved result once it succeeded, else from Redis."""
+        saved = self.store.result(job_id)
+        if saved is not None:
+            return [Event(**e) for e in saved.get("events", [])]
+        try:
+            return [Event(**e) for e in Job.fetch(job_id, connection=self.redis).meta.get("events", [])]
+        except NoSuchJobError:
+            return None
+
+    def cancel(self, job_id: str) -> JobBody | None:
         """Cancel a queued job now; ask a running one to stop at its next batch or pick."""
         try:
             job = Job.fetch(job_id, connection=self.redis)
@@ -100,12 +147,12 @@ class SelectionJobs:
             job.cancel()
         return self.get(job_id)
 
-    def list(self, limit: int, after: str | None) -> tuple[list[Selection], str | None]:
+    def list(self, limit: int, after: str | None) -> tuple[list[JobBody], str | None]:
         top = "+inf"
         if after is not None:
-            score = self.redis.zscore(INDEX, after)
+            score = self.redis.zscore(self.kind.index, after)
             top = f"({score}" if score is not None else "-inf"
-        ids = [i.decode() for i in self.redis.zrevrangebyscore(INDEX, top, "-inf", start=0, num=limit + 1)]
+        ids = [i.decode() for i in self.redis.zrevrangebyscore(self.kind.index, top, "-inf", start=0, num=limit + 1)]
         page = [s for s in (self.get(i) for i in ids[:limit]) if s is not None]
         return page, ids[limit - 1] if len(ids) > limit else None
 
@@ -133,12 +180,12 @@ class SelectionJobs:
         last_line = text.splitlines()[-1] if text else "the job failed"
         return JobError(code="internal_error", message=last_line)
 
-    def _from_store(self, job_id: str) -> Selection | None:
+    def _from_store(self, job_id: str) -> JobBody | None:
         """A job Redis no longer knows (expired or lost), from its saved result."""
         saved = self.store.result(job_id)
         if saved is None:
             return None
-        return Selection(
+        return self.kind.body(
             id=job_id,
             status="succeeded",
             created_at=saved["created_at"],
@@ -146,7 +193,7 @@ class SelectionJobs:
             finished_at=saved["finished_at"],
             progress=None,
             error=None,
-            result=SelectionResult(**saved["result"]),
+            result=self.kind.result(**saved["result"]),
             request=saved["request"],
         )
 

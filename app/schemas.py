@@ -1,7 +1,7 @@
 """Request and response bodies of the HTTP API."""
 
 from datetime import datetime
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -57,8 +57,9 @@ class SelectionCreate(BaseModel):
 
 
 class Progress(BaseModel):
-    phase: Literal["embedding", "selecting"] = Field(
-        description="embedding counts examples; selecting counts the budget spent (examples or tokens)."
+    phase: Literal["embedding", "selecting", "evaluating", "training"] = Field(
+        description="embedding counts examples; selecting counts the budget spent (examples or tokens); "
+        "evaluating counts held-out evaluations; training counts optimizer steps (over all runs of a comparison)."
     )
     done: int = Field(description="Units done.")
     total: int = Field(description="Units in all.")
@@ -88,7 +89,13 @@ class SelectionResult(BaseModel):
     timings: dict[str, float] = Field(description="Seconds: embed_s, model_load_s, select_s.")
 
 
-class Selection(BaseModel):
+RequestT = TypeVar("RequestT", bound=BaseModel)
+ResultT = TypeVar("ResultT", bound=BaseModel)
+
+
+class JobBody(BaseModel, Generic[RequestT, ResultT]):
+    """What every job resource answers (shared CONVENTIONS): status, times, progress, error, result."""
+
     id: str = Field(description="Job id.")
     status: JobStatus = Field(description="queued, running, succeeded, failed or cancelled.")
     created_at: datetime | None = Field(description="When it was requested (UTC).")
@@ -96,8 +103,12 @@ class Selection(BaseModel):
     finished_at: datetime | None = Field(description="When it ended, whatever the outcome.")
     progress: Progress | None = Field(description="Last reported progress while running.")
     error: JobError | None = Field(description="Why it failed; null unless failed.")
-    result: SelectionResult | None = Field(description="The selection; null until succeeded.")
-    request: SelectionCreate = Field(description="What was asked.")
+    result: ResultT | None = Field(description="The outcome; null until succeeded.")
+    request: RequestT = Field(description="What was asked.")
+
+
+class Selection(JobBody[SelectionCreate, SelectionResult]):
+    pass
 
 
 class Model(BaseModel):
@@ -110,3 +121,170 @@ class Health(BaseModel):
     status: Literal["ok", "unavailable"] = Field(description="ok when the check passed.")
     redis: bool | None = Field(None, description="Redis answered a ping (readyz).")
     workers: int | None = Field(None, description="Workers registered with Redis (readyz).")
+
+
+class LoraRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    r: int = Field(8, gt=0, le=1024, description="LoRA rank.")
+    alpha: float = Field(16.0, gt=0, le=1e6, description="LoRA scale numerator (scaling = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        min_length=1,
+        description="Module names (last path component) that get LoRA: they must exist in the model.",
+    )
+
+
+class TrainingRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    epochs: int = Field(3, ge=1, le=1000, description="Passes over the subset.")
+    max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps; null: all epochs.")
+    learning_rate: float = Field(3e-4, gt=0, le=1, description="AdamW learning rate, decayed linearly to 0.")
+    batch_size: int = Field(8, ge=1, le=1024, description="Examples per optimizer step.")
+    max_length: int | None = Field(
+        None, ge=2, le=32768, description="Tokens per example; with selection_id it must be the selection's (default)."
+    )
+    seed: int = Field(0, ge=0, lt=2**63, description="Seed of LoRA initialisation and batch order.")
+
+
+class EvalRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dataset_id: str | None = Field(None, description="A separate JSONL dataset to evaluate on.")
+    holdout_fraction: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Or hold out this fraction of the dataset, stratified, never selected or trained on.",
+    )
+    stratify_by: str = Field("category", min_length=1, description="Row label the held-out split is stratified by.")
+
+    @model_validator(mode="after")
+    def exactly_one(self) -> "EvalRequest":
+        if (self.dataset_id is None) == (self.holdout_fraction is None):
+            raise ValueError("give exactly one of `dataset_id` and `holdout_fraction`")
+        return self
+
+
+class FinetuneCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    selection_id: str | None = Field(None, description="Train on this succeeded selection's subset.")
+    dataset_id: str | None = Field(None, description="Or select from this JSONL dataset first (with budget).")
+    budget: Budget | None = Field(None, description="With dataset_id: `{examples: K}` or `{tokens: T}`.")
+    method: Literal["fisher", "random"] = Field("fisher", description="With dataset_id: how to select.")
+    lambda_: float = Field(1.0, alias="lambda", gt=0, description="With dataset_id: ridge term of Sigma.")
+    seed: int = Field(0, ge=0, lt=2**63, description="With dataset_id: seed of the random method.")
+    model: str | None = Field(None, description="A name from GET /v1/models; with selection_id, the selection's.")
+    lora: LoraRequest = Field(default_factory=LoraRequest, description="LoRA settings.")
+    training: TrainingRequest = Field(default_factory=TrainingRequest, description="Training settings.")
+    eval: EvalRequest | None = Field(None, description="Held-out evaluation; null: none.")
+
+    @model_validator(mode="after")
+    def one_source(self) -> "FinetuneCreate":
+        if (self.selection_id is None) == (self.dataset_id is None):
+            raise ValueError("give exactly one of `selection_id` and `dataset_id`")
+        if self.dataset_id is not None and self.budget is None:
+            raise ValueError("`budget` is required with `dataset_id`")
+        return self
+
+
+class Event(BaseModel):
+    created_at: datetime = Field(description="When it happened (UTC).")
+    level: Literal["info", "warning", "error"] = Field(description="Severity.")
+    type: str = Field(description="started, selected, evaluated, step, saved, succeeded, failed or cancelled.")
+    message: str = Field(description="For people.")
+    data: dict[str, Any] = Field(default_factory=dict, description="For machines: step, loss, ...")
+
+
+class EvalMetrics(BaseModel):
+    loss: float = Field(description="Mean cross-entropy per held-out loss token.")
+    perplexity: float = Field(description="exp(loss).")
+    by_group: dict[str, float] = Field(description="Mean loss per group of the stratification label.")
+    worst_group: dict[str, Any] | None = Field(description="`{group, loss}` of the highest-loss group.")
+
+
+class FinetuneEval(BaseModel):
+    n_examples: int = Field(description="Held-out examples.")
+    n_loss_tokens: int = Field(description="Their loss tokens.")
+    before: EvalMetrics = Field(description="The base model.")
+    after: EvalMetrics = Field(description="The base model with the trained adapter.")
+    curve: list[list[float]] = Field(description="[step, held-out loss] pairs from step 0 to the end.")
+
+
+class Subset(BaseModel):
+    selection_id: str | None = Field(description="The selection trained on, when one was given.")
+    method: str = Field(description="fisher or random.")
+    budget: dict[str, int] = Field(description="The selection's budget.")
+    size: int = Field(description="Examples trained on.")
+    n_loss_tokens: int = Field(description="Their loss tokens.")
+    ids_sha256: str = Field(description="SHA-256 of the subset's ids, one a line, sorted as strings.")
+
+
+class FinetuneResult(BaseModel):
+    model: str = Field(description="Base model.")
+    dataset_sha256: str = Field(description="SHA-256 of the training dataset.")
+    subset: Subset = Field(description="What was trained on.")
+    steps: int = Field(description="Optimizer steps.")
+    train_loss: list[list[float]] = Field(description="[step, training loss] pairs, at most 200, evenly sampled.")
+    eval: FinetuneEval | None = Field(description="Held-out loss before and after; null without eval.")
+    adapter: dict[str, Any] = Field(description="`{url, bytes, sha256}` of the adapter .tar.gz.")
+    timings: dict[str, float] = Field(description="Seconds: select_s, evaluate_s, train_s, save_s.")
+
+
+class Finetune(JobBody[FinetuneCreate, FinetuneResult]):
+    pass
+
+
+class ComparisonBudget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    examples: int = Field(
+        gt=0, description="Examples per subset; fisher also runs at the random subsets' mean loss tokens."
+    )
+
+
+class ComparisonCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    dataset_id: str = Field(description="A JSONL dataset from POST /v1/datasets.")
+    budget: ComparisonBudget = Field(description="`{examples: K}`.")
+    random_seeds: int = Field(3, ge=1, le=20, description="How many seeded random subsets (seeds 0..N-1).")
+    model: str | None = Field(None, description="A name from GET /v1/models; default: the default.")
+    lambda_: float = Field(1.0, alias="lambda", gt=0, description="Ridge term of Sigma.")
+    max_length: int = Field(1024, ge=2, le=32768, description="Tokens per example at most.")
+    lora: LoraRequest = Field(default_factory=LoraRequest, description="LoRA settings, the same for every run.")
+    training: TrainingRequest = Field(default_factory=TrainingRequest, description="Training settings, the same.")
+    eval: EvalRequest = Field(
+        default_factory=lambda: EvalRequest(holdout_fraction=0.1), description="The held-out set all runs share."
+    )
+    eval_points: int = Field(4, ge=1, le=50, description="Held-out evaluations per run (the curve's points).")
+
+
+class ComparisonRun(BaseModel):
+    method: str = Field(description="fisher or random.")
+    seed: int | None = Field(description="The random subset's seed.")
+    budget_kind: Literal["examples", "tokens"] = Field(description="Equal examples, or equal loss tokens.")
+    budget: dict[str, int] = Field(description="The selection budget of this run.")
+    examples: int = Field(description="Examples trained on.")
+    loss_tokens: int = Field(description="Their loss tokens.")
+    ids_sha256: str = Field(description="Fingerprint of the subset.")
+    loss_before: float = Field(description="Held-out loss of the base model.")
+    loss_after: float = Field(description="Held-out loss after training.")
+    perplexity_before: float = Field(description="exp(loss_before).")
+    perplexity_after: float = Field(description="exp(loss_after).")
+    worst_group: dict[str, Any] | None = Field(description="`{group, loss}` of the worst held-out group after.")
+    categories: int = Field(description="Distinct `category` labels in the subset.")
+    steps: int = Field(description="Optimizer steps.")
+    curve: list[list[float]] = Field(description="[step, held-out loss] pairs.")
+    train_s: float = Field(description="Training seconds, evaluations included.")
+
+
+class ComparisonResult(BaseModel):
+    model: str = Field(description="Base model.")
+    n_examples: int = Field(description="Examples in the dataset.")
+    held_out: dict[str, Any] = Field(description="The shared held-out set: source, size, base-model metrics.")
+    runs: list[ComparisonRun] = Field(description="The table: one row per trained subset.")
+    summary: dict[str, Any] = Field(description="Per budget kind: fisher vs random mean/min/max of loss_after.")
+    plot_url: str = Field(description="PNG: held-out loss vs training step, one line per run.")
+    timings: dict[str, float] = Field(description="Seconds: embed_s, prepare_s, train_s.")
+
+
+class Comparison(JobBody[ComparisonCreate, ComparisonResult]):
+    pass

@@ -10,6 +10,8 @@ import httpx
 from fishersft.errors import InputError
 
 FINAL = ("succeeded", "failed", "cancelled")
+RESOURCES = {"sel": "selections", "ft": "finetunes", "cmp": "comparisons"}
+"""Job id prefix to its resource."""
 
 
 class ServiceError(InputError):
@@ -43,15 +45,35 @@ class ServiceClient:
         return self._call("GET", "/v1/datasets")["data"]
 
     def create_selection(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self._call("POST", "/v1/selections", json=body)
+        return self.create("selections", body)
 
-    def selection(self, job_id: str) -> dict[str, Any]:
-        return self._call("GET", f"/v1/selections/{job_id}")
+    def create(self, resource: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST /v1/<resource>: a selection, finetune or comparison job."""
+        return self._call("POST", f"/v1/{resource}", json=body)
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        """Any job by id (its prefix names its resource)."""
+        resource = RESOURCES.get(job_id.split("_")[0], "selections")
+        return self._call("GET", f"/v1/{resource}/{job_id}")
+
+    def download(self, path: str, out: Path) -> Path:
+        """GET a file (an adapter archive, a plot) to `out`."""
+        try:
+            with self.http.stream("GET", path) as response:
+                if not response.is_success:
+                    response.read()
+                    self._raise(response, "GET", path)
+                with open(out, "wb") as f:
+                    for chunk in response.iter_bytes():
+                        f.write(chunk)
+        except httpx.HTTPError as e:
+            raise ServiceError(f"cannot reach the service at {self.http.base_url}: {e}") from None
+        return out
 
     def wait(self, job_id: str, on_progress: Callable[[dict], None] | None = None, poll_s: float = 0.3) -> dict:
         """Poll until the job ends; `on_progress(job)` after each poll."""
         while True:
-            job = self.selection(job_id)
+            job = self.job(job_id)
             if on_progress:
                 on_progress(job)
             if job["status"] in FINAL:
@@ -65,6 +87,10 @@ class ServiceClient:
             raise ServiceError(f"cannot reach the service at {self.http.base_url}: {e}") from None
         if response.is_success:
             return response.json()
+        self._raise(response, method, path)
+
+    @staticmethod
+    def _raise(response: httpx.Response, method: str, path: str) -> None:
         try:
             error = response.json()["error"]
         except (ValueError, KeyError, TypeError):

@@ -13,6 +13,7 @@ exists only when whole: two processes preparing it at once each write their own 
 preparation leaves nothing behind.
 """
 
+import functools
 import importlib.util
 import json
 import os
@@ -122,3 +123,20 @@ def model_dim(path: Path) -> int:
     """The hidden size a model directory's config declares: the width of its features."""
     config = json.loads((path / "config.json").read_text())
     return int(config.get("hidden_size") or config["n_embd"])
+
+
+@functools.lru_cache(maxsize=16)
+def lora_target_names(path: Path) -> frozenset[str]:
+    """Names (last path component) of the modules LoRA can wrap in a model directory: its linear layers (GPT-2's
+    Conv1D too). The model is built from its config on the meta device: no weights are read."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.pytorch_utils import Conv1D
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path, local_files_only=True))
+    return frozenset(
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear | Conv1D)
+    )

@@ -85,11 +85,12 @@ def select_features(
     lam: float = 1.0,
     seed: int = 0,
     warm_start_ids: Sequence[ExampleId] = (),
+    exclude: Sequence[int] = (),
     progress: Progress | None = None,
     model: str | None = None,
 ) -> dict:
     """Run the selection; the result as the JSON object the CLI prints and the service returns. `model` names
-    the model the features came from (None for uploaded features)."""
+    the model the features came from (None for uploaded features); `exclude` are indices never selected."""
     start = time.perf_counter()
     index = {str(i): k for k, i in enumerate(features.ids)}
     unknown = [i for i in warm_start_ids if str(i) not in index]
@@ -97,7 +98,7 @@ def select_features(
         raise InputError(f"{len(unknown)} warm-start id(s) not in the dataset", [repr(i) for i in unknown[:20]])
     warm_start = sorted({index[str(i)] for i in warm_start_ids})
     if budget.examples is not None:
-        total = min(budget.examples, len(features.ids) - len(warm_start))
+        total = min(budget.examples, len(features.ids) - len(warm_start) - len(exclude))
     else:
         total = min(budget.tokens, features.n_tokens)  # type: ignore[type-var]
 
@@ -113,6 +114,7 @@ def select_features(
         lam=lam,
         seed=seed,
         warm_start=warm_start,
+        exclude=exclude,
         on_step=on_step,
     )
     lengths = np.diff(features.offsets)

@@ -2,8 +2,13 @@ import json
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
+from redis import Redis
 
+from app.main import create_app
+from fishersft.service.settings import Settings
 from fishersft.tiny_model import build_tiny_model
+from tests.service import Service
 
 SAMPLE = Path(__file__).parents[1] / "fishersft" / "data" / "sample.jsonl"
 
@@ -35,3 +40,19 @@ def redis_server(tmp_path_factory):
 
     with RedisServer(tmp_path_factory.mktemp("redis"), persist=False) as server:
         yield server
+
+
+@pytest.fixture
+def service(tmp_path, redis_server, llama_dir):
+    Redis.from_url(redis_server.url).flushall()
+    settings = Settings(
+        redis_url=redis_server.url,
+        data_dir=tmp_path / "data",
+        models={"tiny": str(llama_dir)},
+        default_model="tiny",
+        alive_ttl_s=2,
+        max_upload_bytes=8 << 20,
+    )
+    svc = Service(settings, TestClient(create_app(settings)))
+    yield svc
+    svc.stop_workers()

@@ -14,6 +14,7 @@ from rq import Worker
 from fishersft.service.settings import Settings
 
 ROOT = Path(__file__).parents[1]
+RESOURCES = {"sel": "selections", "ft": "finetunes", "cmp": "comparisons"}
 WAIT_S = 600
 """Deadline for any awaited state: generous, since CI machines are shared and can be many times slower."""
 
@@ -64,9 +65,10 @@ class Service:
         return response.json()
 
     def wait(self, job_id: str, until: tuple[str, ...] = ("succeeded", "failed", "cancelled"), timeout: float = WAIT_S):
+        resource = RESOURCES[job_id.split("_")[0]]
         deadline = time.monotonic() + timeout
         while True:
-            job = self.client.get(f"/v1/selections/{job_id}").json()
+            job = self.client.get(f"/v1/{resource}/{job_id}").json()
             if job["status"] in until:
                 return job
             assert time.monotonic() < deadline, f"job still {job['status']}: {job}"

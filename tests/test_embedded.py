@@ -77,6 +77,17 @@ def test_serve_and_the_client_commands(tmp_path):
         assert json.loads(got.stdout)["id"] == job["id"]
         missing = fishersft("jobs", "get", "sel_nope", "--server", url, env=env)
         assert missing.returncode == 2 and "no selection 'sel_nope' (selection_not_found, HTTP 404)" in missing.stderr
+        quick = ["--server", url, "--wait", "--max-length", 64, "--max-steps", 2, "--target-modules", "q_proj,v_proj"]
+        tuned = fishersft("finetune", SAMPLE, "--budget", 6, *quick, "--out-dir", tmp_path / "ft", env=env)
+        assert tuned.returncode == 0, tuned.stderr
+        assert json.loads((tmp_path / "ft" / "finetune.json").read_text())["steps"] == 2
+        assert (tmp_path / "ft" / "adapter.tar.gz").read_bytes()[:2] == b"\x1f\x8b"  # gzip
+        compared = fishersft(
+            "compare", SAMPLE, "--budget", 4, "--random-seeds", 1, *quick, "--out-dir", tmp_path / "cmp", env=env
+        )
+        assert compared.returncode == 0, compared.stderr
+        assert len(json.loads((tmp_path / "cmp" / "comparison.json").read_text())["runs"]) == 3
+        assert (tmp_path / "cmp" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
         banner = next(line for line in server.stderr if line.startswith("fishersft at"))
         redis_port = int(banner.split("Redis redis://127.0.0.1:")[1].split("/")[0])
     finally:

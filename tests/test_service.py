@@ -8,7 +8,6 @@ import time
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from redis import Redis
 
 from app.main import create_app
 from fishersft.features import load_features
@@ -17,23 +16,7 @@ from fishersft.selection import Budget
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
 from tests.conftest import SAMPLE, sample_texts, write_jsonl
-from tests.service import WAIT_S, Service
-
-
-@pytest.fixture
-def service(tmp_path, redis_server, llama_dir):
-    Redis.from_url(redis_server.url).flushall()
-    settings = Settings(
-        redis_url=redis_server.url,
-        data_dir=tmp_path / "data",
-        models={"tiny": str(llama_dir)},
-        default_model="tiny",
-        alive_ttl_s=2,
-        max_upload_bytes=8 << 20,
-    )
-    svc = Service(settings, TestClient(create_app(settings)))
-    yield svc
-    svc.stop_workers()
+from tests.service import WAIT_S
 
 
 @pytest.fixture(scope="session")

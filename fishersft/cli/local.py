@@ -19,7 +19,7 @@ from fishersft.cli.common import (
     read_ids,
     training_settings,
 )
-from fishersft.cli.remote import run_remote_select
+from fishersft.cli.remote import run_remote_compare, run_remote_select
 from fishersft.client import ServiceClient
 from fishersft.errors import InputError
 from fishersft.features import is_features_path, load_features
@@ -84,11 +84,17 @@ def select_command(args: argparse.Namespace) -> None:
 def compare_command(args: argparse.Namespace) -> None:
     """Fisher against seeded random subsets, fine-tuned and judged on one held-out set: the table (JSON) and the
     plot (PNG) go to --out-dir."""
+    args.out_dir.mkdir(parents=True, exist_ok=True)
     if args.server:
-        raise InputError("compare --server is not available yet: run it locally")
+        result = run_remote_compare(args)
+        if result is not None:
+            print_json(result, args.out_dir / "comparison.json")
+            print_comparison(result)
+        return
+    if args.wait:
+        raise InputError("--wait is for --server; a local comparison always waits")
     from fishersft.finetuning import compare, plot_curves
 
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     model = args.model or DEFAULT_MODEL
     with ProgressBars() as progress, tempfile.TemporaryDirectory(prefix="fishersft-") as tmp:
         embedding = embed_dataset(

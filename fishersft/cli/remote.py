@@ -3,7 +3,17 @@
 import argparse
 from pathlib import Path
 
-from fishersft.cli.common import ProgressBars, add_server_arguments, budget, print_json, read_ids
+from fishersft.cli.common import (
+    ProgressBars,
+    add_server_arguments,
+    add_training_arguments,
+    budget,
+    lora_settings,
+    positive_int,
+    print_json,
+    read_ids,
+    training_settings,
+)
 from fishersft.client import ServiceClient
 from fishersft.errors import InputError
 
@@ -22,14 +32,7 @@ def run_remote_select(args: argparse.Namespace, client: ServiceClient) -> dict:
         "warm_start_ids": read_ids(args.warm_start) if args.warm_start else [],
     }
     job = client.create_selection(body)
-    if not args.wait:
-        return job
-    with ProgressBars() as progress:
-        job = client.wait(job["id"], lambda j: j["progress"] and progress(**j["progress"]))
-    if job["status"] != "succeeded":
-        error = job["error"] or {"message": job["status"], "code": job["status"]}
-        raise InputError(f"selection {job['id']} {job['status']}: {error['message']} ({error['code']})")
-    return job["result"]
+    return follow(client, job) if args.wait else job
 
 
 def datasets_command(args: argparse.Namespace) -> None:
@@ -38,7 +41,93 @@ def datasets_command(args: argparse.Namespace) -> None:
 
 
 def jobs_command(args: argparse.Namespace) -> None:
-    print_json(ServiceClient(args.server, args.api_key).selection(args.id))
+    print_json(ServiceClient(args.server, args.api_key).job(args.id))
+
+
+def training_body(args: argparse.Namespace, client: ServiceClient) -> dict:
+    """The lora, training and eval fields of a finetune or comparison request, from the shared options."""
+    lora, training = lora_settings(args), training_settings(args)
+    if args.eval_data:
+        evaluation = {"dataset_id": client.upload(args.eval_data)["id"], "stratify_by": args.stratify_by}
+    else:
+        evaluation = {"holdout_fraction": args.holdout, "stratify_by": args.stratify_by}
+    return {
+        "lora": {
+            "r": lora.r,
+            "alpha": lora.alpha,
+            "dropout": lora.dropout,
+            "target_modules": list(lora.target_modules),
+        },
+        "training": {
+            "epochs": training.epochs,
+            "max_steps": training.max_steps,
+            "learning_rate": training.learning_rate,
+            "batch_size": training.batch_size,
+            "seed": training.seed,
+        },
+        "eval": evaluation,
+    }
+
+
+def follow(client: ServiceClient, job: dict) -> dict:
+    """Wait for a job with progress bars; its result, or an InputError saying why it did not succeed."""
+    with ProgressBars() as progress:
+        job = client.wait(job["id"], lambda j: j["progress"] and progress(**j["progress"]))
+    if job["status"] != "succeeded":
+        error = job["error"] or {"message": job["status"], "code": job["status"]}
+        raise InputError(f"{job['id']} {job['status']}: {error['message']} ({error['code']})")
+    return job["result"]
+
+
+def finetune_command(args: argparse.Namespace) -> None:
+    """Fine-tune on a service: on --selection's subset, or select DATA under the budget first."""
+    client = ServiceClient(args.server, args.api_key)
+    if args.selection:
+        body: dict = {"selection_id": args.selection}
+    else:
+        if not args.data or (args.budget is None and args.budget_tokens is None):
+            raise InputError("give --selection ID, or DATA with --budget K or --budget-tokens T")
+        dataset_id = args.data if not Path(args.data).exists() else client.upload(Path(args.data))["id"]
+        body = {"dataset_id": dataset_id, "budget": budget(args).as_dict(), "method": args.method, "model": args.model}
+    body.update(training_body(args, client))
+    if not args.selection:  # a selection fixes the loss tokens, max_length included
+        body["training"]["max_length"] = args.max_length
+    job = client.create("finetunes", body)
+    if not args.wait:
+        print_json(job)
+        return
+    result = follow(client, job)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    print_json(result, args.out_dir / "finetune.json")
+    client.download(result["adapter"]["url"], args.out_dir / "adapter.tar.gz")
+    evaluation = result["eval"]
+    loss = (
+        f", held-out loss {evaluation['before']['loss']:.3f} -> {evaluation['after']['loss']:.3f}" if evaluation else ""
+    )
+    print(f"trained {result['subset']['size']} examples in {result['steps']} steps{loss} -> {args.out_dir}")
+
+
+def run_remote_compare(args: argparse.Namespace) -> dict | None:
+    """A comparison on a service; with --wait, its table and plot (saved in --out-dir)."""
+    client = ServiceClient(args.server, args.api_key)
+    dataset_id = args.data if not Path(args.data).exists() else client.upload(Path(args.data))["id"]
+    body = {
+        "dataset_id": dataset_id,
+        "budget": {"examples": args.budget},
+        "random_seeds": args.random_seeds,
+        "model": args.model,
+        "lambda": args.lam,
+        "max_length": args.max_length,
+        "eval_points": args.eval_points,
+        **training_body(args, client),
+    }
+    job = client.create("comparisons", body)
+    if not args.wait:
+        print_json(job)
+        return None
+    result = follow(client, job)
+    client.download(result["plot_url"], args.out_dir / "comparison.png")
+    return result
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -53,7 +142,23 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         action.set_defaults(run=datasets_command)
     jobs = commands.add_parser("jobs", help="selection jobs on a running service")
     job_actions = jobs.add_subparsers(dest="action", required=True)
-    get = job_actions.add_parser("get", help="a job's status, progress and result")
+    get = job_actions.add_parser("get", help="a job's status, progress and result (selection, finetune, comparison)")
     get.add_argument("id")
     add_server_arguments(get)
     get.set_defaults(run=jobs_command)
+    finetune = commands.add_parser(
+        "finetune", help="fine-tune a LoRA adapter on a service (select first, or a selection)"
+    )
+    finetune.add_argument("data", nargs="?", help="a JSONL dataset or a dataset id (with a budget)")
+    finetune.add_argument("--selection", metavar="ID", help="train on this succeeded selection's subset instead")
+    choice = finetune.add_mutually_exclusive_group()
+    choice.add_argument("--budget", type=positive_int, metavar="K", help="select at most K examples first")
+    choice.add_argument("--budget-tokens", type=positive_int, metavar="T", help="or at most T loss tokens")
+    finetune.add_argument("--method", choices=["fisher", "random"], default="fisher")
+    finetune.add_argument("--model", help="a model name from GET /v1/models (default: the service's)")
+    finetune.add_argument("--max-length", type=positive_int, default=1024, metavar="M", help="tokens (1024)")
+    finetune.add_argument("--out-dir", type=Path, default=Path("finetune"), help="with --wait: result and adapter")
+    add_training_arguments(finetune)
+    add_server_arguments(finetune)
+    finetune.add_argument("--wait", action="store_true", help="wait, then download the adapter")
+    finetune.set_defaults(run=finetune_command)

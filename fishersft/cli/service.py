@@ -97,7 +97,7 @@ def api_command(args: argparse.Namespace) -> None:
 def worker_command(args: argparse.Namespace) -> None:
     from workers.__main__ import main as worker_main
 
-    worker_main()
+    worker_main(args.queue or ())
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -115,4 +115,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         command.add_argument("--port", type=int, default=8000)
         command.set_defaults(run=run)
     commands.choices["serve"].add_argument("--workers", type=positive_int, default=1, help="worker processes")
-    commands.add_parser("worker", help="an RQ worker for selection jobs").set_defaults(run=worker_command)
+    worker = commands.add_parser("worker", help="an RQ worker for selection, finetune and comparison jobs")
+    worker.add_argument(
+        "--queue",
+        action="append",
+        metavar="NAME",
+        help="take jobs from this queue only (repeatable; default: FISHERSFT_QUEUE and FISHERSFT_TRAINING_QUEUE)",
+    )
+    worker.set_defaults(run=worker_command)

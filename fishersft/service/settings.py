@@ -9,7 +9,7 @@ from pydantic import AliasChoices, Field, PositiveInt, ValidationError, Validati
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fishersft.errors import InputError
-from fishersft.models import BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_dir, home, model_dim
+from fishersft.models import BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_dir, home, lora_target_names, model_dim
 
 
 class Settings(BaseSettings):
@@ -30,7 +30,10 @@ class Settings(BaseSettings):
     api_keys: Annotated[frozenset[str], NoDecode] = Field(
         frozenset(), description="Comma-separated API keys; none: the API is open."
     )
-    queue: str = Field("fishersft", min_length=1, description="RQ queue name.")
+    queue: str = Field("fishersft", min_length=1, description="RQ queue of selection jobs.")
+    training_queue: str = Field(
+        "fishersft-training", min_length=1, description="RQ queue of finetune and comparison jobs (GPU workers)."
+    )
     job_timeout_s: PositiveInt = Field(24 * 3600, description="RQ job timeout.")
     alive_ttl_s: PositiveInt = Field(
         10, description="A running job refreshes an alive key with this TTL; when it expires, its worker is dead."
@@ -98,6 +101,12 @@ class Settings(BaseSettings):
         if name in self.models:
             return self.models[name]
         return builtin_model_dir(name)
+
+    def lora_targets(self, name: str) -> frozenset[str] | None:
+        """Module names LoRA can wrap in a model, when its directory is at hand (a built-in model not prepared yet
+        is not prepared for this: None, and the worker checks)."""
+        path = self.models[name] if name in self.models else home() / "models" / name
+        return lora_target_names(path) if (path / "config.json").exists() else None
 
     def model_dim(self, name: str) -> int:
         """Feature width, without loading (or preparing) the model."""

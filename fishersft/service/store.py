@@ -3,7 +3,8 @@
     blobs/<sha256>                          uploaded files, content-addressed
     datasets/<id>.json                      dataset metadata
     features/<sha256>-<model>-<max_length>/ features stores computed from a dataset (see fishersft.features)
-    results/<job id>.json                   selection results
+    results/<job id>.json                   job results (selections, finetunes, comparisons)
+    artifacts/<job id>/                     files a job made: adapter.tar.gz, plot.png
 
 Everything a user uploads or gets back lives here, not in Redis: losing Redis loses no dataset or result.
 Writes go to a temporary name first and are renamed into place, so a crash never leaves a partial file.
@@ -21,7 +22,7 @@ from typing import Any
 class ArtifactStore:
     def __init__(self, root: Path) -> None:
         self.root = root
-        for sub in ("blobs", "datasets", "features", "results", "tmp"):
+        for sub in ("blobs", "datasets", "features", "results", "artifacts", "tmp"):
             (root / sub).mkdir(parents=True, exist_ok=True)
 
     def temp_file(self, suffix: str = "") -> Path:
@@ -67,6 +68,16 @@ class ArtifactStore:
 
     def features_dir(self, sha256: str, model: str, max_length: int) -> Path:
         return self.root / "features" / f"{sha256}-{_safe(model)}-{max_length}"
+
+    def artifact(self, job_id: str, name: str) -> Path:
+        return self.root / "artifacts" / _safe(job_id) / name
+
+    def put_artifact(self, job_id: str, name: str, source: Path) -> Path:
+        """Move a finished file into place (atomic: readers see it whole or not at all)."""
+        target = self.artifact(job_id, name)
+        target.parent.mkdir(exist_ok=True)
+        os.replace(source, target)
+        return target
 
     def result(self, job_id: str) -> dict[str, Any] | None:
         return _read_json(self.root / "results" / f"{_safe(job_id)}.json")

@@ -1,0 +1,61 @@
+"""/v1/comparisons: fisher against seeded random subsets, each fine-tuned identically and judged on one
+held-out set, at equal examples and at equal loss tokens; the table and its plot."""
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Response
+from fastapi.responses import FileResponse
+from redis import Redis
+
+from app import deps
+from app.errors import ApiError
+from app.jobs import COMPARISONS, Jobs
+from app.routes.finetunes import check_training
+from app.routes.jobs import IDEMPOTENCY_KEY_DOC, create_job, found, job_router
+from app.routes.selections import dataset_for, known_model
+from app.schemas import Comparison, ComparisonCreate
+from fishersft.service.settings import Settings
+from fishersft.service.store import ArtifactStore
+
+router = job_router(COMPARISONS)
+
+
+@router.post("", status_code=202, response_model=Comparison, summary="Compare fisher with random subsets")
+def create_comparison(
+    body: ComparisonCreate,
+    response: Response,
+    jobs: Annotated[Jobs, Depends(deps.jobs(COMPARISONS))],
+    store: Annotated[ArtifactStore, Depends(deps.store)],
+    settings: Annotated[Settings, Depends(deps.settings)],
+    redis: Annotated[Redis, Depends(deps.redis)],
+    idempotency_key: Annotated[str | None, Header(description=IDEMPOTENCY_KEY_DOC)] = None,
+) -> Comparison:
+    """One job: embeds the dataset, holds out the eval set, selects the fisher subset and `random_seeds` random
+    subsets of `budget.examples`, and fisher again at the random subsets' mean loss tokens; trains each with the
+    same LoRA and training settings from the same base model; evaluates all on the same held-out set. The table
+    is the result; GET .../plot.png draws held-out loss against step."""
+    dataset = dataset_for(store, body.dataset_id, "body.dataset_id", jsonl=True)
+    body.model = known_model(settings, body.model, "body.model")
+    if body.training.max_length not in (None, body.max_length):
+        raise ApiError(422, "invalid_request", "training.max_length must equal max_length (or be left out)")
+    body.training.max_length = body.max_length
+    check_training(settings, store, body.model, body.lora, body.eval, dataset)
+    return create_job(jobs, redis, body, idempotency_key, response)
+
+
+@router.get(
+    "/{job_id}/plot.png",
+    response_class=FileResponse,
+    summary="Held-out loss vs training step, one line per run (PNG)",
+    responses={200: {"content": {"image/png": {}}}, 409: {"description": "Not succeeded yet."}},
+)
+def get_plot(
+    job_id: str,
+    jobs: Annotated[Jobs, Depends(deps.jobs(COMPARISONS))],
+    store: Annotated[ArtifactStore, Depends(deps.store)],
+) -> FileResponse:
+    comparison = found(jobs.get(job_id), COMPARISONS, job_id)
+    path = store.artifact(job_id, "plot.png")
+    if comparison.status != "succeeded" or not path.exists():
+        raise ApiError(409, "not_ready", f"comparison {job_id} is {comparison.status}, not succeeded")
+    return FileResponse(path, media_type="image/png")

@@ -1,0 +1,112 @@
+"""/v1/finetunes: LoRA fine-tuning on a selection's subset (or select, then train), its events and adapter."""
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Response
+from fastapi.responses import FileResponse
+from redis import Redis
+
+from app import deps
+from app.errors import ApiError
+from app.jobs import FINETUNES, SELECTIONS, Jobs
+from app.routes.jobs import IDEMPOTENCY_KEY_DOC, create_job, found, job_router
+from app.routes.selections import dataset_for, known_model
+from app.schemas import EvalRequest, Event, Finetune, FinetuneCreate, LoraRequest
+from fishersft.service.settings import Settings
+from fishersft.service.store import ArtifactStore
+
+router = job_router(FINETUNES)
+
+
+@router.post("", status_code=202, response_model=Finetune, summary="Fine-tune a LoRA adapter on a subset")
+def create_finetune(
+    body: FinetuneCreate,
+    response: Response,
+    jobs: Annotated[Jobs, Depends(deps.jobs(FINETUNES))],
+    selections: Annotated[Jobs, Depends(deps.jobs(SELECTIONS))],
+    store: Annotated[ArtifactStore, Depends(deps.store)],
+    settings: Annotated[Settings, Depends(deps.settings)],
+    redis: Annotated[Redis, Depends(deps.redis)],
+    idempotency_key: Annotated[str | None, Header(description=IDEMPOTENCY_KEY_DOC)] = None,
+) -> Finetune:
+    """Trains on `selection_id`'s subset, or selects from `dataset_id` under `budget` first (one job). SFT on
+    exactly the selection's loss tokens, same encoding and truncation. Held-out examples (`eval`) are never
+    selected nor trained on. Poll GET /v1/finetunes/{id}; the adapter is at /v1/finetunes/{id}/adapter."""
+    if body.selection_id is not None:
+        selection = selections.get(body.selection_id)
+        if selection is None or selection.status != "succeeded":
+            state = "does not exist" if selection is None else f"is {selection.status}"
+            raise _invalid("body.selection_id", f"selection {body.selection_id!r} {state}: it must have succeeded")
+        dataset = dataset_for(store, selection.request.dataset_id, "body.selection_id", jsonl=True)
+        for field, given, used in (
+            ("model", body.model, selection.request.model),
+            ("training.max_length", body.training.max_length, selection.request.max_length),
+        ):
+            if given is not None and given != used:
+                raise _invalid(f"body.{field}", f"the selection used {used!r}: training uses the same loss tokens")
+        body.model, body.training.max_length = selection.request.model, selection.request.max_length
+    else:
+        dataset = dataset_for(store, body.dataset_id, "body.dataset_id", jsonl=True)  # type: ignore[arg-type]
+        body.model = known_model(settings, body.model, "body.model")
+        body.training.max_length = body.training.max_length or 1024
+    check_training(settings, store, body.model, body.lora, body.eval, dataset)  # type: ignore[arg-type]
+    return create_job(jobs, redis, body, idempotency_key, response)
+
+
+def check_training(
+    settings: Settings,
+    store: ArtifactStore,
+    model: str,
+    lora: LoraRequest,
+    evaluation: EvalRequest | None,
+    dataset: dict,
+) -> None:
+    """422s for settings the worker could only fail on: LoRA modules the model lacks, an empty held-out set."""
+    targets = settings.lora_targets(model)
+    unknown = sorted(set(lora.target_modules) - targets) if targets is not None else []
+    if unknown:
+        raise _invalid(
+            "body.lora.target_modules",
+            f"{model} has no module {', '.join(map(repr, unknown))}: one of {', '.join(sorted(targets or ()))}",
+        )
+    if evaluation is None:
+        return
+    if evaluation.dataset_id is not None:
+        dataset_for(store, evaluation.dataset_id, "body.eval.dataset_id", jsonl=True)
+    elif round(evaluation.holdout_fraction * dataset["n_examples"]) < 1:  # type: ignore[operator]
+        raise _invalid(
+            "body.eval.holdout_fraction",
+            f"{evaluation.holdout_fraction} of {dataset['n_examples']} examples holds out none: nothing to evaluate",
+        )
+
+
+def _invalid(field: str, message: str) -> ApiError:
+    return ApiError(422, "invalid_request", message, [{"field": field, "message": message}])
+
+
+@router.get("/{job_id}/events", response_model=list[Event], summary="A finetune's events, oldest first")
+def get_events(job_id: str, jobs: Annotated[Jobs, Depends(deps.jobs(FINETUNES))]) -> list[Event]:
+    """Like the hosted fine-tuning APIs: started, selected, evaluated, step (sampled training losses), saved,
+    succeeded / failed / cancelled."""
+    found(jobs.get(job_id), FINETUNES, job_id)
+    return jobs.events(job_id) or []
+
+
+@router.get(
+    "/{job_id}/adapter",
+    response_class=FileResponse,
+    summary="The LoRA adapter (.tar.gz, peft layout)",
+    responses={200: {"content": {"application/gzip": {}}}, 409: {"description": "Not succeeded yet."}},
+)
+def get_adapter(
+    job_id: str,
+    jobs: Annotated[Jobs, Depends(deps.jobs(FINETUNES))],
+    store: Annotated[ArtifactStore, Depends(deps.store)],
+) -> FileResponse:
+    """adapter_config.json, adapter_model.safetensors, the tokenizer files and a model card (README.md): extract
+    it and `PeftModel.from_pretrained(base_model, directory)`."""
+    finetune = found(jobs.get(job_id), FINETUNES, job_id)
+    path = store.artifact(job_id, "adapter.tar.gz")
+    if finetune.status != "succeeded" or not path.exists():
+        raise ApiError(409, "not_ready", f"finetune {job_id} is {finetune.status}, not succeeded")
+    return FileResponse(path, media_type="application/gzip", filename=f"{job_id}-adapter.tar.gz")

@@ -1,0 +1,80 @@
+"""What every job resource shares (selections, finetunes, comparisons): creation with Idempotency-Key and a
+Location header, listing, reading, cancelling. Each resource adds its own POST body and checks."""
+
+import hashlib
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Response
+from pydantic import BaseModel
+from redis import Redis
+
+from app import deps
+from app.errors import ApiError
+from app.jobs import KEEP_S, JobKind, Jobs
+from app.schemas import JobBody, Page
+
+IDEMPOTENCY_KEY_DOC = "Same key and body: the same job is returned, none is created."
+
+
+def create_job(jobs: Jobs, redis: Redis, body: BaseModel, idempotency_key: str | None, response: Response) -> JobBody:
+    """Enqueue `body` (once per Idempotency-Key and body) and point Location at the job."""
+    job = _idempotent(redis, jobs, idempotency_key, body) if idempotency_key else jobs.create(body)
+    response.headers["Location"] = f"/v1/{jobs.kind.resource}/{job.id}"
+    return job
+
+
+def _idempotent(redis: Redis, jobs: Jobs, key: str, body: BaseModel) -> JobBody:
+    fingerprint = hashlib.sha256(json.dumps(body.model_dump(by_alias=True), sort_keys=True).encode()).hexdigest()
+    redis_key = f"fishersft:idempotency:{jobs.kind.resource}:{key}"
+    seen = redis.get(redis_key)
+    if seen is None:
+        job = jobs.create(body)
+        if redis.set(redis_key, json.dumps([fingerprint, job.id]), nx=True, ex=KEEP_S):
+            return job
+        seen = redis.get(redis_key)  # a concurrent request with the same key won
+    first_fingerprint, job_id = json.loads(seen)
+    if first_fingerprint != fingerprint:
+        raise ApiError(409, "idempotency_key_reused", "this Idempotency-Key was used with a different body")
+    job = jobs.get(job_id)
+    if job is None:
+        raise ApiError(409, "idempotency_key_reused", "the job created with this Idempotency-Key no longer exists")
+    return job
+
+
+def found(job: JobBody | None, kind: JobKind, job_id: str) -> JobBody:
+    if job is None:
+        singular = kind.resource.removesuffix("s")
+        raise ApiError(404, f"{singular}_not_found", f"no {singular} {job_id!r}")
+    return job
+
+
+def job_router(kind: JobKind) -> APIRouter:
+    """GET list, GET one and POST cancel for one kind of job."""
+    router = APIRouter(prefix=f"/v1/{kind.resource}", tags=[kind.resource])
+    singular = kind.resource.removesuffix("s")
+    KindJobs = Annotated[Jobs, Depends(deps.jobs(kind))]
+
+    @router.get("", response_model=Page[kind.body], summary=f"List {kind.resource}, newest first")
+    def list_jobs(
+        jobs: KindJobs,
+        limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 50,
+        after: Annotated[str | None, Query(description="The `next_after` of the previous page.")] = None,
+    ) -> Page:
+        data, next_after = jobs.list(limit, after)
+        return Page(data=data, next_after=next_after)
+
+    @router.get("/{job_id}", response_model=kind.body, summary=f"Read a {singular}: status, progress, result")
+    def get_job(job_id: str, jobs: KindJobs) -> JobBody:
+        return found(jobs.get(job_id), kind, job_id)
+
+    @router.post("/{job_id}/cancel", response_model=kind.body, summary=f"Cancel a queued or running {singular}")
+    def cancel_job(job_id: str, jobs: KindJobs) -> JobBody:
+        """A queued job is cancelled at once; a running one stops at its next batch, pick or step (status turns
+        `cancelled` then). 409 when it has already ended."""
+        before = found(jobs.get(job_id), kind, job_id)
+        if before.status in ("succeeded", "failed", "cancelled"):
+            raise ApiError(409, "already_ended", f"{singular} {job_id} has already ended: {before.status}")
+        return found(jobs.cancel(job_id), kind, job_id)
+
+    return router

@@ -1,0 +1,204 @@
+"""Finetunes and comparisons through the service: a real Redis, a real RQ worker, a tiny Llama, a learnable task."""
+
+import io
+import random
+import tarfile
+
+import matplotlib.image
+import pytest
+import torch
+from peft import PeftModel
+
+from fishersft.dataset import read_jsonl
+from fishersft.embedding import load_model
+from fishersft.finetuning import ids_sha256
+from fishersft.holdout import holdout
+from tests.conftest import write_jsonl
+
+WORDS = ["red", "green", "blue", "cat", "dog", "fish", "one", "two", "three", "sun", "moon", "star"]
+LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "lm_head"]}
+TRAINING = {"epochs": 4, "learning_rate": 0.02, "batch_size": 8}
+
+
+@pytest.fixture
+def task(tmp_path):
+    """Reverse three words; rows carry a `category` (the first word's group) for stratified held-out sets."""
+    rng = random.Random(0)
+    rows = []
+    for i in range(60):
+        words = rng.sample(WORDS, 3)
+        rows.append(
+            {
+                "id": f"t{i}",
+                "category": "colors" if words[0] in WORDS[:3] else "other",
+                "prompt": " ".join(words) + " =",
+                "response": " ".join(words[::-1]),
+            }
+        )
+    return write_jsonl(tmp_path / "task.jsonl", rows)
+
+
+def test_finetune_a_selection_then_load_its_adapter_with_peft(service, task, llama_dir, tmp_path):
+    service.start_worker()
+    dataset = service.upload(task)
+    selection = service.wait(service.select(dataset_id=dataset["id"], budget={"examples": 30}, max_length=64)["id"])
+    body = {"selection_id": selection["id"], "lora": LORA, "training": TRAINING, "eval": {"holdout_fraction": 0.25}}
+    created = service.client.post("/v1/finetunes", json=body)
+    assert created.status_code == 202, created.text
+    job = created.json()
+    assert created.headers["location"] == f"/v1/finetunes/{job['id']}" and job["id"].startswith("ft_")
+    assert job["request"]["model"] == "tiny" and job["request"]["training"]["max_length"] == 64
+    done = service.wait(job["id"])
+    assert done["status"] == "succeeded", done
+    result = done["result"]
+    assert result["subset"]["size"] == 30 and result["subset"]["selection_id"] == selection["id"]
+    assert result["subset"]["ids_sha256"] == ids_sha256(selection["result"]["selected"])
+    assert result["steps"] == 4 * 4 and result["train_loss"][-1][0] == 16
+    evaluation = result["eval"]
+    assert evaluation["n_examples"] == 8  # a quarter of the 30 examples the selection did not take, per category
+    assert evaluation["after"]["loss"] < evaluation["before"]["loss"]
+    assert [point[0] for point in evaluation["curve"]] == [0, 4, 8, 12, 16]
+    assert set(evaluation["after"]["by_group"]) <= {"colors", "other"}
+    events = service.client.get(f"/v1/finetunes/{job['id']}/events").json()
+    types = [e["type"] for e in events]
+    assert types[0] == "started" and types[-2:] == ["saved", "succeeded"] and "step" in types
+    assert [e["created_at"] for e in events] == sorted(e["created_at"] for e in events)
+    assert done["progress"]["phase"] == "training" and done["progress"]["done"] == 16
+
+    archive = service.client.get(result["adapter"]["url"])
+    assert archive.status_code == 200 and archive.headers["content-type"] == "application/gzip"
+    assert len(archive.content) == result["adapter"]["bytes"]
+    with tarfile.open(fileobj=io.BytesIO(archive.content)) as tar:
+        tar.extractall(tmp_path / "adapter", filter="data")
+    names = {p.name for p in (tmp_path / "adapter").iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "README.md"} <= names
+    card = (tmp_path / "adapter" / "README.md").read_text()
+    assert dataset["sha256"] in card and "tiny" in card and selection["id"] in card
+    base, tokenizer = load_model(llama_dir, torch.device("cpu"))
+    ids = torch.tensor([tokenizer.encode("red cat one =")])
+    with torch.no_grad():
+        plain = base(input_ids=ids).logits
+        adapted = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()(input_ids=ids).logits
+    assert not torch.allclose(plain, adapted)
+    listed = service.client.get("/v1/finetunes").json()["data"]
+    assert [f["id"] for f in listed] == [job["id"]]
+
+
+def test_select_then_train_in_one_job_never_selects_the_held_out_examples(service, task):
+    service.start_worker()
+    dataset = service.upload(task)
+    body = {
+        "dataset_id": dataset["id"],
+        "budget": {"examples": 1000},  # everything selectable: the subset is exactly the non-held-out examples
+        "lora": LORA,
+        "training": {**TRAINING, "epochs": 1, "max_length": 64},
+        "eval": {"holdout_fraction": 0.2},
+    }
+    done = service.wait(service.client.post("/v1/finetunes", json=body).json()["id"])
+    assert done["status"] == "succeeded", done
+    examples = read_jsonl(task)
+    held = set(holdout([e.labels["category"] for e in examples], 0.2))
+    kept = [e.id for k, e in enumerate(examples) if k not in held]
+    assert done["result"]["subset"]["size"] == 48 == len(kept)
+    assert done["result"]["subset"]["ids_sha256"] == ids_sha256(kept)
+    assert done["result"]["eval"]["n_examples"] == 12
+
+
+def test_a_comparison_makes_its_table_and_plot(service, task):
+    service.start_worker()
+    dataset = service.upload(task)
+    body = {
+        "dataset_id": dataset["id"],
+        "budget": {"examples": 8},
+        "random_seeds": 2,
+        "max_length": 64,
+        "lora": LORA,
+        "training": {**TRAINING, "epochs": 1},
+        "eval": {"holdout_fraction": 0.2},
+        "eval_points": 2,
+    }
+    created = service.client.post("/v1/comparisons", json=body)
+    assert created.status_code == 202, created.text
+    done = service.wait(created.json()["id"])
+    assert done["status"] == "succeeded", done
+    runs = done["result"]["runs"]
+    assert [(r["method"], r["seed"], r["budget_kind"]) for r in runs] == [
+        ("fisher", None, "examples"),
+        ("random", 0, "examples"),
+        ("random", 1, "examples"),
+        ("fisher", None, "tokens"),
+    ]
+    assert all(r["examples"] == 8 for r in runs[:3])
+    assert runs[3]["budget"] == {"tokens": round((runs[1]["loss_tokens"] + runs[2]["loss_tokens"]) / 2)}
+    assert runs[3]["loss_tokens"] <= runs[3]["budget"]["tokens"]
+    assert len({r["loss_before"] for r in runs}) == 1
+    assert all(r["curve"][0] == [0, r["loss_before"]] and r["curve"][-1][0] == r["steps"] for r in runs)
+    assert set(done["result"]["summary"]) == {"examples", "tokens"}
+    plot = service.client.get(done["result"]["plot_url"])
+    assert plot.status_code == 200 and plot.headers["content-type"] == "image/png"
+    image = matplotlib.image.imread(io.BytesIO(plot.content), format="png")
+    assert image.shape[0] > 200 and image.shape[1] > 400
+
+
+def test_bad_training_settings_get_a_422_naming_the_field(service, task, tmp_path):
+    dataset = service.upload(task)
+    features = service.upload(_features_file(tmp_path))
+    pending = service.select(dataset_id=dataset["id"], budget={"examples": 3})
+    base = {"dataset_id": dataset["id"], "budget": {"examples": 5}}
+    cases = [
+        ({**base, "lora": {"r": 0}}, "body.lora.r"),
+        ({**base, "training": {"learning_rate": 0}}, "body.training.learning_rate"),
+        ({**base, "training": {"learning_rate": -1e-3}}, "body.training.learning_rate"),
+        ({**base, "lora": {"target_modules": ["q_proj", "attn_nope"]}}, "body.lora.target_modules"),
+        ({**base, "eval": {"holdout_fraction": 0}}, "body.eval.holdout_fraction"),
+        ({**base, "eval": {"holdout_fraction": 1}}, "body.eval.holdout_fraction"),
+        ({**base, "eval": {"holdout_fraction": 0.001}}, "body.eval.holdout_fraction"),
+        ({**base, "eval": {"dataset_id": features["id"]}}, "body.eval.dataset_id"),
+        ({**base, "eval": {"dataset_id": "ds_nope"}}, "body.eval.dataset_id"),
+        ({"dataset_id": features["id"], "budget": {"examples": 5}}, "body.dataset_id"),
+        ({"dataset_id": dataset["id"]}, "body"),
+        ({**base, "selection_id": pending["id"]}, "body"),
+        ({"selection_id": pending["id"]}, "body.selection_id"),
+        ({"selection_id": "sel_nope"}, "body.selection_id"),
+    ]
+    for body, field in cases:
+        response = service.client.post("/v1/finetunes", json=body)
+        assert response.status_code == 422, (body, response.text)
+        assert field in [d["field"] for d in response.json()["error"]["details"]], (body, response.json())
+    comparison = {"dataset_id": dataset["id"], "budget": {"examples": 5}, "lora": {"target_modules": ["nope"]}}
+    response = service.client.post("/v1/comparisons", json=comparison)
+    assert response.status_code == 422 and response.json()["error"]["details"][0]["field"] == "body.lora.target_modules"
+    assert service.client.get("/v1/finetunes/ft_nope").json()["error"]["code"] == "finetune_not_found"
+    assert service.client.get("/v1/comparisons/cmp_nope/plot.png").status_code == 404
+
+
+def test_cancel_a_running_finetune_and_idempotency(service, task):
+    dataset = service.upload(task)
+    body = {
+        "dataset_id": dataset["id"],
+        "budget": {"examples": 40},
+        "lora": LORA,
+        "training": {"epochs": 1000, "batch_size": 1, "max_length": 64},
+    }
+    first = service.client.post("/v1/finetunes", json=body, headers={"Idempotency-Key": "f1"}).json()
+    again = service.client.post("/v1/finetunes", json=body, headers={"Idempotency-Key": "f1"}).json()
+    assert first["id"] == again["id"] and first["status"] == "queued"
+    assert service.client.get(f"/v1/finetunes/{first['id']}/adapter").json()["error"]["code"] == "not_ready"
+    service.start_worker()
+    running = service.wait(first["id"], until=("running",))
+    while not (running["progress"] and running["progress"]["phase"] == "training"):
+        assert running["status"] == "running", running
+        running = service.client.get(f"/v1/finetunes/{first['id']}").json()
+    assert service.client.post(f"/v1/finetunes/{first['id']}/cancel").status_code == 200
+    ended = service.wait(first["id"])
+    assert ended["status"] == "cancelled" and ended["result"] is None
+    events = service.client.get(f"/v1/finetunes/{first['id']}/events").json()
+    assert events[-1]["type"] == "cancelled"
+
+
+def _features_file(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "f.npz"
+    np.savez(path, features=np.ones((6, 4), np.float32), offsets=np.array([0, 2, 4, 6]))
+    return path

@@ -1,0 +1,151 @@
+"""The life of a job in a worker, whatever its kind: keep an alive key fresh, report progress and events in job
+meta, stop when cancellation is asked, turn input errors into readable failures, and save the result (with the
+job's times and events) to the artifact store.
+
+Workers are non-forking (see workers.__main__), so a model loaded by one job is reused by the next, and CUDA is
+never touched before a fork.
+"""
+
+import functools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from redis import Redis
+from rq import get_current_job
+from rq.job import Job
+
+from fishersft.embedding import load_model
+from fishersft.errors import InputError
+from fishersft.features import FeatureSet, load_features
+from fishersft.pipeline import embed_dataset
+from fishersft.service.protocol import JobCancelled, JobInputError, alive_key, cancel_key
+from fishersft.service.settings import Settings
+from fishersft.service.store import ArtifactStore
+
+PROGRESS_INTERVAL_S = 0.5
+MAX_EVENTS = 1000
+
+cached_model = functools.lru_cache(maxsize=2)(load_model)
+"""Models stay loaded across the jobs of a worker (for embedding; training loads a fresh copy per run)."""
+
+
+class JobProgress:
+    """The pipeline's progress callback for a job: progress into job meta (at most every 0.5 s and at every
+    phase change), events, and a stop at the next batch, pick or step once the API asked for cancellation."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.saved_at = 0.0
+        self.phase = ""
+        self.events: list[dict[str, Any]] = []
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if self.job.connection.exists(cancel_key(self.job.id)):
+            raise JobCancelled("cancelled on request")
+        now = time.monotonic()
+        if phase != self.phase or done == total or now - self.saved_at >= PROGRESS_INTERVAL_S:
+            self.job.meta["progress"] = {"phase": phase, "done": done, "total": total}
+            self.job.save_meta()
+            self.phase, self.saved_at = phase, now
+
+    def event(self, type_: str, message: str, level: str = "info", **data: Any) -> None:
+        """Append an event (GET .../events) and save it with the job's meta."""
+        created_at = datetime.now(UTC).isoformat()
+        self.events.append({"created_at": created_at, "level": level, "type": type_, "message": message, "data": data})
+        self.job.meta["events"] = self.events[-MAX_EVENTS:]
+        self.job.save_meta()
+
+
+Work = Callable[[dict[str, Any], Settings, ArtifactStore, JobProgress], dict[str, Any]]
+
+
+def run_job(work: Work, request: dict[str, Any]) -> dict[str, Any]:
+    """Run `work(request, settings, store, progress)` as the current RQ job and save its result."""
+    job = get_current_job()
+    assert job is not None, "run_job runs inside an RQ job"
+    settings = Settings.from_env()
+    store = ArtifactStore(settings.data_dir)
+    progress = JobProgress(job)
+    with _alive(job.connection, job.id, settings.alive_ttl_s):
+        progress.event("started", f"started on {job.worker_name or 'a worker'}")
+        try:
+            result = work(request, settings, store, progress)
+        except JobCancelled:
+            job.meta["cancelled"] = True
+            progress.event("cancelled", "cancelled on request")
+            raise
+        except (InputError, JobInputError) as e:
+            job.meta["error"] = {"code": getattr(e, "code", "invalid_input"), "message": str(e)}
+            progress.event("failed", str(e), level="error")
+            raise
+    progress.event("succeeded", "succeeded")
+    times = {
+        k: (v or datetime.now(UTC)).isoformat()
+        for k, v in (("created_at", job.created_at), ("started_at", job.started_at), ("finished_at", None))
+    }
+    store.put_result(job.id, {"request": request, "result": result, **times, "events": progress.events})
+    return result
+
+
+def dataset_record(store: ArtifactStore, dataset_id: str) -> dict[str, Any]:
+    dataset = store.dataset(dataset_id)
+    if dataset is None:
+        raise JobInputError("dataset_not_found", f"dataset {dataset_id} no longer exists")
+    return dataset
+
+
+def dataset_features(
+    dataset: dict[str, Any], model: str | None, max_length: int, settings: Settings, store: ArtifactStore, progress
+) -> tuple[FeatureSet, dict[str, Any]]:
+    """A dataset's features: an uploaded features file, or the JSONL embedded by `model`, cached in the store per
+    (dataset, model, max_length). Also what it cost: {features_cached, model_cached, truncated, embed_s,
+    model_load_s}."""
+    if dataset["format"] != "jsonl":
+        features = load_features(store.blob(dataset["sha256"]), suffix=f".{dataset['format']}")
+        return features, {"features_cached": True, "model_cached": None, "truncated": 0, "embed_s": 0.0}
+    features_dir = store.features_dir(dataset["sha256"], model, max_length)  # type: ignore[arg-type]
+    if features_dir.exists():
+        cost = {"features_cached": True, "model_cached": None, "truncated": 0, "embed_s": 0.0, "model_load_s": 0.0}
+        return load_features(features_dir), cost
+    hits = cached_model.cache_info().hits
+    embedding = embed_dataset(
+        store.blob(dataset["sha256"]),
+        settings.model_dir(model),  # type: ignore[arg-type]
+        features_dir,
+        max_length=max_length,
+        progress=progress,
+        load=cached_model,
+    )
+    return embedding.features, {
+        "features_cached": False,
+        "model_cached": cached_model.cache_info().hits > hits,
+        "truncated": embedding.truncated,
+        "embed_s": embedding.seconds,
+        "model_load_s": embedding.load_seconds,
+    }
+
+
+@contextmanager
+def _alive(redis: Redis, job_id: str, ttl: int) -> Iterator[None]:
+    """Keep the job's alive key fresh from a thread while the job runs: if the worker dies, the key expires."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            redis.set(alive_key(job_id), 1, ex=ttl)
+            if stop.wait(ttl / 4):
+                break
+
+    thread = threading.Thread(target=beat, daemon=True)
+    redis.set(alive_key(job_id), 1, ex=ttl)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        redis.delete(alive_key(job_id))
