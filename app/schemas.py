@@ -9,6 +9,16 @@ ExampleId = str | int
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def exactly_one(model: Body, first: str, second: str) -> Body:
+    """A validator's check: one of two optional fields is given, not both, not neither."""
+    if (getattr(model, first) is None) == (getattr(model, second) is None):
+        raise ValueError(f"give exactly one of `{first}` and `{second}`")
+    return model
+
+
 class Dataset(BaseModel):
     id: str = Field(description="Dataset id, derived from the content hash: the same file always gets the same id.")
     name: str | None = Field(description="Name given at upload, else the file name.")
@@ -37,9 +47,7 @@ class Budget(BaseModel):
 
     @model_validator(mode="after")
     def exactly_one(self) -> "Budget":
-        if (self.examples is None) == (self.tokens is None):
-            raise ValueError("give exactly one of `examples` and `tokens`")
-        return self
+        return exactly_one(self, "examples", "tokens")
 
 
 class SelectionCreate(BaseModel):
@@ -160,9 +168,7 @@ class EvalRequest(BaseModel):
 
     @model_validator(mode="after")
     def exactly_one(self) -> "EvalRequest":
-        if (self.dataset_id is None) == (self.holdout_fraction is None):
-            raise ValueError("give exactly one of `dataset_id` and `holdout_fraction`")
-        return self
+        return exactly_one(self, "dataset_id", "holdout_fraction")
 
 
 class FinetuneCreate(BaseModel):
@@ -180,8 +186,7 @@ class FinetuneCreate(BaseModel):
 
     @model_validator(mode="after")
     def one_source(self) -> "FinetuneCreate":
-        if (self.selection_id is None) == (self.dataset_id is None):
-            raise ValueError("give exactly one of `selection_id` and `dataset_id`")
+        exactly_one(self, "selection_id", "dataset_id")
         if self.dataset_id is not None and self.budget is None:
             raise ValueError("`budget` is required with `dataset_id`")
         return self

@@ -10,18 +10,21 @@ import json
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from fishersft.dataset import Example, ExampleId
 from fishersft.embedding import load_model
 from fishersft.encoding import Encoded
 from fishersft.features import FeatureSet
+from fishersft.holdout import holdout
+from fishersft.pipeline import encode_file
 from fishersft.selection import Budget, select
 from fishersft.training import (
     DEFAULT_LORA,
@@ -63,6 +66,28 @@ class HeldOut:
             "by_group": by_group,
             "worst_group": {"group": worst, "loss": by_group[worst]} if worst else None,
         }
+
+
+def held_out_split(
+    examples: Sequence[Example],
+    encoded: Sequence[Encoded],
+    fraction: float,
+    stratify_by: str,
+    taken: Collection[int] = (),
+) -> tuple[HeldOut, list[int]]:
+    """A stratified `fraction` of the examples not in `taken` (a selection made earlier), seeded, and their
+    indices: exclude these from any selection."""
+    pool = [i for i in range(len(examples)) if i not in set(taken)]
+    held = [pool[j] for j in holdout([examples[i].labels.get(stratify_by) for i in pool], fraction)]
+    if not held:
+        raise ValueError(f"a held-out fraction of {fraction} leaves no example to evaluate on")
+    return HeldOut([encoded[i] for i in held], [examples[i].labels.get(stratify_by) for i in held]), held
+
+
+def held_out_file(data: Path, tokenizer: PreTrainedTokenizerBase, max_length: int, stratify_by: str) -> HeldOut:
+    """A separate JSONL dataset as the held-out set."""
+    examples, encoded = encode_file(data, tokenizer, max_length)
+    return HeldOut(encoded, [e.labels.get(stratify_by) for e in examples])
 
 
 def ids_sha256(ids: Sequence[ExampleId]) -> str:
@@ -248,25 +273,14 @@ def compare(
     """Train the fisher subset and each seeded random subset of `data` (whose `features` are given) with identical
     settings, evaluate all on the same held-out set (`eval_data`, or a stratified `holdout_fraction` of `data`
     that is never selected), at equal examples and at equal loss tokens. Returns the comparison's JSON."""
-    from transformers import AutoTokenizer
-
-    from fishersft.holdout import holdout
-    from fishersft.pipeline import encode_file
-
     device = device or torch.device("cpu")
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     examples, encoded = encode_file(data, tokenizer, max_length)
     if eval_data is not None:
-        eval_examples, eval_encoded = encode_file(eval_data, tokenizer, max_length)
-        held = HeldOut(eval_encoded, [e.labels.get(stratify_by) for e in eval_examples])
-        exclude: list[int] = []
+        held, exclude = held_out_file(eval_data, tokenizer, max_length, stratify_by), []
     else:
-        groups = [e.labels.get(stratify_by) for e in examples]
-        exclude = holdout(groups, holdout_fraction or 0.1, seed=0)
-        held = HeldOut([encoded[i] for i in exclude], [groups[i] for i in exclude])
-    if not held.encoded:
-        raise ValueError("the held-out set is empty")
+        held, exclude = held_out_split(examples, encoded, holdout_fraction or 0.1, stratify_by)
     base, _ = load_model(model_dir, device, dtype=torch.float32)
     before = held.evaluate(base)
     del base

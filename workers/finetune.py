@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from fishersft.dataset import Example
 from fishersft.embedding import load_model, resolve_device
-from fishersft.finetuning import HeldOut, compare, finetune, ids_sha256, plot_curves
-from fishersft.holdout import holdout
+from fishersft.encoding import Encoded
+from fishersft.finetuning import HeldOut, compare, finetune, held_out_file, held_out_split, ids_sha256, plot_curves
 from fishersft.pipeline import encode_file, select_features
 from fishersft.selection import Budget
 from fishersft.service.protocol import JobInputError
@@ -71,7 +72,8 @@ def _finetune(request: dict[str, Any], settings: Settings, store: ArtifactStore,
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     examples, encoded = encode_file(store.blob(dataset["sha256"]), tokenizer, max_length)
     index = {str(e.id): k for k, e in enumerate(examples)}
-    held, held_idx = _held_out(request["eval"], examples, encoded, selected, index, store, tokenizer, max_length)
+    taken = [index[str(i)] for i in selected or ()]
+    held, held_idx = _held_out(request["eval"], examples, encoded, taken, store, tokenizer, max_length)
     if selected is None:
         features, _ = dataset_features(dataset, model, max_length, settings, store, progress)
         chosen = select_features(
@@ -151,23 +153,26 @@ def _finetune(request: dict[str, Any], settings: Settings, store: ArtifactStore,
 
 
 def _held_out(
-    evaluation: dict[str, Any] | None, examples, encoded, selected, index, store: ArtifactStore, tokenizer, max_length
+    evaluation: dict[str, Any] | None,
+    examples: list[Example],
+    encoded: list[Encoded],
+    taken: list[int],
+    store: ArtifactStore,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
 ) -> tuple[HeldOut | None, list[int]]:
-    """The held-out set, and its indices in the dataset (to exclude from selection): a separate dataset, or a
-    stratified fraction of the examples that are not (to be) selected."""
+    """The held-out set and its indices in the dataset (to exclude from selection): a separate dataset, or a
+    stratified fraction of the examples that the selection did not take."""
     if evaluation is None:
         return None, []
     by = evaluation["stratify_by"]
     if evaluation["dataset_id"] is not None:
-        eval_dataset = dataset_record(store, evaluation["dataset_id"])
-        eval_examples, eval_encoded = encode_file(store.blob(eval_dataset["sha256"]), tokenizer, max_length)
-        return HeldOut(eval_encoded, [e.labels.get(by) for e in eval_examples]), []
-    taken = {index[str(i)] for i in selected or ()}
-    pool = [i for i in range(len(examples)) if i not in taken]
-    held_idx = [pool[j] for j in holdout([examples[i].labels.get(by) for i in pool], evaluation["holdout_fraction"])]
-    if not held_idx:
-        raise JobInputError("invalid_settings", "the held-out fraction leaves no example to evaluate on")
-    return HeldOut([encoded[i] for i in held_idx], [examples[i].labels.get(by) for i in held_idx]), held_idx
+        eval_data = store.blob(dataset_record(store, evaluation["dataset_id"])["sha256"])
+        return held_out_file(eval_data, tokenizer, max_length, by), []
+    try:
+        return held_out_split(examples, encoded, evaluation["holdout_fraction"], by, taken)
+    except ValueError as e:
+        raise JobInputError("invalid_settings", str(e)) from None
 
 
 def _model_card(job_id: str, result: dict[str, Any], request: dict[str, Any]) -> str:
