@@ -41,17 +41,10 @@ def run_comparison(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def _settings(request: dict[str, Any]) -> tuple[LoraSettings, TrainingSettings]:
-    lora, training = request["lora"], request["training"]
-    return (
-        LoraSettings(lora["r"], lora["alpha"], lora["dropout"], tuple(lora["target_modules"])),
-        TrainingSettings(
-            epochs=training["epochs"],
-            max_steps=training["max_steps"],
-            learning_rate=training["learning_rate"],
-            batch_size=training["batch_size"],
-            seed=training["seed"],
-        ),
-    )
+    """The request's LoRA and training fields (max_length is the encoding's, not the trainer's)."""
+    lora = {**request["lora"], "target_modules": tuple(request["lora"]["target_modules"])}
+    training = {k: v for k, v in request["training"].items() if k != "max_length"}
+    return LoraSettings(**lora), TrainingSettings(**training)
 
 
 def _finetune(request: dict[str, Any], settings: Settings, store: ArtifactStore, progress: JobProgress) -> dict:
@@ -98,6 +91,7 @@ def _finetune(request: dict[str, Any], settings: Settings, store: ArtifactStore,
         progress("evaluating", 0, 1)
         start = time.perf_counter()
         before = held.evaluate(load_model(model_dir, device, dtype=torch.float32)[0])
+        progress("evaluating", 1, 1)
         timings["evaluate_s"] = time.perf_counter() - start
         progress.event("evaluated", f"held-out loss before training {before['loss']:.4f}", loss=before["loss"])
     every = max(1, training.total_steps(len(train)) // STEP_EVENTS)
