@@ -55,6 +55,11 @@ class SelectionCreate(BaseModel):
     dataset_id: str = Field(description="A dataset from POST /v1/datasets.")
     budget: Budget = Field(description="`{examples: K}` or `{tokens: T}`.")
     method: Literal["fisher", "random"] = Field("fisher", description="FisherSFT greedy, or the seeded baseline.")
+    weighting: Literal["tokens", "examples"] = Field(
+        "tokens",
+        description="tokens: the paper's sum of x x^T over every loss token; examples: each example's sum divided "
+        "by its loss tokens, so that length alone buys nothing.",
+    )
     model: str | None = Field(None, description="A name from GET /v1/models (JSONL datasets); default: the default.")
     lambda_: float = Field(1.0, alias="lambda", gt=0, description="Ridge term of Sigma = lambda*I + sum x x^T.")
     seed: int = Field(0, description="Seed of the random method.")
@@ -83,12 +88,17 @@ class SelectionResult(BaseModel):
     gains: list[float] = Field(description="Increase of log det Sigma from each pick.")
     objective: float = Field(description="log det Sigma of the warm start and the picks.")
     method: str = Field(description="fisher or random.")
+    weighting: str = Field("tokens", description="tokens or examples (see the request).")
     model: str | None = Field(description="The model whose features were selected on; null for uploaded features.")
     dim: int = Field(description="Width of the features (the model's hidden size).")
     budget: dict[str, int] = Field(description="The budget asked for.")
     n_candidates: int = Field(description="Examples in the dataset.")
     n_loss_tokens: int = Field(description="Loss tokens in the dataset.")
     n_selected_loss_tokens: int = Field(description="Loss tokens in the selection.")
+    length_ratio: float = Field(
+        0.0, description="Loss tokens per selected example over the dataset's mean: what a random subset holds is 1."
+    )
+    warnings: list[str] = Field(default_factory=list, description="Things to know, e.g. a length ratio above 3.")
     truncated: int = Field(description="Examples cut to max_length.")
     features_cached: bool = Field(description="Whether the features came from the cache of an earlier job.")
     model_cached: bool | None = Field(

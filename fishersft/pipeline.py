@@ -15,11 +15,14 @@ from fishersft.embedding import Precision, embed, embedding_autocast, load_model
 from fishersft.encoding import Encoded, encode_all
 from fishersft.errors import InputError
 from fishersft.features import FeatureSet, FeatureStoreWriter, load_features
-from fishersft.selection import Budget, Method, select
+from fishersft.selection import Budget, Method, Weighting, select
 
 Progress = Callable[[str, int, int], None]
 """progress(phase, done, total): phase "embedding" counts examples, "selecting" counts the budget spent."""
 
+
+LENGTH_RATIO_WARNING = 3.0
+"""A selection whose examples average more than this many times the dataset's loss tokens per example warns."""
 
 ModelLoader = Callable[[Path, torch.device], tuple[PreTrainedModel, PreTrainedTokenizerBase]]
 
@@ -86,6 +89,7 @@ def select_features(
     seed: int = 0,
     warm_start_ids: Sequence[ExampleId] = (),
     exclude: Sequence[int] = (),
+    weighting: Weighting = "tokens",
     progress: Progress | None = None,
     model: str | None = None,
 ) -> dict:
@@ -115,21 +119,35 @@ def select_features(
         seed=seed,
         warm_start=warm_start,
         exclude=exclude,
+        weighting=weighting,
         on_step=on_step,
     )
     lengths = np.diff(features.offsets)
+    n_selected_tokens = int(lengths[selection.indices].sum())
+    # loss tokens per selected example against the dataset's mean: what a random subset of the same size holds
+    length_ratio = n_selected_tokens / len(selection.indices) / lengths.mean() if selection.indices else 0.0
+    warnings = []
+    if budget.examples is not None and length_ratio > LENGTH_RATIO_WARNING:
+        warnings.append(
+            f"the selected examples hold {length_ratio:.1f}x the loss tokens of a random subset of the same size: "
+            "under an example budget the objective favours long examples, and fine-tuning cost grows with tokens; "
+            "a token budget (budget.tokens, --budget-tokens) compares subsets at equal cost"
+        )
     return {
         "selected": [features.ids[i] for i in selection.indices],
         "gains": selection.gains,
         "objective": selection.objective,
         "method": method,
+        "weighting": weighting,
         "model": model,
         "dim": int(features.features.shape[1]),
         "budget": budget.as_dict(),
         "lambda": lam,
         "n_candidates": len(features.ids),
         "n_loss_tokens": features.n_tokens,
-        "n_selected_loss_tokens": int(lengths[selection.indices].sum()),
+        "n_selected_loss_tokens": n_selected_tokens,
+        "length_ratio": float(length_ratio),
+        "warnings": warnings,
         "gain_evaluations": selection.evaluations,
         "timings": {"select_s": time.perf_counter() - start},
     }

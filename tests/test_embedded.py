@@ -46,6 +46,7 @@ def test_demo_runs_end_to_end_on_real_data_with_the_default_model(tmp_path):
     tokens = rows[2][0]
     assert rows[:2] == [("12 examples", "fisher", 12), ("12 examples", "random", 12)]
     assert [r[:2] for r in rows[2:]] == [(tokens, "fisher"), (tokens, "random")] and tokens.endswith("loss tokens")
+    assert "warning: the selected examples hold" in out  # fisher's 12 examples are the long ones
 
 
 def test_serve_and_the_client_commands(tmp_path):

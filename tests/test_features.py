@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from fishersft.features import FeaturesError, FeatureStoreWriter, load_features
+from fishersft.features import FeaturesError, FeatureSet, FeatureStoreWriter, load_features
+from fishersft.pipeline import select_features
+from fishersft.selection import Budget
 
 
 def arrays(n=5, d=4, seed=0):
@@ -88,3 +90,20 @@ def test_two_writers_of_one_store_never_share_files(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
     np.testing.assert_allclose(in_use.features, features, atol=2e-3)
     np.testing.assert_allclose(load_features(tmp_path / "store").features, features, atol=2e-3)
+
+
+def test_length_ratio_and_the_long_examples_warning():
+    """Four one-token examples and one of twenty tokens: fisher's single pick under an example budget is the
+    long one (twenty directions beat one), 20 / 4.8 = 4.17 times the dataset's mean length: a warning."""
+    rng = np.random.default_rng(0)
+    lengths = [1, 1, 1, 1, 20]
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    features = FeatureSet(rng.standard_normal((24, 8)).astype(np.float32), offsets, ["a", "b", "c", "d", "long"])
+    by_examples = select_features(features, Budget(examples=1))
+    assert by_examples["selected"] == ["long"] and by_examples["weighting"] == "tokens"
+    assert by_examples["length_ratio"] == pytest.approx(20 / 4.8)
+    assert len(by_examples["warnings"]) == 1 and "4.2x the loss tokens" in by_examples["warnings"][0]
+    by_tokens = select_features(features, Budget(tokens=4))
+    assert by_tokens["length_ratio"] == pytest.approx(1 / 4.8) and by_tokens["warnings"] == []
+    short = select_features(features, Budget(examples=2), method="random", seed=0, exclude=[4])
+    assert short["length_ratio"] == pytest.approx(1 / 4.8) and short["warnings"] == []

@@ -192,3 +192,19 @@ def test_lazy_greedy_absorbs_gains_that_grow_by_rounding_noise():
     exact = exact_greedy(ScriptedGains(script), ones, 2, torch.arange(4))
     lazy = lazy_greedy(ScriptedGains(script), ones, 2, torch.arange(4))
     assert exact.order == lazy.order == [0, 2]
+
+
+@pytest.mark.parametrize("budget", [Budget(examples=6), Budget(tokens=25)])
+def test_examples_weighting_is_the_tokens_objective_on_features_scaled_by_one_over_sqrt_length(budget):
+    features, offsets, blocks = random_dataset(11, ties=True)
+    lengths = offsets.diff()
+    scaled = features * lengths.float().rsqrt().repeat_interleave(lengths)[:, None]
+    by_examples = select(features, offsets, budget, weighting="examples")
+    on_scaled = select(scaled, offsets, budget, weighting="tokens")
+    assert by_examples.indices == on_scaled.indices
+    assert by_examples.objective == pytest.approx(on_scaled.objective, rel=1e-9)
+    assert by_examples.objective == pytest.approx(
+        logdet_of([b / math.sqrt(len(b)) for b in blocks], by_examples.indices, 1.0), rel=1e-6
+    )
+    with pytest.raises(ValueError, match="unknown weighting"):
+        select(features, offsets, budget, weighting="sentences")

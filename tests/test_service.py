@@ -155,6 +155,7 @@ def test_bad_requests_get_a_4xx_naming_the_field(service):
         ({"dataset_id": dataset["id"], "budget": {"examples": 5, "tokens": 9}}, "body.budget"),
         ({"dataset_id": dataset["id"], "budget": {"examples": 0}}, "body.budget.examples"),
         ({"dataset_id": dataset["id"], "budget": {"examples": 5}, "method": "best"}, "body.method"),
+        ({"dataset_id": dataset["id"], "budget": {"examples": 5}, "weighting": "words"}, "body.weighting"),
         ({"dataset_id": dataset["id"], "budget": {"examples": 5}, "lambda": -1}, "body.lambda"),
         ({"dataset_id": "ds_nope", "budget": {"examples": 5}}, "body.dataset_id"),
         ({"dataset_id": dataset["id"], "budget": {"examples": 5}, "model": "/etc"}, "body.model"),

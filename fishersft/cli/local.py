@@ -59,6 +59,7 @@ def run_select(args: argparse.Namespace) -> dict:
             lam=args.lam,
             seed=args.seed,
             warm_start_ids=warm_start,
+            weighting=args.weighting,
             progress=progress,
             model=model,
         )
@@ -209,6 +210,12 @@ def add_select_arguments(parser: argparse.ArgumentParser) -> None:
     budget_group.add_argument("--budget", type=positive_int, metavar="K", help="select at most K examples")
     budget_group.add_argument("--budget-tokens", type=positive_int, metavar="T", help="select at most T loss tokens")
     parser.add_argument("--method", choices=["fisher", "random"], default="fisher")
+    parser.add_argument(
+        "--weighting",
+        choices=["tokens", "examples"],
+        default="tokens",
+        help="tokens: the paper's sum over loss tokens (default); examples: each example's mean outer product",
+    )
     parser.add_argument(
         "--lambda",
         dest="lam",

@@ -25,6 +25,7 @@ def run_remote_select(args: argparse.Namespace, client: ServiceClient) -> dict:
         "dataset_id": dataset_id,
         "budget": budget(args).as_dict(),
         "method": args.method,
+        "weighting": args.weighting,
         "lambda": args.lam,
         "seed": args.seed,
         "max_length": args.max_length,

@@ -1,5 +1,5 @@
 """FisherSFT selection: pure tensor code, no I/O."""
 
-from fishersft.selection.selector import Budget, Method, Selection, select
+from fishersft.selection.selector import Budget, Method, Selection, Weighting, select
 
-__all__ = ["Budget", "Method", "Selection", "select"]
+__all__ = ["Budget", "Method", "Selection", "Weighting", "select"]

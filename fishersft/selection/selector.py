@@ -12,6 +12,9 @@ from fishersft.selection.greedy import GreedyResult, StepCallback, exact_greedy,
 from fishersft.selection.logdet import LogDetObjective
 
 Method = Literal["fisher", "random"]
+Weighting = Literal["tokens", "examples"]
+"""How an example's tokens add to Sigma: `tokens`, the paper's sum of x x^T over every loss token; `examples`,
+that sum divided by the example's loss tokens (its mean outer product), so that length alone buys nothing."""
 
 
 @dataclass(frozen=True)
@@ -60,14 +63,20 @@ def select(
     seed: int = 0,
     warm_start: Sequence[int] = (),
     exclude: Sequence[int] = (),
+    weighting: Weighting = "tokens",
     lazy: bool = True,
     on_step: StepCallback | None = None,
 ) -> Selection:
     """Select examples from the flat `features` [tokens x d], example i owning rows offsets[i]:offsets[i+1].
 
     Examples in `warm_start` (indices) are already in the design: they seed Sigma and are not chosen again.
-    Examples in `exclude` (indices: a held-out set, say) are never chosen.
+    Examples in `exclude` (indices: a held-out set, say) are never chosen. `weighting`: see Weighting.
     """
+    lengths = offsets.diff()
+    if weighting == "examples":  # rows scaled by 1/sqrt(n_i): X_i^T X_i becomes X_i^T X_i / n_i
+        features = features * lengths.to(features.dtype).rsqrt().repeat_interleave(lengths)[:, None]
+    elif weighting != "tokens":
+        raise ValueError(f"unknown weighting {weighting!r}")
     blocks = FeatureBlocks(features, offsets)
     objective = LogDetObjective(blocks, lam)
     for i in warm_start:
@@ -77,7 +86,7 @@ def select(
     candidates[list(warm_start)] = False
     candidates[list(exclude)] = False
     candidates = candidates.nonzero().flatten()
-    costs, limit = budget.costs(offsets.diff())
+    costs, limit = budget.costs(lengths)
     if method == "random":
         result = _random_order(objective, costs, limit, candidates, seed, on_step)
     elif method == "fisher":
