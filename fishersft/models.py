@@ -90,11 +90,17 @@ BUILTIN_MODELS = {
 }
 
 
+def prepared_dir(name: str) -> Path | None:
+    """A built-in model's directory if it is prepared already, else None (nothing is prepared here)."""
+    path = home() / "models" / name
+    return path if (path / "config.json").exists() else None
+
+
 def builtin_model_dir(name: str) -> Path:
     """The directory of a built-in model, prepared on first use (atomically: see the module docstring)."""
     model = BUILTIN_MODELS[name]
     path = home() / "models" / name
-    if (path / "config.json").exists():
+    if prepared_dir(name):
         return path
     partial = path.with_name(f"{name}.{uuid.uuid4().hex[:12]}.partial")
     partial.mkdir(parents=True)

@@ -99,7 +99,12 @@ def dataset_record(store: ArtifactStore, dataset_id: str) -> dict[str, Any]:
 
 
 def dataset_features(
-    dataset: dict[str, Any], model: str | None, max_length: int, settings: Settings, store: ArtifactStore, progress
+    dataset: dict[str, Any],
+    model: str | None,
+    max_length: int,
+    settings: Settings,
+    store: ArtifactStore,
+    progress: JobProgress,
 ) -> tuple[FeatureSet, dict[str, Any]]:
     """A dataset's features: an uploaded features file, or the JSONL embedded by `model`, cached in the store per
     (dataset, model, max_length). Also what it cost: {features_cached, model_cached, truncated, embed_s,

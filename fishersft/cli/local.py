@@ -23,7 +23,7 @@ from fishersft.cli.remote import run_remote_compare, run_remote_select
 from fishersft.client import ServiceClient
 from fishersft.errors import InputError
 from fishersft.features import is_features_path, load_features
-from fishersft.models import BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_dir, home, resolve_model
+from fishersft.models import BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_dir, prepared_dir, resolve_model
 from fishersft.pipeline import embed_dataset, select_features
 
 
@@ -156,7 +156,7 @@ def models_command(args: argparse.Namespace) -> None:
         print(f"{args.prepare} ready in {path} ({time.perf_counter() - started:.1f}s)", file=sys.stderr)
         return
     for model in BUILTIN_MODELS.values():
-        ready = (home() / "models" / model.name / "config.json").exists()
+        ready = prepared_dir(model.name) is not None
         default = " (default)" if model.name == DEFAULT_MODEL else ""
         print(
             f"{model.name}{default}: d={model.dim}, {'prepared' if ready else 'not prepared yet'}; {model.description}"

@@ -9,7 +9,15 @@ from pydantic import AliasChoices, Field, PositiveInt, ValidationError, Validati
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fishersft.errors import InputError
-from fishersft.models import BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_dir, home, lora_target_names, model_dim
+from fishersft.models import (
+    BUILTIN_MODELS,
+    DEFAULT_MODEL,
+    builtin_model_dir,
+    home,
+    lora_target_names,
+    model_dim,
+    prepared_dir,
+)
 
 
 class Settings(BaseSettings):
@@ -105,8 +113,8 @@ class Settings(BaseSettings):
     def lora_targets(self, name: str) -> frozenset[str] | None:
         """Module names LoRA can wrap in a model, when its directory is at hand (a built-in model not prepared yet
         is not prepared for this: None, and the worker checks)."""
-        path = self.models[name] if name in self.models else home() / "models" / name
-        return lora_target_names(path) if (path / "config.json").exists() else None
+        path = self.models[name] if name in self.models else prepared_dir(name)
+        return lora_target_names(path) if path and (path / "config.json").exists() else None
 
     def model_dim(self, name: str) -> int:
         """Feature width, without loading (or preparing) the model."""
