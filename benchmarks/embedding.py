@@ -24,7 +24,7 @@ import torch
 
 from fishersft import corpora
 from fishersft.dataset import read_jsonl
-from fishersft.embedding import embed, length_sorted_batches, load_model, pad_batch
+from fishersft.embedding import autocast, embed, length_sorted_batches, load_model, pad_batch
 from fishersft.encoding import encode_all
 from fishersft.features import FeatureStoreWriter, load_features
 from fishersft.models import DEFAULT_MODEL, resolve_model
@@ -36,10 +36,10 @@ PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 
 
 @torch.inference_mode()
-def bare_forward(model, encoded, batch_size: int, autocast: torch.dtype | None) -> None:
+def bare_forward(model, encoded, batch_size: int, dtype: torch.dtype | None) -> None:
     for batch in length_sorted_batches(encoded, batch_size):
         ids, mask = pad_batch(encoded, batch, torch.device("cpu"))
-        with torch.autocast("cpu", dtype=autocast or torch.float32, enabled=autocast is not None):
+        with autocast(torch.device("cpu"), dtype):
             model.base_model(input_ids=ids, attention_mask=mask)
 
 
@@ -77,13 +77,13 @@ def main() -> None:
             writer = FeatureStoreWriter(
                 Path(tmp) / precision, [len(e.targets) for e in encoded], dim, list(range(len(encoded)))
             )
-            embed(model, encoded, writer, args.batch_size, autocast=PRECISIONS[precision])
+            embed(model, encoded, writer, args.batch_size, dtype=PRECISIONS[precision])
             stores[precision] = writer.commit()
 
         runs = {}
-        for precision, autocast in PRECISIONS.items():
+        for precision, dtype in PRECISIONS.items():
             runs[f"embedder {precision}"] = lambda p=precision: embedder(p)
-            runs[f"bare forward {precision}"] = lambda a=autocast: bare_forward(model, encoded, args.batch_size, a)
+            runs[f"bare forward {precision}"] = lambda d=dtype: bare_forward(model, encoded, args.batch_size, d)
         best = dict.fromkeys(runs, float("inf"))
         bare_forward(model, encoded[:64], args.batch_size, None)  # warm up
         for _ in range(2):

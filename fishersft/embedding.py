@@ -7,6 +7,7 @@ length so padding stays small, and rows go to a memory-mapped features store as 
 """
 
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Literal
 
@@ -49,6 +50,11 @@ def embedding_autocast(device: torch.device, precision: Precision = "auto") -> t
     return torch.bfloat16 if native else None
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
+    """torch.autocast with `dtype` on `device`'s kind; a no-op when `dtype` is None (full precision)."""
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
 def load_model(
     model_dir: str | Path, device: torch.device, dtype: torch.dtype | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -85,14 +91,14 @@ def pad_batch(encoded: Sequence[Encoded], batch: list[int], device: torch.device
 
 
 def pre_logits(
-    model: PreTrainedModel, encoded: Sequence[Encoded], batch: list[int], autocast: torch.dtype | None = None
+    model: PreTrainedModel, encoded: Sequence[Encoded], batch: list[int], dtype: torch.dtype | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The pre-logit vectors [n x d] of the loss targets of the examples `batch` (in order: example by example,
-    target by target) and the n token ids they predict. Only the model's body runs; `autocast` runs it under
-    torch.autocast with that dtype (weights stay as loaded)."""
+    target by target) and the n token ids they predict. Only the model's body runs, under `autocast(dtype)`
+    (weights stay as loaded)."""
     device = next(model.parameters()).device
     ids, mask = pad_batch(encoded, batch, device)
-    with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+    with autocast(device, dtype):
         hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
     rows = torch.from_numpy(np.concatenate([np.full(len(encoded[i].targets), r) for r, i in enumerate(batch)]))
     cols = torch.from_numpy(np.concatenate([encoded[i].targets for i in batch]).astype(np.int64))
@@ -107,12 +113,13 @@ def embed(
     writer: FeatureStoreWriter,
     batch_size: int,
     on_batch: Callable[[int], None] | None = None,
-    autocast: torch.dtype | None = None,
+    dtype: torch.dtype | None = None,
 ) -> None:
-    """Write the pre-logit vectors of every example's targets to `writer`; `on_batch(examples done)`."""
+    """Write the pre-logit vectors of every example's targets to `writer`; `on_batch(examples done)`. The
+    forward pass runs under `autocast(dtype)`."""
     done = 0
     for batch in length_sorted_batches(encoded, batch_size):
-        vectors = pre_logits(model, encoded, batch, autocast)[0].to(torch.float16).cpu().numpy()
+        vectors = pre_logits(model, encoded, batch, dtype)[0].to(torch.float16).cpu().numpy()
         start = 0
         for i in batch:
             n = len(encoded[i].targets)

@@ -24,7 +24,7 @@ from fishersft.embedding import load_model
 from fishersft.encoding import Encoded
 from fishersft.features import FeatureSet
 from fishersft.holdout import holdout
-from fishersft.pipeline import encode_file
+from fishersft.pipeline import Progress, encode_file
 from fishersft.selection import Budget, select
 from fishersft.training import (
     DEFAULT_LORA,
@@ -49,6 +49,10 @@ class HeldOut:
     @property
     def n_loss_tokens(self) -> int:
         return sum(len(e.targets) for e in self.encoded)
+
+    def evaluate_base(self, model_dir: Path, device: torch.device) -> dict[str, Any]:
+        """`evaluate` on a fresh float32 copy of the base model: the `before` of every run on it."""
+        return self.evaluate(load_model(model_dir, device, dtype=torch.float32)[0])
 
     def evaluate(self, model: torch.nn.Module) -> dict[str, Any]:
         """Mean loss per loss token overall and per group, perplexity, and the worst group."""
@@ -77,7 +81,8 @@ def held_out_split(
 ) -> tuple[HeldOut, list[int]]:
     """A stratified `fraction` of the examples not in `taken` (a selection made earlier), seeded, and their
     indices: exclude these from any selection."""
-    pool = [i for i in range(len(examples)) if i not in set(taken)]
+    taken = set(taken)
+    pool = [i for i in range(len(examples)) if i not in taken]
     held = [pool[j] for j in holdout([examples[i].labels.get(stratify_by) for i in pool], fraction)]
     if not held:
         raise ValueError(f"a held-out fraction of {fraction} leaves no example to evaluate on")
@@ -249,9 +254,6 @@ def plot_curves(rows: Sequence[dict], out: Path, title: str) -> Path:
     return out
 
 
-Progress = Callable[[str, int, int], None]
-
-
 def compare(
     data: Path,
     model_dir: Path,
@@ -281,9 +283,7 @@ def compare(
         held, exclude = held_out_file(eval_data, tokenizer, max_length, stratify_by), []
     else:
         held, exclude = held_out_split(examples, encoded, holdout_fraction or 0.1, stratify_by)
-    base, _ = load_model(model_dir, device, dtype=torch.float32)
-    before = held.evaluate(base)
-    del base
+    before = held.evaluate_base(model_dir, device)
     runs = comparison_runs(features, budget_examples, seeds, exclude, lam)
     prepared_s = time.perf_counter() - started
     totals = [training.total_steps(len(run.indices)) for run in runs]

@@ -72,7 +72,7 @@ def embed_dataset(
             progress("embedding", done, len(encoded))
 
     try:
-        embed(model, encoded, writer, batch_size, on_batch, autocast=embedding_autocast(resolved, precision))
+        embed(model, encoded, writer, batch_size, on_batch, dtype=embedding_autocast(resolved, precision))
     except BaseException:
         writer.abort()
         raise

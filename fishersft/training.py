@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from fishersft.embedding import Precision, embedding_autocast, length_sorted_batches, pre_logits
+from fishersft.embedding import Precision, autocast, embedding_autocast, length_sorted_batches, pre_logits
 from fishersft.encoding import Encoded
 
 
@@ -50,17 +50,20 @@ DEFAULT_LORA, DEFAULT_TRAINING = LoraSettings(), TrainingSettings()
 
 
 def autocast_dtype(device: torch.device, precision: Precision = "auto") -> torch.dtype | None:
-    """bfloat16 autocast on CUDA and on CPUs with native bfloat16 (see `embedding_autocast`); float32 elsewhere.
-    LoRA weights, gradients and optimizer state stay float32."""
-    return torch.bfloat16 if device.type == "cuda" else embedding_autocast(device, precision)
+    """`auto`: bfloat16 autocast on CUDA (the weights are float32 here) and on CPUs with native bfloat16 (see
+    `embedding_autocast`), float32 elsewhere; `float32` and `bfloat16` force one. LoRA weights, gradients and
+    optimizer state stay float32."""
+    if device.type == "cuda" and precision == "auto":
+        return torch.bfloat16
+    return embedding_autocast(device, precision)
 
 
 def batch_loss(
-    model: PreTrainedModel, encoded: Sequence[Encoded], batch: list[int], autocast: torch.dtype | None
+    model: PreTrainedModel, encoded: Sequence[Encoded], batch: list[int], dtype: torch.dtype | None
 ) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy of the loss tokens of the examples `batch`, and how many there are."""
-    vectors, labels = pre_logits(model, encoded, batch, autocast)
-    with torch.autocast(vectors.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+    vectors, labels = pre_logits(model, encoded, batch, dtype)
+    with autocast(vectors.device, dtype):
         logits = model.get_output_embeddings()(vectors)
     return F.cross_entropy(logits.float(), labels, reduction="sum"), len(labels)
 
@@ -137,7 +140,7 @@ def train_lora(
     )
     peft_model = get_peft_model(model, config)
     causal_lm = peft_model.get_base_model()
-    autocast = autocast_dtype(next(model.parameters()).device, settings.precision)
+    dtype = autocast_dtype(next(model.parameters()).device, settings.precision)
     total = settings.total_steps(len(train))
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=settings.learning_rate)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / total)
@@ -148,7 +151,7 @@ def train_lora(
     step = 0
     while step < total:
         for batch in shuffled_batches(train, settings.batch_size, generator):
-            loss_sum, n = batch_loss(causal_lm, train, batch, autocast)
+            loss_sum, n = batch_loss(causal_lm, train, batch, dtype)
             loss = loss_sum / n
             loss.backward()
             optimizer.step()

@@ -56,9 +56,9 @@ def test_real_features_through_the_lm_head_reproduce_the_models_logits(smollm2, 
     examples = read_jsonl(english)[::100]
     encoded = encode_all(examples, tokenizer, 1024)
     stores = {}
-    for precision, autocast in (("float32", None), ("bfloat16", torch.bfloat16)):
+    for precision, dtype in (("float32", None), ("bfloat16", torch.bfloat16)):
         writer = FeatureStoreWriter(tmp_path / precision, [len(e.targets) for e in encoded], 576, range(len(encoded)))
-        embed(model, encoded, writer, batch_size=4, autocast=autocast)  # padded, length-sorted batches
+        embed(model, encoded, writer, batch_size=4, dtype=dtype)  # padded, length-sorted batches
         stores[precision] = load_features(writer.commit())
     head = model.get_output_embeddings()
     agree = total = 0

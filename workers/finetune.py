@@ -13,11 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from fishersft.dataset import Example
-from fishersft.embedding import load_model, resolve_device
+from fishersft.embedding import resolve_device
 from fishersft.encoding import Encoded
 from fishersft.finetuning import HeldOut, compare, finetune, held_out_file, held_out_split, ids_sha256, plot_curves
 from fishersft.pipeline import encode_file, select_features
@@ -90,7 +89,7 @@ def _finetune(request: dict[str, Any], settings: Settings, store: ArtifactStore,
     if held is not None:
         progress("evaluating", 0, 1)
         start = time.perf_counter()
-        before = held.evaluate(load_model(model_dir, device, dtype=torch.float32)[0])
+        before = held.evaluate_base(model_dir, device)
         progress("evaluating", 1, 1)
         timings["evaluate_s"] = time.perf_counter() - start
         progress.event("evaluated", f"held-out loss before training {before['loss']:.4f}", loss=before["loss"])

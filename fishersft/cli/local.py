@@ -97,13 +97,14 @@ def compare_command(args: argparse.Namespace) -> None:
     from fishersft.finetuning import compare, plot_curves
 
     model = args.model or DEFAULT_MODEL
+    model_dir = resolve_model(model)
     with ProgressBars() as progress, tempfile.TemporaryDirectory(prefix="fishersft-") as tmp:
         embedding = embed_dataset(
-            args.data, resolve_model(model), Path(tmp) / "features", max_length=args.max_length, progress=progress
+            args.data, model_dir, Path(tmp) / "features", max_length=args.max_length, progress=progress
         )
         result = compare(
             Path(args.data),
-            resolve_model(model),
+            model_dir,
             args.budget,
             embedding.features,
             seeds=range(args.random_seeds),
