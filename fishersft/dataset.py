@@ -125,7 +125,7 @@ def _example(record: dict[str, Any], number: int) -> Example:
     if isinstance(example_id, bool) or not isinstance(example_id, str | int):
         raise _BadLine(f'"id" must be a string or an integer, got {json.dumps(example_id)}')
     shape = present[0]
-    labels = {k: v for k, v in record.items() if isinstance(v, str) and k not in OWN_KEYS}
+    labels = _labels(record)
     if shape == "prompt_response":
         return Example(
             example_id,
@@ -138,6 +138,16 @@ def _example(record: dict[str, Any], number: int) -> Example:
     if shape == "text":
         return Example(example_id, number, shape, text=_string(record, "text"), labels=labels)
     return Example(example_id, number, shape, messages=_messages(record["messages"]), labels=labels)
+
+
+def _labels(record: dict[str, Any]) -> dict[str, str]:
+    return {k: v for k, v in record.items() if isinstance(v, str) and k not in OWN_KEYS}
+
+
+def read_labels(path: str | Path) -> list[dict[str, str]]:
+    """Each example's labels, in order, from a dataset that was validated before (an upload): JSON parsing only."""
+    with open(path, "rb") as f:
+        return [_labels(record) for line in f if (record := _parse(line)) is not None]
 
 
 def _string(record: dict[str, Any], key: str, empty_ok: bool = False) -> str:

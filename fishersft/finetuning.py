@@ -23,9 +23,10 @@ from fishersft.dataset import Example, ExampleId
 from fishersft.embedding import load_model
 from fishersft.encoding import Encoded
 from fishersft.features import FeatureSet
+from fishersft.groups import group_coverage
 from fishersft.holdout import holdout
 from fishersft.pipeline import Progress, encode_file
-from fishersft.selection import Budget, select
+from fishersft.selection import Budget, Method, Weighting, select
 from fishersft.training import (
     DEFAULT_LORA,
     DEFAULT_TRAINING,
@@ -35,6 +36,7 @@ from fishersft.training import (
     example_losses,
     train_lora,
 )
+from fishersft.variants import run_label
 
 MAX_CURVE_POINTS = 200
 """Training losses kept per run: every step up to this many, else evenly sampled (last step included)."""
@@ -155,48 +157,63 @@ class Run:
     seed: int | None
     budget: Budget
     indices: list[int]
+    weighting: Weighting | None = None
+    """The fisher objective's weighting; None for random subsets."""
 
 
 def comparison_runs(
-    features: FeatureSet, budget_examples: int, seeds: Sequence[int], exclude: Sequence[int], lam: float
+    features: FeatureSet,
+    budget_examples: int,
+    seeds: Sequence[int],
+    exclude: Sequence[int],
+    lam: float,
+    weightings: Sequence[Weighting] = ("tokens",),
 ) -> list[Run]:
-    """The subsets a comparison trains: fisher and each seeded random subset at `budget_examples` examples, then
-    fisher at the mean loss tokens of those random subsets (equal cost: a fisher subset of K examples can hold
-    several times the tokens of a random one)."""
+    """The subsets a comparison trains: each seeded random subset at `budget_examples` examples, fisher under
+    each weighting at `budget_examples` examples and at the random subsets' mean loss tokens (equal cost: a
+    fisher subset of K examples can hold several times the tokens of a random one)."""
     flat = torch.from_numpy(np.asarray(features.features, dtype=np.float32))
     offsets = torch.from_numpy(features.offsets)
     lengths = np.diff(features.offsets)
 
-    def pick(budget: Budget, method: str, seed: int = 0) -> list[int]:
-        return select(flat, offsets, budget, method=method, lam=lam, seed=seed, exclude=exclude).indices  # type: ignore[arg-type]
+    def pick(budget: Budget, method: Method, seed: int = 0, weighting: Weighting = "tokens") -> list[int]:
+        return select(
+            flat, offsets, budget, method=method, lam=lam, seed=seed, exclude=exclude, weighting=weighting
+        ).indices
 
     by_examples = Budget(examples=budget_examples)
-    runs = [Run("fisher", None, by_examples, pick(by_examples, "fisher"))]
-    runs += [Run("random", s, by_examples, pick(by_examples, "random", s)) for s in seeds]
-    tokens = round(statistics.mean(int(lengths[r.indices].sum()) for r in runs[1:])) if seeds else 0
+    random = [Run("random", s, by_examples, pick(by_examples, "random", s)) for s in seeds]
+    fisher = [Run("fisher", None, by_examples, pick(by_examples, "fisher", weighting=w), w) for w in weightings]
+    tokens = round(statistics.mean(int(lengths[r.indices].sum()) for r in random)) if random else 0
     if tokens:
         by_tokens = Budget(tokens=tokens)
-        runs.append(Run("fisher", None, by_tokens, pick(by_tokens, "fisher")))
-    return runs
+        fisher += [Run("fisher", None, by_tokens, pick(by_tokens, "fisher", weighting=w), w) for w in weightings]
+    return fisher[: len(weightings)] + random + fisher[len(weightings) :]
 
 
-def run_row(run: Run, examples: Sequence[Example], encoded: Sequence[Encoded], result: dict[str, Any]) -> dict:
-    """One line of the comparison table."""
+def run_row(
+    run: Run, examples: Sequence[Example], encoded: Sequence[Encoded], pool: Sequence[int], group_by: str, result: dict
+) -> dict:
+    """One line of the comparison table; `pool` are the indices selection could choose from."""
     evaluation = result["eval"]
+    loss_tokens = sum(len(encoded[i].targets) for i in run.indices)
+    mean_tokens = statistics.mean(len(encoded[i].targets) for i in pool)
     return {
         "method": run.method,
+        "weighting": run.weighting,
         "seed": run.seed,
         "budget_kind": "examples" if run.budget.examples is not None else "tokens",
         "budget": run.budget.as_dict(),
         "examples": len(run.indices),
-        "loss_tokens": sum(len(encoded[i].targets) for i in run.indices),
+        "loss_tokens": loss_tokens,
+        "length_ratio": loss_tokens / len(run.indices) / mean_tokens if run.indices else 0.0,
+        "groups": group_coverage([e.labels.get(group_by) for e in examples], run.indices, group_by, pool),
         "ids_sha256": ids_sha256([examples[i].id for i in run.indices]),
         "loss_before": evaluation["before"]["loss"],
         "loss_after": evaluation["after"]["loss"],
         "perplexity_before": evaluation["before"]["perplexity"],
         "perplexity_after": evaluation["after"]["perplexity"],
         "worst_group": evaluation["after"]["worst_group"],
-        "categories": len({examples[i].labels.get("category") for i in run.indices} - {None}),
         "steps": result["steps"],
         "curve": evaluation["curve"],
         "train_s": result["timings"]["train_s"],
@@ -204,17 +221,20 @@ def run_row(run: Run, examples: Sequence[Example], encoded: Sequence[Encoded], r
 
 
 def summarize(rows: Sequence[dict]) -> dict[str, Any]:
-    """Per budget kind: fisher's held-out loss after training against the random runs' mean, min and max (and
-    the same for the worst group)."""
+    """Per budget kind: each fisher weighting's held-out loss after training against the random runs' mean, min
+    and max (and the same for the worst group)."""
     summary = {}
+    random = [r for r in rows if r["method"] == "random"]
     for kind in ("examples", "tokens"):
         fisher = [r for r in rows if r["budget_kind"] == kind and r["method"] == "fisher"]
-        random = [r for r in rows if r["method"] == "random"]
         if not fisher or not random:
             continue
-        entry = {"fisher": fisher[0]["loss_after"], "random": _spread([r["loss_after"] for r in random])}
+        entry: dict[str, Any] = {
+            "fisher": {r["weighting"]: r["loss_after"] for r in fisher},
+            "random": _spread([r["loss_after"] for r in random]),
+        }
         if fisher[0]["worst_group"]:
-            entry["fisher_worst_group"] = fisher[0]["worst_group"]["loss"]
+            entry["fisher_worst_group"] = {r["weighting"]: r["worst_group"]["loss"] for r in fisher}
             entry["random_worst_group"] = _spread([r["worst_group"]["loss"] for r in random])
         summary[kind] = entry
     return summary
@@ -237,9 +257,8 @@ def plot_curves(rows: Sequence[dict], out: Path, title: str) -> Path:
         random_runs = [r for r in rows if r["method"] == "random"]
         for row in [r for r in rows if r["budget_kind"] == kind] + (random_runs if kind == "tokens" else []):
             steps, losses = zip(*row["curve"], strict=True)
-            label = f"{row['method']}" + (f" seed {row['seed']}" if row["seed"] is not None else "")
-            label += f": {row['examples']} ex, {row['loss_tokens']:,} tok"
-            style = {"color": "tab:blue", "linewidth": 2.2} if row["method"] == "fisher" else {"alpha": 0.7}
+            label = f"{run_label(row)}: {row['examples']} ex, {row['loss_tokens']:,} tok"
+            style = {"linewidth": 2.2} if row["method"] == "fisher" else {"alpha": 0.6, "linestyle": "--"}
             axis.plot(steps, losses, marker="o", markersize=3, label=label, **style)
         budget = next(r["budget"] for r in rows if r["budget_kind"] == kind)
         axis.set_title(f"equal {kind}: {json.dumps(budget)}")
@@ -265,6 +284,7 @@ def compare(
     stratify_by: str = "category",
     eval_data: Path | None = None,
     lam: float = 1.0,
+    weightings: Sequence[Weighting] = ("tokens",),
     lora: LoraSettings = DEFAULT_LORA,
     training: TrainingSettings = DEFAULT_TRAINING,
     max_length: int = 1024,
@@ -274,7 +294,8 @@ def compare(
 ) -> dict[str, Any]:
     """Train the fisher subset and each seeded random subset of `data` (whose `features` are given) with identical
     settings, evaluate all on the same held-out set (`eval_data`, or a stratified `holdout_fraction` of `data`
-    that is never selected), at equal examples and at equal loss tokens. Returns the comparison's JSON."""
+    that is never selected), at equal examples and at equal loss tokens, fisher under each of `weightings`.
+    Returns the comparison's JSON."""
     device = device or torch.device("cpu")
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
@@ -284,7 +305,8 @@ def compare(
     else:
         held, exclude = held_out_split(examples, encoded, holdout_fraction or 0.1, stratify_by)
     before = held.evaluate_base(model_dir, device)
-    runs = comparison_runs(features, budget_examples, seeds, exclude, lam)
+    runs = comparison_runs(features, budget_examples, seeds, exclude, lam, weightings)
+    pool = sorted(set(range(len(examples))) - set(exclude))
     prepared_s = time.perf_counter() - started
     totals = [training.total_steps(len(run.indices)) for run in runs]
     rows = []
@@ -306,7 +328,7 @@ def compare(
             eval_points=eval_points,
             on_step=on_step,
         )
-        rows.append(run_row(run, examples, encoded, result))
+        rows.append(run_row(run, examples, encoded, pool, stratify_by, result))
     return {
         "n_examples": len(examples),
         "held_out": {

@@ -2,7 +2,7 @@
 store, then select from features."""
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +15,7 @@ from fishersft.embedding import Precision, embed, embedding_autocast, load_model
 from fishersft.encoding import Encoded, encode_all
 from fishersft.errors import InputError
 from fishersft.features import FeatureSet, FeatureStoreWriter, load_features
+from fishersft.groups import group_coverage, group_field
 from fishersft.selection import Budget, Method, Weighting, select
 
 Progress = Callable[[str, int, int], None]
@@ -90,11 +91,15 @@ def select_features(
     warm_start_ids: Sequence[ExampleId] = (),
     exclude: Sequence[int] = (),
     weighting: Weighting = "tokens",
+    labels: Sequence[Mapping[str, str]] | None = None,
+    group_by: str | None = None,
     progress: Progress | None = None,
     model: str | None = None,
 ) -> dict:
     """Run the selection; the result as the JSON object the CLI prints and the service returns. `model` names
-    the model the features came from (None for uploaded features); `exclude` are indices never selected."""
+    the model the features came from (None for uploaded features); `exclude` are indices never selected.
+    `labels` are the rows' string fields (None for features input): the result counts the groups of `group_by`
+    (default: `category` or `source`, whichever the rows carry) that the selection covers."""
     start = time.perf_counter()
     index = {str(i): k for k, i in enumerate(features.ids)}
     unknown = [i for i in warm_start_ids if str(i) not in index]
@@ -123,6 +128,15 @@ def select_features(
         on_step=on_step,
     )
     lengths = np.diff(features.offsets)
+    if labels is not None and len(labels) != len(features.ids):
+        raise ValueError(f"{len(labels)} label rows for {len(features.ids)} examples")
+    if group_by is not None and not any(group_by in row for row in labels or ()):
+        raise InputError(f"group_by: no row of the dataset has a string field {group_by!r}")
+    field = group_field(labels, group_by) if labels is not None else None
+    groups = None
+    if field is not None:
+        pool = sorted(set(range(len(features.ids))) - set(exclude))
+        groups = group_coverage([row.get(field) for row in labels], selection.indices, field, pool)  # type: ignore[union-attr]
     n_selected_tokens = int(lengths[selection.indices].sum())
     # loss tokens per selected example against the dataset's mean: what a random subset of the same size holds
     length_ratio = n_selected_tokens / len(selection.indices) / lengths.mean() if selection.indices else 0.0
@@ -147,6 +161,7 @@ def select_features(
         "n_loss_tokens": features.n_tokens,
         "n_selected_loss_tokens": n_selected_tokens,
         "length_ratio": float(length_ratio),
+        "groups": groups,
         "warnings": warnings,
         "gain_evaluations": selection.evaluations,
         "timings": {"select_s": time.perf_counter() - start},

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from fishersft.errors import InputError
 from fishersft.features import FeaturesError, FeatureSet, FeatureStoreWriter, load_features
 from fishersft.pipeline import select_features
 from fishersft.selection import Budget
@@ -107,3 +108,30 @@ def test_length_ratio_and_the_long_examples_warning():
     assert by_tokens["length_ratio"] == pytest.approx(1 / 4.8) and by_tokens["warnings"] == []
     short = select_features(features, Budget(examples=2), method="random", seed=0, exclude=[4])
     assert short["length_ratio"] == pytest.approx(1 / 4.8) and short["warnings"] == []
+
+
+def test_groups_covered_are_counted_on_the_rows_grouping_field():
+    """Five examples in three categories and two sources; the result counts the selection's distinct groups
+    against those of the examples it could choose from (a held-out example's group is not counted)."""
+    lengths = [1, 1, 1, 1, 20]
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    features = FeatureSet(np.random.default_rng(0).standard_normal((24, 8)).astype(np.float32), offsets, list(range(5)))
+    labels = [
+        {"category": "a", "source": "x"},
+        {"category": "a", "source": "x"},
+        {"category": "b", "source": "y"},
+        {"source": "y"},
+        {"category": "c", "source": "y"},
+    ]
+    chosen = select_features(features, Budget(examples=2), method="random", seed=0, labels=labels)
+    expected = len({labels[i].get("category") for i in chosen["selected"]} - {None})
+    assert chosen["groups"] == {"field": "category", "covered": expected, "total": 3}
+    everything = select_features(features, Budget(examples=5), labels=labels, group_by="source")
+    assert everything["groups"] == {"field": "source", "covered": 2, "total": 2}
+    held_out = select_features(features, Budget(examples=4), labels=labels, exclude=[4])
+    assert held_out["groups"] == {"field": "category", "covered": 2, "total": 2}
+    assert select_features(features, Budget(examples=1))["groups"] is None  # features input: no rows
+    no_field = [{"language": "en"}] * 5
+    assert select_features(features, Budget(examples=1), labels=no_field)["groups"] is None
+    with pytest.raises(InputError, match="no row of the dataset has a string field 'topic'"):
+        select_features(features, Budget(examples=1), labels=labels, group_by="topic")

@@ -116,24 +116,32 @@ def test_a_comparison_makes_its_table_and_plot(service, task):
         "training": {**TRAINING, "epochs": 1},
         "eval": {"holdout_fraction": 0.2},
         "eval_points": 2,
+        "weightings": ["tokens", "mean"],
     }
     created = service.client.post("/v1/comparisons", json=body)
     assert created.status_code == 202, created.text
     done = service.wait(created.json()["id"])
     assert done["status"] == "succeeded", done
     runs = done["result"]["runs"]
-    assert [(r["method"], r["seed"], r["budget_kind"]) for r in runs] == [
-        ("fisher", None, "examples"),
-        ("random", 0, "examples"),
-        ("random", 1, "examples"),
-        ("fisher", None, "tokens"),
+    assert [(r["method"], r["weighting"], r["seed"], r["budget_kind"]) for r in runs] == [
+        ("fisher", "tokens", None, "examples"),
+        ("fisher", "mean", None, "examples"),
+        ("random", None, 0, "examples"),
+        ("random", None, 1, "examples"),
+        ("fisher", "tokens", None, "tokens"),
+        ("fisher", "mean", None, "tokens"),
     ]
-    assert all(r["examples"] == 8 for r in runs[:3])
-    assert runs[3]["budget"] == {"tokens": round((runs[1]["loss_tokens"] + runs[2]["loss_tokens"]) / 2)}
-    assert runs[3]["loss_tokens"] <= runs[3]["budget"]["tokens"]
+    assert all(r["examples"] == 8 for r in runs[:4])
+    mean_tokens = round((runs[2]["loss_tokens"] + runs[3]["loss_tokens"]) / 2)
+    assert all(r["budget"] == {"tokens": mean_tokens} and r["loss_tokens"] <= mean_tokens for r in runs[4:])
+    assert all(r["groups"]["field"] == "category" and r["groups"]["total"] == 2 for r in runs)
+    assert all(r["length_ratio"] > 0 for r in runs)
     assert len({r["loss_before"] for r in runs}) == 1
     assert all(r["curve"][0] == [0, r["loss_before"]] and r["curve"][-1][0] == r["steps"] for r in runs)
-    assert set(done["result"]["summary"]) == {"examples", "tokens"}
+    summary = done["result"]["summary"]
+    assert set(summary) == {"examples", "tokens"}
+    assert summary["tokens"]["fisher"] == {"tokens": runs[4]["loss_after"], "mean": runs[5]["loss_after"]}
+    assert summary["examples"]["random"]["min"] == min(runs[2]["loss_after"], runs[3]["loss_after"])
     plot = service.client.get(done["result"]["plot_url"])
     assert plot.status_code == 200 and plot.headers["content-type"] == "image/png"
     image = matplotlib.image.imread(io.BytesIO(plot.content), format="png")
@@ -165,9 +173,15 @@ def test_bad_training_settings_get_a_422_naming_the_field(service, task, tmp_pat
         response = service.client.post("/v1/finetunes", json=body)
         assert response.status_code == 422, (body, response.text)
         assert field in [d["field"] for d in response.json()["error"]["details"]], (body, response.json())
-    comparison = {"dataset_id": dataset["id"], "budget": {"examples": 5}, "lora": {"target_modules": ["nope"]}}
-    response = service.client.post("/v1/comparisons", json=comparison)
-    assert response.status_code == 422 and response.json()["error"]["details"][0]["field"] == "body.lora.target_modules"
+    comparison = {"dataset_id": dataset["id"], "budget": {"examples": 5}}
+    for extra, field in (
+        ({"lora": {"target_modules": ["nope"]}}, "body.lora.target_modules"),
+        ({"weightings": ["tokens", "tokens"]}, "body.weightings"),
+        ({"weightings": []}, "body.weightings"),
+        ({"weightings": ["words"]}, "body.weightings.0"),
+    ):
+        response = service.client.post("/v1/comparisons", json={**comparison, **extra})
+        assert response.status_code == 422 and response.json()["error"]["details"][0]["field"] == field, extra
     assert service.client.get("/v1/finetunes/ft_nope").json()["error"]["code"] == "finetune_not_found"
     assert service.client.get("/v1/comparisons/cmp_nope/plot.png").status_code == 404
 

@@ -208,3 +208,18 @@ def test_examples_weighting_is_the_tokens_objective_on_features_scaled_by_one_ov
     )
     with pytest.raises(ValueError, match="unknown weighting"):
         select(features, offsets, budget, weighting="sentences")
+
+
+@pytest.mark.parametrize("budget", [Budget(examples=6), Budget(tokens=25)])
+def test_mean_weighting_is_the_tokens_objective_on_one_mean_row_per_example(budget):
+    """`mean`: Sigma sums the outer product of each example's mean feature; the budget still counts the
+    example's loss tokens (its training cost), not its one row."""
+    features, offsets, blocks = random_dataset(12, ties=True)
+    means = [b.mean(0, keepdim=True) for b in blocks]
+    by_mean = select(features, offsets, budget, weighting="mean")
+    assert by_mean.objective == pytest.approx(logdet_of(means, by_mean.indices, 1.0), rel=1e-6)
+    lengths = offsets.diff()
+    spent = len(by_mean.indices) if budget.examples is not None else int(lengths[by_mean.indices].sum())
+    assert spent <= (budget.examples or budget.tokens)
+    if budget.examples is not None:  # unit costs: the naive greedy on the mean rows picks the same
+        assert by_mean.indices == naive_greedy(means, budget.examples, 1.0)

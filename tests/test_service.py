@@ -33,6 +33,7 @@ def test_upload_select_poll_ids_equal_the_core_pipeline(service, llama_dir, tmp_
     service.start_worker()
     dataset = service.upload(SAMPLE, name="sample")
     assert dataset["format"] == "jsonl" and dataset["n_examples"] == 200 and dataset["name"] == "sample"
+    assert dataset["labels"] == {"category": 5}
     job = service.select(dataset_id=dataset["id"], budget={"examples": 15}, max_length=64)
     assert job["status"] in ("queued", "running") and job["request"]["model"] == "tiny"
     done = service.wait(job["id"])
@@ -42,6 +43,8 @@ def test_upload_select_poll_ids_equal_the_core_pipeline(service, llama_dir, tmp_
         embed_dataset(SAMPLE, llama_dir, tmp_path / "core", max_length=64).features, Budget(examples=15)
     )
     assert done["result"]["selected"] == core["selected"]
+    categories = {i.split("-")[0] for i in core["selected"]}
+    assert done["result"]["groups"] == {"field": "category", "covered": len(categories), "total": 5}
     ids = service.client.get(f"/v1/selections/{job['id']}/ids")
     assert ids.headers["content-type"].startswith("text/plain")
     assert ids.text.splitlines() == [str(i) for i in core["selected"]]
@@ -156,6 +159,7 @@ def test_bad_requests_get_a_4xx_naming_the_field(service):
         ({"dataset_id": dataset["id"], "budget": {"examples": 0}}, "body.budget.examples"),
         ({"dataset_id": dataset["id"], "budget": {"examples": 5}, "method": "best"}, "body.method"),
         ({"dataset_id": dataset["id"], "budget": {"examples": 5}, "weighting": "words"}, "body.weighting"),
+        ({"dataset_id": dataset["id"], "budget": {"examples": 5}, "group_by": "topic"}, "body.group_by"),
         ({"dataset_id": dataset["id"], "budget": {"examples": 5}, "lambda": -1}, "body.lambda"),
         ({"dataset_id": "ds_nope", "budget": {"examples": 5}}, "body.dataset_id"),
         ({"dataset_id": dataset["id"], "budget": {"examples": 5}, "model": "/etc"}, "body.model"),

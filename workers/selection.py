@@ -3,6 +3,7 @@ computed for (dataset, model, max_length) are kept in the store and reused by la
 
 from typing import Any
 
+from fishersft.dataset import read_labels
 from fishersft.pipeline import select_features
 from fishersft.selection import Budget
 from fishersft.service.settings import Settings
@@ -18,6 +19,7 @@ def _select(request: dict[str, Any], settings: Settings, store: ArtifactStore, p
     dataset = dataset_record(store, request["dataset_id"])
     model = request["model"] if dataset["format"] == "jsonl" else None
     features, cost = dataset_features(dataset, model, request["max_length"], settings, store, progress)
+    labels = read_labels(store.blob(dataset["sha256"])) if dataset["format"] == "jsonl" else None
     result = select_features(
         features,
         Budget(**request["budget"]),
@@ -26,6 +28,8 @@ def _select(request: dict[str, Any], settings: Settings, store: ArtifactStore, p
         seed=request["seed"],
         warm_start_ids=request["warm_start_ids"],
         weighting=request.get("weighting", "tokens"),
+        labels=labels,
+        group_by=request.get("group_by"),
         progress=progress,
         model=model,
     )

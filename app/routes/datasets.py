@@ -14,6 +14,7 @@ from app.schemas import Dataset, Page
 from fishersft.dataset import iter_examples
 from fishersft.errors import DatasetError, InputError
 from fishersft.features import load_features
+from fishersft.groups import LabelCounter
 from fishersft.service.store import ArtifactStore
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -39,7 +40,7 @@ def create_dataset(
     temp = store.temp_file(suffix)
     try:
         with _Upload(file, temp) as upload:
-            n_examples, n_loss_tokens = _validated(lambda: _counts(upload, fmt), temp, file.filename)
+            n_examples, n_loss_tokens, labels = _validated(lambda: _counts(upload, fmt), temp, file.filename)
             upload.finish()
         dataset_id = f"ds_{upload.sha256[:24]}"
         existing = store.dataset(dataset_id)
@@ -50,6 +51,7 @@ def create_dataset(
                 format=fmt,
                 n_examples=n_examples,
                 n_loss_tokens=n_loss_tokens,
+                labels=labels,
                 sha256=upload.sha256,
                 bytes=upload.size,
                 created_at=datetime.now(UTC),
@@ -102,14 +104,18 @@ class _Upload:
         return self.digest.hexdigest()
 
 
-def _counts(upload: _Upload, fmt: str) -> tuple[int, int | None]:
-    """Examples and loss tokens: JSONL is validated line by line as it is copied (only ids are kept, for
-    duplicates), a features file is read whole once copied."""
+def _counts(upload: _Upload, fmt: str) -> tuple[int, int | None, dict[str, int]]:
+    """Examples, loss tokens and label fields: JSONL is validated line by line as it is copied (only ids and
+    label values are kept), a features file is read whole once copied."""
     if fmt == "jsonl":
-        return sum(1 for _ in iter_examples(upload.lines())), None
+        labels, n = LabelCounter(), 0
+        for example in iter_examples(upload.lines()):
+            labels.add(example.labels)
+            n += 1
+        return n, None, labels.counts()
     upload.finish()
     features = load_features(upload.target)
-    return len(features.ids), features.n_tokens
+    return len(features.ids), features.n_tokens, {}
 
 
 def _validated(check: Callable[[], T], temp: Path, filename: str | None) -> T:

@@ -32,6 +32,8 @@ def create_selection(
     dataset = dataset_for(store, body.dataset_id, "body.dataset_id")
     if dataset["format"] == "jsonl":
         body.model = known_model(settings, body.model, "body.model")
+    if body.group_by is not None:
+        known_label(dataset, body.group_by, "body.group_by")
     return create_job(jobs, redis, body, idempotency_key, response)
 
 
@@ -53,6 +55,19 @@ def dataset_for(store: ArtifactStore, dataset_id: str, field: str, jsonl: bool =
             [{"field": field, "message": "name a JSONL dataset"}],
         )
     return dataset
+
+
+def known_label(dataset: dict, field: str, name: str) -> None:
+    """A 422 naming the request field unless the dataset's rows carry the string field `field`."""
+    labels = dataset.get("labels")
+    if dataset["format"] != "jsonl" or (labels is not None and field not in labels):
+        carried = ", ".join(labels or {}) or "none"
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"the rows of dataset {dataset['id']!r} have no string field {field!r}",
+            [{"field": name, "message": f"name a field the rows carry (the dataset's labels: {carried})"}],
+        )
 
 
 def known_model(settings: Settings, model: str | None, field: str) -> str:

@@ -21,10 +21,12 @@ from fishersft.cli.common import (
 )
 from fishersft.cli.remote import run_remote_compare, run_remote_select
 from fishersft.client import ServiceClient
+from fishersft.dataset import read_labels
 from fishersft.errors import InputError
 from fishersft.features import is_features_path, load_features
 from fishersft.models import BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_dir, prepared_dir, resolve_model
 from fishersft.pipeline import embed_dataset, select_features
+from fishersft.variants import WEIGHTINGS, run_label
 
 
 def run_select(args: argparse.Namespace) -> dict:
@@ -36,7 +38,9 @@ def run_select(args: argparse.Namespace) -> dict:
         if is_features_path(data):
             if args.model:
                 raise InputError("--model is for JSONL datasets; features input needs no model")
-            features, truncated, embed_s, model = load_features(data), 0, 0.0, None
+            if args.group_by:
+                raise InputError("--group-by is for JSONL datasets; features files carry no row fields")
+            features, truncated, embed_s, model, labels = load_features(data), 0, 0.0, None, None
         else:
             if args.features_out and args.features_out.exists():
                 raise InputError(f"--features-out {args.features_out} already exists; remove it or pick another")
@@ -52,6 +56,7 @@ def run_select(args: argparse.Namespace) -> dict:
                 progress=progress,
             )
             features, truncated, embed_s = embedding.features, embedding.truncated, embedding.seconds
+            labels = read_labels(data)
         result = select_features(
             features,
             budget(args),
@@ -60,6 +65,8 @@ def run_select(args: argparse.Namespace) -> dict:
             seed=args.seed,
             warm_start_ids=warm_start,
             weighting=args.weighting,
+            labels=labels,
+            group_by=args.group_by,
             progress=progress,
             model=model,
         )
@@ -112,6 +119,7 @@ def compare_command(args: argparse.Namespace) -> None:
             stratify_by=args.stratify_by,
             eval_data=args.eval_data,
             lam=args.lam,
+            weightings=args.weightings,
             lora=lora_settings(args),
             training=training_settings(args),
             max_length=args.max_length,
@@ -125,17 +133,26 @@ def compare_command(args: argparse.Namespace) -> None:
     print_comparison(result)
 
 
+def weightings(text: str) -> list[str]:
+    """`--weightings tokens,mean`: known names, each once."""
+    names = [w.strip() for w in text.split(",")]
+    unknown = [w for w in names if w not in WEIGHTINGS]
+    if unknown or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: name each of {', '.join(WEIGHTINGS)} at most once")
+    return names
+
+
 def print_comparison(result: dict) -> None:
     print(
-        f"{'method':<7} {'seed':>4} {'budget':>16} {'examples':>8} {'loss tok':>8} {'before':>7} {'after':>7} "
+        f"{'run':<16} {'budget':>16} {'examples':>8} {'loss tok':>8} {'groups':>7} {'before':>7} {'after':>7} "
         "worst group"
     )
     for r in result["runs"]:
-        worst = r["worst_group"]
+        worst, groups = r["worst_group"], r["groups"]
         budget = " ".join(f"{v} {k}" for k, v in r["budget"].items())
         print(
-            f"{r['method']:<7} {r['seed'] if r['seed'] is not None else '':>4} {budget:>16} {r['examples']:>8} "
-            f"{r['loss_tokens']:>8,} {r['loss_before']:>7.3f} {r['loss_after']:>7.3f} "
+            f"{run_label(r):<16} {budget:>16} {r['examples']:>8} {r['loss_tokens']:>8,} "
+            f"{groups['covered']:>3}/{groups['total']:<3} {r['loss_before']:>7.3f} {r['loss_after']:>7.3f} "
             + (f"{worst['group']} {worst['loss']:.3f}" if worst else "")
         )
 
@@ -177,6 +194,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     compare.add_argument("--random-seeds", type=positive_int, default=3, metavar="N", help="random subsets (3)")
     compare.add_argument("--lambda", dest="lam", type=positive_float, default=1.0, metavar="L", help="ridge (1.0)")
     compare.add_argument("--max-length", type=positive_int, default=1024, metavar="M", help="tokens (1024)")
+    compare.add_argument(
+        "--weightings",
+        type=weightings,
+        default=["tokens"],
+        metavar="W[,W]",
+        help=f"fisher weightings to train, comma-separated, of {', '.join(WEIGHTINGS)} (default: tokens)",
+    )
     compare.add_argument("--out-dir", type=Path, default=Path("comparison"), help="where the table and plot go")
     add_training_arguments(compare)
     add_server_arguments(compare, required=False)
@@ -213,9 +237,15 @@ def add_select_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", choices=["fisher", "random"], default="fisher")
     parser.add_argument(
         "--weighting",
-        choices=["tokens", "examples"],
+        choices=WEIGHTINGS,
         default="tokens",
-        help="tokens: the paper's sum over loss tokens (default); examples: each example's mean outer product",
+        help="tokens: the paper's sum over loss tokens (default); examples: each example's mean outer product; "
+        "mean: the outer product of each example's mean feature",
+    )
+    parser.add_argument(
+        "--group-by",
+        metavar="FIELD",
+        help="a string field of the rows whose groups the result counts (default: category or source)",
     )
     parser.add_argument(
         "--lambda",

@@ -26,6 +26,7 @@ def run_remote_select(args: argparse.Namespace, client: ServiceClient) -> dict:
         "budget": budget(args).as_dict(),
         "method": args.method,
         "weighting": args.weighting,
+        "group_by": args.group_by,
         "lambda": args.lam,
         "seed": args.seed,
         "max_length": args.max_length,
@@ -120,6 +121,7 @@ def run_remote_compare(args: argparse.Namespace) -> dict | None:
         "lambda": args.lam,
         "max_length": args.max_length,
         "eval_points": args.eval_points,
+        "weightings": args.weightings,
         **training_body(args, client),
     }
     job = client.create("comparisons", body)

@@ -1,5 +1,6 @@
 """FisherSFT selection: pure tensor code, no I/O."""
 
-from fishersft.selection.selector import Budget, Method, Selection, Weighting, select
+from fishersft.selection.selector import Budget, Selection, select
+from fishersft.variants import WEIGHTINGS, Method, Weighting
 
-__all__ = ["Budget", "Method", "Selection", "Weighting", "select"]
+__all__ = ["WEIGHTINGS", "Budget", "Method", "Selection", "Weighting", "select"]

@@ -2,7 +2,6 @@
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor
@@ -10,11 +9,7 @@ from torch import Tensor
 from fishersft.selection.blocks import FeatureBlocks
 from fishersft.selection.greedy import GreedyResult, StepCallback, exact_greedy, lazy_greedy
 from fishersft.selection.logdet import LogDetObjective
-
-Method = Literal["fisher", "random"]
-Weighting = Literal["tokens", "examples"]
-"""How an example's tokens add to Sigma: `tokens`, the paper's sum of x x^T over every loss token; `examples`,
-that sum divided by the example's loss tokens (its mean outer product), so that length alone buys nothing."""
+from fishersft.variants import Method, Weighting
 
 
 @dataclass(frozen=True)
@@ -70,14 +65,10 @@ def select(
     """Select examples from the flat `features` [tokens x d], example i owning rows offsets[i]:offsets[i+1].
 
     Examples in `warm_start` (indices) are already in the design: they seed Sigma and are not chosen again.
-    Examples in `exclude` (indices: a held-out set, say) are never chosen. `weighting`: see Weighting.
+    Examples in `exclude` (indices: a held-out set, say) are never chosen. `weighting`: see WEIGHTING_DOC.
     """
     lengths = offsets.diff()
-    if weighting == "examples":  # rows scaled by 1/sqrt(n_i): X_i^T X_i becomes X_i^T X_i / n_i
-        features = features * lengths.to(features.dtype).rsqrt().repeat_interleave(lengths)[:, None]
-    elif weighting != "tokens":
-        raise ValueError(f"unknown weighting {weighting!r}")
-    blocks = FeatureBlocks(features, offsets)
+    blocks = FeatureBlocks(*weighted(features, offsets, weighting))
     objective = LogDetObjective(blocks, lam)
     for i in warm_start:
         objective.add(i)
@@ -94,6 +85,20 @@ def select(
     else:
         raise ValueError(f"unknown method {method!r}")
     return Selection(result.order, result.gains, start + sum(result.gains), objective.evaluations)
+
+
+def weighted(features: Tensor, offsets: Tensor, weighting: Weighting) -> tuple[Tensor, Tensor]:
+    """The rows and offsets whose sum of outer products per example is that example's term of Sigma."""
+    lengths = offsets.diff()
+    if weighting == "tokens":
+        return features, offsets
+    if weighting == "examples":  # rows scaled by 1/sqrt(n_i): X_i^T X_i becomes X_i^T X_i / n_i
+        return features * lengths.to(features.dtype).rsqrt().repeat_interleave(lengths)[:, None], offsets
+    if weighting == "mean":  # one row per example: its mean feature
+        owner = torch.arange(len(lengths)).repeat_interleave(lengths)
+        sums = torch.zeros(len(lengths), features.shape[1], dtype=features.dtype).index_add_(0, owner, features)
+        return sums / lengths.clamp(min=1).to(features.dtype)[:, None], torch.arange(len(lengths) + 1)
+    raise ValueError(f"unknown weighting {weighting!r}")
 
 
 def _random_order(

@@ -1,0 +1,47 @@
+"""Groups of a dataset (a string field of its rows, such as `category`): how many a subset covers."""
+
+from collections.abc import Iterable, Mapping, Sequence
+
+GROUP_FIELDS = ("category", "source")
+"""Fields a result reports coverage of when the request names none, the first one the rows carry."""
+
+
+def group_field(labels: Iterable[Mapping[str, str]], requested: str | None = None) -> str | None:
+    """`requested`, else the first of GROUP_FIELDS that some row carries, else None."""
+    if requested is not None:
+        return requested
+    present = set().union(*labels)
+    return next((f for f in GROUP_FIELDS if f in present), None)
+
+
+def group_coverage(
+    groups: Sequence[str | None], chosen: Iterable[int], field: str, pool: Iterable[int] | None = None
+) -> dict:
+    """`{field, covered, total}`: distinct groups among the chosen examples, and among the `pool` they were
+    chosen from (default: all). `groups[i]` is example i's value of `field`; rows without it count as no group."""
+    pool = range(len(groups)) if pool is None else pool
+    return {
+        "field": field,
+        "covered": len({groups[i] for i in chosen} - {None}),
+        "total": len({groups[i] for i in pool} - {None}),
+    }
+
+
+MAX_LABEL_VALUES = 10_000
+"""Distinct values counted per label field at upload; beyond that a field is reported as having this many."""
+
+
+class LabelCounter:
+    """Distinct values of each label field over a stream of rows, each field counted up to MAX_LABEL_VALUES."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, set[str]] = {}
+
+    def add(self, labels: Mapping[str, str]) -> None:
+        for key, value in labels.items():
+            seen = self.values.setdefault(key, set())
+            if len(seen) < MAX_LABEL_VALUES:
+                seen.add(value)
+
+    def counts(self) -> dict[str, int]:
+        return {key: len(seen) for key, seen in sorted(self.values.items())}
