@@ -1,10 +1,14 @@
-"""Every error answers `{"error": {"code", "message", "details"}}` with the right status (shared CONVENTIONS)."""
+"""Every error answers `{"error": {"code", "message", "details"}}` with the right status (shared CONVENTIONS):
+ours, FastAPI's validation errors, Starlette's HTTP errors (with their headers, such as 405's `Allow`), Redis
+being unreachable (503, retry later), and any bug (500, logged, never a traceback to the client)."""
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 
 
@@ -14,8 +18,21 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.details = status, code, message, details or []
 
 
-def error_response(status: int, code: str, message: str, details: list[Any] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, "details": details or []}}, status_code=status)
+log = logging.getLogger("fishersft.api")
+
+REDIS_RETRY_AFTER_S = 5
+
+
+def shown(value: str, limit: int = 80) -> str:
+    """A client-given value as an error message quotes it: repr, cut to `limit` characters."""
+    return repr(value if len(value) <= limit else value[:limit] + "...")
+
+
+def error_response(
+    status: int, code: str, message: str, details: list[Any] | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "details": details or []}}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 HTTP_CODES = {
@@ -27,6 +44,9 @@ HTTP_CODES = {
     413: "too_large",
     415: "unsupported_media_type",
     422: "invalid_request",
+    429: "too_many_requests",
+    503: "unavailable",
+    507: "insufficient_storage",
 }
 
 
@@ -42,4 +62,15 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, e: HTTPException) -> JSONResponse:
-        return error_response(e.status_code, HTTP_CODES.get(e.status_code, "error"), str(e.detail))
+        return error_response(e.status_code, HTTP_CODES.get(e.status_code, "error"), str(e.detail), headers=e.headers)
+
+    @app.exception_handler(RedisError)
+    async def redis_unavailable(request: Request, e: RedisError) -> JSONResponse:
+        log.warning("%s %s: Redis unavailable: %s", request.method, request.url.path, e)
+        message = "the job queue (Redis) is unavailable; retry later"
+        return error_response(503, "unavailable", message, headers={"Retry-After": str(REDIS_RETRY_AFTER_S)})
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, e: Exception) -> JSONResponse:
+        log.exception("%s %s failed", request.method, request.url.path)
+        return error_response(500, "internal_error", "the server failed on this request; it has been logged")

@@ -30,7 +30,7 @@ from app.schemas import (
     Selection,
     SelectionResult,
 )
-from fishersft.service.protocol import alive_key, cancel_key
+from fishersft.service.protocol import ID_HEX, alive_key, cancel_key, is_id
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
 
@@ -80,7 +80,7 @@ class Jobs:
         self.queue = Queue(settings.training_queue if kind.training else settings.queue, connection=redis)
 
     def create(self, request: BaseModel) -> JobBody:
-        job_id = f"{self.kind.prefix}_{uuid.uuid4().hex[:24]}"
+        job_id = f"{self.kind.prefix}_{uuid.uuid4().hex[:ID_HEX]}"
         payload = request.model_dump(by_alias=True)
         job = self.queue.enqueue(
             self.kind.function,
@@ -95,7 +95,7 @@ class Jobs:
         return self.view(job)
 
     def get(self, job_id: str) -> JobBody | None:
-        if not job_id.startswith(f"{self.kind.prefix}_"):
+        if not is_id(job_id, self.kind.prefix):
             return None
         try:
             return self.view(Job.fetch(job_id, connection=self.redis))
@@ -126,6 +126,8 @@ class Jobs:
 
     def events(self, job_id: str) -> list[Event] | None:
         """The job's events, oldest first: from its saved result once it succeeded, else from Redis."""
+        if not is_id(job_id, self.kind.prefix):
+            return None
         saved = self.store.result(job_id)
         if saved is not None:
             return [Event(**e) for e in saved.get("events", [])]
@@ -136,6 +138,8 @@ class Jobs:
 
     def cancel(self, job_id: str) -> JobBody | None:
         """Cancel a queued job now; ask a running one to stop at its next batch or pick."""
+        if not is_id(job_id, self.kind.prefix):
+            return None
         try:
             job = Job.fetch(job_id, connection=self.redis)
         except NoSuchJobError:

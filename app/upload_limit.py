@@ -5,8 +5,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from app.errors import error_response
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(BaseException):
+    """Not an Exception: the framework's body parsing turns any Exception into a 400, and this must stay a 413."""
 
 
 class UploadLimit:

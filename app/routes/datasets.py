@@ -9,12 +9,13 @@ from typing import Annotated, TypeVar
 from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
 
 from app import deps
-from app.errors import ApiError
+from app.errors import ApiError, shown
 from app.schemas import Dataset, Page
 from fishersft.dataset import iter_examples
 from fishersft.errors import DatasetError, InputError
 from fishersft.features import load_features
 from fishersft.groups import LabelCounter
+from fishersft.service.protocol import ID_HEX
 from fishersft.service.store import ArtifactStore
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -33,7 +34,7 @@ def create_dataset(
     20 bad lines, and nothing is stored."""
     suffix = Path(file.filename or "").suffix.lower()
     if suffix not in FORMATS:
-        message = f"expected a .jsonl, .npz or .safetensors file, got {file.filename!r}"
+        message = f"expected a .jsonl, .npz or .safetensors file, got {shown(file.filename or '')}"
         detail = {"field": "file", "message": "the file name must end in .jsonl, .npz or .safetensors"}
         raise ApiError(422, "unsupported_format", message, [detail])
     fmt = FORMATS[suffix]
@@ -42,10 +43,10 @@ def create_dataset(
         with _Upload(file, temp) as upload:
             n_examples, n_loss_tokens, labels = _validated(lambda: _counts(upload, fmt), temp, file.filename)
             upload.finish()
-        dataset_id = f"ds_{upload.sha256[:24]}"
+        dataset_id = f"ds_{upload.sha256[:ID_HEX]}"
         existing = store.dataset(dataset_id)
         if existing is None:
-            existing = Dataset(
+            record = Dataset(
                 id=dataset_id,
                 name=name or file.filename,
                 format=fmt,
@@ -57,7 +58,7 @@ def create_dataset(
                 created_at=datetime.now(UTC),
             ).model_dump(mode="json")
             store.put_blob(temp, upload.sha256)
-            store.put_dataset(existing)
+            existing = store.put_dataset_once(record)  # concurrent identical uploads: the first record wins
     finally:
         temp.unlink(missing_ok=True)
     response.headers["Location"] = f"/v1/datasets/{dataset_id}"
@@ -157,5 +158,5 @@ def delete_dataset(dataset_id: str, store: Annotated[ArtifactStore, Depends(deps
 def _found(store: ArtifactStore, dataset_id: str) -> dict:
     record = store.dataset(dataset_id)
     if record is None:
-        raise ApiError(404, "dataset_not_found", f"no dataset {dataset_id!r}")
+        raise ApiError(404, "dataset_not_found", f"no dataset {shown(dataset_id)}")
     return record

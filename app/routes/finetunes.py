@@ -7,7 +7,7 @@ from fastapi.responses import FileResponse
 from redis import Redis
 
 from app import deps
-from app.errors import ApiError
+from app.errors import ApiError, shown
 from app.jobs import FINETUNES, SELECTIONS, Jobs
 from app.routes.jobs import IDEMPOTENCY_KEY_DOC, create_job, found, job_router
 from app.routes.selections import dataset_for, known_model
@@ -36,7 +36,7 @@ def create_finetune(
         selection = selections.get(body.selection_id)
         if selection is None or selection.status != "succeeded":
             state = "does not exist" if selection is None else f"is {selection.status}"
-            raise _invalid("body.selection_id", f"selection {body.selection_id!r} {state}: it must have succeeded")
+            raise _invalid("body.selection_id", f"selection {shown(body.selection_id)} {state}: it must have succeeded")
         dataset = dataset_for(store, selection.request.dataset_id, "body.selection_id", jsonl=True)
         for field, given, used in (
             ("model", body.model, selection.request.model),

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from redis import Redis
 
 from app import deps
-from app.errors import ApiError
+from app.errors import ApiError, shown
 from app.jobs import KEEP_S, JobKind, Jobs
 from app.schemas import JobBody, Page
 
@@ -45,7 +45,7 @@ def _idempotent(redis: Redis, jobs: Jobs, key: str, body: BaseModel) -> JobBody:
 def found(job: JobBody | None, kind: JobKind, job_id: str) -> JobBody:
     if job is None:
         singular = kind.resource.removesuffix("s")
-        raise ApiError(404, f"{singular}_not_found", f"no {singular} {job_id!r}")
+        raise ApiError(404, f"{singular}_not_found", f"no {singular} {shown(job_id)}")
     return job
 
 

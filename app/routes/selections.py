@@ -7,7 +7,7 @@ from fastapi.responses import PlainTextResponse
 from redis import Redis
 
 from app import deps
-from app.errors import ApiError
+from app.errors import ApiError, shown
 from app.jobs import SELECTIONS, Jobs
 from app.routes.jobs import IDEMPOTENCY_KEY_DOC, create_job, found, job_router
 from app.schemas import Selection, SelectionCreate
@@ -44,14 +44,14 @@ def dataset_for(store: ArtifactStore, dataset_id: str, field: str, jsonl: bool =
         raise ApiError(
             422,
             "invalid_request",
-            f"no dataset {dataset_id!r}",
+            f"no dataset {shown(dataset_id)}",
             [{"field": field, "message": "upload it first with POST /v1/datasets"}],
         )
     if jsonl and dataset["format"] != "jsonl":
         raise ApiError(
             422,
             "invalid_request",
-            f"dataset {dataset_id!r} is a features file: training needs text",
+            f"dataset {shown(dataset_id)} is a features file: training needs text",
             [{"field": field, "message": "name a JSONL dataset"}],
         )
     return dataset
@@ -65,7 +65,7 @@ def known_label(dataset: dict, field: str, name: str) -> None:
         raise ApiError(
             422,
             "invalid_request",
-            f"the rows of dataset {dataset['id']!r} have no string field {field!r}",
+            f"the rows of dataset {dataset['id']!r} have no string field {shown(field)}",
             [{"field": name, "message": f"name a field the rows carry (the dataset's labels: {carried})"}],
         )
 
@@ -77,7 +77,7 @@ def known_model(settings: Settings, model: str | None, field: str) -> str:
         raise ApiError(
             422,
             "invalid_request",
-            f"unknown model {model!r}",
+            f"unknown model {shown(model)}",
             [{"field": field, "message": f"one of: {', '.join(settings.model_names())}"}],
         )
     return model

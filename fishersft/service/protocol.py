@@ -1,4 +1,14 @@
-"""What the API and the workers agree on in Redis, beside RQ's own job records."""
+"""What the API and the workers agree on in Redis, beside RQ's own job records, and the shapes of ids."""
+
+import re
+
+ID_HEX = 24
+"""Hex digits after an id's prefix: `ds_` + the upload's SHA-256, `sel_`/`ft_`/`cmp_` + a random UUID."""
+
+
+def is_id(value: str, prefix: str) -> bool:
+    """Whether `value` has the shape of an id with this prefix; anything else names nothing (a 404)."""
+    return re.fullmatch(rf"{prefix}_[0-9a-f]{{{ID_HEX}}}", value) is not None
 
 
 def alive_key(job_id: str) -> str:

@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fishersft.service.protocol import is_id
+
 
 class ArtifactStore:
     def __init__(self, root: Path) -> None:
@@ -38,10 +40,21 @@ class ArtifactStore:
         return self.blob(sha256)
 
     def dataset(self, dataset_id: str) -> dict[str, Any] | None:
-        return _read_json(self.root / "datasets" / f"{_safe(dataset_id)}.json")
+        if not is_id(dataset_id, "ds"):
+            return None
+        return _read_json(self.root / "datasets" / f"{dataset_id}.json")
 
-    def put_dataset(self, record: dict[str, Any]) -> None:
-        _write_json(self.root / "datasets" / f"{record['id']}.json", record)
+    def put_dataset_once(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Store a dataset's record unless one exists; returns the stored one (the first writer's)."""
+        path = self.root / "datasets" / f"{record['id']}.json"
+        temp = _write_temp(path, record)
+        try:
+            os.link(temp, path)  # atomic create-if-absent
+        except FileExistsError:
+            return _read_json(path) or record
+        finally:
+            temp.unlink()
+        return record
 
     def datasets(self) -> list[dict[str, Any]]:
         records = [_read_json(p) for p in (self.root / "datasets").glob("*.json")]
@@ -57,7 +70,12 @@ class ArtifactStore:
         """Remove what crashed writers left: upload copies in tmp/ and partial features stores, once older than
         `older_than_s` (the job timeout: nothing still running can own them). Returns what was removed."""
         cutoff = time.time() - older_than_s
-        leftovers = [*(self.root / "tmp").iterdir(), *(self.root / "features").glob("*.partial")]
+        leftovers = [
+            *(self.root / "tmp").iterdir(),
+            *(self.root / "features").glob("*.partial"),
+            *(self.root / "datasets").glob(".*.tmp"),
+            *(self.root / "results").glob(".*.tmp"),
+        ]
         removed = [p for p in leftovers if p.stat().st_mtime < cutoff]
         for path in removed:
             if path.is_dir():
@@ -99,6 +117,12 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _write_json(path: Path, value: dict[str, Any]) -> None:
-    temp = path.with_name(path.name + ".tmp")
-    temp.write_text(json.dumps(value))
-    os.replace(temp, path)
+    os.replace(_write_temp(path, value), path)
+
+
+def _write_temp(path: Path, value: dict[str, Any]) -> Path:
+    """`value` as JSON in a file of its own next to `path` (concurrent writers never share one)."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(value))
+    return Path(name)

@@ -1,0 +1,104 @@
+"""What a hostile or unlucky client can do: every answer is the documented JSON error, never a plain 500."""
+
+import threading
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from fishersft.redis_server import RedisServer
+from fishersft.service.settings import Settings
+from tests.conftest import SAMPLE
+
+
+def assert_error(response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json", response.text
+    error = response.json()["error"]
+    assert set(error) == {"code", "message", "details"}
+    if code is not None:
+        assert error["code"] == code, error
+    return error
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/selections/sel_é",
+        "/v1/selections/sel_a b/ids",
+        "/v1/selections/sel_%00",
+        "/v1/finetunes/ft_" + "0" * 300 + "/events",
+        "/v1/comparisons/cmp_:x:/plot.png",
+        "/v1/datasets/" + "d" * 300,
+        "/v1/datasets/.ds_" + "0" * 24,
+        "/v1/datasets/ds_" + "0" * 24 + ".json",
+    ],
+)
+def test_ids_of_any_shape_are_404(service, path):
+    error = assert_error(service.client.get(path), 404)
+    assert error["code"].endswith("not_found") and len(error["message"]) < 200
+
+
+def test_cancel_of_an_odd_id_is_404(service):
+    assert_error(service.client.post("/v1/selections/sel_é/cancel"), 404, "selection_not_found")
+
+
+def test_json_nested_100k_deep_is_a_4xx(service):
+    deep = "[" * 100_000 + "]" * 100_000
+    response = service.client.post("/v1/selections", content=deep, headers={"content-type": "application/json"})
+    assert 400 <= response.status_code < 500 and response.json()["error"]["code"]
+
+
+def test_405_names_the_allowed_methods(service):
+    response = service.client.put("/v1/datasets")
+    assert_error(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "POST" or "GET" in response.headers["allow"]
+
+
+def test_a_chunked_upload_over_the_limit_is_413(service):
+    def body():
+        for _ in range(12):
+            yield b"x" * (1 << 20)
+
+    headers = {"content-type": "multipart/form-data; boundary=b"}
+    assert_error(service.client.post("/v1/datasets", content=body(), headers=headers), 413, "too_large")
+
+
+def test_concurrent_identical_uploads_make_one_dataset(service):
+    results = []
+
+    def upload():
+        with open(SAMPLE, "rb") as f:
+            results.append(service.client.post("/v1/datasets", files={"file": ("s.jsonl", f)}))
+
+    threads = [threading.Thread(target=upload) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.status_code for r in results] == [201] * 6
+    assert len({(r.json()["id"], r.json()["created_at"]) for r in results}) == 1
+    assert [d["id"] for d in service.client.get("/v1/datasets").json()["data"]] == [results[0].json()["id"]]
+
+
+def test_a_redis_outage_answers_json_503(service, tmp_path):
+    """A Redis of its own, stopped under the running API: job routes answer 503 with Retry-After; datasets,
+    which live in the artifact store, still answer."""
+    with RedisServer(tmp_path / "redis", persist=False) as server:
+        settings = Settings(redis_url=server.url, data_dir=tmp_path / "data", models=service.settings.models)
+        client = TestClient(create_app(settings), raise_server_exceptions=False)
+        with open(SAMPLE, "rb") as f:
+            dataset = client.post("/v1/datasets", files={"file": ("s.jsonl", f)}).json()
+        assert client.get("/v1/selections").status_code == 200
+    body = {"dataset_id": dataset["id"], "budget": {"examples": 3}}
+    for response in (
+        client.get("/v1/selections"),
+        client.get("/v1/selections/sel_" + "0" * 24),
+        client.post("/v1/selections", json=body),
+        client.post("/v1/comparisons", json=body),
+        client.post("/v1/selections/sel_" + "0" * 24 + "/cancel"),
+    ):
+        assert_error(response, 503, "unavailable")
+        assert response.headers["retry-after"]
+    assert client.get(f"/v1/datasets/{dataset['id']}").status_code == 200
+    assert client.get("/readyz").status_code == 503
