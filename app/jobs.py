@@ -30,7 +30,16 @@ from app.schemas import (
     Selection,
     SelectionResult,
 )
-from fishersft.service.protocol import ID_HEX, alive_key, cancel_key, is_id
+from fishersft.service.protocol import (
+    ID_HEX,
+    JOB_SERIALIZER,
+    RUN_COMPARISON,
+    RUN_FINETUNE,
+    RUN_SELECTION,
+    alive_key,
+    cancel_key,
+    is_id,
+)
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
 
@@ -69,15 +78,16 @@ class JobKind:
         return f"fishersft:{self.resource}"
 
 
-SELECTIONS = JobKind("selections", "sel", "workers.selection.run_selection", Selection, SelectionResult, False)
-FINETUNES = JobKind("finetunes", "ft", "workers.finetune.run_finetune", Finetune, FinetuneResult, True)
-COMPARISONS = JobKind("comparisons", "cmp", "workers.finetune.run_comparison", Comparison, ComparisonResult, True)
+SELECTIONS = JobKind("selections", "sel", RUN_SELECTION, Selection, SelectionResult, False)
+FINETUNES = JobKind("finetunes", "ft", RUN_FINETUNE, Finetune, FinetuneResult, True)
+COMPARISONS = JobKind("comparisons", "cmp", RUN_COMPARISON, Comparison, ComparisonResult, True)
 
 
 class Jobs:
     def __init__(self, kind: JobKind, redis: Redis, settings: Settings, store: ArtifactStore) -> None:
         self.kind, self.redis, self.settings, self.store = kind, redis, settings, store
-        self.queue = Queue(settings.training_queue if kind.training else settings.queue, connection=redis)
+        name = settings.training_queue if kind.training else settings.queue
+        self.queue = Queue(name, connection=redis, serializer=JOB_SERIALIZER)
 
     def create(self, request: BaseModel) -> JobBody:
         job_id = f"{self.kind.prefix}_{uuid.uuid4().hex[:ID_HEX]}"
@@ -98,7 +108,7 @@ class Jobs:
         if not is_id(job_id, self.kind.prefix):
             return None
         try:
-            return self.view(Job.fetch(job_id, connection=self.redis))
+            return self.view(Job.fetch(job_id, connection=self.redis, serializer=JOB_SERIALIZER))
         except NoSuchJobError:
             return self._from_store(job_id)
 
@@ -132,7 +142,10 @@ class Jobs:
         if saved is not None:
             return [Event(**e) for e in saved.get("events", [])]
         try:
-            return [Event(**e) for e in Job.fetch(job_id, connection=self.redis).meta.get("events", [])]
+            return [
+                Event(**e)
+                for e in Job.fetch(job_id, connection=self.redis, serializer=JOB_SERIALIZER).meta.get("events", [])
+            ]
         except NoSuchJobError:
             return None
 
@@ -141,7 +154,7 @@ class Jobs:
         if not is_id(job_id, self.kind.prefix):
             return None
         try:
-            job = Job.fetch(job_id, connection=self.redis)
+            job = Job.fetch(job_id, connection=self.redis, serializer=JOB_SERIALIZER)
         except NoSuchJobError:
             return self._from_store(job_id)
         status = job.get_status(refresh=False)

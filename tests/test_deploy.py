@@ -62,7 +62,9 @@ def test_compose_runs_redis_api_and_workers_on_a_shared_volume():
         assert "artifacts:/data" in service["volumes"]
         assert set(service["environment"]) <= SETTINGS_ENV
         assert service["environment"]["FISHERSFT_DATA_DIR"] == "/data"
-        assert service["environment"]["REDIS_URL"].startswith("redis://redis:")
+        assert service["environment"]["REDIS_URL"] == "redis://:${REDIS_PASSWORD}@redis:6379/0"
+        assert service["environment"]["FISHERSFT_API_KEYS"].startswith("${FISHERSFT_API_KEYS:?")  # required
+    assert "--requirepass" in services["redis"]["command"] and "ports" not in services["redis"]
     assert services["worker"]["deploy"]["replicas"] >= 1
     port = services["api"]["command"][services["api"]["command"].index("--port") + 1]
     assert services["api"]["ports"] == [f"{port}:{port}"]
@@ -81,7 +83,7 @@ def test_k8s_api_gpu_workers_redis_and_the_shared_claim_agree():
         ("PersistentVolumeClaim", "fishersft-artifacts"),
     } <= kinds
     config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
-    assert set(config) <= SETTINGS_ENV and config["REDIS_URL"].startswith("redis://fishersft-redis:")
+    assert set(config) <= SETTINGS_ENV
     for name in ("fishersft-api", "fishersft-worker"):
         spec = containers(name)
         container = spec["containers"][0]
@@ -90,6 +92,20 @@ def test_k8s_api_gpu_workers_redis_and_the_shared_claim_agree():
         assert mount["mountPath"] == config["FISHERSFT_DATA_DIR"]
         claim = next(v for v in spec["volumes"] if v["name"] == "artifacts")["persistentVolumeClaim"]["claimName"]
         assert claim == "fishersft-artifacts"
+        env = {e["name"]: e for e in container["env"]}
+        names = list(env)  # $(VAR) expands only variables defined earlier in the list
+        assert names.index("REDIS_PASSWORD") < names.index("REDIS_URL")
+        assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "fishersft-redis", "key": "password"}
+        assert env["REDIS_URL"]["value"] == "redis://:$(REDIS_PASSWORD)@fishersft-redis:6379/0"
+    redis = containers("fishersft-redis")["containers"][0]
+    assert redis["args"][-2:] == ["--requirepass", "$(REDIS_PASSWORD)"]
+    assert {e["name"] for e in redis["env"]} == {"REDIS_PASSWORD", "REDISCLI_AUTH"}
+    policy = next(d for d in docs if d["kind"] == "NetworkPolicy")["spec"]
+    assert policy["podSelector"]["matchLabels"] == {"app": "fishersft-redis"}
+    allowed = policy["ingress"][0]["from"][0]["podSelector"]["matchExpressions"][0]["values"]
+    assert sorted(allowed) == ["fishersft-api", "fishersft-worker"]
+    keys = next(e for e in containers("fishersft-api")["containers"][0]["env"] if e["name"] == "FISHERSFT_API_KEYS")
+    assert "optional" not in keys["valueFrom"]["secretKeyRef"]  # the API never starts open by accident
     worker = containers("fishersft-worker")["containers"][0]
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
     api = containers("fishersft-api")["containers"][0]

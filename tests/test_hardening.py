@@ -1,14 +1,21 @@
 """What a hostile or unlucky client can do: every answer is the documented JSON error, never a plain 500."""
 
+import json
+import os
 import threading
+import time
+import zlib
 
 import pytest
 from fastapi.testclient import TestClient
+from rq import Queue
+from rq.serializers import JSONSerializer
 
 from app.main import create_app
 from fishersft.redis_server import RedisServer
 from fishersft.service.settings import Settings
 from tests.conftest import SAMPLE
+from tests.service import WAIT_S
 
 
 def assert_error(response, status: int, code: str | None = None) -> dict:
@@ -102,3 +109,32 @@ def test_a_redis_outage_answers_json_503(service, tmp_path):
         assert response.headers["retry-after"]
     assert client.get(f"/v1/datasets/{dataset['id']}").status_code == 200
     assert client.get("/readyz").status_code == 503
+
+
+def test_jobs_travel_through_redis_as_json_and_workers_run_only_fishersft_jobs(service, tmp_path):
+    """Job data and meta are JSON in Redis. A job planted in a queue by whoever can write to Redis, pickled or
+    JSON, naming any other function, fails without running."""
+    service.start_worker()
+    dataset = service.upload(SAMPLE)
+    job = service.wait(service.select(dataset_id=dataset["id"], budget={"examples": 3}, max_length=64)["id"])
+    assert job["status"] == "succeeded", job
+    record = service.redis.hgetall(f"rq:job:{job['id']}")
+    function, _, _, kwargs = json.loads(zlib.decompress(record[b"data"]))
+    assert function == "workers.selection.run_selection" and kwargs["request"]["dataset_id"] == dataset["id"]
+    assert json.loads(record[b"meta"])["request"]["budget"]["examples"] == 3
+    marker = tmp_path / "pwned"
+    planted = [
+        Queue(service.settings.queue, connection=service.redis).enqueue(os.system, f"touch {marker}"),  # pickle
+        Queue(service.settings.queue, connection=service.redis, serializer=JSONSerializer).enqueue(
+            "os.system", f"touch {marker}"
+        ),
+    ]
+    deadline = time.monotonic() + WAIT_S
+    for bad in planted:
+        while bad.get_status(refresh=True) not in ("failed", "finished"):
+            assert time.monotonic() < deadline, "the worker never took the planted job"
+            time.sleep(0.1)
+        assert bad.get_status() == "failed"
+    assert not marker.exists()
+    again = service.wait(service.select(dataset_id=dataset["id"], budget={"examples": 4}, max_length=64)["id"])
+    assert again["status"] == "succeeded"  # the worker is still serving

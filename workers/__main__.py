@@ -12,12 +12,29 @@ from collections.abc import Sequence
 import transformers
 from redis import Redis
 from rq import Queue, SimpleWorker
+from rq.executions import Execution
+from rq.job import Job
 
 # the job modules are imported now, not inside the first job: torch takes seconds to load
 import workers.finetune
 import workers.selection  # noqa: F401
+from fishersft.service.protocol import JOB_FUNCTIONS, JOB_SERIALIZER
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
+
+
+class FishersftWorker(SimpleWorker):
+    """Runs only fishersft's job functions: a job planted in Redis that names any other function fails unrun
+    (defence in depth behind Redis's password; job data is JSON, so it cannot carry a pickle either)."""
+
+    def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
+        try:
+            if job.func_name not in JOB_FUNCTIONS:
+                raise PermissionError(f"{job.func_name!r} is not a fishersft job function")
+        except Exception:  # the check itself, or job data that is not JSON
+            self._finalize_failure(job, queue, execution, sys.exc_info())
+            return False
+        return super().perform_job(job, queue, execution)
 
 
 def main(queues: Sequence[str] = ()) -> None:
@@ -28,7 +45,11 @@ def main(queues: Sequence[str] = ()) -> None:
     transformers.logging.disable_progress_bar()
     ArtifactStore(settings.data_dir).sweep(older_than_s=settings.job_timeout_s)
     redis = Redis.from_url(settings.redis_url)
-    worker = SimpleWorker([Queue(name, connection=redis) for name in queues], connection=redis)
+    worker = FishersftWorker(
+        [Queue(name, connection=redis, serializer=JOB_SERIALIZER) for name in queues],
+        connection=redis,
+        serializer=JOB_SERIALIZER,
+    )
     worker.work(with_scheduler=False, logging_level=level)
 
 

@@ -2,6 +2,18 @@
 
 import re
 
+from rq.serializers import JSONSerializer
+
+JOB_SERIALIZER = JSONSerializer
+"""RQ's job data, meta and results go through JSON, never pickle: whoever can write to Redis must not be able to
+run code in the API or the workers. Job arguments, meta and results are JSON-shaped already."""
+
+RUN_SELECTION = "workers.selection.run_selection"
+RUN_FINETUNE = "workers.finetune.run_finetune"
+RUN_COMPARISON = "workers.finetune.run_comparison"
+JOB_FUNCTIONS = frozenset({RUN_SELECTION, RUN_FINETUNE, RUN_COMPARISON})
+"""The only functions a worker runs: a job naming anything else fails unrun."""
+
 ID_HEX = 24
 """Hex digits after an id's prefix: `ds_` + the upload's SHA-256, `sel_`/`ft_`/`cmp_` + a random UUID."""
 
