@@ -1,14 +1,53 @@
 """Request and response bodies of the HTTP API."""
 
 from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from fishersft.groups import MAX_LABEL_VALUES
 from fishersft.variants import WEIGHTING_DOC, WEIGHTINGS, Method, Weighting
 
+REQUEST = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, populate_by_name=True)
+"""Request bodies take JSON as it is: no "10" or true for a number, no Infinity or NaN, no unknown field."""
+
+
+def _no_surrogates(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"contains a lone UTF-16 surrogate at character {e.start}: not valid Unicode text") from None
+    return value
+
+
+Text = Annotated[str, StringConstraints(max_length=1000), AfterValidator(_no_surrogates)]
+"""A string a client sends: valid Unicode, at most 1,000 characters."""
 ExampleId = str | int
+
+
+def _example_id(value: Any) -> ExampleId:
+    if isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63:
+        return value
+    if isinstance(value, str) and len(value) <= 1000:
+        return _no_surrogates(value)
+    raise ValueError("an id is a string of at most 1,000 characters or a 64-bit integer")
+
+
+RequestExampleId = Annotated[
+    ExampleId,
+    PlainValidator(_example_id),
+    WithJsonSchema({"anyOf": [{"type": "string", "maxLength": 1000}, {"type": "integer"}]}),
+]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
@@ -49,7 +88,7 @@ class Page(BaseModel, Generic[T]):
 
 
 class Budget(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
     examples: int | None = Field(None, gt=0, description="Select at most this many examples.")
     tokens: int | None = Field(None, gt=0, description="Select at most this many loss tokens (cost-aware greedy).")
 
@@ -59,22 +98,24 @@ class Budget(BaseModel):
 
 
 class SelectionCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    dataset_id: str = Field(description="A dataset from POST /v1/datasets.")
+    model_config = REQUEST
+    dataset_id: Text = Field(description="A dataset from POST /v1/datasets.")
     budget: Budget = Field(description="`{examples: K}` or `{tokens: T}`.")
     method: Method = Field("fisher", description="FisherSFT greedy, or the seeded baseline.")
     weighting: Weighting = Field("tokens", description=WEIGHTING_DOC)
-    group_by: str | None = Field(
+    group_by: Text | None = Field(
         None,
         max_length=200,
         description="A string field of the rows (see the dataset's `labels`) whose groups the result counts; "
         "default: `category` or `source`, whichever the rows carry.",
     )
-    model: str | None = Field(None, description="A name from GET /v1/models (JSONL datasets); default: the default.")
-    lambda_: float = Field(1.0, alias="lambda", gt=0, description="Ridge term of Sigma = lambda*I + sum x x^T.")
-    seed: int = Field(0, description="Seed of the random method.")
+    model: Text | None = Field(None, description="A name from GET /v1/models (JSONL datasets); default: the default.")
+    lambda_: float = Field(
+        1.0, alias="lambda", ge=1e-6, le=1e6, description="Ridge term of Sigma = lambda*I + sum x x^T."
+    )
+    seed: int = Field(0, ge=0, lt=2**63, description="Seed of the random method.")
     max_length: int = Field(1024, ge=2, le=32768, description="Tokens per example at most (prompt cut first).")
-    warm_start_ids: list[ExampleId] = Field(
+    warm_start_ids: list[RequestExampleId] = Field(
         default_factory=list, description="Ids chosen earlier: they seed Sigma and are not chosen again."
     )
 
@@ -161,11 +202,11 @@ class Health(BaseModel):
 
 
 class LoraRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
     r: int = Field(8, gt=0, le=1024, description="LoRA rank.")
     alpha: float = Field(16.0, gt=0, le=1e6, description="LoRA scale numerator (scaling = alpha / r).")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
-    target_modules: list[str] = Field(
+    target_modules: list[Text] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
         min_length=1,
         description="Module names (last path component) that get LoRA: they must exist in the model.",
@@ -173,7 +214,7 @@ class LoraRequest(BaseModel):
 
 
 class TrainingRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
     epochs: int = Field(3, ge=1, le=1000, description="Passes over the subset.")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps; null: all epochs.")
     learning_rate: float = Field(3e-4, gt=0, le=1, description="AdamW learning rate, decayed linearly to 0.")
@@ -185,15 +226,15 @@ class TrainingRequest(BaseModel):
 
 
 class EvalRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    dataset_id: str | None = Field(None, description="A separate JSONL dataset to evaluate on.")
+    model_config = REQUEST
+    dataset_id: Text | None = Field(None, description="A separate JSONL dataset to evaluate on.")
     holdout_fraction: float | None = Field(
         None,
         gt=0,
         lt=1,
         description="Or hold out this fraction of the dataset, stratified, never selected or trained on.",
     )
-    stratify_by: str = Field("category", min_length=1, description="Row label the held-out split is stratified by.")
+    stratify_by: Text = Field("category", min_length=1, description="Row label the held-out split is stratified by.")
 
     @model_validator(mode="after")
     def exactly_one(self) -> "EvalRequest":
@@ -201,14 +242,14 @@ class EvalRequest(BaseModel):
 
 
 class FinetuneCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    selection_id: str | None = Field(None, description="Train on this succeeded selection's subset.")
-    dataset_id: str | None = Field(None, description="Or select from this JSONL dataset first (with budget).")
+    model_config = REQUEST
+    selection_id: Text | None = Field(None, description="Train on this succeeded selection's subset.")
+    dataset_id: Text | None = Field(None, description="Or select from this JSONL dataset first (with budget).")
     budget: Budget | None = Field(None, description="With dataset_id: `{examples: K}` or `{tokens: T}`.")
     method: Method = Field("fisher", description="With dataset_id: how to select.")
-    lambda_: float = Field(1.0, alias="lambda", gt=0, description="With dataset_id: ridge term of Sigma.")
+    lambda_: float = Field(1.0, alias="lambda", ge=1e-6, le=1e6, description="With dataset_id: ridge term of Sigma.")
     seed: int = Field(0, ge=0, lt=2**63, description="With dataset_id: seed of the random method.")
-    model: str | None = Field(None, description="A name from GET /v1/models; with selection_id, the selection's.")
+    model: Text | None = Field(None, description="A name from GET /v1/models; with selection_id, the selection's.")
     lora: LoraRequest = Field(default_factory=LoraRequest, description="LoRA settings.")
     training: TrainingRequest = Field(default_factory=TrainingRequest, description="Training settings.")
     eval: EvalRequest | None = Field(None, description="Held-out evaluation; null: none.")
@@ -269,19 +310,19 @@ class Finetune(JobBody[FinetuneCreate, FinetuneResult]):
 
 
 class ComparisonBudget(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = REQUEST
     examples: int = Field(
         gt=0, description="Examples per subset; fisher also runs at the random subsets' mean loss tokens."
     )
 
 
 class ComparisonCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    dataset_id: str = Field(description="A JSONL dataset from POST /v1/datasets.")
+    model_config = REQUEST
+    dataset_id: Text = Field(description="A JSONL dataset from POST /v1/datasets.")
     budget: ComparisonBudget = Field(description="`{examples: K}`.")
     random_seeds: int = Field(3, ge=1, le=20, description="How many seeded random subsets (seeds 0..N-1).")
-    model: str | None = Field(None, description="A name from GET /v1/models; default: the default.")
-    lambda_: float = Field(1.0, alias="lambda", gt=0, description="Ridge term of Sigma.")
+    model: Text | None = Field(None, description="A name from GET /v1/models; default: the default.")
+    lambda_: float = Field(1.0, alias="lambda", ge=1e-6, le=1e6, description="Ridge term of Sigma.")
     max_length: int = Field(1024, ge=2, le=32768, description="Tokens per example at most.")
     lora: LoraRequest = Field(default_factory=LoraRequest, description="LoRA settings, the same for every run.")
     training: TrainingRequest = Field(default_factory=TrainingRequest, description="Training settings, the same.")

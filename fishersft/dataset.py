@@ -110,6 +110,13 @@ def _parse(raw: bytes | str) -> dict[str, Any] | None:
         raise _BadLine(f"not valid JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(record, dict):
         raise _BadLine(f"expected a JSON object, got {type(record).__name__}")
+    if "\\u" in text:  # only a \uXXXX escape can smuggle a lone surrogate past UTF-8 decoding
+        try:
+            json.dumps(record, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise _BadLine(
+                "a string holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape): not valid text"
+            ) from None
     return record
 
 
@@ -148,6 +155,16 @@ def read_labels(path: str | Path) -> list[dict[str, str]]:
     """Each example's labels, in order, from a dataset that was validated before (an upload): JSON parsing only."""
     with open(path, "rb") as f:
         return [_labels(record) for line in f if (record := _parse(line)) is not None]
+
+
+def read_ids(path: str | Path) -> list[ExampleId]:
+    """Each example's id, in order, from a dataset that was validated before (an upload)."""
+    with open(path, "rb") as f:
+        return [
+            record.get("id", number - 1)
+            for number, line in enumerate(f, start=1)
+            if (record := _parse(line)) is not None
+        ]
 
 
 def _string(record: dict[str, Any], key: str, empty_ok: bool = False) -> str:

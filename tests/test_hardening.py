@@ -138,3 +138,50 @@ def test_jobs_travel_through_redis_as_json_and_workers_run_only_fishersft_jobs(s
     assert not marker.exists()
     again = service.wait(service.select(dataset_id=dataset["id"], budget={"examples": 4}, max_length=64)["id"])
     assert again["status"] == "succeeded"  # the worker is still serving
+
+
+def test_text_with_a_lone_surrogate_is_refused_at_upload_naming_the_line(service, tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"prompt": "fine", "response": "fine"}\n{"prompt": "a \\ud800 b", "response": "ok"}\n')
+    with open(path, "rb") as f:
+        response = service.client.post("/v1/datasets", files={"file": ("s.jsonl", f)})
+    error = assert_error(response, 422, "invalid_dataset")
+    assert error["details"] == [{"line": 2, "message": error["details"][0]["message"]}]
+    assert "surrogate" in error["details"][0]["message"]
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ('"lambda": Infinity', "body.lambda"),
+        ('"lambda": NaN', "body.lambda"),
+        ('"lambda": 1e-320', "body.lambda"),
+        ('"lambda": 1e300', "body.lambda"),
+        ('"seed": 18446744073709551616', "body.seed"),
+        ('"seed": -1', "body.seed"),
+        ('"budget": {"examples": "10"}', "body.budget.examples"),
+        ('"budget": {"examples": true}', "body.budget.examples"),
+        ('"budget": {"examples": 10.0}', "body.budget.examples"),
+        ('"max_length": "64"', "body.max_length"),
+        ('"model": "\\ud800"', "body.model"),
+        ('"group_by": "\\udfff"', "body.group_by"),
+        ('"warm_start_ids": ["\\ud800"]', "body.warm_start_ids.0"),
+        ('"warm_start_ids": [18446744073709551616]', "body.warm_start_ids.0"),
+        ('"model": "' + "m" * 1001 + '"', "body.model"),
+    ],
+)
+def test_request_values_the_worker_could_not_use_are_422_naming_the_field(service, patch, field):
+    dataset = service.upload(SAMPLE)
+    body = '{"dataset_id": "' + dataset["id"] + '", "budget": {"examples": 3}, ' + patch + "}"
+    response = service.client.post("/v1/selections", content=body, headers={"content-type": "application/json"})
+    error = assert_error(response, 422)
+    assert field in [d["field"] for d in error["details"]], error
+
+
+def test_header_and_form_values_are_capped(service):
+    body = {"dataset_id": "ds_" + "0" * 24, "budget": {"examples": 3}}
+    response = service.client.post("/v1/selections", json=body, headers={"Idempotency-Key": "k" * 201})
+    assert "header.idempotency-key" in [d["field"] for d in assert_error(response, 422)["details"]]
+    with open(SAMPLE, "rb") as f:
+        response = service.client.post("/v1/datasets", files={"file": ("s.jsonl", f)}, data={"name": "n" * 1001})
+    assert "body.name" in [d["field"] for d in assert_error(response, 422)["details"]]

@@ -179,13 +179,23 @@ def test_bad_requests_get_a_4xx_naming_the_field(service):
     assert response.status_code == 409 and response.json()["error"]["code"] == "not_ready"
 
 
-def test_a_job_with_bad_warm_start_ids_fails_with_a_readable_error(service):
-    service.start_worker()
+def test_warm_start_ids_not_in_the_dataset_are_a_422_naming_each(service, tmp_path):
     dataset = service.upload(SAMPLE)
-    job = service.select(dataset_id=dataset["id"], budget={"examples": 3}, warm_start_ids=["nope"])
-    ended = service.wait(job["id"])
-    assert ended["status"] == "failed" and ended["error"]["code"] == "invalid_input"
-    assert "warm-start id(s) not in the dataset" in ended["error"]["message"]
+    body = {"dataset_id": dataset["id"], "budget": {"examples": 3}, "warm_start_ids": ["code-000", "nope", 7]}
+    response = service.client.post("/v1/selections", json=body)
+    assert response.status_code == 422, response.text
+    fields = [d["field"] for d in response.json()["error"]["details"]]
+    assert fields == ["body.warm_start_ids.1", "body.warm_start_ids.2"]
+    assert service.client.post("/v1/selections", json={**body, "warm_start_ids": ["code-000"]}).status_code == 202
+    rng = np.random.default_rng(0)
+    path = tmp_path / "f.npz"
+    np.savez(
+        path, features=rng.standard_normal((10, 4)).astype(np.float16), offsets=np.arange(0, 11), ids=np.arange(10)
+    )
+    features = service.upload(path)
+    on_features = {"dataset_id": features["id"], "budget": {"examples": 2}, "warm_start_ids": [3, 10]}
+    response = service.client.post("/v1/selections", json=on_features)
+    assert [d["field"] for d in response.json()["error"]["details"]] == ["body.warm_start_ids.1"]
 
 
 def test_idempotency_listing_deletion_and_models(service):

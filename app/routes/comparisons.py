@@ -3,7 +3,7 @@ held-out set, at equal examples and at equal loss tokens; the table and its plot
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Response
+from fastapi import Depends, Response
 from fastapi.responses import FileResponse
 from redis import Redis
 
@@ -11,7 +11,7 @@ from app import deps
 from app.errors import ApiError
 from app.jobs import COMPARISONS, Jobs
 from app.routes.finetunes import check_training
-from app.routes.jobs import IDEMPOTENCY_KEY_DOC, create_job, found, job_router
+from app.routes.jobs import IdempotencyKey, create_job, found, job_router
 from app.routes.selections import dataset_for, known_model
 from app.schemas import Comparison, ComparisonCreate
 from fishersft.service.settings import Settings
@@ -28,7 +28,7 @@ def create_comparison(
     store: Annotated[ArtifactStore, Depends(deps.store)],
     settings: Annotated[Settings, Depends(deps.settings)],
     redis: Annotated[Redis, Depends(deps.redis)],
-    idempotency_key: Annotated[str | None, Header(description=IDEMPOTENCY_KEY_DOC)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> Comparison:
     """One job: embeds the dataset, holds out the eval set, selects the fisher subset and `random_seeds` random
     subsets of `budget.examples`, and fisher again at the random subsets' mean loss tokens; trains each with the

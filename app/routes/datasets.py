@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
 
 from app import deps
 from app.errors import ApiError, shown
-from app.schemas import Dataset, Page
+from app.schemas import Dataset, Page, Text
 from fishersft.dataset import iter_examples
 from fishersft.errors import DatasetError, InputError
 from fishersft.features import load_features
@@ -28,7 +28,9 @@ def create_dataset(
     response: Response,
     store: Annotated[ArtifactStore, Depends(deps.store)],
     file: Annotated[UploadFile, File(description="JSONL dataset (.jsonl), or features (.npz, .safetensors).")],
-    name: Annotated[str | None, Form(description="A name to show; default: the file name.")] = None,
+    name: Annotated[
+        Text | None, Form(description="A name to show (at most 1,000 characters); default: the file name.")
+    ] = None,
 ) -> Dataset:
     """Stored content-addressed: the same bytes always give the same dataset id. Bad rows: 422 naming the first
     20 bad lines, and nothing is stored."""

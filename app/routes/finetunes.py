@@ -2,14 +2,14 @@
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Response
+from fastapi import Depends, Response
 from fastapi.responses import FileResponse
 from redis import Redis
 
 from app import deps
 from app.errors import ApiError, shown
 from app.jobs import FINETUNES, SELECTIONS, Jobs
-from app.routes.jobs import IDEMPOTENCY_KEY_DOC, create_job, found, job_router
+from app.routes.jobs import IdempotencyKey, create_job, found, job_router
 from app.routes.selections import dataset_for, known_model
 from app.schemas import EvalRequest, Event, Finetune, FinetuneCreate, LoraRequest
 from fishersft.service.settings import Settings
@@ -27,7 +27,7 @@ def create_finetune(
     store: Annotated[ArtifactStore, Depends(deps.store)],
     settings: Annotated[Settings, Depends(deps.settings)],
     redis: Annotated[Redis, Depends(deps.redis)],
-    idempotency_key: Annotated[str | None, Header(description=IDEMPOTENCY_KEY_DOC)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> Finetune:
     """Trains on `selection_id`'s subset, or selects from `dataset_id` under `budget` first (one job). SFT on
     exactly the selection's loss tokens, same encoding and truncation. Held-out examples (`eval`) are never

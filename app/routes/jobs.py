@@ -5,7 +5,7 @@ import hashlib
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Header, Query, Response
 from pydantic import BaseModel
 from redis import Redis
 
@@ -14,7 +14,15 @@ from app.errors import ApiError, shown
 from app.jobs import KEEP_S, JobKind, Jobs
 from app.schemas import JobBody, Page
 
-IDEMPOTENCY_KEY_DOC = "Same key and body: the same job is returned, none is created."
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        description="Same key and body: the same job is returned, none is created. At most 200 printable ASCII "
+        "characters.",
+        max_length=200,
+        pattern=r"^[!-~]+$",
+    ),
+]
 
 
 def create_job(jobs: Jobs, redis: Redis, body: BaseModel, idempotency_key: str | None, response: Response) -> JobBody:

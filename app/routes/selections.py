@@ -2,15 +2,17 @@
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Response
+from fastapi import Depends, Response
 from fastapi.responses import PlainTextResponse
 from redis import Redis
 
 from app import deps
 from app.errors import ApiError, shown
 from app.jobs import SELECTIONS, Jobs
-from app.routes.jobs import IDEMPOTENCY_KEY_DOC, create_job, found, job_router
-from app.schemas import Selection, SelectionCreate
+from app.routes.jobs import IdempotencyKey, create_job, found, job_router
+from app.schemas import ExampleId, Selection, SelectionCreate
+from fishersft.dataset import read_ids
+from fishersft.features import load_features
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
 
@@ -25,7 +27,7 @@ def create_selection(
     store: Annotated[ArtifactStore, Depends(deps.store)],
     settings: Annotated[Settings, Depends(deps.settings)],
     redis: Annotated[Redis, Depends(deps.redis)],
-    idempotency_key: Annotated[str | None, Header(description=IDEMPOTENCY_KEY_DOC)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> Selection:
     """Queues a job that embeds the dataset with the model (features are cached per dataset, model and
     max_length) and selects under the budget. Poll GET /v1/selections/{id}."""
@@ -34,6 +36,8 @@ def create_selection(
         body.model = known_model(settings, body.model, "body.model")
     if body.group_by is not None:
         known_label(dataset, body.group_by, "body.group_by")
+    if body.warm_start_ids:
+        known_ids(store, dataset, body.warm_start_ids, "body.warm_start_ids")
     return create_job(jobs, redis, body, idempotency_key, response)
 
 
@@ -68,6 +72,19 @@ def known_label(dataset: dict, field: str, name: str) -> None:
             f"the rows of dataset {dataset['id']!r} have no string field {shown(field)}",
             [{"field": name, "message": f"name a field the rows carry (the dataset's labels: {carried})"}],
         )
+
+
+def known_ids(store: ArtifactStore, dataset: dict, ids: list[ExampleId], field: str) -> None:
+    """A 422 naming each id (the first 20) that is not in the dataset."""
+    blob = store.blob(dataset["sha256"])
+    if dataset["format"] == "jsonl":
+        present = {str(i) for i in read_ids(blob)}
+    else:
+        present = {str(i) for i in load_features(blob, suffix=f".{dataset['format']}").ids}
+    unknown = [(k, i) for k, i in enumerate(ids) if str(i) not in present]
+    if unknown:
+        details = [{"field": f"{field}.{k}", "message": f"{shown(str(i))} is not in the dataset"} for k, i in unknown]
+        raise ApiError(422, "invalid_request", f"{len(unknown)} warm-start id(s) not in the dataset", details[:20])
 
 
 def known_model(settings: Settings, model: str | None, field: str) -> str:
