@@ -89,6 +89,12 @@ class Jobs:
         name = settings.training_queue if kind.training else settings.queue
         self.queue = Queue(name, connection=redis, serializer=JOB_SERIALIZER)
 
+    def active(self) -> int:
+        """Queued and running jobs on both queues (all kinds)."""
+        names = (self.settings.queue, self.settings.training_queue)
+        queues = [Queue(n, connection=self.redis, serializer=JOB_SERIALIZER) for n in names]
+        return sum(q.count + StartedJobRegistry(queue=q).count for q in queues)
+
     def create(self, request: BaseModel) -> JobBody:
         job_id = f"{self.kind.prefix}_{uuid.uuid4().hex[:ID_HEX]}"
         payload = request.model_dump(by_alias=True)

@@ -43,6 +43,10 @@ def _example_id(value: Any) -> ExampleId:
     raise ValueError("an id is a string of at most 1,000 characters or a 64-bit integer")
 
 
+MAX_LENGTH_DOC = (
+    "Tokens per example at most (the prompt is cut first); default 1024, or the largest allowed when smaller: the "
+    "model's context and the service's FISHERSFT_MAX_LENGTH_LIMIT (422 above it)."
+)
 RequestExampleId = Annotated[
     ExampleId,
     PlainValidator(_example_id),
@@ -114,7 +118,7 @@ class SelectionCreate(BaseModel):
         1.0, alias="lambda", ge=1e-6, le=1e6, description="Ridge term of Sigma = lambda*I + sum x x^T."
     )
     seed: int = Field(0, ge=0, lt=2**63, description="Seed of the random method.")
-    max_length: int = Field(1024, ge=2, le=32768, description="Tokens per example at most (prompt cut first).")
+    max_length: int | None = Field(None, ge=2, le=32768, description=MAX_LENGTH_DOC)
     warm_start_ids: list[RequestExampleId] = Field(
         default_factory=list, description="Ids chosen earlier: they seed Sigma and are not chosen again."
     )
@@ -220,7 +224,7 @@ class TrainingRequest(BaseModel):
     learning_rate: float = Field(3e-4, gt=0, le=1, description="AdamW learning rate, decayed linearly to 0.")
     batch_size: int = Field(8, ge=1, le=1024, description="Examples per optimizer step.")
     max_length: int | None = Field(
-        None, ge=2, le=32768, description="Tokens per example; with selection_id it must be the selection's (default)."
+        None, ge=2, le=32768, description=MAX_LENGTH_DOC + " With selection_id it must be the selection's (default)."
     )
     seed: int = Field(0, ge=0, lt=2**63, description="Seed of LoRA initialisation and batch order.")
 
@@ -323,7 +327,7 @@ class ComparisonCreate(BaseModel):
     random_seeds: int = Field(3, ge=1, le=20, description="How many seeded random subsets (seeds 0..N-1).")
     model: Text | None = Field(None, description="A name from GET /v1/models; default: the default.")
     lambda_: float = Field(1.0, alias="lambda", ge=1e-6, le=1e6, description="Ridge term of Sigma.")
-    max_length: int = Field(1024, ge=2, le=32768, description="Tokens per example at most.")
+    max_length: int | None = Field(None, ge=2, le=32768, description=MAX_LENGTH_DOC)
     lora: LoraRequest = Field(default_factory=LoraRequest, description="LoRA settings, the same for every run.")
     training: TrainingRequest = Field(default_factory=TrainingRequest, description="Training settings, the same.")
     eval: EvalRequest = Field(

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import uuid
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,7 @@ def load_features(path: str | Path, suffix: str | None = None) -> FeatureSet:
             offsets = np.load(path / OFFSETS_FILE)
             ids = json.loads((path / IDS_FILE).read_text())
         elif suffix == ".npz":
+            _check_inflation(path)
             with np.load(path, allow_pickle=False) as data:
                 missing = {"features", "offsets"} - set(data.files)
                 if missing:
@@ -116,6 +118,25 @@ def load_features(path: str | Path, suffix: str | None = None) -> FeatureSet:
     except (OSError, ValueError, KeyError, SafetensorError) as e:
         raise FeaturesError(f"{path.name}: cannot read features ({e})") from None
     return validate(features, offsets, ids, path.name)
+
+
+NPZ_SMALL_BYTES = 64 << 20
+NPZ_MAX_INFLATION = 10
+"""An .npz whose arrays take more than 64 MiB must not take more than 10 times its compressed size: float16
+features barely compress, so anything far above is a decompression bomb, refused before it is inflated."""
+
+
+def _check_inflation(path: Path) -> None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            inflated = sum(info.file_size for info in archive.infolist())
+    except zipfile.BadZipFile as e:
+        raise FeaturesError(f"{path.name}: not an .npz archive ({e})") from None
+    if inflated > max(NPZ_SMALL_BYTES, NPZ_MAX_INFLATION * path.stat().st_size):
+        raise FeaturesError(
+            f"{path.name}: its arrays inflate to {inflated:,} bytes, {inflated / path.stat().st_size:.0f} times "
+            f"the file; more than {NPZ_MAX_INFLATION} times is refused (features barely compress)"
+        )
 
 
 def _read_safetensors(path: Path) -> tuple[np.ndarray, np.ndarray, list[ExampleId] | None]:

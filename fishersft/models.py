@@ -131,6 +131,13 @@ def model_dim(path: Path) -> int:
     return int(config.get("hidden_size") or config["n_embd"])
 
 
+def model_context(path: Path) -> int | None:
+    """The most positions a model directory's config declares (None when it declares none)."""
+    config = json.loads((path / "config.json").read_text())
+    value = config.get("max_position_embeddings") or config.get("n_positions")
+    return int(value) if value else None
+
+
 @functools.lru_cache(maxsize=16)
 def lora_target_names(path: Path) -> frozenset[str]:
     """Names (last path component) of the modules LoRA can wrap in a model directory: its linear layers (GPT-2's

@@ -6,14 +6,17 @@ import threading
 import time
 import zlib
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from rq import Queue
 from rq.serializers import JSONSerializer
 
 from app.main import create_app
+from app.routes import datasets
 from fishersft.redis_server import RedisServer
 from fishersft.service.settings import Settings
+from fishersft.service.store import ArtifactStore
 from tests.conftest import SAMPLE
 from tests.service import WAIT_S
 
@@ -185,3 +188,78 @@ def test_header_and_form_values_are_capped(service):
     with open(SAMPLE, "rb") as f:
         response = service.client.post("/v1/datasets", files={"file": ("s.jsonl", f)}, data={"name": "n" * 1001})
     assert "body.name" in [d["field"] for d in assert_error(response, 422)["details"]]
+
+
+def client_with(service, **changes) -> TestClient:
+    """The service's API with some settings changed (same Redis, same store)."""
+    return TestClient(create_app(service.settings.model_copy(update=changes)), raise_server_exceptions=False)
+
+
+def upload(client: TestClient, path, name: str | None = None):
+    with open(path, "rb") as f:
+        return client.post("/v1/datasets", files={"file": (name or path.name, f)})
+
+
+def test_an_npz_that_inflates_far_beyond_its_size_is_refused_unread(service, tmp_path):
+    path = tmp_path / "bomb.npz"
+    np.savez_compressed(path, features=np.zeros((40 << 20, 1), np.float16), offsets=np.array([0, 40 << 20]))
+    assert path.stat().st_size < 1 << 20
+    error = assert_error(upload(service.client, path), 422, "invalid_features")
+    assert "times the file" in error["message"]
+
+
+def test_a_line_over_the_line_limit_is_refused_naming_it(service, tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets, "MAX_LINE_BYTES", 4096)
+    path = tmp_path / "long.jsonl"
+    path.write_text('{"text": "short"}\n{"text": "' + "x" * 10_000 + '"}\n')
+    error = assert_error(upload(service.client, path), 422, "invalid_dataset")
+    assert error["details"] == [{"line": 2, "message": "a line longer than 4,096 bytes"}]
+
+
+def test_max_length_is_capped_by_the_model_context_and_the_service_limit(service):
+    dataset = service.upload(SAMPLE)
+    body = {"dataset_id": dataset["id"], "budget": {"examples": 3}}
+    assert service.select(**body)["request"]["max_length"] == 512  # the tiny model's context, under 1024
+    error = assert_error(service.client.post("/v1/selections", json={**body, "max_length": 513}), 422)
+    assert error["details"][0]["field"] == "body.max_length" and "at most 512" in error["details"][0]["message"]
+    limited = client_with(service, max_length_limit=100)
+    error = assert_error(limited.post("/v1/selections", json={**body, "max_length": 101}), 422)
+    assert "at most 100" in error["details"][0]["message"]
+    assert limited.post("/v1/selections", json=body).json()["request"]["max_length"] == 100
+    finetune = {"dataset_id": dataset["id"], "budget": {"examples": 3}, "training": {"max_length": 600}}
+    assert assert_error(service.client.post("/v1/finetunes", json=finetune), 422)["details"][0]["field"] == (
+        "body.training.max_length"
+    )
+
+
+def test_quotas_answer_507_and_429_with_the_json_error(service, tmp_path):
+    full = client_with(service, max_datasets=1)
+    assert upload(full, SAMPLE).status_code == 201
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"text": "another dataset"}\n')
+    assert_error(upload(full, other), 507, "insufficient_storage")
+    assert upload(full, SAMPLE).status_code == 201  # the same bytes: the dataset it already holds
+    assert_error(upload(client_with(service, min_free_bytes=1 << 60), other), 507, "insufficient_storage")
+    busy = client_with(service, max_active_jobs=2)
+    dataset = upload(busy, SAMPLE).json()
+    body = {"dataset_id": dataset["id"], "budget": {"examples": 3}}
+    assert [busy.post("/v1/selections", json=body).status_code for _ in range(2)] == [202, 202]  # no worker runs
+    response = busy.post("/v1/comparisons", json={**body, "budget": {"examples": 3}})
+    assert_error(response, 429, "too_many_jobs")
+    assert int(response.headers["retry-after"]) > 0
+
+
+def test_cached_features_are_evicted_least_recently_used_under_the_cap(tmp_path):
+    store = ArtifactStore(tmp_path)
+    stores = []
+    for k in range(4):
+        path = store.features_dir(f"{k:064x}", "m", 64)
+        path.mkdir()
+        (path / "features.npy").write_bytes(b"x" * 1000)
+        os.utime(path, (1000 + k, 1000 + k))
+        stores.append(path)
+    store.use_features(stores[0])  # the oldest, used just now
+    assert store.evict_features(3000, keep=stores[1]) == [stores[2]]
+    assert [p.exists() for p in stores] == [True, True, False, True]
+    assert store.evict_features(500, keep=stores[3]) == [stores[1], stores[0]]
+    assert [p.exists() for p in stores] == [False, False, False, True]

@@ -114,6 +114,7 @@ def dataset_features(
         return features, {"features_cached": True, "model_cached": None, "truncated": 0, "embed_s": 0.0}
     features_dir = store.features_dir(dataset["sha256"], model, max_length)  # type: ignore[arg-type]
     if features_dir.exists():
+        store.use_features(features_dir)
         cost = {"features_cached": True, "model_cached": None, "truncated": 0, "embed_s": 0.0, "model_load_s": 0.0}
         return load_features(features_dir), cost
     hits = cached_model.cache_info().hits
@@ -125,6 +126,7 @@ def dataset_features(
         progress=progress,
         load=cached_model,
     )
+    store.evict_features(settings.features_cache_bytes, keep=features_dir)
     return embedding.features, {
         "features_cached": False,
         "model_cached": cached_model.cache_info().hits > hits,

@@ -12,7 +12,7 @@ from app.errors import ApiError
 from app.jobs import COMPARISONS, Jobs
 from app.routes.finetunes import check_training
 from app.routes.jobs import IdempotencyKey, create_job, found, job_router
-from app.routes.selections import dataset_for, known_model
+from app.routes.selections import allowed_max_length, dataset_for, known_model
 from app.schemas import Comparison, ComparisonCreate
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
@@ -36,6 +36,7 @@ def create_comparison(
     is the result; GET .../plot.png draws held-out loss against step."""
     dataset = dataset_for(store, body.dataset_id, "body.dataset_id", jsonl=True)
     body.model = known_model(settings, body.model, "body.model")
+    body.max_length = allowed_max_length(settings, body.model, body.max_length, "body.max_length")
     if body.training.max_length not in (None, body.max_length):
         raise ApiError(422, "invalid_request", "training.max_length must equal max_length (or be left out)")
     body.training.max_length = body.max_length

@@ -12,10 +12,11 @@ from app import deps
 from app.errors import ApiError, shown
 from app.schemas import Dataset, Page, Text
 from fishersft.dataset import iter_examples
-from fishersft.errors import DatasetError, InputError
+from fishersft.errors import DatasetError, InputError, LineError
 from fishersft.features import load_features
 from fishersft.groups import LabelCounter
 from fishersft.service.protocol import ID_HEX
+from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
@@ -27,6 +28,7 @@ FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".npz": "npz", ".safetensors": "
 def create_dataset(
     response: Response,
     store: Annotated[ArtifactStore, Depends(deps.store)],
+    settings: Annotated[Settings, Depends(deps.settings)],
     file: Annotated[UploadFile, File(description="JSONL dataset (.jsonl), or features (.npz, .safetensors).")],
     name: Annotated[
         Text | None, Form(description="A name to show (at most 1,000 characters); default: the file name.")
@@ -48,6 +50,11 @@ def create_dataset(
         dataset_id = f"ds_{upload.sha256[:ID_HEX]}"
         existing = store.dataset(dataset_id)
         if existing is None:
+            if store.dataset_count() >= settings.max_datasets:
+                message = f"the store holds its limit of {settings.max_datasets:,} datasets; delete some first"
+                raise ApiError(507, "insufficient_storage", message)
+            if store.free_bytes() < settings.min_free_bytes:
+                raise ApiError(507, "insufficient_storage", "the artifact store is out of disk space; retry later")
             record = Dataset(
                 id=dataset_id,
                 name=name or file.filename,
@@ -67,12 +74,16 @@ def create_dataset(
     return Dataset(**existing)
 
 
+MAX_LINE_BYTES = 64 << 20
+"""One JSONL example may take up to 64 MiB; a longer line is refused (it would be parsed into memory whole)."""
+
+
 class _Upload:
     """Copies an uploaded file to `target` in 1 MiB chunks, hashing it, and hands out its lines on the way."""
 
     def __init__(self, file: UploadFile, target: Path) -> None:
         self.file, self.target = file, target
-        self.digest, self.size = hashlib.sha256(), 0
+        self.digest, self.size, self.lines_read = hashlib.sha256(), 0, 0
 
     def __enter__(self) -> "_Upload":
         self.out = open(self.target, "wb")
@@ -89,12 +100,27 @@ class _Upload:
             yield chunk
 
     def lines(self) -> Iterator[bytes]:
-        rest = b""
+        """Lines as they arrive, in time linear in the upload (a line's bytes are scanned once, however long
+        it is); a line over MAX_LINE_BYTES is refused as soon as it passes the limit."""
+        pending = bytearray()
         for chunk in self.chunks():
-            *complete, rest = (rest + chunk).split(b"\n")
-            yield from complete
-        if rest:
-            yield rest
+            start = len(pending)
+            pending += chunk
+            cut = pending.rfind(b"\n", start)
+            if cut >= 0:
+                complete = bytes(pending[:cut])
+                del pending[: cut + 1]
+                for line in complete.split(b"\n"):
+                    self._check(len(line))
+                    self.lines_read += 1
+                    yield line
+            self._check(len(pending))
+        if pending:
+            yield bytes(pending)
+
+    def _check(self, line_bytes: int) -> None:
+        if line_bytes > MAX_LINE_BYTES:
+            raise DatasetError([LineError(self.lines_read + 1, f"a line longer than {MAX_LINE_BYTES:,} bytes")])
 
     def finish(self) -> None:
         """Copy whatever was not read yet."""

@@ -10,7 +10,7 @@ from app import deps
 from app.errors import ApiError, shown
 from app.jobs import FINETUNES, SELECTIONS, Jobs
 from app.routes.jobs import IdempotencyKey, create_job, found, job_router
-from app.routes.selections import dataset_for, known_model
+from app.routes.selections import allowed_max_length, dataset_for, known_model
 from app.schemas import EvalRequest, Event, Finetune, FinetuneCreate, LoraRequest
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
@@ -48,7 +48,9 @@ def create_finetune(
     else:
         dataset = dataset_for(store, body.dataset_id, "body.dataset_id", jsonl=True)  # type: ignore[arg-type]
         body.model = known_model(settings, body.model, "body.model")
-        body.training.max_length = body.training.max_length or 1024
+        body.training.max_length = allowed_max_length(
+            settings, body.model, body.training.max_length, "body.training.max_length"
+        )
     check_training(settings, store, body.model, body.lora, body.eval, dataset)  # type: ignore[arg-type]
     return create_job(jobs, redis, body, idempotency_key, response)
 

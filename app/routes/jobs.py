@@ -14,6 +14,8 @@ from app.errors import ApiError, shown
 from app.jobs import KEEP_S, JobKind, Jobs
 from app.schemas import JobBody, Page
 
+BUSY_RETRY_AFTER_S = 30
+
 IdempotencyKey = Annotated[
     str | None,
     Header(
@@ -26,7 +28,15 @@ IdempotencyKey = Annotated[
 
 
 def create_job(jobs: Jobs, redis: Redis, body: BaseModel, idempotency_key: str | None, response: Response) -> JobBody:
-    """Enqueue `body` (once per Idempotency-Key and body) and point Location at the job."""
+    """Enqueue `body` (once per Idempotency-Key and body) and point Location at the job; 429 when the service
+    already holds its limit of queued and running jobs."""
+    if jobs.active() >= jobs.settings.max_active_jobs:
+        raise ApiError(
+            429,
+            "too_many_jobs",
+            f"{jobs.settings.max_active_jobs:,} jobs are queued or running, the service's limit; retry later",
+            headers={"Retry-After": str(BUSY_RETRY_AFTER_S)},
+        )
     job = _idempotent(redis, jobs, idempotency_key, body) if idempotency_key else jobs.create(body)
     response.headers["Location"] = f"/v1/{jobs.kind.resource}/{job.id}"
     return job

@@ -12,6 +12,7 @@ from app.jobs import SELECTIONS, Jobs
 from app.routes.jobs import IdempotencyKey, create_job, found, job_router
 from app.schemas import ExampleId, Selection, SelectionCreate
 from fishersft.dataset import read_ids
+from fishersft.encoding import DEFAULT_MAX_LENGTH
 from fishersft.features import load_features
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
@@ -34,6 +35,7 @@ def create_selection(
     dataset = dataset_for(store, body.dataset_id, "body.dataset_id")
     if dataset["format"] == "jsonl":
         body.model = known_model(settings, body.model, "body.model")
+    body.max_length = allowed_max_length(settings, body.model, body.max_length, "body.max_length")
     if body.group_by is not None:
         known_label(dataset, body.group_by, "body.group_by")
     if body.warm_start_ids:
@@ -85,6 +87,22 @@ def known_ids(store: ArtifactStore, dataset: dict, ids: list[ExampleId], field: 
     if unknown:
         details = [{"field": f"{field}.{k}", "message": f"{shown(str(i))} is not in the dataset"} for k, i in unknown]
         raise ApiError(422, "invalid_request", f"{len(unknown)} warm-start id(s) not in the dataset", details[:20])
+
+
+def allowed_max_length(settings: Settings, model: str | None, value: int | None, field: str) -> int:
+    """The request's max_length, or its default; a 422 naming the field above what the model and service allow."""
+    largest = settings.max_length(model)
+    if value is None:
+        return min(DEFAULT_MAX_LENGTH, largest)
+    if value > largest:
+        why = f"model {model}'s context or " if model else ""
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"max_length {value} is above {largest:,}",
+            [{"field": field, "message": f"at most {largest:,} ({why}the service's limit)"}],
+        )
+    return value
 
 
 def known_model(settings: Settings, model: str | None, field: str) -> str:

@@ -22,6 +22,7 @@ from fishersft.cli.common import (
 from fishersft.cli.remote import run_remote_compare, run_remote_select
 from fishersft.client import ServiceClient
 from fishersft.dataset import read_labels
+from fishersft.encoding import DEFAULT_MAX_LENGTH
 from fishersft.errors import InputError
 from fishersft.features import is_features_path, load_features
 from fishersft.models import BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_dir, prepared_dir, resolve_model
@@ -49,7 +50,7 @@ def run_select(args: argparse.Namespace) -> dict:
                 data,
                 resolve_model(model),
                 args.features_out or Path(tmp) / "features",
-                max_length=args.max_length,
+                max_length=args.max_length or DEFAULT_MAX_LENGTH,
                 batch_size=args.batch_size,
                 device=args.device,
                 precision=args.precision,
@@ -107,7 +108,11 @@ def compare_command(args: argparse.Namespace) -> None:
     model_dir = resolve_model(model)
     with ProgressBars() as progress, tempfile.TemporaryDirectory(prefix="fishersft-") as tmp:
         embedding = embed_dataset(
-            args.data, model_dir, Path(tmp) / "features", max_length=args.max_length, progress=progress
+            args.data,
+            model_dir,
+            Path(tmp) / "features",
+            max_length=args.max_length or DEFAULT_MAX_LENGTH,
+            progress=progress,
         )
         result = compare(
             Path(args.data),
@@ -122,7 +127,7 @@ def compare_command(args: argparse.Namespace) -> None:
             weightings=args.weightings,
             lora=lora_settings(args),
             training=training_settings(args),
-            max_length=args.max_length,
+            max_length=args.max_length or DEFAULT_MAX_LENGTH,
             eval_points=args.eval_points,
             progress=progress,
         )
@@ -193,7 +198,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     compare.add_argument("--budget", type=positive_int, required=True, metavar="K", help="examples per subset")
     compare.add_argument("--random-seeds", type=positive_int, default=3, metavar="N", help="random subsets (3)")
     compare.add_argument("--lambda", dest="lam", type=positive_float, default=1.0, metavar="L", help="ridge (1.0)")
-    compare.add_argument("--max-length", type=positive_int, default=1024, metavar="M", help="tokens (1024)")
+    compare.add_argument("--max-length", type=positive_int, metavar="M", help="tokens per example (1024)")
     compare.add_argument(
         "--weightings",
         type=weightings,
@@ -259,9 +264,9 @@ def add_select_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-length",
         type=positive_int,
-        default=1024,
         metavar="M",
-        help="tokens per example at most; longer ones lose prompt tokens first (default 1024)",
+        help="tokens per example at most; longer ones lose prompt tokens first (default 1024; with --server, 1024 "
+        "or the model's context if smaller)",
     )
     parser.add_argument("--batch-size", type=positive_int, default=16, metavar="B", help="examples per forward pass")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")

@@ -159,7 +159,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     choice.add_argument("--budget-tokens", type=positive_int, metavar="T", help="or at most T loss tokens")
     finetune.add_argument("--method", choices=["fisher", "random"], default="fisher")
     finetune.add_argument("--model", help="a model name from GET /v1/models (default: the service's)")
-    finetune.add_argument("--max-length", type=positive_int, default=1024, metavar="M", help="tokens (1024)")
+    finetune.add_argument("--max-length", type=positive_int, metavar="M", help="tokens per example (1024)")
     finetune.add_argument("--out-dir", type=Path, default=Path("finetune"), help="with --wait: result and adapter")
     add_training_arguments(finetune)
     add_server_arguments(finetune)

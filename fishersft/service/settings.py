@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, PositiveInt, ValidationError, ValidationInfo, field_validator
+from pydantic import AliasChoices, Field, NonNegativeInt, PositiveInt, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fishersft.errors import InputError
@@ -15,6 +15,7 @@ from fishersft.models import (
     builtin_model_dir,
     home,
     lora_target_names,
+    model_context,
     model_dim,
     prepared_dir,
 )
@@ -47,6 +48,21 @@ class Settings(BaseSettings):
         10, description="A running job refreshes an alive key with this TTL; when it expires, its worker is dead."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Worker log level.")
+    max_length_limit: PositiveInt = Field(
+        4096,
+        description="Largest max_length a request may ask for (features and their cache grow with it); a model's "
+        "own context caps it further.",
+    )
+    max_datasets: PositiveInt = Field(10_000, description="Datasets the store holds at most; then uploads get 507.")
+    max_active_jobs: PositiveInt = Field(
+        1_000, description="Queued or running jobs (all kinds) at most; then new jobs get 429 with Retry-After."
+    )
+    min_free_bytes: NonNegativeInt = Field(
+        1 << 30, description="Uploads that would leave less free disk than this in the store get 507."
+    )
+    features_cache_bytes: PositiveInt = Field(
+        100 << 30, description="Cached features beyond this size are evicted, least recently used first."
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -115,6 +131,13 @@ class Settings(BaseSettings):
         is not prepared for this: None, and the worker checks)."""
         path = self.models[name] if name in self.models else prepared_dir(name)
         return lora_target_names(path) if path and (path / "config.json").exists() else None
+
+    def max_length(self, name: str | None) -> int:
+        """The largest max_length for a model: the service's limit, or the model's context when smaller and known
+        without preparing it (None: features input, the limit alone)."""
+        path = (self.models[name] if name in self.models else prepared_dir(name)) if name else None
+        context = model_context(path) if path and (path / "config.json").exists() else None
+        return min(self.max_length_limit, context or self.max_length_limit)
 
     def model_dim(self, name: str) -> int:
         """Feature width, without loading (or preparing) the model."""

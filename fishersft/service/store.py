@@ -56,6 +56,12 @@ class ArtifactStore:
             temp.unlink()
         return record
 
+    def dataset_count(self) -> int:
+        return sum(1 for _ in (self.root / "datasets").glob("*.json"))
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
     def datasets(self) -> list[dict[str, Any]]:
         records = [_read_json(p) for p in (self.root / "datasets").glob("*.json")]
         return [r for r in records if r is not None]
@@ -86,6 +92,26 @@ class ArtifactStore:
 
     def features_dir(self, sha256: str, model: str, max_length: int) -> Path:
         return self.root / "features" / f"{sha256}-{_safe(model)}-{max_length}"
+
+    def use_features(self, path: Path) -> None:
+        """Mark a cached features store as just used (its directory's mtime orders eviction)."""
+        os.utime(path)
+
+    def evict_features(self, max_bytes: int, keep: Path) -> list[Path]:
+        """Remove cached features stores, least recently used first, until they take at most `max_bytes`;
+        never `keep` (the one a job is using). A worker still reading a removed store keeps its open files.
+        Returns what was removed."""
+        stores = [p for p in (self.root / "features").iterdir() if p.is_dir() and not p.name.endswith(".partial")]
+        sizes = {p: sum(f.stat().st_size for f in p.iterdir()) for p in stores}
+        total, removed = sum(sizes.values()), []
+        for path in sorted(stores, key=lambda p: p.stat().st_mtime):
+            if total <= max_bytes:
+                break
+            if path != keep:
+                shutil.rmtree(path, ignore_errors=True)
+                total -= sizes[path]
+                removed.append(path)
+        return removed
 
     def artifact(self, job_id: str, name: str) -> Path:
         return self.root / "artifacts" / _safe(job_id) / name
