@@ -4,12 +4,14 @@ They do no I/O, so they are `async def`: FastAPI runs them on the event loop ins
 thread pool (which cost more than the request's own work).
 """
 
+import hmac
 from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 from redis import Redis
 
+from app.caller import Caller, Datasets, fingerprint
 from app.errors import ApiError
 from app.jobs import JobKind, Jobs
 from fishersft.service.settings import Settings
@@ -28,26 +30,40 @@ async def store(request: Request) -> ArtifactStore:
     return request.app.state.store
 
 
+async def authorize(
+    settings: Annotated[Settings, Depends(settings)],
+    authorization: Annotated[
+        str | None, Header(description="`Bearer <key>` when keys are configured.", max_length=1000)
+    ] = None,
+) -> Caller:
+    """Open when no API keys are configured (the local default); else a configured Bearer key is required. Keys
+    are compared in constant time, every configured key each time."""
+    if not settings.api_keys and not settings.admin_api_keys:
+        return Caller()
+    scheme, _, key = (authorization or "").partition(" ")
+    given = key.strip().encode()
+    user = [hmac.compare_digest(given, k.encode()) for k in sorted(settings.api_keys)]
+    admin = [hmac.compare_digest(given, k.encode()) for k in sorted(settings.admin_api_keys)]
+    if scheme.lower() != "bearer" or not (any(user) or any(admin)):
+        raise ApiError(401, "unauthorized", "missing or unknown API key: send `Authorization: Bearer <key>`")
+    return Caller(owner=fingerprint(key.strip()), admin=any(admin))
+
+
 def jobs(kind: JobKind) -> Callable[..., Awaitable[Jobs]]:
-    """The dependency that gives a route the jobs of one kind."""
+    """The dependency that gives a route the jobs of one kind, as the caller may see them."""
 
     async def dependency(
         redis: Annotated[Redis, Depends(redis)],
         settings: Annotated[Settings, Depends(settings)],
         store: Annotated[ArtifactStore, Depends(store)],
+        caller: Annotated[Caller, Depends(authorize)],
     ) -> Jobs:
-        return Jobs(kind, redis, settings, store)
+        return Jobs(kind, redis, settings, store, caller)
 
     return dependency
 
 
-async def authorize(
-    settings: Annotated[Settings, Depends(settings)],
-    authorization: Annotated[str | None, Header(description="`Bearer <key>` when keys are configured.")] = None,
-) -> None:
-    """Open when no API keys are configured (the local default); else a configured Bearer key is required."""
-    if not settings.api_keys:
-        return
-    scheme, _, key = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or key not in settings.api_keys:
-        raise ApiError(401, "unauthorized", "missing or unknown API key: send `Authorization: Bearer <key>`")
+async def datasets(
+    store: Annotated[ArtifactStore, Depends(store)], caller: Annotated[Caller, Depends(authorize)]
+) -> Datasets:
+    return Datasets(store, caller)

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
 
@@ -56,6 +57,48 @@ HTTP_CODES = {
     503: "unavailable",
     507: "insufficient_storage",
 }
+
+
+class ErrorDetail(BaseModel):
+    field: str | None = Field(None, description="The request field, e.g. `body.budget.examples`.")
+    line: int | None = Field(None, description="The dataset line (1-based), for upload errors.")
+    message: str = Field(description="What is wrong there.")
+
+
+class ErrorInfo(BaseModel):
+    code: str = Field(description="Machine-readable reason, snake_case.")
+    message: str = Field(description="What went wrong, for people.")
+    details: list[ErrorDetail] = Field(description="Per field or line, when the error has parts.")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorInfo = Field(description="Every error answers this shape.")
+
+
+ERROR_DESCRIPTIONS = {
+    400: "The body is not JSON the API can parse.",
+    401: "Missing or unknown API key (when keys are configured).",
+    404: "No such resource (or not the caller's).",
+    409: "Conflict: not ready yet, already ended, or an Idempotency-Key reused with another body.",
+    413: "The body is over the upload limit.",
+    422: "The request is not valid: `details` name each field or line.",
+    429: "Too many queued or running jobs: retry after `Retry-After` seconds.",
+    503: "Redis is unavailable: retry after `Retry-After` seconds.",
+    507: "The store is full (datasets or disk).",
+}
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for these error statuses, each with the error body's schema."""
+    schema = {"$ref": "#/components/schemas/ErrorBody"}  # JSON even where the success is not (ids, PNG, tar)
+    return {
+        s: {
+            "model": ErrorBody,
+            "description": ERROR_DESCRIPTIONS[s],
+            "content": {"application/json": {"schema": schema}},
+        }
+        for s in statuses
+    }
 
 
 def install(app: FastAPI) -> None:

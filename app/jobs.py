@@ -18,6 +18,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 
+from app.caller import OPEN, Caller
 from app.schemas import (
     Comparison,
     ComparisonResult,
@@ -43,6 +44,8 @@ from fishersft.service.protocol import (
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
 
+MAX_ATTEMPTS = 2
+"""A job whose worker is lost is run again once, then failed (`worker_lost`)."""
 KEEP_S = 30 * 24 * 3600
 """How long finished jobs stay in Redis (results stay in the artifact store)."""
 
@@ -84,8 +87,12 @@ COMPARISONS = JobKind("comparisons", "cmp", RUN_COMPARISON, Comparison, Comparis
 
 
 class Jobs:
-    def __init__(self, kind: JobKind, redis: Redis, settings: Settings, store: ArtifactStore) -> None:
-        self.kind, self.redis, self.settings, self.store = kind, redis, settings, store
+    """The jobs of one kind that `caller` may see (its own; all for an admin or an open service)."""
+
+    def __init__(
+        self, kind: JobKind, redis: Redis, settings: Settings, store: ArtifactStore, caller: Caller = OPEN
+    ) -> None:
+        self.kind, self.redis, self.settings, self.store, self.caller = kind, redis, settings, store, caller
         name = settings.training_queue if kind.training else settings.queue
         self.queue = Queue(name, connection=redis, serializer=JOB_SERIALIZER)
 
@@ -102,28 +109,49 @@ class Jobs:
             self.kind.function,
             kwargs={"request": payload},
             job_id=job_id,
-            meta={"request": payload},
+            meta={"request": payload, "owner": self.caller.owner},
             job_timeout=self.settings.job_timeout_s,
             result_ttl=KEEP_S,
             failure_ttl=KEEP_S,
         )
-        self.redis.zadd(self.kind.index, {job_id: time.time()})
+        now = time.time()
+        self.redis.zadd(self.kind.index, {job_id: now})
+        if self.caller.owner is not None:
+            self.redis.zadd(self._owner_index(self.caller.owner), {job_id: now})
         return self.view(job)
 
     def get(self, job_id: str) -> JobBody | None:
+        job = self._fetch(job_id)
+        if job is not None:
+            return self.view(job)
+        return self._from_store(job_id) if is_id(job_id, self.kind.prefix) else None
+
+    def _fetch(self, job_id: str) -> Job | None:
+        """The job in Redis, if it exists and the caller may see it."""
         if not is_id(job_id, self.kind.prefix):
             return None
         try:
-            return self.view(Job.fetch(job_id, connection=self.redis, serializer=JOB_SERIALIZER))
+            job = Job.fetch(job_id, connection=self.redis, serializer=JOB_SERIALIZER)
         except NoSuchJobError:
-            return self._from_store(job_id)
+            return None
+        return job if self.caller.sees({job.meta.get("owner")} - {None}) else None
+
+    def _owner_index(self, owner: str) -> str:
+        return f"{self.kind.index}:owner:{owner}"
 
     def view(self, job: Job) -> JobBody:
         """The API body of a job as last read from Redis (status, timestamps and meta are read together)."""
         status = job.get_status(refresh=False)
         if status == JobStatus.STARTED and self._worker_lost(job):
-            self._fail(job, "worker_lost", "the worker running this job stopped (killed or crashed) before it ended")
-            status = JobStatus.FAILED
+            if job.meta.get("attempts", 1) < MAX_ATTEMPTS:
+                self._retry(job)
+                status = JobStatus.QUEUED
+            else:
+                message = (
+                    f"the worker running this job stopped (killed or crashed) before it ended, {MAX_ATTEMPTS} times"
+                )
+                self._fail(job, "worker_lost", message)
+                status = JobStatus.FAILED
         meta = job.meta
         state = "cancelled" if status == JobStatus.FAILED and meta.get("cancelled") else STATUS.get(status, "queued")
         result = self.store.result(job.id) if state == "succeeded" else None
@@ -138,31 +166,24 @@ class Jobs:
             error=self._error(job, meta) if state == "failed" else None,
             result=self.kind.result(**result["result"]) if result else None,
             request=meta["request"],
+            attempts=meta.get("attempts", 1),
         )
 
     def events(self, job_id: str) -> list[Event] | None:
         """The job's events, oldest first: from its saved result once it succeeded, else from Redis."""
-        if not is_id(job_id, self.kind.prefix):
+        if self.get(job_id) is None:
             return None
         saved = self.store.result(job_id)
         if saved is not None:
             return [Event(**e) for e in saved.get("events", [])]
-        try:
-            return [
-                Event(**e)
-                for e in Job.fetch(job_id, connection=self.redis, serializer=JOB_SERIALIZER).meta.get("events", [])
-            ]
-        except NoSuchJobError:
-            return None
+        job = self._fetch(job_id)
+        return [Event(**e) for e in job.meta.get("events", [])] if job else []
 
     def cancel(self, job_id: str) -> JobBody | None:
         """Cancel a queued job now; ask a running one to stop at its next batch or pick."""
-        if not is_id(job_id, self.kind.prefix):
-            return None
-        try:
-            job = Job.fetch(job_id, connection=self.redis, serializer=JOB_SERIALIZER)
-        except NoSuchJobError:
-            return self._from_store(job_id)
+        job = self._fetch(job_id)
+        if job is None:
+            return self.get(job_id)
         status = job.get_status(refresh=False)
         if status == JobStatus.STARTED:
             self.redis.set(cancel_key(job_id), 1, ex=KEEP_S)
@@ -171,11 +192,13 @@ class Jobs:
         return self.get(job_id)
 
     def list(self, limit: int, after: str | None) -> tuple[list[JobBody], str | None]:
+        scoped = self.caller.owner is not None and not self.caller.admin
+        index = self._owner_index(self.caller.owner) if scoped else self.kind.index  # type: ignore[arg-type]
         top = "+inf"
         if after is not None:
-            score = self.redis.zscore(self.kind.index, after)
+            score = self.redis.zscore(index, after)
             top = f"({score}" if score is not None else "-inf"
-        ids = [i.decode() for i in self.redis.zrevrangebyscore(self.kind.index, top, "-inf", start=0, num=limit + 1)]
+        ids = [i.decode() for i in self.redis.zrevrangebyscore(index, top, "-inf", start=0, num=limit + 1)]
         page = [s for s in (self.get(i) for i in ids[:limit]) if s is not None]
         return page, ids[limit - 1] if len(ids) > limit else None
 
@@ -185,6 +208,30 @@ class Jobs:
         if started is None or (datetime.now(UTC) - started).total_seconds() < self.settings.alive_ttl_s:
             return False
         return not self.redis.exists(alive_key(job.id))
+
+    def _retry(self, job: Job) -> None:
+        """Queue a job whose worker was lost again, once per attempt whoever notices first (jobs are idempotent:
+        a selection or a training run started over gives the same result)."""
+        attempt = job.meta.get("attempts", 1) + 1
+        if not self.redis.set(f"fishersft:retry:{job.id}:{attempt}", 1, nx=True, ex=KEEP_S):
+            job.refresh()
+            return
+        job.meta["attempts"] = attempt
+        job.meta.pop("progress", None)
+        job.meta.setdefault("events", []).append(
+            {
+                "created_at": datetime.now(UTC).isoformat(),
+                "level": "warning",
+                "type": "retried",
+                "message": f"its worker was lost; queued again (attempt {attempt} of {MAX_ATTEMPTS})",
+                "data": {"attempt": attempt},
+            }
+        )
+        job.save_meta()
+        with self.redis.pipeline() as pipe:
+            StartedJobRegistry(queue=self.queue).remove_executions(job, pipeline=pipe)
+            pipe.execute()
+        self.queue.enqueue_job(job)
 
     def _fail(self, job: Job, code: str, message: str) -> None:
         job.meta["error"] = {"code": code, "message": message}
@@ -206,7 +253,7 @@ class Jobs:
     def _from_store(self, job_id: str) -> JobBody | None:
         """A job Redis no longer knows (expired or lost), from its saved result."""
         saved = self.store.result(job_id)
-        if saved is None:
+        if saved is None or not self.caller.sees({saved.get("owner")} - {None}):
             return None
         return self.kind.body(
             id=job_id,
@@ -218,6 +265,7 @@ class Jobs:
             error=None,
             result=self.kind.result(**saved["result"]),
             request=saved["request"],
+            attempts=saved.get("attempts", 1),
         )
 
 

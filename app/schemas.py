@@ -187,6 +187,9 @@ class JobBody(BaseModel, Generic[RequestT, ResultT]):
     error: JobError | None = Field(description="Why it failed; null unless failed.")
     result: ResultT | None = Field(description="The outcome; null until succeeded.")
     request: RequestT = Field(description="What was asked.")
+    attempts: int = Field(
+        1, description="Runs started: a job whose worker was lost (killed, crashed) is queued again once."
+    )
 
 
 class Selection(JobBody[SelectionCreate, SelectionResult]):

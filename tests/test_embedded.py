@@ -7,6 +7,10 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
+
+import httpx
 
 from fishersft.client import ServiceClient, ServiceError
 from fishersft.models import DEFAULT_MODEL, builtin_model_dir
@@ -96,3 +100,49 @@ def test_serve_and_the_client_commands(tmp_path):
         server.wait(30)
     with socket.socket() as s:  # the private Redis went away with the service
         assert s.connect_ex(("127.0.0.1", redis_port)) != 0
+
+
+def children(pid: int) -> dict[int, str]:
+    """Child processes of `pid` and their command lines, from /proc."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found[int(stat.parent.name)] = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def test_serve_restarts_a_killed_worker_and_stops_everything_on_sigterm(tmp_path):
+    env = {**isolated_env(tmp_path), "FISHERSFT_DEFAULT_MODEL": "tiny-llama"}
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "fishersft.cli", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    client = ServiceClient(url)
+    try:
+        client.wait_ready(timeout=600, alive=lambda: server.poll() is None)
+        (first,) = [p for p, cmd in children(server.pid).items() if "-m workers" in cmd]
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 600
+        while True:  # another worker is started and registers
+            workers = [p for p, cmd in children(server.pid).items() if "-m workers" in cmd and p != first]
+            if workers and httpx.get(f"{url}/readyz").status_code == 200:
+                break
+            assert time.monotonic() < deadline and server.poll() is None, "no worker was started again"
+            time.sleep(0.2)
+        spawned = children(server.pid)
+        assert any("redis-server" in cmd for cmd in spawned.values())
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+    assert "starting another" in server.stderr.read()
+    for pid in spawned:  # the private Redis and the new worker went away with the service
+        assert not Path(f"/proc/{pid}").exists() or "(Z)" in Path(f"/proc/{pid}/stat").read_text()

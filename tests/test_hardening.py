@@ -263,3 +263,61 @@ def test_cached_features_are_evicted_least_recently_used_under_the_cap(tmp_path)
     assert [p.exists() for p in stores] == [True, True, False, True]
     assert store.evict_features(500, keep=stores[3]) == [stores[1], stores[0]]
     assert [p.exists() for p in stores] == [False, False, False, True]
+
+
+def test_each_key_sees_only_its_own_datasets_and_jobs_and_an_admin_sees_all(service, tmp_path):
+    keyed = client_with(service, api_keys=frozenset({"alice-key", "bob-key"}), admin_api_keys=frozenset({"root-key"}))
+    alice, bob, root = ({"Authorization": f"Bearer {k}"} for k in ("alice-key", "bob-key", "root-key"))
+    with open(SAMPLE, "rb") as f:
+        dataset = keyed.post("/v1/datasets", files={"file": ("s.jsonl", f)}, headers=alice).json()
+    path = f"/v1/datasets/{dataset['id']}"
+    assert keyed.get(path, headers=alice).status_code == 200
+    assert_error(keyed.get(path, headers=bob), 404, "dataset_not_found")
+    assert keyed.get("/v1/datasets", headers=bob).json()["data"] == []
+    assert keyed.get(path, headers=root).status_code == 200
+    body = {"dataset_id": dataset["id"], "budget": {"examples": 3}}
+    error = assert_error(keyed.post("/v1/selections", json=body, headers=bob), 422)
+    assert error["details"][0]["field"] == "body.dataset_id"
+    job = keyed.post("/v1/selections", json=body, headers={**alice, "Idempotency-Key": "k1"}).json()
+    for suffix in ("", "/ids"):
+        assert_error(keyed.get(f"/v1/selections/{job['id']}{suffix}", headers=bob), 404, "selection_not_found")
+    assert_error(keyed.post(f"/v1/selections/{job['id']}/cancel", headers=bob), 404, "selection_not_found")
+    assert keyed.get("/v1/selections", headers=bob).json()["data"] == []
+    assert [j["id"] for j in keyed.get("/v1/selections", headers=alice).json()["data"]] == [job["id"]]
+    assert [j["id"] for j in keyed.get("/v1/selections", headers=root).json()["data"]] == [job["id"]]
+    assert keyed.get(f"/v1/selections/{job['id']}", headers=root).status_code == 200
+    finetune = {"selection_id": job["id"]}
+    assert_error(keyed.post("/v1/finetunes", json=finetune, headers=bob), 422)
+    # the same Idempotency-Key from another key is another request
+    with open(SAMPLE, "rb") as f:
+        assert keyed.post("/v1/datasets", files={"file": ("s.jsonl", f)}, headers=bob).status_code == 201
+    assert keyed.get(path, headers=bob).status_code == 200  # bob uploaded the same bytes: his too now
+    other = keyed.post("/v1/selections", json=body, headers={**bob, "Idempotency-Key": "k1"}).json()
+    assert other["id"] != job["id"]
+    # deleting gives up one key's claim; the dataset goes with the last one
+    assert keyed.delete(path, headers=alice).status_code == 204
+    assert_error(keyed.get(path, headers=alice), 404)
+    assert keyed.get(path, headers=bob).status_code == 200
+    assert keyed.delete(path, headers=bob).status_code == 204
+    assert_error(keyed.get(path, headers=root), 404)
+    assert_error(keyed.get("/v1/datasets", headers={"Authorization": "Bearer nobody"}), 401, "unauthorized")
+    assert keyed.get("/openapi.json").status_code == 200  # the contract stays public (README: Security)
+
+
+def test_openapi_documents_the_error_answers_of_every_route(service):
+    spec = service.client.get("/openapi.json").json()
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            codes = set(operation["responses"])
+            if path.startswith("/v1/"):
+                assert {"401", "422"} <= codes, (method, path)
+            if "{" in path:
+                assert "404" in codes, (method, path)
+            if method == "post" and path.count("/") == 2 and path != "/v1/datasets":
+                assert {"400", "409", "422", "429", "503"} <= codes, (method, path)
+            for code, response in operation["responses"].items():
+                if code.startswith(("4", "5")) and path != "/readyz":
+                    assert response["content"]["application/json"]["schema"] == {
+                        "$ref": "#/components/schemas/ErrorBody"
+                    }
+    assert {"413", "507"} <= set(spec["paths"]["/v1/datasets"]["post"]["responses"])

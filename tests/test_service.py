@@ -93,20 +93,30 @@ def test_cancel_while_queued_and_while_running(service, long_dataset):
     assert service.wait(service.select(dataset_id=small["id"], budget={"examples": 2})["id"])["status"] == "succeeded"
 
 
-def test_killed_worker_leaves_the_job_failed_and_the_service_answers(service, long_dataset):
+def test_a_job_whose_worker_is_killed_runs_again_once_then_fails(service, long_dataset):
+    """Killed mid-run, the job is queued again (attempt 2) and the next worker takes it; killed again, it fails
+    with worker_lost. /readyz counts only live workers, and the service keeps answering."""
     worker = service.start_worker()
     dataset = service.upload(long_dataset)
     job = service.select(dataset_id=dataset["id"], budget={"examples": 5})
     service.wait(job["id"], until=("running",))
     worker.send_signal(signal.SIGKILL)
     worker.wait()
+    again = service.wait(job["id"], until=("queued",))
+    assert again["attempts"] == 2 and again["progress"] is None
+    assert service.client.get("/readyz").json()["workers"] == 0  # the killed one is not counted
+    worker = service.start_worker()
+    service.wait(job["id"], until=("running",))
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
     ended = service.wait(job["id"])
-    assert ended["status"] == "failed" and ended["error"]["code"] == "worker_lost"
+    assert ended["status"] == "failed" and ended["error"]["code"] == "worker_lost" and ended["attempts"] == 2
     assert service.client.get("/healthz").status_code == 200
     assert service.client.get(f"/v1/datasets/{dataset['id']}").status_code == 200
     service.start_worker()
     small = service.upload(SAMPLE)
-    assert service.wait(service.select(dataset_id=small["id"], budget={"examples": 2})["id"])["status"] == "succeeded"
+    done = service.wait(service.select(dataset_id=small["id"], budget={"examples": 2})["id"])
+    assert done["status"] == "succeeded" and done["attempts"] == 1
 
 
 def test_redis_restart_mid_run_loses_no_dataset_or_result(service, redis_server, long_dataset):

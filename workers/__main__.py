@@ -18,7 +18,7 @@ from rq.job import Job
 # the job modules are imported now, not inside the first job: torch takes seconds to load
 import workers.finetune
 import workers.selection  # noqa: F401
-from fishersft.service.protocol import JOB_FUNCTIONS, JOB_SERIALIZER
+from fishersft.service.protocol import JOB_FUNCTIONS, JOB_SERIALIZER, WORKER_TTL_S
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
 
@@ -49,6 +49,7 @@ def main(queues: Sequence[str] = ()) -> None:
         [Queue(name, connection=redis, serializer=JOB_SERIALIZER) for name in queues],
         connection=redis,
         serializer=JOB_SERIALIZER,
+        worker_ttl=WORKER_TTL_S,
     )
     worker.work(with_scheduler=False, logging_level=level)
 

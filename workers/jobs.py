@@ -41,7 +41,7 @@ class JobProgress:
         self.job = job
         self.saved_at = 0.0
         self.phase = ""
-        self.events: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = list(job.meta.get("events", []))  # an earlier attempt's too
 
     def __call__(self, phase: str, done: int, total: int) -> None:
         if self.job.connection.exists(cancel_key(self.job.id)):
@@ -87,7 +87,8 @@ def run_job(work: Work, request: dict[str, Any]) -> dict[str, Any]:
         k: (v or datetime.now(UTC)).isoformat()
         for k, v in (("created_at", job.created_at), ("started_at", job.started_at), ("finished_at", None))
     }
-    store.put_result(job.id, {"request": request, "result": result, **times, "events": progress.events})
+    saved = {"request": request, "result": result, **times, "events": progress.events}
+    store.put_result(job.id, {**saved, "owner": job.meta.get("owner"), "attempts": job.meta.get("attempts", 1)})
     return result
 
 

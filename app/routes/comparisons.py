@@ -8,7 +8,8 @@ from fastapi.responses import FileResponse
 from redis import Redis
 
 from app import deps
-from app.errors import ApiError
+from app.caller import Datasets
+from app.errors import ApiError, documented
 from app.jobs import COMPARISONS, Jobs
 from app.routes.finetunes import check_training
 from app.routes.jobs import IdempotencyKey, create_job, found, job_router
@@ -20,12 +21,18 @@ from fishersft.service.store import ArtifactStore
 router = job_router(COMPARISONS)
 
 
-@router.post("", status_code=202, response_model=Comparison, summary="Compare fisher with random subsets")
+@router.post(
+    "",
+    status_code=202,
+    response_model=Comparison,
+    summary="Compare fisher with random subsets",
+    responses=documented(400, 409, 422, 429),
+)
 def create_comparison(
     body: ComparisonCreate,
     response: Response,
     jobs: Annotated[Jobs, Depends(deps.jobs(COMPARISONS))],
-    store: Annotated[ArtifactStore, Depends(deps.store)],
+    datasets: Annotated[Datasets, Depends(deps.datasets)],
     settings: Annotated[Settings, Depends(deps.settings)],
     redis: Annotated[Redis, Depends(deps.redis)],
     idempotency_key: IdempotencyKey = None,
@@ -34,13 +41,13 @@ def create_comparison(
     subsets of `budget.examples`, and fisher again at the random subsets' mean loss tokens; trains each with the
     same LoRA and training settings from the same base model; evaluates all on the same held-out set. The table
     is the result; GET .../plot.png draws held-out loss against step."""
-    dataset = dataset_for(store, body.dataset_id, "body.dataset_id", jsonl=True)
+    dataset = dataset_for(datasets, body.dataset_id, "body.dataset_id", jsonl=True)
     body.model = known_model(settings, body.model, "body.model")
     body.max_length = allowed_max_length(settings, body.model, body.max_length, "body.max_length")
     if body.training.max_length not in (None, body.max_length):
         raise ApiError(422, "invalid_request", "training.max_length must equal max_length (or be left out)")
     body.training.max_length = body.max_length
-    check_training(settings, store, body.model, body.lora, body.eval, dataset)
+    check_training(settings, datasets, body.model, body.lora, body.eval, dataset)
     return create_job(jobs, redis, body, idempotency_key, response)
 
 
@@ -48,7 +55,7 @@ def create_comparison(
     "/{job_id}/plot.png",
     response_class=FileResponse,
     summary="Held-out loss vs training step, one line per run (PNG)",
-    responses={200: {"content": {"image/png": {}}}, 409: {"description": "Not succeeded yet."}},
+    responses={200: {"content": {"image/png": {}}}, **documented(404, 409)},
 )
 def get_plot(
     job_id: str,

@@ -9,7 +9,8 @@ from typing import Annotated, TypeVar
 from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
 
 from app import deps
-from app.errors import ApiError, shown
+from app.caller import Datasets
+from app.errors import ApiError, documented, shown
 from app.schemas import Dataset, Page, Text
 from fishersft.dataset import iter_examples
 from fishersft.errors import DatasetError, InputError, LineError
@@ -24,10 +25,17 @@ T = TypeVar("T")
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".npz": "npz", ".safetensors": "safetensors"}
 
 
-@router.post("", status_code=201, response_model=Dataset, summary="Upload a dataset or a features file")
+@router.post(
+    "",
+    status_code=201,
+    response_model=Dataset,
+    summary="Upload a dataset or a features file",
+    responses=documented(413, 422, 507),
+)
 def create_dataset(
     response: Response,
     store: Annotated[ArtifactStore, Depends(deps.store)],
+    datasets: Annotated[Datasets, Depends(deps.datasets)],
     settings: Annotated[Settings, Depends(deps.settings)],
     file: Annotated[UploadFile, File(description="JSONL dataset (.jsonl), or features (.npz, .safetensors).")],
     name: Annotated[
@@ -68,6 +76,7 @@ def create_dataset(
             ).model_dump(mode="json")
             store.put_blob(temp, upload.sha256)
             existing = store.put_dataset_once(record)  # concurrent identical uploads: the first record wins
+        datasets.claim(dataset_id)
     finally:
         temp.unlink(missing_ok=True)
     response.headers["Location"] = f"/v1/datasets/{dataset_id}"
@@ -160,11 +169,11 @@ def _validated(check: Callable[[], T], temp: Path, filename: str | None) -> T:
 
 @router.get("", response_model=Page[Dataset], summary="List datasets, newest first")
 def list_datasets(
-    store: Annotated[ArtifactStore, Depends(deps.store)],
+    datasets: Annotated[Datasets, Depends(deps.datasets)],
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 50,
     after: Annotated[str | None, Query(description="The `next_after` of the previous page.")] = None,
 ) -> Page[Dataset]:
-    records = sorted(store.datasets(), key=lambda r: (r["created_at"], r["id"]), reverse=True)
+    records = sorted(datasets.all(), key=lambda r: (r["created_at"], r["id"]), reverse=True)
     if after is not None:
         ids = [r["id"] for r in records]
         records = records[ids.index(after) + 1 :] if after in ids else []
@@ -172,19 +181,23 @@ def list_datasets(
     return Page(data=[Dataset(**r) for r in page], next_after=page[-1]["id"] if len(records) > limit else None)
 
 
-@router.get("/{dataset_id}", response_model=Dataset, summary="Read a dataset's metadata")
-def get_dataset(dataset_id: str, store: Annotated[ArtifactStore, Depends(deps.store)]) -> Dataset:
-    return Dataset(**_found(store, dataset_id))
+@router.get("/{dataset_id}", response_model=Dataset, summary="Read a dataset's metadata", responses=documented(404))
+def get_dataset(dataset_id: str, datasets: Annotated[Datasets, Depends(deps.datasets)]) -> Dataset:
+    return Dataset(**_found(datasets, dataset_id))
 
 
-@router.delete("/{dataset_id}", status_code=204, summary="Delete a dataset and its cached features")
-def delete_dataset(dataset_id: str, store: Annotated[ArtifactStore, Depends(deps.store)]) -> Response:
-    store.delete_dataset(_found(store, dataset_id))
+@router.delete(
+    "/{dataset_id}", status_code=204, summary="Delete a dataset and its cached features", responses=documented(404)
+)
+def delete_dataset(dataset_id: str, datasets: Annotated[Datasets, Depends(deps.datasets)]) -> Response:
+    """With API keys, a key deletes its own claim; the dataset and its cached features go once no key holds it
+    (an admin key deletes it for all)."""
+    datasets.delete(_found(datasets, dataset_id))
     return Response(status_code=204)
 
 
-def _found(store: ArtifactStore, dataset_id: str) -> dict:
-    record = store.dataset(dataset_id)
+def _found(datasets: Datasets, dataset_id: str) -> dict:
+    record = datasets.get(dataset_id)
     if record is None:
         raise ApiError(404, "dataset_not_found", f"no dataset {shown(dataset_id)}")
     return record

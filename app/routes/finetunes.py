@@ -7,7 +7,8 @@ from fastapi.responses import FileResponse
 from redis import Redis
 
 from app import deps
-from app.errors import ApiError, shown
+from app.caller import Datasets
+from app.errors import ApiError, documented, shown
 from app.jobs import FINETUNES, SELECTIONS, Jobs
 from app.routes.jobs import IdempotencyKey, create_job, found, job_router
 from app.routes.selections import allowed_max_length, dataset_for, known_model
@@ -18,13 +19,19 @@ from fishersft.service.store import ArtifactStore
 router = job_router(FINETUNES)
 
 
-@router.post("", status_code=202, response_model=Finetune, summary="Fine-tune a LoRA adapter on a subset")
+@router.post(
+    "",
+    status_code=202,
+    response_model=Finetune,
+    summary="Fine-tune a LoRA adapter on a subset",
+    responses=documented(400, 409, 422, 429),
+)
 def create_finetune(
     body: FinetuneCreate,
     response: Response,
     jobs: Annotated[Jobs, Depends(deps.jobs(FINETUNES))],
     selections: Annotated[Jobs, Depends(deps.jobs(SELECTIONS))],
-    store: Annotated[ArtifactStore, Depends(deps.store)],
+    datasets: Annotated[Datasets, Depends(deps.datasets)],
     settings: Annotated[Settings, Depends(deps.settings)],
     redis: Annotated[Redis, Depends(deps.redis)],
     idempotency_key: IdempotencyKey = None,
@@ -37,7 +44,7 @@ def create_finetune(
         if selection is None or selection.status != "succeeded":
             state = "does not exist" if selection is None else f"is {selection.status}"
             raise _invalid("body.selection_id", f"selection {shown(body.selection_id)} {state}: it must have succeeded")
-        dataset = dataset_for(store, selection.request.dataset_id, "body.selection_id", jsonl=True)
+        dataset = dataset_for(datasets, selection.request.dataset_id, "body.selection_id", jsonl=True)
         for field, given, used in (
             ("model", body.model, selection.request.model),
             ("training.max_length", body.training.max_length, selection.request.max_length),
@@ -46,18 +53,18 @@ def create_finetune(
                 raise _invalid(f"body.{field}", f"the selection used {used!r}: training uses the same loss tokens")
         body.model, body.training.max_length = selection.request.model, selection.request.max_length
     else:
-        dataset = dataset_for(store, body.dataset_id, "body.dataset_id", jsonl=True)  # type: ignore[arg-type]
+        dataset = dataset_for(datasets, body.dataset_id, "body.dataset_id", jsonl=True)  # type: ignore[arg-type]
         body.model = known_model(settings, body.model, "body.model")
         body.training.max_length = allowed_max_length(
             settings, body.model, body.training.max_length, "body.training.max_length"
         )
-    check_training(settings, store, body.model, body.lora, body.eval, dataset)  # type: ignore[arg-type]
+    check_training(settings, datasets, body.model, body.lora, body.eval, dataset)  # type: ignore[arg-type]
     return create_job(jobs, redis, body, idempotency_key, response)
 
 
 def check_training(
     settings: Settings,
-    store: ArtifactStore,
+    datasets: Datasets,
     model: str,
     lora: LoraRequest,
     evaluation: EvalRequest | None,
@@ -74,7 +81,7 @@ def check_training(
     if evaluation is None:
         return
     if evaluation.dataset_id is not None:
-        dataset_for(store, evaluation.dataset_id, "body.eval.dataset_id", jsonl=True)
+        dataset_for(datasets, evaluation.dataset_id, "body.eval.dataset_id", jsonl=True)
     elif round(evaluation.holdout_fraction * dataset["n_examples"]) < 1:  # type: ignore[operator]
         raise _invalid(
             "body.eval.holdout_fraction",
@@ -86,7 +93,12 @@ def _invalid(field: str, message: str) -> ApiError:
     return ApiError(422, "invalid_request", message, [{"field": field, "message": message}])
 
 
-@router.get("/{job_id}/events", response_model=list[Event], summary="A finetune's events, oldest first")
+@router.get(
+    "/{job_id}/events",
+    response_model=list[Event],
+    summary="A finetune's events, oldest first",
+    responses=documented(404),
+)
 def get_events(job_id: str, jobs: Annotated[Jobs, Depends(deps.jobs(FINETUNES))]) -> list[Event]:
     """Like the hosted fine-tuning APIs: started, selected, evaluated, step (sampled training losses), saved,
     succeeded / failed / cancelled."""
@@ -98,7 +110,7 @@ def get_events(job_id: str, jobs: Annotated[Jobs, Depends(deps.jobs(FINETUNES))]
     "/{job_id}/adapter",
     response_class=FileResponse,
     summary="The LoRA adapter (.tar.gz, peft layout)",
-    responses={200: {"content": {"application/gzip": {}}}, 409: {"description": "Not succeeded yet."}},
+    responses={200: {"content": {"application/gzip": {}}}, **documented(404, 409)},
 )
 def get_adapter(
     job_id: str,

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from redis import Redis
 
 from app import deps
-from app.errors import ApiError, shown
+from app.errors import ApiError, documented, shown
 from app.jobs import KEEP_S, JobKind, Jobs
 from app.schemas import JobBody, Page
 
@@ -44,7 +44,7 @@ def create_job(jobs: Jobs, redis: Redis, body: BaseModel, idempotency_key: str |
 
 def _idempotent(redis: Redis, jobs: Jobs, key: str, body: BaseModel) -> JobBody:
     fingerprint = hashlib.sha256(json.dumps(body.model_dump(by_alias=True), sort_keys=True).encode()).hexdigest()
-    redis_key = f"fishersft:idempotency:{jobs.kind.resource}:{key}"
+    redis_key = f"fishersft:idempotency:{jobs.kind.resource}:{jobs.caller.owner or ''}:{key}"  # keys are per caller
     seen = redis.get(redis_key)
     if seen is None:
         job = jobs.create(body)
@@ -82,11 +82,21 @@ def job_router(kind: JobKind) -> APIRouter:
         data, next_after = jobs.list(limit, after)
         return Page(data=data, next_after=next_after)
 
-    @router.get("/{job_id}", response_model=kind.body, summary=f"Read a {singular}: status, progress, result")
+    @router.get(
+        "/{job_id}",
+        response_model=kind.body,
+        summary=f"Read a {singular}: status, progress, result",
+        responses=documented(404),
+    )
     def get_job(job_id: str, jobs: KindJobs) -> JobBody:
         return found(jobs.get(job_id), kind, job_id)
 
-    @router.post("/{job_id}/cancel", response_model=kind.body, summary=f"Cancel a queued or running {singular}")
+    @router.post(
+        "/{job_id}/cancel",
+        response_model=kind.body,
+        summary=f"Cancel a queued or running {singular}",
+        responses=documented(404, 409),
+    )
     def cancel_job(job_id: str, jobs: KindJobs) -> JobBody:
         """A queued job is cancelled at once; a running one stops at its next batch, pick or step (status turns
         `cancelled` then). 409 when it has already ended."""

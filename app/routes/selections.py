@@ -7,7 +7,8 @@ from fastapi.responses import PlainTextResponse
 from redis import Redis
 
 from app import deps
-from app.errors import ApiError, shown
+from app.caller import Datasets
+from app.errors import ApiError, documented, shown
 from app.jobs import SELECTIONS, Jobs
 from app.routes.jobs import IdempotencyKey, create_job, found, job_router
 from app.schemas import ExampleId, Selection, SelectionCreate
@@ -20,19 +21,26 @@ from fishersft.service.store import ArtifactStore
 router = job_router(SELECTIONS)
 
 
-@router.post("", status_code=202, response_model=Selection, summary="Request a selection")
+@router.post(
+    "",
+    status_code=202,
+    response_model=Selection,
+    summary="Request a selection",
+    responses=documented(400, 409, 422, 429),
+)
 def create_selection(
     body: SelectionCreate,
     response: Response,
     jobs: Annotated[Jobs, Depends(deps.jobs(SELECTIONS))],
     store: Annotated[ArtifactStore, Depends(deps.store)],
+    datasets: Annotated[Datasets, Depends(deps.datasets)],
     settings: Annotated[Settings, Depends(deps.settings)],
     redis: Annotated[Redis, Depends(deps.redis)],
     idempotency_key: IdempotencyKey = None,
 ) -> Selection:
     """Queues a job that embeds the dataset with the model (features are cached per dataset, model and
     max_length) and selects under the budget. Poll GET /v1/selections/{id}."""
-    dataset = dataset_for(store, body.dataset_id, "body.dataset_id")
+    dataset = dataset_for(datasets, body.dataset_id, "body.dataset_id")
     if dataset["format"] == "jsonl":
         body.model = known_model(settings, body.model, "body.model")
     body.max_length = allowed_max_length(settings, body.model, body.max_length, "body.max_length")
@@ -43,9 +51,9 @@ def create_selection(
     return create_job(jobs, redis, body, idempotency_key, response)
 
 
-def dataset_for(store: ArtifactStore, dataset_id: str, field: str, jsonl: bool = False) -> dict:
-    """The dataset a request names, or a 422 naming the field."""
-    dataset = store.dataset(dataset_id)
+def dataset_for(datasets: Datasets, dataset_id: str, field: str, jsonl: bool = False) -> dict:
+    """The dataset a request names (one the caller may see), or a 422 naming the field."""
+    dataset = datasets.get(dataset_id)
     if dataset is None:
         raise ApiError(
             422,
@@ -118,10 +126,15 @@ def known_model(settings: Settings, model: str | None, field: str) -> str:
     return model
 
 
-@router.get("/{job_id}/ids", response_class=PlainTextResponse, summary="The selected ids, one a line")
-def get_selection_ids(job_id: str, jobs: Annotated[Jobs, Depends(deps.jobs(SELECTIONS))]) -> str:
+@router.get(
+    "/{job_id}/ids",
+    response_class=PlainTextResponse,
+    summary="The selected ids, one a line",
+    responses=documented(404, 409),
+)
+def get_selection_ids(job_id: str, jobs: Annotated[Jobs, Depends(deps.jobs(SELECTIONS))]) -> PlainTextResponse:
     """For scripts: `curl .../ids > subset.txt`. 409 until the selection has succeeded."""
     selection = found(jobs.get(job_id), SELECTIONS, job_id)
     if selection.result is None:
         raise ApiError(409, "not_ready", f"selection {job_id} is {selection.status}, not succeeded")
-    return "".join(f"{i}\n" for i in selection.result.selected)
+    return PlainTextResponse("".join(f"{i}\n" for i in selection.result.selected))

@@ -73,8 +73,9 @@ def demo_command(args: argparse.Namespace) -> None:
 
 
 def serve_command(args: argparse.Namespace) -> None:
-    from fishersft.embedded import EmbeddedService
+    from fishersft.embedded import EmbeddedService, exit_on_sigterm
 
+    exit_on_sigterm()
     with EmbeddedService(Settings.from_env(), host=args.host, port=args.port, workers=args.workers) as service:
         print(
             f"fishersft at {service.url} (docs: {service.url}/docs), Redis {service.settings.redis_url}, "

@@ -23,6 +23,11 @@ def is_id(value: str, prefix: str) -> bool:
     return re.fullmatch(rf"{prefix}_[0-9a-f]{{{ID_HEX}}}", value) is not None
 
 
+WORKER_TTL_S = 30
+"""An idle worker heartbeats every WORKER_TTL_S - 15 seconds (RQ's dequeue timeout); one silent for longer than
+WORKER_TTL_S is dead. A busy worker is alive while its job refreshes the job's alive key."""
+
+
 def alive_key(job_id: str) -> str:
     """Refreshed by a running job (Settings.alive_ttl_s); when it expires, the job's worker is gone."""
     return f"fishersft:alive:{job_id}"

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     api_keys: Annotated[frozenset[str], NoDecode] = Field(
         frozenset(), description="Comma-separated API keys; none: the API is open."
     )
+    admin_api_keys: Annotated[frozenset[str], NoDecode] = Field(
+        frozenset(), description="Comma-separated API keys that see and manage every key's datasets and jobs."
+    )
     queue: str = Field("fishersft", min_length=1, description="RQ queue of selection jobs.")
     training_queue: str = Field(
         "fishersft-training", min_length=1, description="RQ queue of finetune and comparison jobs (GPU workers)."
@@ -64,7 +67,7 @@ class Settings(BaseSettings):
         100 << 30, description="Cached features beyond this size are evicted, least recently used first."
     )
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "admin_api_keys", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return frozenset(k.strip() for k in value.split(",") if k.strip()) if isinstance(value, str) else value
@@ -112,7 +115,7 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if name == "models":
                 value = json.dumps({k: str(v) for k, v in value.items()})
-            elif name == "api_keys":
+            elif name in ("api_keys", "admin_api_keys"):
                 value = ",".join(sorted(value))
             env[self.env_name(name)] = str(value)
         return env

@@ -56,6 +56,22 @@ class ArtifactStore:
             temp.unlink()
         return record
 
+    def owners(self, dataset_id: str) -> set[str]:
+        """Fingerprints of the API keys that uploaded a dataset (empty when uploaded to an open service)."""
+        folder = self.root / "datasets" / f"{dataset_id}.owners"
+        return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+
+    def add_owner(self, dataset_id: str, owner: str) -> None:
+        """One empty file per owner: concurrent uploads by different keys never lose one."""
+        folder = self.root / "datasets" / f"{dataset_id}.owners"
+        folder.mkdir(exist_ok=True)
+        (folder / _safe(owner)).touch()
+
+    def remove_owner(self, dataset_id: str, owner: str) -> set[str]:
+        """Drop one owner; returns those left."""
+        (self.root / "datasets" / f"{dataset_id}.owners" / _safe(owner)).unlink(missing_ok=True)
+        return self.owners(dataset_id)
+
     def dataset_count(self) -> int:
         return sum(1 for _ in (self.root / "datasets").glob("*.json"))
 
@@ -68,6 +84,7 @@ class ArtifactStore:
 
     def delete_dataset(self, record: dict[str, Any]) -> None:
         (self.root / "datasets" / f"{record['id']}.json").unlink(missing_ok=True)
+        shutil.rmtree(self.root / "datasets" / f"{record['id']}.owners", ignore_errors=True)
         self.blob(record["sha256"]).unlink(missing_ok=True)
         for cached in (self.root / "features").glob(f"{record['sha256']}-*"):
             shutil.rmtree(cached, ignore_errors=True)

@@ -1,0 +1,58 @@
+"""Who is asking, and the datasets they may see (their jobs: app.jobs.Jobs)."""
+
+import hashlib
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any
+
+from fishersft.service.store import ArtifactStore
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: `owner` is a fingerprint of their API key (the key itself is never stored); None when the
+    service is open (no keys configured). Datasets and jobs belong to the key that made them: another key sees
+    a 404, an admin key sees everything."""
+
+    owner: str | None = None
+    admin: bool = False
+
+    def sees(self, owners: Collection[str]) -> bool:
+        return self.owner is None or self.admin or self.owner in owners
+
+
+OPEN = Caller()
+"""The caller of a service without API keys: sees everything."""
+
+
+def fingerprint(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+class Datasets:
+    """The datasets `caller` may see: those its key uploaded (all for an admin key or an open service)."""
+
+    def __init__(self, store: ArtifactStore, caller: Caller) -> None:
+        self.store, self.caller = store, caller
+
+    def get(self, dataset_id: str) -> dict[str, Any] | None:
+        record = self.store.dataset(dataset_id)
+        return record if record is not None and self.caller.sees(self.store.owners(dataset_id)) else None
+
+    def all(self) -> list[dict[str, Any]]:
+        return [r for r in self.store.datasets() if self.caller.sees(self.store.owners(r["id"]))]
+
+    def claim(self, dataset_id: str) -> None:
+        """The caller uploaded this dataset (maybe again, maybe after another key): it may see it from now on."""
+        if self.caller.owner is not None:
+            self.store.add_owner(dataset_id, self.caller.owner)
+
+    def delete(self, record: dict[str, Any]) -> None:
+        """An admin (or an open service) deletes the dataset; a key gives up its claim, and the dataset goes when
+        no key holds it any more."""
+        if (
+            self.caller.owner is None
+            or self.caller.admin
+            or not self.store.remove_owner(record["id"], self.caller.owner)
+        ):
+            self.store.delete_dataset(record)
