@@ -18,6 +18,7 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
@@ -25,7 +26,7 @@ from safetensors import SafetensorError, safe_open
 from fishersft.dataset import ExampleId
 from fishersft.errors import InputError
 
-FEATURES_FILE, OFFSETS_FILE, IDS_FILE = "features.npy", "offsets.npy", "ids.json"
+FEATURES_FILE, OFFSETS_FILE, IDS_FILE, META_FILE = "features.npy", "offsets.npy", "ids.json", "meta.json"
 FEATURE_SUFFIXES = (".npz", ".safetensors")
 
 
@@ -56,7 +57,14 @@ class FeatureStoreWriter:
     so a store that exists is always complete, and writers of the same store never share files. Rows go
     straight to a memory-mapped file: RAM does not grow with the data."""
 
-    def __init__(self, directory: str | Path, lengths: Sequence[int], dim: int, ids: Sequence[ExampleId]) -> None:
+    def __init__(
+        self,
+        directory: str | Path,
+        lengths: Sequence[int],
+        dim: int,
+        ids: Sequence[ExampleId],
+        meta: dict[str, Any] | None = None,
+    ) -> None:
         self.directory = Path(directory)
         self.partial = self.directory.with_name(f"{self.directory.name}.{uuid.uuid4().hex[:12]}.partial")
         self.partial.mkdir(parents=True)
@@ -67,6 +75,7 @@ class FeatureStoreWriter:
         )
         np.save(self.partial / OFFSETS_FILE, self.offsets)
         (self.partial / IDS_FILE).write_text(json.dumps(list(ids)))
+        (self.partial / META_FILE).write_text(json.dumps(meta or {}))
 
     def write(self, i: int, rows: np.ndarray) -> None:
         self.features[self.offsets[i] : self.offsets[i + 1]] = rows
@@ -87,6 +96,12 @@ class FeatureStoreWriter:
     def abort(self) -> None:
         del self.features
         shutil.rmtree(self.partial, ignore_errors=True)
+
+
+def store_meta(directory: Path) -> dict[str, Any]:
+    """What the embedder recorded beside a features store (e.g. `truncated`); {} for stores without it."""
+    path = directory / META_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def load_features(path: str | Path, suffix: str | None = None) -> FeatureSet:

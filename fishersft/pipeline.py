@@ -66,7 +66,9 @@ def embed_dataset(
     load_seconds = time.perf_counter() - start
     examples, encoded = encode_file(data, tokenizer, max_length)
     dim = model.get_output_embeddings().weight.shape[1]
-    writer = FeatureStoreWriter(out_dir, [len(e.targets) for e in encoded], dim, [ex.id for ex in examples])
+    truncated = sum(e.truncated for e in encoded)
+    meta = {"truncated": truncated, "max_length": max_length}
+    writer = FeatureStoreWriter(out_dir, [len(e.targets) for e in encoded], dim, [ex.id for ex in examples], meta)
 
     def on_batch(done: int) -> None:
         if progress:
@@ -78,7 +80,7 @@ def embed_dataset(
         writer.abort()
         raise
     features = load_features(writer.commit())
-    return Embedding(features, sum(e.truncated for e in encoded), time.perf_counter() - start, load_seconds)
+    return Embedding(features, truncated, time.perf_counter() - start, load_seconds)
 
 
 def select_features(
@@ -127,6 +129,8 @@ def select_features(
         weighting=weighting,
         on_step=on_step,
     )
+    if progress:  # a token budget often ends short of its total: the last report says the selection is done
+        progress("selecting", total, total)
     lengths = np.diff(features.offsets)
     if labels is not None and len(labels) != len(features.ids):
         raise ValueError(f"{len(labels)} label rows for {len(features.ids)} examples")

@@ -321,3 +321,14 @@ def test_openapi_documents_the_error_answers_of_every_route(service):
                         "$ref": "#/components/schemas/ErrorBody"
                     }
     assert {"413", "507"} <= set(spec["paths"]["/v1/datasets"]["post"]["responses"])
+
+
+def test_cached_features_keep_their_truncation_count_and_token_budgets_end_with_full_progress(service):
+    service.start_worker()
+    dataset = service.upload(SAMPLE)
+    first = service.wait(service.select(dataset_id=dataset["id"], budget={"examples": 3}, max_length=12)["id"])
+    again = service.wait(service.select(dataset_id=dataset["id"], budget={"tokens": 50}, max_length=12)["id"])
+    assert first["status"] == again["status"] == "succeeded"
+    assert again["result"]["features_cached"] and first["result"]["truncated"] > 0
+    assert again["result"]["truncated"] == first["result"]["truncated"]
+    assert again["progress"]["phase"] == "selecting" and again["progress"]["done"] == again["progress"]["total"] == 50

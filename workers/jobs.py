@@ -20,7 +20,7 @@ from rq.job import Job
 
 from fishersft.embedding import load_model
 from fishersft.errors import InputError
-from fishersft.features import FeatureSet, load_features
+from fishersft.features import FeatureSet, load_features, store_meta
 from fishersft.pipeline import embed_dataset
 from fishersft.service.protocol import JobCancelled, JobInputError, alive_key, cancel_key
 from fishersft.service.settings import Settings
@@ -116,7 +116,14 @@ def dataset_features(
     features_dir = store.features_dir(dataset["sha256"], model, max_length)  # type: ignore[arg-type]
     if features_dir.exists():
         store.use_features(features_dir)
-        cost = {"features_cached": True, "model_cached": None, "truncated": 0, "embed_s": 0.0, "model_load_s": 0.0}
+        truncated = store_meta(features_dir).get("truncated", 0)
+        cost = {
+            "features_cached": True,
+            "model_cached": None,
+            "truncated": truncated,
+            "embed_s": 0.0,
+            "model_load_s": 0.0,
+        }
         return load_features(features_dir), cost
     hits = cached_model.cache_info().hits
     embedding = embed_dataset(
