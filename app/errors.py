@@ -3,6 +3,7 @@ ours, FastAPI's validation errors, Starlette's HTTP errors (with their headers, 
 being unreachable (503, retry later), and any bug (500, logged, never a traceback to the client)."""
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -112,8 +113,11 @@ def install(app: FastAPI) -> None:
         return error_response(422, "invalid_request", "the request is not valid; see details", details)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_: Request, e: HTTPException) -> JSONResponse:
-        return error_response(e.status_code, HTTP_CODES.get(e.status_code, "error"), str(e.detail), headers=e.headers)
+    async def http_error(request: Request, e: HTTPException) -> JSONResponse:
+        headers = e.headers
+        if e.status_code == 405:  # Starlette names the methods of the first route on the path only
+            headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
+        return error_response(e.status_code, HTTP_CODES.get(e.status_code, "error"), str(e.detail), headers=headers)
 
     @app.exception_handler(RedisError)
     async def redis_unavailable(request: Request, e: RedisError) -> JSONResponse:
@@ -125,3 +129,12 @@ def install(app: FastAPI) -> None:
     async def internal_error(request: Request, e: Exception) -> JSONResponse:
         log.exception("%s %s failed", request.method, request.url.path)
         return error_response(500, "internal_error", "the server failed on this request; it has been logged")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method the API documents for the request's path (the OpenAPI paths are the routes)."""
+    path = request.url.path
+    for template, operations in request.app.openapi()["paths"].items():
+        if re.fullmatch(re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template)), path):
+            return sorted(m.upper() for m in operations)
+    return []

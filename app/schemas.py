@@ -30,17 +30,40 @@ def _no_surrogates(value: str) -> str:
     return value
 
 
+NULL = {"type": "null"}
+TEXT_SCHEMA = {"type": "string", "maxLength": 1000}
+POSITIVE = {"type": "integer", "exclusiveMinimum": 0}
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema counts 10.0 as an integer: take it as 10 (strings and booleans stay refused)."""
+    return int(value) if isinstance(value, float) and value.is_integer() and abs(value) < 2**64 else value
+
+
+class RequestModel(BaseModel):
+    """A request body (see REQUEST). Integer fields take a JSON integer or, as JSON Schema counts them, a number
+    with no fraction (10.0); never "10" or true."""
+
+    model_config = REQUEST
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _integral_numbers(cls, value: Any) -> Any:
+        return _integral(value)
+
+
 Text = Annotated[str, StringConstraints(max_length=1000), AfterValidator(_no_surrogates)]
 """A string a client sends: valid Unicode, at most 1,000 characters."""
 ExampleId = str | int
 
 
 def _example_id(value: Any) -> ExampleId:
-    if isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63:
+    value = _integral(value)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) <= 2**53:
         return value
     if isinstance(value, str) and len(value) <= 1000:
         return _no_surrogates(value)
-    raise ValueError("an id is a string of at most 1,000 characters or a 64-bit integer")
+    raise ValueError("an id is a string of at most 1,000 characters or an integer within 2^53 (larger: as a string)")
 
 
 MAX_LENGTH_DOC = (
@@ -50,12 +73,27 @@ MAX_LENGTH_DOC = (
 RequestExampleId = Annotated[
     ExampleId,
     PlainValidator(_example_id),
-    WithJsonSchema({"anyOf": [{"type": "string", "maxLength": 1000}, {"type": "integer"}]}),
+    WithJsonSchema(
+        {"anyOf": [TEXT_SCHEMA, {"type": "integer", "minimum": -(2**53), "maximum": 2**53}]},
+        mode="validation",
+    ),
 ]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
 Body = TypeVar("Body", bound=BaseModel)
+
+
+def one_of(*branches: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """JSON schema for "exactly one of these fields is given": each branch maps the fields that must then be
+    present to their full schema (constraints included, so generators need not combine schemas), and fields
+    that must then be absent or null to {"type": "null"}."""
+
+    def branch(fields: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        required = [f for f, schema in fields.items() if schema != NULL]
+        return {"required": required, "properties": fields}
+
+    return {"oneOf": [branch(b) for b in branches]}
 
 
 def exactly_one(model: Body, first: str, second: str) -> Body:
@@ -91,8 +129,8 @@ class Page(BaseModel, Generic[T]):
     next_after: str | None = Field(description="Pass as `after` to get the next page; null on the last page.")
 
 
-class Budget(BaseModel):
-    model_config = REQUEST
+class Budget(RequestModel):
+    model_config = ConfigDict(**REQUEST, json_schema_extra=one_of({"examples": POSITIVE}, {"tokens": POSITIVE}))
     examples: int | None = Field(None, gt=0, description="Select at most this many examples.")
     tokens: int | None = Field(None, gt=0, description="Select at most this many loss tokens (cost-aware greedy).")
 
@@ -101,8 +139,7 @@ class Budget(BaseModel):
         return exactly_one(self, "examples", "tokens")
 
 
-class SelectionCreate(BaseModel):
-    model_config = REQUEST
+class SelectionCreate(RequestModel):
     dataset_id: Text = Field(description="A dataset from POST /v1/datasets.")
     budget: Budget = Field(description="`{examples: K}` or `{tokens: T}`.")
     method: Method = Field("fisher", description="FisherSFT greedy, or the seeded baseline.")
@@ -117,7 +154,7 @@ class SelectionCreate(BaseModel):
     lambda_: float = Field(
         1.0, alias="lambda", ge=1e-6, le=1e6, description="Ridge term of Sigma = lambda*I + sum x x^T."
     )
-    seed: int = Field(0, ge=0, lt=2**63, description="Seed of the random method.")
+    seed: int = Field(0, ge=0, le=2**53, description="Seed of the random method.")
     max_length: int | None = Field(None, ge=2, le=32768, description=MAX_LENGTH_DOC)
     warm_start_ids: list[RequestExampleId] = Field(
         default_factory=list, description="Ids chosen earlier: they seed Sigma and are not chosen again."
@@ -208,8 +245,7 @@ class Health(BaseModel):
     workers: int | None = Field(None, description="Workers registered with Redis (readyz).")
 
 
-class LoraRequest(BaseModel):
-    model_config = REQUEST
+class LoraRequest(RequestModel):
     r: int = Field(8, gt=0, le=1024, description="LoRA rank.")
     alpha: float = Field(16.0, gt=0, le=1e6, description="LoRA scale numerator (scaling = alpha / r).")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
@@ -220,8 +256,7 @@ class LoraRequest(BaseModel):
     )
 
 
-class TrainingRequest(BaseModel):
-    model_config = REQUEST
+class TrainingRequest(RequestModel):
     epochs: int = Field(3, ge=1, le=1000, description="Passes over the subset.")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps; null: all epochs.")
     learning_rate: float = Field(3e-4, gt=0, le=1, description="AdamW learning rate, decayed linearly to 0.")
@@ -229,11 +264,17 @@ class TrainingRequest(BaseModel):
     max_length: int | None = Field(
         None, ge=2, le=32768, description=MAX_LENGTH_DOC + " With selection_id it must be the selection's (default)."
     )
-    seed: int = Field(0, ge=0, lt=2**63, description="Seed of LoRA initialisation and batch order.")
+    seed: int = Field(0, ge=0, le=2**53, description="Seed of LoRA initialisation and batch order.")
 
 
-class EvalRequest(BaseModel):
-    model_config = REQUEST
+class EvalRequest(RequestModel):
+    model_config = ConfigDict(
+        **REQUEST,
+        json_schema_extra=one_of(
+            {"dataset_id": TEXT_SCHEMA},
+            {"holdout_fraction": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}},
+        ),
+    )
     dataset_id: Text | None = Field(None, description="A separate JSONL dataset to evaluate on.")
     holdout_fraction: float | None = Field(
         None,
@@ -248,14 +289,20 @@ class EvalRequest(BaseModel):
         return exactly_one(self, "dataset_id", "holdout_fraction")
 
 
-class FinetuneCreate(BaseModel):
-    model_config = REQUEST
+class FinetuneCreate(RequestModel):
+    model_config = ConfigDict(
+        **REQUEST,
+        json_schema_extra=one_of(
+            {"selection_id": TEXT_SCHEMA, "dataset_id": NULL},
+            {"dataset_id": TEXT_SCHEMA, "budget": {"$ref": "#/components/schemas/Budget"}, "selection_id": NULL},
+        ),
+    )
     selection_id: Text | None = Field(None, description="Train on this succeeded selection's subset.")
     dataset_id: Text | None = Field(None, description="Or select from this JSONL dataset first (with budget).")
     budget: Budget | None = Field(None, description="With dataset_id: `{examples: K}` or `{tokens: T}`.")
     method: Method = Field("fisher", description="With dataset_id: how to select.")
     lambda_: float = Field(1.0, alias="lambda", ge=1e-6, le=1e6, description="With dataset_id: ridge term of Sigma.")
-    seed: int = Field(0, ge=0, lt=2**63, description="With dataset_id: seed of the random method.")
+    seed: int = Field(0, ge=0, le=2**53, description="With dataset_id: seed of the random method.")
     model: Text | None = Field(None, description="A name from GET /v1/models; with selection_id, the selection's.")
     lora: LoraRequest = Field(default_factory=LoraRequest, description="LoRA settings.")
     training: TrainingRequest = Field(default_factory=TrainingRequest, description="Training settings.")
@@ -316,15 +363,13 @@ class Finetune(JobBody[FinetuneCreate, FinetuneResult]):
     pass
 
 
-class ComparisonBudget(BaseModel):
-    model_config = REQUEST
+class ComparisonBudget(RequestModel):
     examples: int = Field(
         gt=0, description="Examples per subset; fisher also runs at the random subsets' mean loss tokens."
     )
 
 
-class ComparisonCreate(BaseModel):
-    model_config = REQUEST
+class ComparisonCreate(RequestModel):
     dataset_id: Text = Field(description="A JSONL dataset from POST /v1/datasets.")
     budget: ComparisonBudget = Field(description="`{examples: K}`.")
     random_seeds: int = Field(3, ge=1, le=20, description="How many seeded random subsets (seeds 0..N-1).")
@@ -340,6 +385,7 @@ class ComparisonCreate(BaseModel):
     weightings: list[Weighting] = Field(
         default_factory=lambda: ["tokens"],
         min_length=1,
+        json_schema_extra={"uniqueItems": True},
         max_length=len(WEIGHTINGS),
         description="Fisher runs once per weighting at each budget kind (the random runs are shared). " + WEIGHTING_DOC,
     )

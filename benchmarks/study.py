@@ -38,9 +38,15 @@ class Study:
             return corpora.chatterbot(["english"])
         if self.name == "humaneval":
             return corpora.humaneval()
-        if self.name == "mixed":
-            return corpora.chatterbot(["english"]) + corpora.humaneval()
+        if self.name == "mixed":  # one shape per file: HumanEval as two-turn chats
+            return corpora.chatterbot(["english"]) + [as_chat(row) for row in corpora.humaneval()]
         return corpora.chatterbot(corpora.chatterbot_languages())
+
+
+def as_chat(row: dict) -> dict:
+    """A prompt/response row as a user/assistant chat row, its other fields kept."""
+    turns = [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["response"]}]
+    return {k: v for k, v in row.items() if k not in ("prompt", "response")} | {"messages": turns}
 
 
 STUDIES = [
@@ -95,6 +101,40 @@ def table(results: dict[str, dict]) -> list[dict]:
         for name, result in results.items()
         for r in result["runs"]
     ]
+
+
+def markdown(results: dict[str, dict]) -> str:
+    """The README's table: per dataset, each fisher run and the random runs' mean [min, max]."""
+    lines = [
+        "| data (K, held out) | run | budget | examples | loss tokens | length ratio | groups | held-out loss "
+        "| worst group |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for result in results.values():
+        runs, held = result["runs"], result["held_out"]
+        name = f"{result['dataset']} (K={result['budget']['examples']}, {held['n_examples']} held out)"
+        random = [r for r in runs if r["method"] == "random"]
+
+        def spread(values: list[float]) -> str:
+            return f"{sum(values) / len(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
+
+        lines.append(
+            f"| {name} | random, {len(random)} seeds | {random[0]['budget']['examples']} examples "
+            f"| {random[0]['examples']} | {round(sum(r['loss_tokens'] for r in random) / len(random)):,} "
+            f"| {sum(r['length_ratio'] for r in random) / len(random):.2f} "
+            f"| {sum(r['groups']['covered'] for r in random) / len(random):.1f}/{random[0]['groups']['total']} "
+            f"| {spread([r['loss_after'] for r in random])} | {spread([r['worst_group']['loss'] for r in random])} |"
+        )
+        for r in runs:
+            if r["method"] != "fisher":
+                continue
+            budget = " ".join(f"{v:,} {k}" for k, v in r["budget"].items())
+            lines.append(
+                f"| | {run_label(r)} | {budget} | {r['examples']} | {r['loss_tokens']:,} | {r['length_ratio']:.2f} "
+                f"| {r['groups']['covered']}/{r['groups']['total']} | {r['loss_after']:.3f} "
+                f"| {r['worst_group']['loss']:.3f} ({r['worst_group']['group']}) |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def plot_study(results: dict[str, dict], out: Path) -> None:
@@ -158,6 +198,7 @@ def main() -> None:
         if path.exists():
             results[study.name] = json.loads(path.read_text())
     (args.out / "study.json").write_text(json.dumps(table(results), indent=1) + "\n")
+    (args.out / "study.md").write_text(markdown(results))
     plot_study(results, args.out / "study.png")
     for row in table(results):
         print(json.dumps(row))

@@ -36,6 +36,14 @@ def isolated_env(tmp_path) -> dict:
     return {**env, "FISHERSFT_HOME": str(tmp_path / "home"), "FISHERSFT_DATA_DIR": str(tmp_path / "data")}
 
 
+def start_serve(env: dict) -> tuple[subprocess.Popen, str]:
+    """`fishersft serve` on a free port, its stderr piped (text); returns the process and its URL."""
+    port = free_port()
+    command = [sys.executable, "-m", "fishersft.cli", "serve", "--port", str(port)]
+    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return server, f"http://127.0.0.1:{port}"
+
+
 def test_demo_runs_end_to_end_on_real_data_with_the_default_model(tmp_path):
     env = isolated_env(tmp_path)
     (tmp_path / "home" / "models").mkdir(parents=True)  # the converted model, not a second 20 s conversion
@@ -55,15 +63,7 @@ def test_demo_runs_end_to_end_on_real_data_with_the_default_model(tmp_path):
 
 def test_serve_and_the_client_commands(tmp_path):
     env = {**isolated_env(tmp_path), "FISHERSFT_DEFAULT_MODEL": "tiny-llama"}
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "fishersft.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_serve(env)
     try:
         try:
             ServiceClient(url).wait_ready(timeout=600, alive=lambda: server.poll() is None)
@@ -117,15 +117,7 @@ def children(pid: int) -> dict[int, str]:
 
 def test_serve_restarts_a_killed_worker_and_stops_everything_on_sigterm(tmp_path):
     env = {**isolated_env(tmp_path), "FISHERSFT_DEFAULT_MODEL": "tiny-llama"}
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "fishersft.cli", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_serve(env)
     client = ServiceClient(url)
     try:
         client.wait_ready(timeout=600, alive=lambda: server.poll() is None)

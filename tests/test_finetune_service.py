@@ -162,16 +162,21 @@ def test_bad_training_settings_get_a_422_naming_the_field(service, task, tmp_pat
         ({**base, "eval": {"holdout_fraction": 1}}, "body.eval.holdout_fraction"),
         ({**base, "eval": {"holdout_fraction": 0.001}}, "body.eval.holdout_fraction"),
         ({**base, "eval": {"dataset_id": features["id"]}}, "body.eval.dataset_id"),
-        ({**base, "eval": {"dataset_id": "ds_nope"}}, "body.eval.dataset_id"),
         ({"dataset_id": features["id"], "budget": {"examples": 5}}, "body.dataset_id"),
         ({"dataset_id": dataset["id"]}, "body"),
         ({**base, "selection_id": pending["id"]}, "body"),
         ({"selection_id": pending["id"]}, "body.selection_id"),
-        ({"selection_id": "sel_nope"}, "body.selection_id"),
     ]
     for body, field in cases:
         response = service.client.post("/v1/finetunes", json=body)
         assert response.status_code == 422, (body, response.text)
+        assert field in [d["field"] for d in response.json()["error"]["details"]], (body, response.json())
+    for body, field in (  # a body naming something that does not exist: 404, naming the field
+        ({**base, "eval": {"dataset_id": "ds_nope"}}, "body.eval.dataset_id"),
+        ({"selection_id": "sel_nope"}, "body.selection_id"),
+    ):
+        response = service.client.post("/v1/finetunes", json=body)
+        assert response.status_code == 404, (body, response.text)
         assert field in [d["field"] for d in response.json()["error"]["details"]], (body, response.json())
     comparison = {"dataset_id": dataset["id"], "budget": {"examples": 5}}
     for extra, field in (

@@ -171,7 +171,6 @@ def test_bad_requests_get_a_4xx_naming_the_field(service):
         ({"dataset_id": dataset["id"], "budget": {"examples": 5}, "weighting": "words"}, "body.weighting"),
         ({"dataset_id": dataset["id"], "budget": {"examples": 5}, "group_by": "topic"}, "body.group_by"),
         ({"dataset_id": dataset["id"], "budget": {"examples": 5}, "lambda": -1}, "body.lambda"),
-        ({"dataset_id": "ds_nope", "budget": {"examples": 5}}, "body.dataset_id"),
         ({"dataset_id": dataset["id"], "budget": {"examples": 5}, "model": "/etc"}, "body.model"),
         ({"dataset_id": dataset["id"], "budget": {"examples": 5}, "extra": 1}, "body.extra"),
     ]
@@ -179,6 +178,8 @@ def test_bad_requests_get_a_4xx_naming_the_field(service):
         response = service.client.post("/v1/selections", json=body)
         assert response.status_code == 422, (body, response.text)
         assert field in [d["field"] for d in response.json()["error"]["details"]], (body, response.json())
+    response = service.client.post("/v1/selections", json={"dataset_id": "ds_nope", "budget": {"examples": 5}})
+    assert response.status_code == 404 and response.json()["error"]["details"][0]["field"] == "body.dataset_id"
     response = service.client.post("/v1/selections", content=b"{not json", headers={"content-type": "application/json"})
     assert response.status_code == 422
     assert service.client.get("/v1/selections/sel_nope").json()["error"]["code"] == "selection_not_found"

@@ -26,7 +26,7 @@ router = job_router(COMPARISONS)
     status_code=202,
     response_model=Comparison,
     summary="Compare fisher with random subsets",
-    responses=documented(400, 409, 422, 429),
+    responses=documented(400, 404, 409, 422, 429),
 )
 def create_comparison(
     body: ComparisonCreate,

@@ -24,7 +24,7 @@ router = job_router(FINETUNES)
     status_code=202,
     response_model=Finetune,
     summary="Fine-tune a LoRA adapter on a subset",
-    responses=documented(400, 409, 422, 429),
+    responses=documented(400, 404, 409, 422, 429),
 )
 def create_finetune(
     body: FinetuneCreate,
@@ -41,9 +41,13 @@ def create_finetune(
     selected nor trained on. Poll GET /v1/finetunes/{id}; the adapter is at /v1/finetunes/{id}/adapter."""
     if body.selection_id is not None:
         selection = selections.get(body.selection_id)
-        if selection is None or selection.status != "succeeded":
-            state = "does not exist" if selection is None else f"is {selection.status}"
-            raise _invalid("body.selection_id", f"selection {shown(body.selection_id)} {state}: it must have succeeded")
+        if selection is None:
+            message = f"no selection {shown(body.selection_id)}"
+            detail = {"field": "body.selection_id", "message": "name a selection of yours"}
+            raise ApiError(404, "selection_not_found", message, [detail])
+        if selection.status != "succeeded":
+            message = f"selection {shown(body.selection_id)} is {selection.status}: it must have succeeded"
+            raise _invalid("body.selection_id", message)
         dataset = dataset_for(datasets, selection.request.dataset_id, "body.selection_id", jsonl=True)
         for field, given, used in (
             ("model", body.model, selection.request.model),

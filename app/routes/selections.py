@@ -26,7 +26,7 @@ router = job_router(SELECTIONS)
     status_code=202,
     response_model=Selection,
     summary="Request a selection",
-    responses=documented(400, 409, 422, 429),
+    responses=documented(400, 404, 409, 422, 429),
 )
 def create_selection(
     body: SelectionCreate,
@@ -56,8 +56,8 @@ def dataset_for(datasets: Datasets, dataset_id: str, field: str, jsonl: bool = F
     dataset = datasets.get(dataset_id)
     if dataset is None:
         raise ApiError(
-            422,
-            "invalid_request",
+            404,
+            "dataset_not_found",
             f"no dataset {shown(dataset_id)}",
             [{"field": field, "message": "upload it first with POST /v1/datasets"}],
         )
