@@ -143,7 +143,7 @@ class SelectionCreate(RequestModel):
     dataset_id: Text = Field(description="A dataset from POST /v1/datasets.")
     budget: Budget = Field(description="`{examples: K}` or `{tokens: T}`.")
     method: Method = Field("fisher", description="FisherSFT greedy, or the seeded baseline.")
-    weighting: Weighting = Field("tokens", description=WEIGHTING_DOC)
+    weighting: Weighting | None = Field(None, description=WEIGHTING_DOC)
     group_by: Text | None = Field(
         None,
         max_length=200,
@@ -186,7 +186,7 @@ class SelectionResult(BaseModel):
     gains: list[float] = Field(description="Increase of log det Sigma from each pick.")
     objective: float = Field(description="log det Sigma of the warm start and the picks.")
     method: str = Field(description="fisher or random.")
-    weighting: str = Field("tokens", description="tokens, examples or mean (see the request).")
+    weighting: str = Field("tokens", description="tokens, examples or mean: the request's, or the budget's default.")
     model: str | None = Field(description="The model whose features were selected on; null for uploaded features.")
     dim: int = Field(description="Width of the features (the model's hidden size).")
     budget: dict[str, int] = Field(description="The budget asked for.")

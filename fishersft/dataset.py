@@ -24,6 +24,8 @@ SHAPE_KEYS: dict[Shape, tuple[str, ...]] = {
     "messages": ("messages",),
     "text": ("text",),
 }
+DEFAULT_MAX_LENGTH = 1024
+"""Tokens per example unless a request or command says otherwise (or the model's context is shorter)."""
 OWN_KEYS = {"id", "prompt", "response", "messages", "text"}
 SHAPE_NAMES: dict[Shape, str] = {"prompt_response": "prompt/response", "messages": "chat messages", "text": "text"}
 

@@ -26,9 +26,6 @@ from fishersft.errors import DatasetError, LineError
 
 Piece = tuple[str | list[int], bool]
 
-DEFAULT_MAX_LENGTH = 1024
-"""Tokens per example unless a request or command says otherwise (or the model's context is shorter)."""
-
 
 @dataclass(frozen=True)
 class Encoded:

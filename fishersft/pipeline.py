@@ -17,6 +17,7 @@ from fishersft.errors import InputError
 from fishersft.features import FeatureSet, FeatureStoreWriter, load_features
 from fishersft.groups import group_coverage, group_field
 from fishersft.selection import Budget, Method, Weighting, select
+from fishersft.variants import default_weighting
 
 Progress = Callable[[str, int, int], None]
 """progress(phase, done, total): phase "embedding" counts examples, "selecting" counts the budget spent."""
@@ -92,7 +93,7 @@ def select_features(
     seed: int = 0,
     warm_start_ids: Sequence[ExampleId] = (),
     exclude: Sequence[int] = (),
-    weighting: Weighting = "tokens",
+    weighting: Weighting | None = None,
     labels: Sequence[Mapping[str, str]] | None = None,
     group_by: str | None = None,
     progress: Progress | None = None,
@@ -101,8 +102,10 @@ def select_features(
     """Run the selection; the result as the JSON object the CLI prints and the service returns. `model` names
     the model the features came from (None for uploaded features); `exclude` are indices never selected.
     `labels` are the rows' string fields (None for features input): the result counts the groups of `group_by`
-    (default: `category` or `source`, whichever the rows carry) that the selection covers."""
+    (default: `category` or `source`, whichever the rows carry) that the selection covers. `weighting`: None for
+    the budget kind's default (see variants.DEFAULT_WEIGHTING)."""
     start = time.perf_counter()
+    weighting = weighting or default_weighting("examples" if budget.examples is not None else "tokens")
     index = {str(i): k for k, i in enumerate(features.ids)}
     unknown = [i for i in warm_start_ids if str(i) not in index]
     if unknown:

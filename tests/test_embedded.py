@@ -17,7 +17,10 @@ from fishersft.models import DEFAULT_MODEL, builtin_model_dir
 from fishersft.redis_server import free_port
 from tests.conftest import SAMPLE
 
-ROW = r"(?P<budget>\d+ (examples|loss tokens)) +(?P<method>fisher|random) +(?P<examples>\d+) +[\d,]+ +\d+/21 "
+ROW = (
+    r"(?P<budget>\d+ (examples|loss tokens)) +(?P<method>fisher|random) +(?P<weighting>tokens|mean)? +"
+    r"(?P<examples>\d+) +[\d,]+ +\d+/21 +[\d.]+$"
+)
 
 
 def fishersft(*args: str, env: dict, **kwargs) -> subprocess.CompletedProcess:
@@ -54,11 +57,16 @@ def test_demo_runs_end_to_end_on_real_data_with_the_default_model(tmp_path):
     assert "chatterbot-corpus English: 898 conversations in 21 categories" in out
     assert f"model {DEFAULT_MODEL} (d=576)" in out
     rows = [re.match(ROW, line) for line in out.splitlines()]
-    rows = [(m["budget"], m["method"], int(m["examples"])) for m in rows if m]
-    tokens = rows[2][0]
-    assert rows[:2] == [("12 examples", "fisher", 12), ("12 examples", "random", 12)]
-    assert [r[:2] for r in rows[2:]] == [(tokens, "fisher"), (tokens, "random")] and tokens.endswith("loss tokens")
-    assert "warning: the selected examples hold" in out  # fisher's 12 examples are the long ones
+    rows = [(m["budget"], m["method"], m["weighting"], int(m["examples"])) for m in rows if m]
+    tokens = rows[3][0]
+    assert rows[:3] == [
+        ("12 examples", "fisher", "mean", 12),  # the default under an example budget
+        ("12 examples", "fisher", "tokens", 12),  # the paper's
+        ("12 examples", "random", None, 12),
+    ]
+    assert [r[:3] for r in rows[3:]] == [(tokens, "fisher", "tokens"), (tokens, "random", None)]
+    assert tokens.endswith("loss tokens")
+    assert "warning: the selected examples hold" in out  # the paper's 12 examples are the long ones
 
 
 def test_serve_and_the_client_commands(tmp_path):

@@ -100,11 +100,13 @@ def test_length_ratio_and_the_long_examples_warning():
     lengths = [1, 1, 1, 1, 20]
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     features = FeatureSet(rng.standard_normal((24, 8)).astype(np.float32), offsets, ["a", "b", "c", "d", "long"])
-    by_examples = select_features(features, Budget(examples=1))
+    by_examples = select_features(features, Budget(examples=1), weighting="tokens")  # the paper's
     assert by_examples["selected"] == ["long"] and by_examples["weighting"] == "tokens"
     assert by_examples["length_ratio"] == pytest.approx(20 / 4.8)
     assert len(by_examples["warnings"]) == 1 and "4.2x the loss tokens" in by_examples["warnings"][0]
+    assert select_features(features, Budget(examples=1))["weighting"] == "mean"  # the example budget's default
     by_tokens = select_features(features, Budget(tokens=4))
+    assert by_tokens["weighting"] == "tokens"  # the token budget's default
     assert by_tokens["length_ratio"] == pytest.approx(1 / 4.8) and by_tokens["warnings"] == []
     short = select_features(features, Budget(examples=2), method="random", seed=0, exclude=[4])
     assert short["length_ratio"] == pytest.approx(1 / 4.8) and short["warnings"] == []

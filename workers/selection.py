@@ -27,7 +27,7 @@ def _select(request: dict[str, Any], settings: Settings, store: ArtifactStore, p
         lam=request["lambda"],
         seed=request["seed"],
         warm_start_ids=request["warm_start_ids"],
-        weighting=request.get("weighting", "tokens"),
+        weighting=request.get("weighting"),
         labels=labels,
         group_by=request.get("group_by"),
         progress=progress,

@@ -12,11 +12,11 @@ from app.errors import ApiError, documented, shown
 from app.jobs import SELECTIONS, Jobs
 from app.routes.jobs import IdempotencyKey, create_job, found, job_router
 from app.schemas import ExampleId, Selection, SelectionCreate
-from fishersft.dataset import read_ids
-from fishersft.encoding import DEFAULT_MAX_LENGTH
+from fishersft.dataset import DEFAULT_MAX_LENGTH, read_ids
 from fishersft.features import load_features
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
+from fishersft.variants import default_weighting
 
 router = job_router(SELECTIONS)
 
@@ -44,6 +44,7 @@ def create_selection(
     if dataset["format"] == "jsonl":
         body.model = known_model(settings, body.model, "body.model")
     body.max_length = allowed_max_length(settings, body.model, body.max_length, "body.max_length")
+    body.weighting = body.weighting or default_weighting("examples" if body.budget.examples is not None else "tokens")
     if body.group_by is not None:
         known_label(dataset, body.group_by, "body.group_by")
     if body.warm_start_ids:

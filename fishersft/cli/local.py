@@ -21,8 +21,7 @@ from fishersft.cli.common import (
 )
 from fishersft.cli.remote import run_remote_compare, run_remote_select
 from fishersft.client import ServiceClient
-from fishersft.dataset import read_labels
-from fishersft.encoding import DEFAULT_MAX_LENGTH
+from fishersft.dataset import DEFAULT_MAX_LENGTH, read_labels
 from fishersft.errors import InputError
 from fishersft.features import is_features_path, load_features
 from fishersft.models import BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_dir, prepared_dir, resolve_model
@@ -243,9 +242,9 @@ def add_select_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--weighting",
         choices=WEIGHTINGS,
-        default="tokens",
-        help="tokens: the paper's sum over loss tokens (default); examples: each example's mean outer product; "
-        "mean: the outer product of each example's mean feature",
+        help="how an example's loss tokens add to Sigma: tokens (the paper's sum over loss tokens), examples (each "
+        "example's mean outer product), mean (the outer product of its mean feature); default: mean under --budget, "
+        "tokens under --budget-tokens (chosen by held-out loss after fine-tuning; see the README)",
     )
     parser.add_argument(
         "--group-by",
