@@ -33,6 +33,11 @@ log = logging.getLogger("fishersft.api")
 REDIS_RETRY_AFTER_S = 5
 
 
+def invalid(field: str, message: str, detail: str | None = None) -> ApiError:
+    """A 422 about one request field: `message` for the error, `detail` (default: the same) for the field."""
+    return ApiError(422, "invalid_request", message, [{"field": field, "message": detail or message}])
+
+
 def shown(value: str, limit: int = 80) -> str:
     """A client-given value as an error message quotes it: repr, cut to `limit` characters."""
     return repr(value if len(value) <= limit else value[:limit] + "...")

@@ -9,7 +9,7 @@ from redis import Redis
 
 from app import deps
 from app.caller import Datasets
-from app.errors import ApiError, documented
+from app.errors import ApiError, documented, invalid
 from app.jobs import COMPARISONS, Jobs
 from app.routes.finetunes import check_training
 from app.routes.jobs import IdempotencyKey, create_job, found, job_router
@@ -45,7 +45,7 @@ def create_comparison(
     body.model = known_model(settings, body.model, "body.model")
     body.max_length = allowed_max_length(settings, body.model, body.max_length, "body.max_length")
     if body.training.max_length not in (None, body.max_length):
-        raise ApiError(422, "invalid_request", "training.max_length must equal max_length (or be left out)")
+        raise invalid("body.training.max_length", "training.max_length must equal max_length (or be left out)")
     body.training.max_length = body.max_length
     check_training(settings, datasets, body.model, body.lora, body.eval, dataset)
     return create_job(jobs, redis, body, idempotency_key, response)

@@ -8,7 +8,7 @@ from redis import Redis
 
 from app import deps
 from app.caller import Datasets
-from app.errors import ApiError, documented, shown
+from app.errors import ApiError, documented, invalid, shown
 from app.jobs import FINETUNES, SELECTIONS, Jobs
 from app.routes.jobs import IdempotencyKey, create_job, found, job_router
 from app.routes.selections import allowed_max_length, dataset_for, known_model
@@ -47,14 +47,14 @@ def create_finetune(
             raise ApiError(404, "selection_not_found", message, [detail])
         if selection.status != "succeeded":
             message = f"selection {shown(body.selection_id)} is {selection.status}: it must have succeeded"
-            raise _invalid("body.selection_id", message)
+            raise invalid("body.selection_id", message)
         dataset = dataset_for(datasets, selection.request.dataset_id, "body.selection_id", jsonl=True)
         for field, given, used in (
             ("model", body.model, selection.request.model),
             ("training.max_length", body.training.max_length, selection.request.max_length),
         ):
             if given is not None and given != used:
-                raise _invalid(f"body.{field}", f"the selection used {used!r}: training uses the same loss tokens")
+                raise invalid(f"body.{field}", f"the selection used {used!r}: training uses the same loss tokens")
         body.model, body.training.max_length = selection.request.model, selection.request.max_length
     else:
         dataset = dataset_for(datasets, body.dataset_id, "body.dataset_id", jsonl=True)  # type: ignore[arg-type]
@@ -78,7 +78,7 @@ def check_training(
     targets = settings.lora_targets(model)
     unknown = sorted(set(lora.target_modules) - targets) if targets is not None else []
     if unknown:
-        raise _invalid(
+        raise invalid(
             "body.lora.target_modules",
             f"{model} has no module {', '.join(map(repr, unknown))}: one of {', '.join(sorted(targets or ()))}",
         )
@@ -87,14 +87,10 @@ def check_training(
     if evaluation.dataset_id is not None:
         dataset_for(datasets, evaluation.dataset_id, "body.eval.dataset_id", jsonl=True)
     elif round(evaluation.holdout_fraction * dataset["n_examples"]) < 1:  # type: ignore[operator]
-        raise _invalid(
+        raise invalid(
             "body.eval.holdout_fraction",
             f"{evaluation.holdout_fraction} of {dataset['n_examples']} examples holds out none: nothing to evaluate",
         )
-
-
-def _invalid(field: str, message: str) -> ApiError:
-    return ApiError(422, "invalid_request", message, [{"field": field, "message": message}])
 
 
 @router.get(

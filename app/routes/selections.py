@@ -8,7 +8,7 @@ from redis import Redis
 
 from app import deps
 from app.caller import Datasets
-from app.errors import ApiError, documented, shown
+from app.errors import ApiError, documented, invalid, shown
 from app.jobs import SELECTIONS, Jobs
 from app.routes.jobs import IdempotencyKey, create_job, found, job_router
 from app.schemas import ExampleId, Selection, SelectionCreate
@@ -63,11 +63,8 @@ def dataset_for(datasets: Datasets, dataset_id: str, field: str, jsonl: bool = F
             [{"field": field, "message": "upload it first with POST /v1/datasets"}],
         )
     if jsonl and dataset["format"] != "jsonl":
-        raise ApiError(
-            422,
-            "invalid_request",
-            f"dataset {shown(dataset_id)} is a features file: training needs text",
-            [{"field": field, "message": "name a JSONL dataset"}],
+        raise invalid(
+            field, f"dataset {shown(dataset_id)} is a features file: training needs text", "name a JSONL dataset"
         )
     return dataset
 
@@ -77,11 +74,10 @@ def known_label(dataset: dict, field: str, name: str) -> None:
     labels = dataset.get("labels")
     if dataset["format"] != "jsonl" or (labels is not None and field not in labels):
         carried = ", ".join(labels or {}) or "none"
-        raise ApiError(
-            422,
-            "invalid_request",
+        raise invalid(
+            name,
             f"the rows of dataset {dataset['id']!r} have no string field {shown(field)}",
-            [{"field": name, "message": f"name a field the rows carry (the dataset's labels: {carried})"}],
+            f"name a field the rows carry (the dataset's labels: {carried})",
         )
 
 
@@ -105,11 +101,8 @@ def allowed_max_length(settings: Settings, model: str | None, value: int | None,
         return min(DEFAULT_MAX_LENGTH, largest)
     if value > largest:
         why = f"model {model}'s context or " if model else ""
-        raise ApiError(
-            422,
-            "invalid_request",
-            f"max_length {value} is above {largest:,}",
-            [{"field": field, "message": f"at most {largest:,} ({why}the service's limit)"}],
+        raise invalid(
+            field, f"max_length {value} is above {largest:,}", f"at most {largest:,} ({why}the service's limit)"
         )
     return value
 
@@ -118,12 +111,7 @@ def known_model(settings: Settings, model: str | None, field: str) -> str:
     """The model a request names (default: the default), or a 422 naming the field."""
     model = model or settings.default_model
     if model not in settings.model_names():
-        raise ApiError(
-            422,
-            "invalid_request",
-            f"unknown model {shown(model)}",
-            [{"field": field, "message": f"one of: {', '.join(settings.model_names())}"}],
-        )
+        raise invalid(field, f"unknown model {shown(model)}", f"one of: {', '.join(settings.model_names())}")
     return model
 
 
