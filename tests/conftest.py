@@ -50,7 +50,7 @@ def service(tmp_path, redis_server, llama_dir):
         data_dir=tmp_path / "data",
         models={"tiny": str(llama_dir)},
         default_model="tiny",
-        alive_ttl_s=2,
+        alive_ttl_s=10,  # a worker starved of CPU on a busy machine must not read as lost
         max_upload_bytes=8 << 20,
     )
     svc = Service(settings, TestClient(create_app(settings)))
