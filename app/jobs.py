@@ -170,14 +170,17 @@ class Jobs:
         )
 
     def events(self, job_id: str) -> list[Event] | None:
-        """The job's events, oldest first: from its saved result once it succeeded, else from Redis."""
-        if self.get(job_id) is None:
-            return None
-        saved = self.store.result(job_id)
+        """The job's events, oldest first: from its saved result once it succeeded, else from Redis; None when the
+        caller may not see the job or it does not exist."""
+        saved = self.store.result(job_id) if is_id(job_id, self.kind.prefix) else None
         if saved is not None:
-            return [Event(**e) for e in saved.get("events", [])]
+            return (
+                [Event(**e) for e in saved.get("events", [])]
+                if self.caller.sees({saved.get("owner")} - {None})
+                else None
+            )
         job = self._fetch(job_id)
-        return [Event(**e) for e in job.meta.get("events", [])] if job else []
+        return [Event(**e) for e in job.meta.get("events", [])] if job else None
 
     def cancel(self, job_id: str) -> JobBody | None:
         """Cancel a queued job now; ask a running one to stop at its next batch or pick."""
