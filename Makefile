@@ -28,5 +28,7 @@ test: lint
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/selection.py
+	$(BIN)/python benchmarks/scale.py
+	$(BIN)/python benchmarks/compression.py
 	$(BIN)/python benchmarks/embedding.py
 	$(BIN)/python benchmarks/api.py

@@ -16,7 +16,16 @@ from pydantic import (
 )
 
 from fishersft.groups import MAX_LABEL_VALUES
-from fishersft.variants import WEIGHTING_DOC, WEIGHTINGS, Method, Weighting
+from fishersft.variants import (
+    ALGORITHM_DOC,
+    DEFAULT_EPSILON,
+    WEIGHTING_DOC,
+    WEIGHTINGS,
+    Algorithm,
+    Method,
+    Projection,
+    Weighting,
+)
 
 REQUEST = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, populate_by_name=True)
 """Request bodies take JSON as it is: no "10" or true for a number, no Infinity or NaN, no unknown field."""
@@ -111,6 +120,7 @@ class Dataset(BaseModel):
     n_loss_tokens: int | None = Field(
         description="Loss tokens, known for features files; for JSONL it depends on the model's tokenizer: null."
     )
+    dim: int | None = Field(None, description="Features files: the width of their rows; JSONL: null (the model's).")
     sha256: str = Field(description="SHA-256 of the uploaded bytes.")
     bytes: int = Field(description="Size of the upload in bytes.")
     labels: dict[str, int] = Field(
@@ -159,6 +169,30 @@ class SelectionCreate(RequestModel):
     warm_start_ids: list[RequestExampleId] = Field(
         default_factory=list, description="Ids chosen earlier: they seed Sigma and are not chosen again."
     )
+    rank: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Feature rows kept per example: an example with more loss tokens keeps the best rank-`rank` "
+        "factor of its X^T X (exact below). Default: chosen with `dim` by the dataset's size, the most faithful "
+        "compression whose features fit the service's selection memory (rank 64 and every dimension unless the "
+        "dataset is large; see the README's Scale section). The result's `compression` says what was used.",
+    )
+    dim: int | None = Field(
+        None,
+        ge=1,
+        le=65536,
+        description="Project features to this many dimensions when the model's are more (a value at or above them "
+        "keeps every one). Default: chosen with `rank` (see there).",
+    )
+    projection: Projection = Field(
+        "principal",
+        description="With `dim`: `principal` (top directions of the dataset's total Gram) or `gaussian` (seeded).",
+    )
+    algorithm: Algorithm = Field("lazy", description=ALGORITHM_DOC)
+    epsilon: float = Field(
+        DEFAULT_EPSILON, gt=0, lt=1, description="Stochastic greedy's epsilon: smaller samples more, closer to lazy."
+    )
 
 
 class Progress(BaseModel):
@@ -188,7 +222,12 @@ class SelectionResult(BaseModel):
     method: str = Field(description="fisher or random.")
     weighting: str = Field("tokens", description="tokens, examples or mean: the request's, or the budget's default.")
     model: str | None = Field(description="The model whose features were selected on; null for uploaded features.")
-    dim: int = Field(description="Width of the features (the model's hidden size).")
+    dim: int = Field(description="Width of the features selected on (the model's hidden size unless projected).")
+    compression: dict[str, Any] | None = Field(
+        None, description="How the features were compressed: rank, dim, projection, seed, source_dim."
+    )
+    algorithm: str = Field("lazy", description="The greedy that ran: lazy, exact or stochastic.")
+    epsilon: float | None = Field(None, description="Stochastic greedy's epsilon; null for the other algorithms.")
     budget: dict[str, int] = Field(description="The budget asked for.")
     n_candidates: int = Field(description="Examples in the dataset.")
     n_loss_tokens: int = Field(description="Loss tokens in the dataset.")

@@ -31,6 +31,7 @@ from fishersft.models import DEFAULT_MODEL, resolve_model
 from fishersft.selection import Budget, select
 from fishersft.selection.blocks import FeatureBlocks
 from fishersft.selection.logdet import LogDetObjective
+from fishersft.variants import Compression
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 
@@ -44,7 +45,7 @@ def bare_forward(model, encoded, batch_size: int, dtype: torch.dtype | None) -> 
 
 
 def objective_on(features: torch.Tensor, offsets: torch.Tensor, indices: list[int]) -> float:
-    objective = LogDetObjective(FeatureBlocks(features, offsets), lam=1.0)
+    objective = LogDetObjective(FeatureBlocks.of(features, offsets), lam=1.0)
     for i in indices:
         objective.add(i)
     return objective.value()
@@ -74,9 +75,8 @@ def main() -> None:
         stores = {}
 
         def embedder(precision: str) -> None:
-            writer = FeatureStoreWriter(
-                Path(tmp) / precision, [len(e.targets) for e in encoded], dim, list(range(len(encoded)))
-            )
+            writer = FeatureStoreWriter(Path(tmp) / precision, dim, Compression(rank=args.max_length))  # every row
+            writer.add(list(range(len(encoded))), [len(e.targets) for e in encoded])
             embed(model, encoded, writer, args.batch_size, dtype=PRECISIONS[precision])
             stores[precision] = writer.commit()
 

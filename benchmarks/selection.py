@@ -63,7 +63,7 @@ def verify(name: str, make, n: int, d: int, tokens: int, k: int) -> None:
     timings, results = {}, {}
     for lazy in (False, True):
         start = time.perf_counter()
-        results[lazy] = select(features, offsets, Budget(examples=k), lazy=lazy)
+        results[lazy] = select(features, offsets, Budget(examples=k), algorithm="lazy" if lazy else "exact")
         timings[lazy] = time.perf_counter() - start
     assert results[True].indices == results[False].indices, "lazy and exact greedy disagree"
     print(

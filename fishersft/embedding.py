@@ -3,7 +3,8 @@ positions that predict loss tokens.
 
 Only the model's body runs (`model.base_model`): the LM head, a d x vocabulary product at every position, is not
 needed for the features and would dominate the cost for large vocabularies. Examples are batched in order of
-length so padding stays small, and rows go to a memory-mapped features store as soon as a batch is done.
+length so padding stays small, and rows go to the features store's writer (which compresses them) as soon as a
+batch is done.
 """
 
 from collections.abc import Callable, Iterator, Sequence
@@ -114,17 +115,14 @@ def embed(
     batch_size: int,
     on_batch: Callable[[int], None] | None = None,
     dtype: torch.dtype | None = None,
+    first: int = 0,
 ) -> None:
-    """Write the pre-logit vectors of every example's targets to `writer`; `on_batch(examples done)`. The
-    forward pass runs under `autocast(dtype)`."""
+    """Give `writer` the pre-logit vectors of every example's targets, `encoded[k]` being example `first + k`;
+    `on_batch(examples done)`. The forward pass runs under `autocast(dtype)`."""
     done = 0
     for batch in length_sorted_batches(encoded, batch_size):
-        vectors = pre_logits(model, encoded, batch, dtype)[0].to(torch.float16).cpu().numpy()
-        start = 0
-        for i in batch:
-            n = len(encoded[i].targets)
-            writer.write(i, vectors[start : start + n])
-            start += n
+        vectors = pre_logits(model, encoded, batch, dtype)[0]
+        writer.write([first + i for i in batch], vectors.split([len(encoded[i].targets) for i in batch]))
         done += len(batch)
         if on_batch:
             on_batch(done)

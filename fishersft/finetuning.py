@@ -25,8 +25,9 @@ from fishersft.encoding import Encoded
 from fishersft.features import FeatureSet
 from fishersft.groups import group_coverage
 from fishersft.holdout import holdout
-from fishersft.pipeline import Progress, encode_file
-from fishersft.selection import Budget, Method, Weighting, select
+from fishersft.pipeline import Progress, encode_file, feature_blocks
+from fishersft.selection import Budget, Method, Weighting
+from fishersft.selection.selector import select_blocks
 from fishersft.training import (
     DEFAULT_LORA,
     DEFAULT_TRAINING,
@@ -172,14 +173,11 @@ def comparison_runs(
     """The subsets a comparison trains: each seeded random subset at `budget_examples` examples, fisher under
     each weighting at `budget_examples` examples and at the random subsets' mean loss tokens (equal cost: a
     fisher subset of K examples can hold several times the tokens of a random one)."""
-    flat = torch.from_numpy(np.asarray(features.features, dtype=np.float32))
-    offsets = torch.from_numpy(features.offsets)
-    lengths = np.diff(features.offsets)
+    lengths = np.asarray(features.lengths)
+    blocks = {w: feature_blocks(features, w) for w in {"tokens", *weightings}}
 
     def pick(budget: Budget, method: Method, seed: int = 0, weighting: Weighting = "tokens") -> list[int]:
-        return select(
-            flat, offsets, budget, method=method, lam=lam, seed=seed, exclude=exclude, weighting=weighting
-        ).indices
+        return select_blocks(*blocks[weighting], budget, method=method, lam=lam, seed=seed, exclude=exclude).indices
 
     by_examples = Budget(examples=budget_examples)
     random = [Run("random", s, by_examples, pick(by_examples, "random", s)) for s in seeds]

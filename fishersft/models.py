@@ -125,15 +125,21 @@ def resolve_model(name_or_dir: str) -> Path:
     return path
 
 
+def _config(path: Path) -> dict:
+    if not (path / "config.json").is_file():
+        raise InputError(f"not a transformers model directory (no config.json): {path}")
+    return json.loads((path / "config.json").read_text())
+
+
 def model_dim(path: Path) -> int:
     """The hidden size a model directory's config declares: the width of its features."""
-    config = json.loads((path / "config.json").read_text())
+    config = _config(path)
     return int(config.get("hidden_size") or config["n_embd"])
 
 
 def model_context(path: Path) -> int | None:
     """The most positions a model directory's config declares (None when it declares none)."""
-    config = json.loads((path / "config.json").read_text())
+    config = _config(path)
     value = config.get("max_position_embeddings") or config.get("n_positions")
     return int(value) if value else None
 

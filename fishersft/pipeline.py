@@ -2,7 +2,7 @@
 store, then select from features."""
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,14 +10,16 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from fishersft.dataset import Example, ExampleId, read_jsonl
+from fishersft.dataset import DEFAULT_MAX_LENGTH, Example, ExampleId, iter_examples, read_jsonl
 from fishersft.embedding import Precision, embed, embedding_autocast, load_model, resolve_device
 from fishersft.encoding import Encoded, encode_all
 from fishersft.errors import InputError
-from fishersft.features import FeatureSet, FeatureStoreWriter, load_features
+from fishersft.features import FeatureSet, FeatureStoreWriter, load_features, read_rows
 from fishersft.groups import group_coverage, group_field
-from fishersft.selection import Budget, Method, Weighting, select
-from fishersft.variants import default_weighting
+from fishersft.selection import Budget, Method, Weighting
+from fishersft.selection.blocks import FeatureBlocks, row_ranges
+from fishersft.selection.selector import select_blocks
+from fishersft.variants import DEFAULT_COMPRESSION, DEFAULT_EPSILON, Algorithm, Compression, default_weighting
 
 Progress = Callable[[str, int, int], None]
 """progress(phase, done, total): phase "embedding" counts examples, "selecting" counts the budget spent."""
@@ -47,41 +49,85 @@ def encode_file(
     return examples, encode_all(examples, tokenizer, max_length)
 
 
+ENCODE_CHUNK = 4096
+"""Examples read, encoded and embedded at a time: memory holds one chunk, whatever the dataset's size."""
+
+
 def embed_dataset(
     data: str | Path,
     model_dir: str | Path,
     out_dir: str | Path,
     *,
-    max_length: int = 1024,
+    max_length: int = DEFAULT_MAX_LENGTH,
     batch_size: int = 16,
     device: str | None = None,
     precision: Precision = "auto",
+    compression: Compression = DEFAULT_COMPRESSION,
     progress: Progress | None = None,
     load: ModelLoader = load_model,
 ) -> Embedding:
-    """Read a JSONL dataset, run the model over it and write its features store to `out_dir`.
-    `precision`: see `embedding_autocast`. `load` loads the model (a worker passes a cached loader)."""
+    """Read a JSONL dataset a chunk at a time, run the model over it and write its compressed features store to
+    `out_dir`. `precision`: see `embedding_autocast`. `load` loads the model (a worker passes a cached loader)."""
     start = time.perf_counter()
     resolved = resolve_device(device)
     model, tokenizer = load(Path(model_dir), resolved)
     load_seconds = time.perf_counter() - start
-    examples, encoded = encode_file(data, tokenizer, max_length)
     dim = model.get_output_embeddings().weight.shape[1]
-    truncated = sum(e.truncated for e in encoded)
-    meta = {"truncated": truncated, "max_length": max_length}
-    writer = FeatureStoreWriter(out_dir, [len(e.targets) for e in encoded], dim, [ex.id for ex in examples], meta)
-
-    def on_batch(done: int) -> None:
-        if progress:
-            progress("embedding", done, len(encoded))
-
+    total = count_lines(data)
+    writer = FeatureStoreWriter(out_dir, dim, compression, {"max_length": max_length})
+    truncated = done = 0
     try:
-        embed(model, encoded, writer, batch_size, on_batch, dtype=embedding_autocast(resolved, precision))
+        for chunk in example_chunks(data, ENCODE_CHUNK):
+            encoded = encode_all(chunk, tokenizer, max_length)
+            first = len(writer.ids)
+            writer.add([ex.id for ex in chunk], [len(e.targets) for e in encoded])
+            truncated += sum(e.truncated for e in encoded)
+
+            def on_batch(in_chunk: int, done: int = done) -> None:
+                if progress:
+                    progress("embedding", done + in_chunk, max(total, done + in_chunk))
+
+            embed(model, encoded, writer, batch_size, on_batch, embedding_autocast(resolved, precision), first)
+            done += len(chunk)
+        writer.meta["truncated"] = truncated
+        features = load_features(writer.commit())
     except BaseException:
         writer.abort()
         raise
-    features = load_features(writer.commit())
     return Embedding(features, truncated, time.perf_counter() - start, load_seconds)
+
+
+def example_chunks(data: str | Path, size: int) -> Iterator[list[Example]]:
+    """The dataset's examples, validated as they are read, `size` at a time."""
+    with open(data, "rb") as f:
+        chunk: list[Example] = []
+        for example in iter_examples(f):
+            chunk.append(example)
+            if len(chunk) == size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+
+def count_lines(path: str | Path) -> int:
+    """Non-blank lines: the examples of a valid dataset, for progress before it is read."""
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def feature_blocks(features: FeatureSet, weighting: Weighting) -> tuple[FeatureBlocks, torch.Tensor]:
+    """The blocks selection runs on under `weighting`, read from `features` a chunk at a time (float16 stays
+    float16), and the loss tokens per example."""
+    lengths = torch.from_numpy(np.asarray(features.lengths))
+    if weighting == "mean":
+        rows, offsets, scale = features.mean_rows(), torch.arange(len(lengths) + 1), None
+    else:
+        rows, offsets = features.features, torch.from_numpy(features.offsets)
+        scale = lengths.to(torch.float32).rsqrt() if weighting == "examples" else None
+    chunks = (torch.from_numpy(read_rows(rows, int(offsets[a]), int(offsets[b]))) for a, b in row_ranges(offsets))
+    dtype = torch.from_numpy(np.zeros(0, rows.dtype)).dtype
+    return FeatureBlocks(offsets, rows.shape[1], chunks, dtype, scale), lengths
 
 
 def select_features(
@@ -98,6 +144,9 @@ def select_features(
     group_by: str | None = None,
     progress: Progress | None = None,
     model: str | None = None,
+    algorithm: Algorithm = "lazy",
+    epsilon: float = DEFAULT_EPSILON,
+    device: str | None = None,
 ) -> dict:
     """Run the selection; the result as the JSON object the CLI prints and the service returns. `model` names
     the model the features came from (None for uploaded features); `exclude` are indices never selected.
@@ -120,21 +169,24 @@ def select_features(
         if progress:
             progress("selecting", int(spent), total)
 
-    selection = select(
-        torch.from_numpy(np.asarray(features.features, dtype=np.float32)),  # selection holds float32 rows
-        torch.from_numpy(features.offsets),
+    blocks, lengths = feature_blocks(features, weighting)
+    selection = select_blocks(
+        blocks,
+        lengths,
         budget,
         method=method,
         lam=lam,
         seed=seed,
         warm_start=warm_start,
         exclude=exclude,
-        weighting=weighting,
+        algorithm=algorithm,
+        epsilon=epsilon,
+        device=resolve_device(device),
         on_step=on_step,
     )
     if progress:  # a token budget often ends short of its total: the last report says the selection is done
         progress("selecting", total, total)
-    lengths = np.diff(features.offsets)
+    lengths = features.lengths
     if labels is not None and len(labels) != len(features.ids):
         raise ValueError(f"{len(labels)} label rows for {len(features.ids)} examples")
     if group_by is not None and not any(group_by in row for row in labels or ()):
@@ -162,6 +214,9 @@ def select_features(
         "weighting": weighting,
         "model": model,
         "dim": int(features.features.shape[1]),
+        "compression": features.meta.get("compression"),
+        "algorithm": algorithm,
+        "epsilon": epsilon if algorithm == "stochastic" else None,
         "budget": budget.as_dict(),
         "lambda": lam,
         "n_candidates": len(features.ids),

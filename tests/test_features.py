@@ -2,12 +2,16 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from safetensors.numpy import save_file
 
 from fishersft.errors import InputError
 from fishersft.features import FeaturesError, FeatureSet, FeatureStoreWriter, load_features
 from fishersft.pipeline import select_features
 from fishersft.selection import Budget
+from fishersft.variants import Compression
+
+EXACT = Compression(rank=1 << 20)
 
 
 def arrays(n=5, d=4, seed=0):
@@ -15,6 +19,15 @@ def arrays(n=5, d=4, seed=0):
     lengths = rng.integers(1, 6, n)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     return rng.standard_normal((int(offsets[-1]), d)).astype(np.float32), offsets
+
+
+def write_store(path, features, offsets, ids, compression=EXACT):
+    """A features store of every row (rank above every example's rows), written example by example."""
+    writer = FeatureStoreWriter(path, features.shape[1], compression)
+    writer.add(ids, np.diff(offsets).tolist())
+    for i in range(len(ids)):
+        writer.write([i], [torch.from_numpy(features[offsets[i] : offsets[i + 1]])])
+    return writer
 
 
 def test_npz_safetensors_and_store_round_trip(tmp_path):
@@ -26,10 +39,7 @@ def test_npz_safetensors_and_store_round_trip(tmp_path):
         metadata={"ids": json.dumps(["v", "w", "x", "y", "z"])},
     )
     save_file({"features": features, "offsets": offsets, "ids": np.arange(10, 15)}, str(tmp_path / "c.safetensors"))
-    writer = FeatureStoreWriter(tmp_path / "store", np.diff(offsets).tolist(), 4, [1, 2, 3, 4, 5])
-    for i in range(5):
-        writer.write(i, features[offsets[i] : offsets[i + 1]])
-    writer.commit()
+    write_store(tmp_path / "store", features, offsets, [1, 2, 3, 4, 5]).commit()
     assert load_features(tmp_path / "a.npz").ids == ["a", "b", "c", "d", "e"]
     assert load_features(tmp_path / "b.safetensors").ids == ["v", "w", "x", "y", "z"]
     assert load_features(tmp_path / "c.safetensors").ids == [10, 11, 12, 13, 14]
@@ -37,6 +47,8 @@ def test_npz_safetensors_and_store_round_trip(tmp_path):
     assert isinstance(store.features, np.memmap) and store.features.dtype == np.float16
     np.testing.assert_allclose(store.features, features, atol=2e-3)
     assert store.ids == [1, 2, 3, 4, 5] and store.offsets.tolist() == offsets.tolist()
+    assert store.lengths.tolist() == np.diff(offsets).tolist()
+    np.testing.assert_allclose(store.means, np.add.reduceat(features, offsets[:-1]) / store.lengths[:, None], atol=2e-3)
 
 
 @pytest.mark.parametrize(
@@ -78,13 +90,9 @@ def test_missing_arrays_ids_and_files(tmp_path):
 def test_two_writers_of_one_store_never_share_files(tmp_path):
     """Two jobs embedding the same dataset at once: the first complete store stays, the second is dropped."""
     features, offsets = arrays()
-    lengths = np.diff(offsets).tolist()
-    first = FeatureStoreWriter(tmp_path / "store", lengths, 4, list(range(5)))
-    second = FeatureStoreWriter(tmp_path / "store", lengths, 4, list(range(5)))
+    first = write_store(tmp_path / "store", features, offsets, list(range(5)))
+    second = write_store(tmp_path / "store", features, offsets, list(range(5)))
     assert first.partial != second.partial
-    for writer in (first, second):
-        for i in range(5):
-            writer.write(i, features[offsets[i] : offsets[i + 1]])
     first.commit()
     in_use = load_features(tmp_path / "store")
     second.commit()

@@ -254,7 +254,7 @@ def test_cached_features_are_evicted_least_recently_used_under_the_cap(tmp_path)
     store = ArtifactStore(tmp_path)
     stores = []
     for k in range(4):
-        path = store.features_dir(f"{k:064x}", "m", 64)
+        path = store.features_dir(f"{k:064x}", "m", 64, "r16")
         path.mkdir()
         (path / "features.npy").write_bytes(b"x" * 1000)
         os.utime(path, (1000 + k, 1000 + k))

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from collections import Counter
 
-import numpy as np
 import pytest
 import torch
 
@@ -19,6 +18,7 @@ from fishersft.encoding import encode_all
 from fishersft.errors import InputError
 from fishersft.features import FeatureStoreWriter, load_features
 from fishersft.models import DEFAULT_MODEL, builtin_model_dir, model_dim
+from fishersft.variants import Compression
 
 ENGLISH_CATEGORIES = 21
 
@@ -57,7 +57,8 @@ def test_real_features_through_the_lm_head_reproduce_the_models_logits(smollm2, 
     encoded = encode_all(examples, tokenizer, 1024)
     stores = {}
     for precision, dtype in (("float32", None), ("bfloat16", torch.bfloat16)):
-        writer = FeatureStoreWriter(tmp_path / precision, [len(e.targets) for e in encoded], 576, range(len(encoded)))
+        writer = FeatureStoreWriter(tmp_path / precision, 576, Compression(rank=1024))  # every row kept
+        writer.add(list(range(len(encoded))), [len(e.targets) for e in encoded])
         embed(model, encoded, writer, batch_size=4, dtype=dtype)  # padded, length-sorted batches
         stores[precision] = load_features(writer.commit())
     head = model.get_output_embeddings()
@@ -66,7 +67,7 @@ def test_real_features_through_the_lm_head_reproduce_the_models_logits(smollm2, 
         with torch.no_grad():
             logits = model(input_ids=torch.from_numpy(enc.input_ids).long()[None]).logits[0, enc.targets]
             from_store = {
-                p: head(torch.from_numpy(np.asarray(fs.features[fs.offsets[i] : fs.offsets[i + 1]], dtype=np.float32)))
+                p: head(torch.from_numpy(fs.read_rows(fs.offsets[i], fs.offsets[i + 1])).float())
                 for p, fs in stores.items()
             }
         # float32 features, stored as float16: their logits agree to float16 rounding of a 576-term dot product

@@ -64,7 +64,7 @@ def test_padded_rows_is_the_smallest_bucket_that_fits():
 
 def test_gains_match_the_matrix_determinant_lemma_from_scratch():
     features, offsets, blocks = random_dataset(0, ties=True)
-    objective = LogDetObjective(FeatureBlocks(features, offsets), lam=0.5)
+    objective = LogDetObjective(FeatureBlocks.of(features, offsets), lam=0.5)
     for i in (0, 2, 6):
         objective.add(i)
     gains = objective.gains(torch.arange(len(blocks)))
@@ -77,7 +77,7 @@ def test_gains_match_the_matrix_determinant_lemma_from_scratch():
 
 def test_long_examples_are_compressed_without_changing_their_gain():
     features, offsets, blocks = random_dataset(1, d=4, max_tokens=12)
-    compressed = FeatureBlocks(features, offsets)
+    compressed = FeatureBlocks.of(features, offsets)
     assert int(compressed.counts.max()) <= 4 and int(offsets.diff().max()) > 4
     gains = LogDetObjective(compressed, lam=1.0).gains(torch.arange(len(blocks)))
     expected = [logdet_of(blocks, [i], 1.0) - logdet_of(blocks, [], 1.0) for i in range(len(blocks))]
@@ -87,7 +87,7 @@ def test_long_examples_are_compressed_without_changing_their_gain():
 @pytest.mark.parametrize("seed", range(3))
 def test_exact_greedy_equals_naive_greedy(seed):
     features, offsets, blocks = random_dataset(seed, n=15)
-    picked = select(features, offsets, Budget(examples=6), lam=0.7, lazy=False)
+    picked = select(features, offsets, Budget(examples=6), lam=0.7, algorithm="exact")
     assert picked.indices == naive_greedy(blocks, 6, 0.7)
     assert picked.objective == pytest.approx(logdet_of(blocks, picked.indices, 0.7), rel=1e-6)
 
@@ -97,7 +97,7 @@ def test_exact_greedy_equals_naive_greedy(seed):
 def test_lazy_greedy_equals_exact_greedy(seed, budget):
     features, offsets, _ = random_dataset(seed, ties=seed % 2 == 0)
     lam = [0.01, 1.0, 10.0][seed % 3]
-    exact = select(features, offsets, budget, lam=lam, lazy=False)
+    exact = select(features, offsets, budget, lam=lam, algorithm="exact")
     lazy = select(features, offsets, budget, lam=lam)
     assert lazy.indices == exact.indices
     assert lazy.gains == exact.gains
@@ -108,8 +108,8 @@ def test_ties_are_broken_by_lowest_index():
     x = torch.randn(3, 5, dtype=torch.float64)
     features = torch.cat([x, x, x])  # three identical examples
     offsets = torch.tensor([0, 3, 6, 9])
-    for lazy in (True, False):
-        assert select(features, offsets, Budget(examples=3), lazy=lazy).indices == [0, 1, 2]
+    for algorithm in ("lazy", "exact"):
+        assert select(features, offsets, Budget(examples=3), algorithm=algorithm).indices == [0, 1, 2]
 
 
 def test_objective_is_monotone_and_gains_diminish():
@@ -202,7 +202,8 @@ def test_examples_weighting_is_the_tokens_objective_on_features_scaled_by_one_ov
     by_examples = select(features, offsets, budget, weighting="examples")
     on_scaled = select(scaled, offsets, budget, weighting="tokens")
     assert by_examples.indices == on_scaled.indices
-    assert by_examples.objective == pytest.approx(on_scaled.objective, rel=1e-9)
+    # Sigma sums the scaled rows in float64 where the pre-scaled rows were rounded to float32 first
+    assert by_examples.objective == pytest.approx(on_scaled.objective, rel=1e-7)
     assert by_examples.objective == pytest.approx(
         logdet_of([b / math.sqrt(len(b)) for b in blocks], by_examples.indices, 1.0), rel=1e-6
     )

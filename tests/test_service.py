@@ -10,11 +10,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from fishersft.features import load_features
+from fishersft.features import compress_store, load_features
 from fishersft.pipeline import embed_dataset, select_features
 from fishersft.selection import Budget
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
+from fishersft.variants import Compression
 from tests.conftest import SAMPLE, sample_texts, write_jsonl
 from tests.service import WAIT_S
 
@@ -57,18 +58,45 @@ def test_upload_select_poll_ids_equal_the_core_pipeline(service, llama_dir, tmp_
     assert not third["result"]["features_cached"] and third["result"]["model_cached"] is True
 
 
+def features_npz(path, n, max_rows, seed):
+    """n examples of 1 to max_rows random rows of 8 dimensions; returns the offsets."""
+    rng = np.random.default_rng(seed)
+    offsets = np.concatenate([[0], np.cumsum(rng.integers(1, max_rows + 1, n))])
+    np.savez(path, features=rng.standard_normal((offsets[-1], 8)).astype(np.float32), offsets=offsets)
+    return offsets
+
+
 def test_features_upload_and_random_method(service, tmp_path):
     service.start_worker()
-    rng = np.random.default_rng(0)
-    offsets = np.concatenate([[0], np.cumsum(rng.integers(1, 6, 40))])
     path = tmp_path / "f.npz"
-    np.savez(path, features=rng.standard_normal((offsets[-1], 8)).astype(np.float32), offsets=offsets)
+    offsets = features_npz(path, 40, 5, seed=0)
     dataset = service.upload(path)
     assert dataset["format"] == "npz" and dataset["n_loss_tokens"] == offsets[-1]
     fisher = service.wait(service.select(dataset_id=dataset["id"], budget={"examples": 5})["id"])
     random_ = service.wait(service.select(dataset_id=dataset["id"], budget={"examples": 5}, method="random")["id"])
     assert fisher["result"]["objective"] > random_["result"]["objective"]
     assert fisher["result"]["selected"] == select_features(load_features(path), Budget(examples=5))["selected"]
+
+
+def test_compression_and_algorithm_options_reach_the_result(service, tmp_path):
+    """An uploaded features file is compressed as asked (by default, rank 64 at every dimension for a small
+    dataset), and the job's picks are the local pipeline's on the same compression and algorithm."""
+    service.start_worker()
+    path = tmp_path / "f.npz"
+    features_npz(path, 60, 12, seed=1)
+    dataset = service.upload(path)
+    assert dataset["dim"] == 8
+    auto = service.wait(service.select(dataset_id=dataset["id"], budget={"examples": 5})["id"])["result"]
+    assert auto["compression"] == {"rank": 64, "dim": 8, "projection": "principal", "seed": 0, "source_dim": 8}
+    assert auto["algorithm"] == "lazy" and auto["epsilon"] is None
+    options = {"rank": 4, "dim": 6, "projection": "gaussian", "algorithm": "stochastic", "epsilon": 0.5}
+    job = service.wait(service.select(dataset_id=dataset["id"], budget={"examples": 5}, **options)["id"])
+    result = job["result"]
+    assert result["compression"] == {"rank": 4, "dim": 6, "projection": "gaussian", "seed": 0, "source_dim": 8}
+    assert result["dim"] == 6 and result["algorithm"] == "stochastic" and result["epsilon"] == 0.5
+    local = compress_store(load_features(path), tmp_path / "local", Compression(rank=4, dim=6, projection="gaussian"))
+    expected = select_features(local, Budget(examples=5), algorithm="stochastic", epsilon=0.5)
+    assert result["selected"] == expected["selected"]
 
 
 def test_cancel_while_queued_and_while_running(service, long_dataset):

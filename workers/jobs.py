@@ -20,11 +20,12 @@ from rq.job import Job
 
 from fishersft.embedding import load_model
 from fishersft.errors import InputError
-from fishersft.features import FeatureSet, load_features, store_meta
+from fishersft.features import FeatureSet, compress_store, load_features
 from fishersft.pipeline import embed_dataset
 from fishersft.service.protocol import JobCancelled, JobInputError, alive_key, cancel_key
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
+from fishersft.variants import DEFAULT_COMPRESSION, Compression
 
 PROGRESS_INTERVAL_S = 0.5
 MAX_EVENTS = 1000
@@ -99,6 +100,13 @@ def dataset_record(store: ArtifactStore, dataset_id: str) -> dict[str, Any]:
     return dataset
 
 
+def dataset_dim(dataset: dict[str, Any], store: ArtifactStore) -> int:
+    """The width of an uploaded features file (recorded at upload; read from the file for older records)."""
+    if dataset.get("dim"):
+        return int(dataset["dim"])
+    return int(load_features(store.blob(dataset["sha256"]), suffix=f".{dataset['format']}").features.shape[1])
+
+
 def dataset_features(
     dataset: dict[str, Any],
     model: str | None,
@@ -106,41 +114,40 @@ def dataset_features(
     settings: Settings,
     store: ArtifactStore,
     progress: JobProgress,
+    compression: Compression = DEFAULT_COMPRESSION,
 ) -> tuple[FeatureSet, dict[str, Any]]:
-    """A dataset's features: an uploaded features file, or the JSONL embedded by `model`, cached in the store per
-    (dataset, model, max_length). Also what it cost: {features_cached, model_cached, truncated, embed_s,
-    model_load_s}."""
-    if dataset["format"] != "jsonl":
-        features = load_features(store.blob(dataset["sha256"]), suffix=f".{dataset['format']}")
-        return features, {"features_cached": True, "model_cached": None, "truncated": 0, "embed_s": 0.0}
-    features_dir = store.features_dir(dataset["sha256"], model, max_length)  # type: ignore[arg-type]
+    """A dataset's compressed features store: the JSONL embedded by `model`, or an uploaded features file
+    compressed, cached in the store per (dataset, model, max_length, compression). Also what it cost:
+    {features_cached, model_cached, truncated, embed_s, model_load_s}."""
+    uploaded = dataset["format"] != "jsonl"
+    features_dir = store.features_dir(dataset["sha256"], None if uploaded else model, max_length, compression.key)
     if features_dir.exists():
         store.use_features(features_dir)
-        truncated = store_meta(features_dir).get("truncated", 0)
-        cost = {
-            "features_cached": True,
-            "model_cached": None,
-            "truncated": truncated,
-            "embed_s": 0.0,
-            "model_load_s": 0.0,
-        }
-        return load_features(features_dir), cost
-    hits = cached_model.cache_info().hits
-    embedding = embed_dataset(
-        store.blob(dataset["sha256"]),
-        settings.model_dir(model),  # type: ignore[arg-type]
-        features_dir,
-        max_length=max_length,
-        progress=progress,
-        load=cached_model,
-    )
+        features = load_features(features_dir)
+        cost = {"features_cached": True, "model_cached": None, "embed_s": 0.0, "model_load_s": 0.0}
+        return features, {**cost, "truncated": features.meta.get("truncated", 0)}
+    start, hits = time.perf_counter(), cached_model.cache_info().hits
+    if uploaded:
+        raw = load_features(store.blob(dataset["sha256"]), suffix=f".{dataset['format']}")
+        features, truncated, load_s = compress_store(raw, features_dir, compression), 0, 0.0
+    else:
+        embedding = embed_dataset(
+            store.blob(dataset["sha256"]),
+            settings.model_dir(model),  # type: ignore[arg-type]
+            features_dir,
+            max_length=max_length,
+            compression=compression,
+            progress=progress,
+            load=cached_model,
+        )
+        features, truncated, load_s = embedding.features, embedding.truncated, embedding.load_seconds
     store.evict_features(settings.features_cache_bytes, keep=features_dir)
-    return embedding.features, {
+    return features, {
         "features_cached": False,
-        "model_cached": cached_model.cache_info().hits > hits,
-        "truncated": embedding.truncated,
-        "embed_s": embedding.seconds,
-        "model_load_s": embedding.load_seconds,
+        "model_cached": None if uploaded else cached_model.cache_info().hits > hits,
+        "truncated": truncated,
+        "embed_s": time.perf_counter() - start,
+        "model_load_s": load_s,
     }
 
 

@@ -1,14 +1,16 @@
 """The selection job: dataset (and model) in the artifact store to a result in the artifact store. Features
-computed for (dataset, model, max_length) are kept in the store and reused by later jobs."""
+computed for (dataset, model, max_length, compression) are kept in the store and reused by later jobs."""
 
 from typing import Any
 
 from fishersft.dataset import read_labels
+from fishersft.models import model_dim
 from fishersft.pipeline import select_features
 from fishersft.selection import Budget
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
-from workers.jobs import JobProgress, dataset_features, dataset_record, run_job
+from fishersft.variants import DEFAULT_EPSILON, resolve_compression
+from workers.jobs import JobProgress, dataset_dim, dataset_features, dataset_record, run_job
 
 
 def run_selection(request: dict[str, Any]) -> dict[str, Any]:
@@ -18,7 +20,16 @@ def run_selection(request: dict[str, Any]) -> dict[str, Any]:
 def _select(request: dict[str, Any], settings: Settings, store: ArtifactStore, progress: JobProgress) -> dict:
     dataset = dataset_record(store, request["dataset_id"])
     model = request["model"] if dataset["format"] == "jsonl" else None
-    features, cost = dataset_features(dataset, model, request["max_length"], settings, store, progress)
+    source_dim = model_dim(settings.model_dir(model)) if model is not None else dataset_dim(dataset, store)
+    compression = resolve_compression(
+        request.get("rank"),
+        request.get("dim"),
+        request.get("projection", "principal"),
+        dataset["n_examples"],
+        source_dim,
+        settings.selection_memory_bytes,
+    )
+    features, cost = dataset_features(dataset, model, request["max_length"], settings, store, progress, compression)
     labels = read_labels(store.blob(dataset["sha256"])) if dataset["format"] == "jsonl" else None
     result = select_features(
         features,
@@ -30,6 +41,8 @@ def _select(request: dict[str, Any], settings: Settings, store: ArtifactStore, p
         weighting=request.get("weighting"),
         labels=labels,
         group_by=request.get("group_by"),
+        algorithm=request.get("algorithm", "lazy"),
+        epsilon=request.get("epsilon", DEFAULT_EPSILON),
         progress=progress,
         model=model,
     )

@@ -53,7 +53,7 @@ def create_dataset(
     temp = store.temp_file(suffix)
     try:
         with _Upload(file, temp) as upload:
-            n_examples, n_loss_tokens, labels = _validated(lambda: _counts(upload, fmt), temp, file.filename)
+            n_examples, n_loss_tokens, dim, labels = _validated(lambda: _counts(upload, fmt), temp, file.filename)
             upload.finish()
         dataset_id = f"ds_{upload.sha256[:ID_HEX]}"
         existing = store.dataset(dataset_id)
@@ -69,6 +69,7 @@ def create_dataset(
                 format=fmt,
                 n_examples=n_examples,
                 n_loss_tokens=n_loss_tokens,
+                dim=dim,
                 labels=labels,
                 sha256=upload.sha256,
                 bytes=upload.size,
@@ -142,18 +143,18 @@ class _Upload:
         return self.digest.hexdigest()
 
 
-def _counts(upload: _Upload, fmt: str) -> tuple[int, int | None, dict[str, int]]:
-    """Examples, loss tokens and label fields: JSONL is validated line by line as it is copied (only ids and
-    label values are kept), a features file is read whole once copied."""
+def _counts(upload: _Upload, fmt: str) -> tuple[int, int | None, int | None, dict[str, int]]:
+    """Examples, loss tokens, feature width and label fields: JSONL is validated line by line as it is copied
+    (only ids and label values are kept), a features file is read whole once copied."""
     if fmt == "jsonl":
         labels, n = LabelCounter(), 0
         for example in iter_examples(upload.lines()):
             labels.add(example.labels)
             n += 1
-        return n, None, labels.counts()
+        return n, None, None, labels.counts()
     upload.finish()
     features = load_features(upload.target)
-    return len(features.ids), features.n_tokens, {}
+    return len(features.ids), features.n_tokens, int(features.features.shape[1]), {}
 
 
 def _validated(check: Callable[[], T], temp: Path, filename: str | None) -> T:

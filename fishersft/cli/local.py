@@ -23,10 +23,10 @@ from fishersft.cli.remote import run_remote_compare, run_remote_select
 from fishersft.client import ServiceClient
 from fishersft.dataset import DEFAULT_MAX_LENGTH, read_labels
 from fishersft.errors import InputError
-from fishersft.features import is_features_path, load_features
-from fishersft.models import BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_dir, prepared_dir, resolve_model
-from fishersft.pipeline import embed_dataset, select_features
-from fishersft.variants import WEIGHTINGS, run_label
+from fishersft.features import FeatureSet, compress_store, is_features_path, load_features
+from fishersft.models import BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_dir, model_dim, prepared_dir, resolve_model
+from fishersft.pipeline import count_lines, embed_dataset, select_features
+from fishersft.variants import DEFAULT_EPSILON, PROJECTIONS, WEIGHTINGS, Compression, resolve_compression, run_label
 
 
 def run_select(args: argparse.Namespace) -> dict:
@@ -40,19 +40,22 @@ def run_select(args: argparse.Namespace) -> dict:
                 raise InputError("--model is for JSONL datasets; features input needs no model")
             if args.group_by:
                 raise InputError("--group-by is for JSONL datasets; features files carry no row fields")
-            features, truncated, embed_s, model, labels = load_features(data), 0, 0.0, None, None
+            features = compressed(load_features(data), args.features_out or Path(tmp) / "features", args)
+            truncated, embed_s, model, labels = 0, 0.0, None, None
         else:
             if args.features_out and args.features_out.exists():
                 raise InputError(f"--features-out {args.features_out} already exists; remove it or pick another")
             model = args.model or DEFAULT_MODEL
+            model_dir = resolve_model(model)
             embedding = embed_dataset(
                 data,
-                resolve_model(model),
+                model_dir,
                 args.features_out or Path(tmp) / "features",
                 max_length=args.max_length or DEFAULT_MAX_LENGTH,
                 batch_size=args.batch_size,
                 device=args.device,
                 precision=args.precision,
+                compression=compression(args, count_lines(data), model_dim(model_dir)),
                 progress=progress,
             )
             features, truncated, embed_s = embedding.features, embedding.truncated, embedding.seconds
@@ -69,10 +72,35 @@ def run_select(args: argparse.Namespace) -> dict:
             group_by=args.group_by,
             progress=progress,
             model=model,
+            algorithm=args.algorithm,
+            epsilon=args.epsilon,
+            device=args.device,
         )
     result["truncated"] = truncated
     result["timings"]["embed_s"] = embed_s
     return result
+
+
+COMPRESSION_OPTIONS = ("rank", "dim", "projection")
+
+
+def compression(args: argparse.Namespace, n_examples: int, source_dim: int) -> Compression:
+    """The compression the options ask for, the rest chosen by the dataset's size."""
+    return resolve_compression(args.rank, args.dim, args.projection or "principal", n_examples, source_dim)
+
+
+def compressed(features: FeatureSet, directory: Path, args: argparse.Namespace) -> FeatureSet:
+    """Features ready to select from: raw features (.npz, .safetensors) compressed into `directory`, or a
+    compressed store as it is (its compression is fixed: options that contradict it are an error)."""
+    asked = compression(args, len(features.ids), features.features.shape[1])
+    if features.compression is None:
+        return compress_store(features, directory, asked)
+    if any(getattr(args, k) is not None for k in COMPRESSION_OPTIONS) and asked != features.compression:
+        raise InputError(
+            f"this features store is compressed as {features.compression.key}, not {asked.key}: select from it "
+            "without --rank/--dim/--projection, or from raw features"
+        )
+    return features
 
 
 def select_command(args: argparse.Namespace) -> None:
@@ -266,6 +294,35 @@ def add_select_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="M",
         help="tokens per example at most; longer ones lose prompt tokens first (default 1024; with --server, 1024 "
         "or the model's context if smaller)",
+    )
+    parser.add_argument(
+        "--rank",
+        type=positive_int,
+        metavar="R",
+        help="feature rows kept per example: longer ones keep the best rank-R factor of X^T X (default: with --dim, "
+        "the most faithful compression that fits 8 GiB: rank 64 at the model's dimension unless the dataset is "
+        "large; chosen by measurement, see the README)",
+    )
+    parser.add_argument(
+        "--dim", type=positive_int, metavar="D", help="project features to D dimensions (default: see --rank)"
+    )
+    parser.add_argument(
+        "--projection",
+        choices=PROJECTIONS,
+        help="with --dim: principal (top directions of the total Gram; default) or gaussian (seeded)",
+    )
+    parser.add_argument(
+        "--algorithm",
+        choices=["lazy", "exact", "stochastic"],
+        default="lazy",
+        help="fisher greedy: lazy (default; exact greedy's picks), exact (reference, slow), stochastic "
+        "(approximate, for very large datasets)",
+    )
+    parser.add_argument(
+        "--epsilon",
+        type=positive_float,
+        default=DEFAULT_EPSILON,
+        help=f"stochastic greedy's epsilon (default {DEFAULT_EPSILON}): (N/K) ln(1/epsilon) candidates per pick",
     )
     parser.add_argument("--batch-size", type=positive_int, default=16, metavar="B", help="examples per forward pass")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")

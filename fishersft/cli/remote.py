@@ -32,6 +32,9 @@ def run_remote_select(args: argparse.Namespace, client: ServiceClient) -> dict:
         "max_length": args.max_length,
         "model": args.model,
         "warm_start_ids": read_ids(args.warm_start) if args.warm_start else [],
+        "algorithm": args.algorithm,
+        "epsilon": args.epsilon,
+        **{k: getattr(args, k) for k in ("rank", "dim", "projection") if getattr(args, k) is not None},
     }
     job = client.create_selection(body)
     return follow(client, job) if args.wait else job

@@ -3,12 +3,19 @@
 Gains are evaluated many times per candidate, in batches of varying composition. Every candidate is always
 padded to the same row count (its *bucket*), so its gain is computed by the same kernels on the same shapes
 whatever else is in the batch: the value is bitwise reproducible, and exact ties stay exact ties.
+
+Blocks keep the rows' own dtype (float16 for a features store: half the memory of float32) and are converted to
+float32 a chunk at a time as gains are computed. They are filled from row chunks, so a store on disk is read a
+piece at a time and never held twice.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor
+
+CHUNK_ROWS = 1 << 18
+"""Rows read per chunk when blocks are filled from a store (64 MiB of float16 rows at d = 128; 288 MiB at 576)."""
 
 
 def padded_rows(n: int) -> int:
@@ -20,51 +27,103 @@ def padded_rows(n: int) -> int:
     return three_quarters if size >= 32 and n <= three_quarters else size
 
 
+def row_ranges(offsets: Tensor, max_rows: int = CHUNK_ROWS) -> Iterator[tuple[int, int]]:
+    """Consecutive (first, last + 1) example ranges of at most `max_rows` rows each (at least one example)."""
+    n = len(offsets) - 1
+    first = 0
+    while first < n:
+        last = int(torch.searchsorted(offsets, int(offsets[first]) + max_rows, right=True)) - 1
+        last = min(max(last, first + 1), n)
+        yield first, last
+        first = last
+
+
 class FeatureBlocks:
-    """The rows X_i (n_i x d) of every example, as float32, zero-padded to their bucket's row count.
+    """The rows X_i (n_i x d) of every example, zero-padded to their bucket's row count, times an optional
+    per-example `scale` (applied as gains are computed, so the stored rows stay as given).
 
     An example with more rows than dimensions is replaced by the d x d factor R of its QR decomposition:
     R^T R = X^T X, so every quantity of the log-det objective is unchanged while the rows stay bounded by d.
     """
 
-    def __init__(self, features: Tensor, offsets: Tensor) -> None:
-        if features.ndim != 2 or offsets.ndim != 1:
-            raise ValueError("features must be [tokens x d] and offsets [N+1]")
-        self.dim = features.shape[1]
+    def __init__(
+        self,
+        offsets: Tensor,
+        dim: int,
+        chunks: Iterable[Tensor],
+        dtype: torch.dtype = torch.float16,
+        scale: Tensor | None = None,
+    ) -> None:
+        """`chunks`: the rows of consecutive whole examples, in order (see `row_ranges`); `dtype`: storage."""
+        self.dim = dim
         offsets = offsets.to(torch.int64)
-        self.counts = offsets.diff().clamp_max(self.dim)
+        self.counts = offsets.diff().clamp_max(dim)
+        self.scale = None if scale is None else scale.to(torch.float32)
         self.buckets = torch.tensor([padded_rows(int(n)) for n in self.counts.tolist()], dtype=torch.int64)
         self.slots = torch.zeros(len(self.counts), dtype=torch.int64)
         self.padded: dict[int, Tensor] = {}
         for size in self.buckets.unique().tolist():
             members = (self.buckets == size).nonzero().flatten()
             self.slots[members] = torch.arange(len(members))
+            self.padded[size] = torch.zeros(len(members), size, dim, dtype=dtype)
+        first = 0
+        for rows in chunks:
+            last = int(torch.searchsorted(offsets, int(offsets[first]) + len(rows)))
+            self._fill(rows, offsets[first : last + 1] - offsets[first], first)
+            first = last
+        if first != len(self.counts):
+            raise ValueError(f"chunks held {first} of {len(self.counts)} examples")
+
+    @classmethod
+    def of(cls, features: Tensor, offsets: Tensor, scale: Tensor | None = None) -> "FeatureBlocks":
+        """Blocks of in-memory rows [tokens x d], example i owning rows offsets[i]:offsets[i+1]."""
+        if features.ndim != 2 or offsets.ndim != 1:
+            raise ValueError("features must be [tokens x d] and offsets [N+1]")
+        chunks = (features[offsets[a] : offsets[b]] for a, b in row_ranges(offsets))
+        return cls(offsets, features.shape[1], chunks, features.dtype, scale)
+
+    def _fill(self, rows: Tensor, offsets: Tensor, first: int) -> None:
+        """Place the rows of examples first, first + 1, ... (local `offsets`) in their buckets."""
+        examples = torch.arange(first, first + len(offsets) - 1)
+        counts, buckets = self.counts[examples], self.buckets[examples]
+        for size in buckets.unique().tolist():
+            local = (buckets == size).nonzero().flatten()
             row = torch.arange(size)
-            valid = row < self.counts[members, None]
-            index = (offsets[members, None] + row).clamp_max(len(features) - 1)
-            self.padded[size] = features[index].to(torch.float32).masked_fill_(~valid[..., None], 0.0)
-        for i in (offsets.diff() > self.dim).nonzero().flatten().tolist():
-            rows = features[offsets[i] : offsets[i + 1]].to(torch.float64)
-            self.padded[int(self.buckets[i])][self.slots[i], : self.dim] = torch.linalg.qr(rows, mode="r").R
+            valid = row < counts[local, None]
+            index = (offsets[local, None] + row).clamp_max(len(rows) - 1)
+            gathered = rows[index].to(self.padded[size].dtype).masked_fill_(~valid[..., None], 0.0)
+            self.padded[size][self.slots[examples[local]]] = gathered
+        for i in ((offsets.diff() > self.dim).nonzero().flatten()).tolist():
+            factor = torch.linalg.qr(rows[offsets[i] : offsets[i + 1]].to(torch.float64), mode="r").R
+            self.padded[int(self.buckets[first + i])][self.slots[first + i], : self.dim] = factor
 
     def __len__(self) -> int:
         return len(self.counts)
 
     def block(self, i: int) -> Tensor:
-        """The rows of example `i` as float64 [n_i x d]."""
-        return self.padded[int(self.buckets[i])][self.slots[i], : self.counts[i]].to(torch.float64)
+        """The (scaled) rows of example `i` as float64 [n_i x d]."""
+        rows = self.padded[int(self.buckets[i])][self.slots[i], : self.counts[i]].to(torch.float64)
+        return rows if self.scale is None else rows * float(self.scale[i])
 
     def by_bucket(
-        self, idx: Tensor, scratch: Callable[[tuple[int, ...]], Tensor], max_elements: int = 1 << 24
+        self, idx: Tensor, scratch: Callable[[str, tuple[int, ...], torch.dtype], Tensor], max_elements: int = 1 << 24
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield (positions in `idx`, zero-padded float32 blocks [m x p x d]) for the examples `idx`, one bucket
         at a time, in chunks of at most `max_elements` floats (64 MiB). Blocks are gathered into
-        `scratch(shape)`, memory reused across calls: a fresh 64 MiB tensor per call costs more in page
-        faults than the gather itself."""
+        `scratch(name, shape, dtype)`, memory reused across calls: a fresh 64 MiB tensor per call costs more in
+        page faults than the gather itself."""
         buckets = self.buckets[idx]
         for size in buckets.unique().tolist():
             positions = (buckets == size).nonzero().flatten()
             per_chunk = max(1, max_elements // (size * self.dim))
             for where in positions.split(per_chunk):
-                out = scratch((len(where), size, self.dim))
-                yield where, torch.index_select(self.padded[size], 0, self.slots[idx[where]], out=out)
+                stored, slots = self.padded[size], self.slots[idx[where]]
+                shape = (len(where), size, self.dim)
+                out = scratch("block", shape, torch.float32)
+                if stored.dtype == torch.float32:
+                    torch.index_select(stored, 0, slots, out=out)
+                else:  # gathered in the stored dtype, then converted: no float32 copy of the whole store
+                    out.copy_(torch.index_select(stored, 0, slots, out=scratch("stored", shape, stored.dtype)))
+                if self.scale is not None:
+                    out.mul_(self.scale[idx[where]][:, None, None])
+                yield where, out

@@ -11,6 +11,8 @@ re-evaluates only the candidates whose bound reaches the best current gain. Both
 they return the same selection in the same order.
 """
 
+import heapq
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -73,51 +75,132 @@ def lazy_greedy(
 ) -> GreedyResult:
     """Greedy with cached upper bounds on the gains; same result as `exact_greedy`, far fewer evaluations.
 
-    Each candidate keeps its last computed gain per unit cost, an upper bound on its current one. Before a pick,
-    the stale bounds that reach the best current value (less ROUNDING_TOLERANCE) are refreshed, highest first, in
-    batches of 1, 2, 4, ...; when none is left, the best current value is the exact-greedy pick. The bounds live
-    in tensors: a round is a few vector operations over all candidates, not a heap operation per candidate.
+    Each candidate keeps its last computed gain per unit cost, an upper bound on its current one, in a max-heap.
+    Before a pick, the stale bounds that reach the best current value (less ROUNDING_TOLERANCE) are popped and
+    refreshed, highest first, in batches of 1, 2, 4, ...; when none is left, the best current value is the
+    exact-greedy pick (ties: lowest index). A pick costs O(refreshed x log N), whatever N: a million candidates
+    cost no more per pick than a thousand.
     """
-    alive = torch.zeros(len(costs), dtype=torch.bool)
-    alive[candidates] = True
-    alive &= costs <= limit
-    idx = alive.nonzero().flatten()
+    costs_list = costs.tolist()
+    idx = candidates[costs[candidates] <= limit]
+    if len(idx) == 0:
+        return GreedyResult([], [])
+    first = objective.gains(idx)
+    singles = (idx, first)
+    bound = (first / costs[idx]).tolist()
+    heap = [(-b, i) for b, i in zip(bound, idx.tolist(), strict=True)]  # every candidate fresh at the first pick
+    gain = dict(zip(idx.tolist(), first.tolist(), strict=True))
     order: list[int] = []
     gains: list[float] = []
-    if len(idx) == 0:
-        return GreedyResult(order, gains)
-    gain = torch.zeros(len(costs), dtype=torch.float64)
-    gain[idx] = objective.gains(idx)
-    singles = (idx, gain[idx].clone())
-    bound = torch.full((len(costs),), -torch.inf, dtype=torch.float64)
-    bound[idx] = gain[idx] / costs[idx]
-    fresh = alive.clone()  # gain computed at the current step
     left = limit
+    fresh, heap = heap, []
     while True:
-        alive &= costs <= left
-        if not alive.any():
-            break
+        fresh = [entry for entry in fresh if costs_list[entry[1]] <= left]
         batch = 1
-        while True:
-            best = torch.where(alive & fresh, bound, -torch.inf).max()
-            floor = best - ROUNDING_TOLERANCE * best.abs() if torch.isfinite(best) else best
-            stale = alive & ~fresh & (bound >= floor)
-            n_stale = int(stale.sum())
-            if n_stale == 0:
+        while heap:
+            best = -min(fresh)[0] if fresh else -math.inf
+            floor = best - ROUNDING_TOLERANCE * abs(best) if math.isfinite(best) else best
+            stale = []
+            while heap and len(stale) < batch and -heap[0][0] >= floor:
+                entry = heapq.heappop(heap)
+                if costs_list[entry[1]] <= left:  # what no longer fits never will: dropped
+                    stale.append(entry[1])
+            if not stale:
                 break
-            chosen = torch.topk(torch.where(stale, bound, -torch.inf), min(batch, n_stale)).indices
-            gain[chosen] = objective.gains(chosen)
-            bound[chosen] = gain[chosen] / costs[chosen]
-            fresh[chosen] = True
+            refreshed = objective.gains(torch.tensor(stale))
+            for i, g in zip(stale, refreshed.tolist(), strict=True):
+                gain[i] = g
+                fresh.append((-g / costs_list[i], i))
             batch *= 2
-        top = int(torch.argmax(torch.where(alive & fresh, bound, -torch.inf)))  # first maximum: lowest index
-        _pick(objective, top, float(gain[top]), order, gains)
-        alive[top] = False
-        fresh[:] = False
-        left -= float(costs[top])
+        if not fresh:
+            break
+        top = min(fresh)  # the largest bound, then the lowest index
+        _pick(objective, top[1], gain[top[1]], order, gains)
+        left -= costs_list[top[1]]
+        others = [entry for entry in fresh if entry is not top]
+        if len(others) > len(heap):  # the first pick: every candidate goes to the heap at once
+            heap.extend(others)
+            heapq.heapify(heap)
+        else:
+            for entry in others:
+                heapq.heappush(heap, entry)
+        fresh = []
         if on_step:
             on_step(limit - left)
     return _better_than_best_single(GreedyResult(order, gains), singles)
+
+
+def stochastic_greedy(
+    objective: Objective,
+    costs: Tensor,
+    limit: float,
+    candidates: Tensor,
+    sample_size: int,
+    seed: int = 0,
+    on_step: StepCallback | None = None,
+) -> GreedyResult:
+    """Stochastic greedy ("lazier than lazy greedy", Mirzasoleiman et al. 2015): each pick considers only a
+    seeded random sample of `sample_size` remaining candidates, drawn with replacement, and takes the sample's
+    best gain per unit cost. With (N/K) ln(1/eps) samples per pick, K picks reach 1 - 1/e - eps of the optimum
+    in expectation (cardinality budget). Bounds cached from earlier picks still spare re-evaluation inside a
+    sample, as in `lazy_greedy`; a pick costs O(sample), not O(N).
+    """
+    cache = _Bounds(objective, costs)
+    generator = torch.Generator().manual_seed(seed)
+    alive = torch.zeros(len(costs), dtype=torch.bool)
+    alive[candidates] = True
+    pool = (alive & (costs <= limit)).nonzero().flatten()  # compacted only when a sample comes back empty
+    order: list[int] = []
+    gains: list[float] = []
+    left = limit
+    while len(pool):
+        sample = pool[torch.randint(len(pool), (sample_size,), generator=generator)].unique()
+        sample = sample[alive[sample] & (costs[sample] <= left)]
+        if len(sample) == 0:  # only picked or unaffordable candidates drawn: drop those and draw again
+            pool = pool[alive[pool] & (costs[pool] <= left)]
+            continue
+        cache.refresh(sample[torch.isinf(cache.bound[sample])])  # never evaluated
+        top = cache.best_in(sample)
+        _pick(objective, top, float(cache.gain[top]), order, gains)
+        cache.fresh[sample] = False
+        alive[top] = False
+        left -= float(costs[top])
+        if on_step:
+            on_step(limit - left)
+    return GreedyResult(order, gains)
+
+
+class _Bounds:
+    """Each candidate's last computed gain, its gain per unit cost (an upper bound on the current one: gains
+    only decrease) and whether it was computed since the last pick."""
+
+    def __init__(self, objective: Objective, costs: Tensor) -> None:
+        self.objective, self.costs = objective, costs
+        self.gain = torch.zeros(len(costs), dtype=torch.float64)
+        self.bound = torch.full((len(costs),), torch.inf, dtype=torch.float64)
+        self.fresh = torch.zeros(len(costs), dtype=torch.bool)
+
+    def refresh(self, idx: Tensor) -> None:
+        if len(idx):
+            self.gain[idx] = self.objective.gains(idx)
+            self.bound[idx] = self.gain[idx] / self.costs[idx]
+            self.fresh[idx] = True
+
+    def best_in(self, pool: Tensor) -> int:
+        """The candidate of `pool` (ascending indices) with the best current gain per unit cost, ties to the
+        lowest index. Stale bounds that reach the best fresh value (less ROUNDING_TOLERANCE) are refreshed,
+        highest first, in batches of 1, 2, 4, ...; when none is left, the best fresh value is exact greedy's."""
+        batch = 1
+        while True:
+            bound, fresh = self.bound[pool], self.fresh[pool]
+            best = torch.where(fresh, bound, -torch.inf).max()
+            floor = best - ROUNDING_TOLERANCE * best.abs() if torch.isfinite(best) else best
+            stale = ~fresh & (bound >= floor)
+            n_stale = int(stale.sum())
+            if n_stale == 0:
+                return int(pool[torch.argmax(torch.where(fresh, bound, -torch.inf))])  # first maximum
+            self.refresh(pool[torch.topk(torch.where(stale, bound, -torch.inf), min(batch, n_stale)).indices])
+            batch *= 2
 
 
 def _pick(objective: Objective, i: int, gain: float, order: list[int], gains: list[float]) -> None:

@@ -9,7 +9,8 @@ products plus one batched Cholesky of small n_i x n_i matrices. W^T is upper tri
 A = [X_1 U_11, X_1 U_12 + X_2 U_22] skips the zero quarter of the product, which is most of the cost.
 
 Sigma and its factor are accumulated in float64; the products over candidates run in float32 (three times the
-throughput on CPU; features are float16 to begin with), and each gain is summed in float64.
+throughput on CPU; features are float16 to begin with; TF32 tensor cores on CUDA), and each gain is summed in
+float64. The blocks stay in host memory; on a GPU each chunk of candidates is copied over as it is evaluated.
 """
 
 import math
@@ -23,18 +24,21 @@ from fishersft.selection.blocks import FeatureBlocks
 class LogDetObjective:
     """Sigma for the examples added so far, its inverse Cholesky factor, and the gains of candidates."""
 
-    def __init__(self, blocks: FeatureBlocks, lam: float) -> None:
+    def __init__(self, blocks: FeatureBlocks, lam: float, device: torch.device | str = "cpu") -> None:
         if not lam > 0:
             raise ValueError(f"lambda must be positive, got {lam}")
         self.blocks = blocks
-        self.sigma = lam * torch.eye(blocks.dim, dtype=torch.float64)
+        self.device = torch.device(device)
+        if self.device.type == "cuda":  # float32 products on TF32 tensor cores; Sigma stays float64
+            torch.backends.cuda.matmul.allow_tf32 = True
+        self.sigma = lam * torch.eye(blocks.dim, dtype=torch.float64, device=self.device)
         self.evaluations = 0
         self._buffers: dict[str, Tensor] = {}
         self._factor()
 
     def _factor(self) -> None:
         self.chol = torch.linalg.cholesky(self.sigma)
-        identity = torch.eye(self.blocks.dim, dtype=torch.float64)
+        identity = torch.eye(self.blocks.dim, dtype=torch.float64, device=self.device)
         inv_chol = torch.linalg.solve_triangular(self.chol, identity, upper=False)
         w_t = inv_chol.T.to(torch.float32)
         h = self.blocks.dim // 2
@@ -42,10 +46,11 @@ class LogDetObjective:
 
     def gains(self, idx: Tensor) -> Tensor:
         """log det(I + X_i Sigma^-1 X_i^T) for each example index in `idx`, as float64."""
-        out = torch.empty(len(idx), dtype=torch.float64)
+        out = torch.empty(len(idx), dtype=torch.float64, device=self.device)
         h = self.blocks.dim // 2
         upper_left, upper_right, lower_right = self._triangle_blocks
-        for where, block in self.blocks.by_bucket(idx, lambda shape: self._scratch("block", shape)):
+        for where, host_block in self.blocks.by_bucket(idx, self._host_scratch):
+            block = self._on_device(host_block)
             m, size, _ = block.shape
             rows = block.view(m * size, -1)
             # A = X W^T with W^T upper triangular: [X1 U11, X1 U12 + X2 U22], a quarter of the flops skipped
@@ -57,21 +62,32 @@ class LogDetObjective:
             gram.baddbmm_(a2, a2.transpose(1, 2))
             gram.diagonal(dim1=1, dim2=2).add_(1.0)
             chol = torch.linalg.cholesky(gram, out=self._scratch("chol", (m, size, size)))
-            out[where] = 2 * chol.diagonal(dim1=1, dim2=2).to(torch.float64).log().sum(-1)
+            out[where.to(self.device)] = 2 * chol.diagonal(dim1=1, dim2=2).to(torch.float64).log().sum(-1)
         self.evaluations += len(idx)
-        return out
+        return out.cpu()
 
-    def _scratch(self, name: str, shape: tuple[int, ...]) -> Tensor:
-        """A float32 tensor of `shape` backed by a buffer kept across calls (grown when too small)."""
+    def _on_device(self, host_block: Tensor) -> Tensor:
+        if self.device.type == "cpu":
+            return host_block
+        return self._scratch("device_block", host_block.shape).copy_(host_block)
+
+    def _host_scratch(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> Tensor:
+        return self._scratch(f"host_{name}", shape, dtype, torch.device("cpu"))
+
+    def _scratch(
+        self, name: str, shape: tuple[int, ...], dtype: torch.dtype = torch.float32, device: torch.device | None = None
+    ) -> Tensor:
+        """A tensor of `shape` backed by a buffer kept across calls (grown when too small), on the objective's
+        device unless `device` says otherwise."""
         size = math.prod(shape)
         buffer = self._buffers.get(name)
         if buffer is None or len(buffer) < size:
-            buffer = self._buffers[name] = torch.empty(size)
+            buffer = self._buffers[name] = torch.empty(size, dtype=dtype, device=device or self.device)
         return buffer[:size].view(shape)
 
     def add(self, i: int) -> None:
         """Add example i to the design: Sigma += X_i^T X_i, then refactor."""
-        block = self.blocks.block(i)
+        block = self.blocks.block(i).to(self.device)
         self.sigma += block.T @ block
         self._factor()
 

@@ -1,15 +1,17 @@
-"""Choose examples under a budget: FisherSFT greedy (lazy or exact) or the seeded random baseline."""
+"""Choose examples under a budget: FisherSFT greedy (lazy, exact or stochastic) or the seeded random baseline."""
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from fishersft.selection.blocks import FeatureBlocks
-from fishersft.selection.greedy import GreedyResult, StepCallback, exact_greedy, lazy_greedy
+from fishersft.selection.greedy import GreedyResult, StepCallback, exact_greedy, lazy_greedy, stochastic_greedy
 from fishersft.selection.logdet import LogDetObjective
-from fishersft.variants import Method, Weighting
+from fishersft.variants import DEFAULT_EPSILON, Algorithm, Method, Weighting
 
 
 @dataclass(frozen=True)
@@ -53,23 +55,36 @@ def select(
     offsets: Tensor,
     budget: Budget,
     *,
+    weighting: Weighting = "tokens",
+    **options: Any,
+) -> Selection:
+    """Select examples from in-memory `features` [tokens x d], example i owning rows offsets[i]:offsets[i+1]
+    (its loss tokens). `weighting`: see WEIGHTING_DOC; `options`: those of `select_blocks`."""
+    lengths = offsets.diff()
+    return select_blocks(FeatureBlocks.of(*weighted(features, offsets, weighting)), lengths, budget, **options)
+
+
+def select_blocks(
+    blocks: FeatureBlocks,
+    lengths: Tensor,
+    budget: Budget,
+    *,
     method: Method = "fisher",
     lam: float = 1.0,
     seed: int = 0,
     warm_start: Sequence[int] = (),
     exclude: Sequence[int] = (),
-    weighting: Weighting = "tokens",
-    lazy: bool = True,
+    algorithm: Algorithm = "lazy",
+    epsilon: float = DEFAULT_EPSILON,
+    device: torch.device | str = "cpu",
     on_step: StepCallback | None = None,
 ) -> Selection:
-    """Select examples from the flat `features` [tokens x d], example i owning rows offsets[i]:offsets[i+1].
-
-    Examples in `warm_start` (indices) are already in the design: they seed Sigma and are not chosen again.
-    Examples in `exclude` (indices: a held-out set, say) are never chosen. `weighting`: see WEIGHTING_DOC.
-    """
-    lengths = offsets.diff()
-    blocks = FeatureBlocks(*weighted(features, offsets, weighting))
-    objective = LogDetObjective(blocks, lam)
+    """Select examples given their (weighted) feature blocks and loss tokens `lengths` (the costs of a token
+    budget). Examples in `warm_start` (indices) are already in the design: they seed Sigma and are not chosen
+    again. Examples in `exclude` (indices: a held-out set, say) are never chosen. Gains are computed on `device`.
+    `algorithm`: `lazy` (exact greedy's picks), `exact` (every gain at every step: the reference) or
+    `stochastic` (approximate, see `stochastic_greedy`, with `epsilon`)."""
+    objective = LogDetObjective(blocks, lam, device)
     for i in warm_start:
         objective.add(i)
     start = objective.value()
@@ -80,24 +95,40 @@ def select(
     costs, limit = budget.costs(lengths)
     if method == "random":
         result = _random_order(objective, costs, limit, candidates, seed, on_step)
+    elif method == "fisher" and algorithm == "stochastic":
+        size = stochastic_sample_size(len(candidates), expected_picks(costs[candidates], limit), epsilon)
+        result = stochastic_greedy(objective, costs, limit, candidates, size, seed, on_step)
     elif method == "fisher":
-        result = (lazy_greedy if lazy else exact_greedy)(objective, costs, limit, candidates, on_step)
+        result = (lazy_greedy if algorithm == "lazy" else exact_greedy)(objective, costs, limit, candidates, on_step)
     else:
         raise ValueError(f"unknown method {method!r}")
     return Selection(result.order, result.gains, start + sum(result.gains), objective.evaluations)
 
 
-def weighted(features: Tensor, offsets: Tensor, weighting: Weighting) -> tuple[Tensor, Tensor]:
-    """The rows and offsets whose sum of outer products per example is that example's term of Sigma."""
+def expected_picks(costs: Tensor, limit: float) -> float:
+    """K of a budget: the examples it allows, or for a token budget the tokens over the mean example's."""
+    return min(len(costs), limit / float(costs.mean())) if len(costs) else 0.0
+
+
+def stochastic_sample_size(n: int, k: float, epsilon: float) -> int:
+    """(N/K) ln(1/eps) candidates per pick (Mirzasoleiman et al. 2015), at least 1 and at most N."""
+    if not 0 < epsilon < 1:
+        raise ValueError(f"epsilon must be in (0, 1), got {epsilon}")
+    return max(1, min(n, math.ceil(n / max(k, 1.0) * math.log(1 / epsilon))))
+
+
+def weighted(features: Tensor, offsets: Tensor, weighting: Weighting) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The rows, their offsets and a per-example scale of the rows (or None) whose sum of outer products per
+    example is that example's term of Sigma."""
     lengths = offsets.diff()
     if weighting == "tokens":
-        return features, offsets
+        return features, offsets, None
     if weighting == "examples":  # rows scaled by 1/sqrt(n_i): X_i^T X_i becomes X_i^T X_i / n_i
-        return features * lengths.to(features.dtype).rsqrt().repeat_interleave(lengths)[:, None], offsets
+        return features, offsets, lengths.to(torch.float32).rsqrt()
     if weighting == "mean":  # one row per example: its mean feature
         owner = torch.arange(len(lengths)).repeat_interleave(lengths)
-        sums = torch.zeros(len(lengths), features.shape[1], dtype=features.dtype).index_add_(0, owner, features)
-        return sums / lengths.clamp(min=1).to(features.dtype)[:, None], torch.arange(len(lengths) + 1)
+        sums = torch.zeros(len(lengths), features.shape[1], dtype=torch.float32).index_add_(0, owner, features.float())
+        return sums / lengths.clamp(min=1)[:, None], torch.arange(len(lengths) + 1), None
     raise ValueError(f"unknown weighting {weighting!r}")
 
 

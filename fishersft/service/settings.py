@@ -19,6 +19,7 @@ from fishersft.models import (
     model_dim,
     prepared_dir,
 )
+from fishersft.variants import DEFAULT_SELECTION_MEMORY
 
 
 class Settings(BaseSettings):
@@ -65,6 +66,11 @@ class Settings(BaseSettings):
     )
     features_cache_bytes: PositiveInt = Field(
         100 << 30, description="Cached features beyond this size are evicted, least recently used first."
+    )
+    selection_memory_bytes: PositiveInt = Field(
+        DEFAULT_SELECTION_MEMORY,
+        description="Memory a selection's features may take; a request that leaves rank and dim out gets the most "
+        "faithful compression that fits (see variants.default_compression).",
     )
 
     @field_validator("api_keys", "admin_api_keys", mode="before")

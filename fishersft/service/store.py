@@ -2,7 +2,8 @@
 
     blobs/<sha256>                          uploaded files, content-addressed
     datasets/<id>.json                      dataset metadata
-    features/<sha256>-<model>-<max_length>/ features stores computed from a dataset (see fishersft.features)
+    features/<sha256>-<model>-<max_length>-<compression>/ features stores computed from a dataset (see
+        fishersft.features); <sha256>-upload-<compression>/ for an uploaded features file
     results/<job id>.json                   job results (selections, finetunes, comparisons)
     artifacts/<job id>/                     files a job made: adapter.tar.gz, plot.png
 
@@ -107,8 +108,11 @@ class ArtifactStore:
                 path.unlink(missing_ok=True)
         return removed
 
-    def features_dir(self, sha256: str, model: str, max_length: int) -> Path:
-        return self.root / "features" / f"{sha256}-{_safe(model)}-{max_length}"
+    def features_dir(self, sha256: str, model: str | None, max_length: int | None, compression: str) -> Path:
+        """The compressed features store of a dataset: embedded by `model` at `max_length`, or (model None) an
+        uploaded features file; `compression`: its key (e.g. `r16`)."""
+        source = f"{_safe(model)}-{max_length}" if model is not None else "upload"
+        return self.root / "features" / f"{sha256}-{source}-{compression}"
 
     def use_features(self, path: Path) -> None:
         """Mark a cached features store as just used (its directory's mtime orders eviction)."""
