@@ -17,7 +17,6 @@ peak RSS of each run. Writes benchmarks/results/scale/scale.json.
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -62,12 +61,21 @@ def predicted_bytes(store_path: Path) -> dict[str, int]:
     return {"blocks": 2 * store.features.shape[1] * padded, "per_example": 100 * len(store.ids), "scratch": 224 << 20}
 
 
+def peak_rss() -> int:
+    """This process's peak resident set (VmHWM): unlike getrusage's ru_maxrss, not inherited across exec from
+    the parent that spawned it."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def child(store: str, algorithm: str, k: int) -> None:
     from fishersft.pipeline import select_features
     from fishersft.selection import Budget
 
     features = load_features(store)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    base = peak_rss()
     start = time.perf_counter()
 
     def progress(phase: str, done: int, total: int) -> None:  # the parent reads the last line if it stops us
@@ -78,7 +86,7 @@ def child(store: str, algorithm: str, k: int) -> None:
         features, Budget(examples=k), weighting="tokens", algorithm=algorithm, device="cpu", progress=progress
     )
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()
     report = {"wall_s": seconds, "peak_rss": peak, "base_rss": base, "evaluations": result["gain_evaluations"]}
     print(json.dumps({**report, "objective": result["objective"], "picks": len(result["selected"])}))
 
@@ -136,7 +144,7 @@ def embedding_child(data: str, out: str) -> None:
 
     start = time.perf_counter()
     embedding = embed_dataset(data, resolve_model("tiny-llama"), out, max_length=256)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()
     n = len(embedding.features.ids)
     print(json.dumps({"n": n, "peak_rss": peak, "wall_s": time.perf_counter() - start}))
 

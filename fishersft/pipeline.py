@@ -17,7 +17,7 @@ from fishersft.errors import InputError
 from fishersft.features import FeatureSet, FeatureStoreWriter, load_features, read_rows
 from fishersft.groups import group_coverage, group_field
 from fishersft.selection import Budget, Method, Weighting
-from fishersft.selection.blocks import FeatureBlocks, row_ranges
+from fishersft.selection.blocks import FeatureBlocks, chunk_rows, row_ranges
 from fishersft.selection.selector import select_blocks
 from fishersft.variants import DEFAULT_COMPRESSION, DEFAULT_EPSILON, Algorithm, Compression, default_weighting
 
@@ -125,7 +125,8 @@ def feature_blocks(features: FeatureSet, weighting: Weighting) -> tuple[FeatureB
     else:
         rows, offsets = features.features, torch.from_numpy(features.offsets)
         scale = lengths.to(torch.float32).rsqrt() if weighting == "examples" else None
-    chunks = (torch.from_numpy(read_rows(rows, int(offsets[a]), int(offsets[b]))) for a, b in row_ranges(offsets))
+    ranges = row_ranges(offsets, chunk_rows(rows.shape[1], rows.dtype.itemsize))
+    chunks = (torch.from_numpy(read_rows(rows, int(offsets[a]), int(offsets[b]))) for a, b in ranges)
     dtype = torch.from_numpy(np.zeros(0, rows.dtype)).dtype
     return FeatureBlocks(offsets, rows.shape[1], chunks, dtype, scale), lengths
 

@@ -14,8 +14,13 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 from torch import Tensor
 
-CHUNK_ROWS = 1 << 18
-"""Rows read per chunk when blocks are filled from a store (64 MiB of float16 rows at d = 128; 288 MiB at 576)."""
+CHUNK_BYTES = 32 << 20
+"""Rows read per chunk when blocks are filled: filling holds a chunk and its gathered copy beside the blocks."""
+
+
+def chunk_rows(dim: int, itemsize: int) -> int:
+    """Rows of `dim` values of `itemsize` bytes in CHUNK_BYTES."""
+    return max(1, CHUNK_BYTES // (dim * itemsize))
 
 
 def padded_rows(n: int) -> int:
@@ -27,7 +32,7 @@ def padded_rows(n: int) -> int:
     return three_quarters if size >= 32 and n <= three_quarters else size
 
 
-def row_ranges(offsets: Tensor, max_rows: int = CHUNK_ROWS) -> Iterator[tuple[int, int]]:
+def row_ranges(offsets: Tensor, max_rows: int) -> Iterator[tuple[int, int]]:
     """Consecutive (first, last + 1) example ranges of at most `max_rows` rows each (at least one example)."""
     n = len(offsets) - 1
     first = 0
@@ -79,7 +84,8 @@ class FeatureBlocks:
         """Blocks of in-memory rows [tokens x d], example i owning rows offsets[i]:offsets[i+1]."""
         if features.ndim != 2 or offsets.ndim != 1:
             raise ValueError("features must be [tokens x d] and offsets [N+1]")
-        chunks = (features[offsets[a] : offsets[b]] for a, b in row_ranges(offsets))
+        max_rows = chunk_rows(features.shape[1], features.element_size())
+        chunks = (features[offsets[a] : offsets[b]] for a, b in row_ranges(offsets, max_rows))
         return cls(offsets, features.shape[1], chunks, features.dtype, scale)
 
     def _fill(self, rows: Tensor, offsets: Tensor, first: int) -> None:
