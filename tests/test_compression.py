@@ -15,7 +15,7 @@ from fishersft.features import PROJECTION_FILE, FeatureSet, FeatureStoreWriter, 
 from fishersft.pipeline import embed_dataset, select_features
 from fishersft.selection import Budget, select
 from fishersft.selection.selector import stochastic_sample_size
-from fishersft.variants import Compression
+from fishersft.variants import Compression, default_compression, resolve_compression
 from tests.conftest import SAMPLE
 
 
@@ -165,3 +165,16 @@ def test_selection_holds_the_float16_store_once_not_a_float32_copy(tmp_path):
     grown = report["after"] - report["before"]
     assert len(report["selected"]) == 3
     assert 0.8 * store_bytes < grown < float32_copy, f"selection grew by {grown / 2**20:.0f} MiB"
+
+
+def test_the_default_compression_is_the_most_faithful_that_fits_the_memory():
+    assert default_compression(1_000, 576) == Compression(rank=64)
+    assert default_compression(116_000, 576) == Compression(rank=64)  # 116k x 64 x 576 x 2 bytes: 7.98 GiB
+    assert default_compression(200_000, 576) == Compression(rank=32)
+    assert default_compression(1_000_000, 576) == Compression(rank=16, dim=256)
+    assert default_compression(1_000_000, 576, memory_bytes=80 << 30) == Compression(rank=64)
+    assert default_compression(10**9, 576) == Compression(rank=8, dim=128)  # the last step, whatever the size
+    # a request's own fields win; the ones it leaves out come from the size
+    assert resolve_compression(8, None, "principal", 1_000, 576) == Compression(rank=8)
+    assert resolve_compression(None, 100, "gaussian", 1_000, 576) == Compression(64, 100, "gaussian")
+    assert resolve_compression(None, None, "principal", 1_000_000, 576) == Compression(16, 256)

@@ -9,7 +9,7 @@ never touched before a fork.
 import functools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -21,11 +21,12 @@ from rq.job import Job
 from fishersft.embedding import load_model
 from fishersft.errors import InputError
 from fishersft.features import FeatureSet, compress_store, load_features
+from fishersft.models import model_dim
 from fishersft.pipeline import embed_dataset
 from fishersft.service.protocol import JobCancelled, JobInputError, alive_key, cancel_key
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
-from fishersft.variants import DEFAULT_COMPRESSION, Compression
+from fishersft.variants import resolve_compression
 
 PROGRESS_INTERVAL_S = 0.5
 MAX_EVENTS = 1000
@@ -114,12 +115,23 @@ def dataset_features(
     settings: Settings,
     store: ArtifactStore,
     progress: JobProgress,
-    compression: Compression = DEFAULT_COMPRESSION,
+    asked: Mapping[str, Any] | None = None,
 ) -> tuple[FeatureSet, dict[str, Any]]:
     """A dataset's compressed features store: the JSONL embedded by `model`, or an uploaded features file
-    compressed, cached in the store per (dataset, model, max_length, compression). Also what it cost:
-    {features_cached, model_cached, truncated, embed_s, model_load_s}."""
+    compressed, cached in the store per (dataset, model, max_length, compression). The compression is what
+    `asked` names (a request's `rank`, `dim`, `projection`), the rest chosen by the dataset's size under
+    FISHERSFT_SELECTION_MEMORY_BYTES. Also what it cost: {features_cached, model_cached, truncated, embed_s,
+    model_load_s}."""
     uploaded = dataset["format"] != "jsonl"
+    asked = asked or {}
+    compression = resolve_compression(
+        asked.get("rank"),
+        asked.get("dim"),
+        asked.get("projection", "principal"),
+        dataset["n_examples"],
+        dataset_dim(dataset, store) if uploaded else model_dim(settings.model_dir(model)),  # type: ignore[arg-type]
+        settings.selection_memory_bytes,
+    )
     features_dir = store.features_dir(dataset["sha256"], None if uploaded else model, max_length, compression.key)
     if features_dir.exists():
         store.use_features(features_dir)

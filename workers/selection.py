@@ -4,13 +4,12 @@ computed for (dataset, model, max_length, compression) are kept in the store and
 from typing import Any
 
 from fishersft.dataset import read_labels
-from fishersft.models import model_dim
 from fishersft.pipeline import select_features
 from fishersft.selection import Budget
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
-from fishersft.variants import DEFAULT_EPSILON, resolve_compression
-from workers.jobs import JobProgress, dataset_dim, dataset_features, dataset_record, run_job
+from fishersft.variants import DEFAULT_EPSILON
+from workers.jobs import JobProgress, dataset_features, dataset_record, run_job
 
 
 def run_selection(request: dict[str, Any]) -> dict[str, Any]:
@@ -20,16 +19,7 @@ def run_selection(request: dict[str, Any]) -> dict[str, Any]:
 def _select(request: dict[str, Any], settings: Settings, store: ArtifactStore, progress: JobProgress) -> dict:
     dataset = dataset_record(store, request["dataset_id"])
     model = request["model"] if dataset["format"] == "jsonl" else None
-    source_dim = model_dim(settings.model_dir(model)) if model is not None else dataset_dim(dataset, store)
-    compression = resolve_compression(
-        request.get("rank"),
-        request.get("dim"),
-        request.get("projection", "principal"),
-        dataset["n_examples"],
-        source_dim,
-        settings.selection_memory_bytes,
-    )
-    features, cost = dataset_features(dataset, model, request["max_length"], settings, store, progress, compression)
+    features, cost = dataset_features(dataset, model, request["max_length"], settings, store, progress, request)
     labels = read_labels(store.blob(dataset["sha256"])) if dataset["format"] == "jsonl" else None
     result = select_features(
         features,

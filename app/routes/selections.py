@@ -38,8 +38,8 @@ def create_selection(
     redis: Annotated[Redis, Depends(deps.redis)],
     idempotency_key: IdempotencyKey = None,
 ) -> Selection:
-    """Queues a job that embeds the dataset with the model (features are cached per dataset, model and
-    max_length) and selects under the budget. Poll GET /v1/selections/{id}."""
+    """Queues a job that embeds the dataset with the model (compressed features are cached per dataset, model,
+    max_length and compression) and selects under the budget. Poll GET /v1/selections/{id}."""
     dataset = dataset_for(datasets, body.dataset_id, "body.dataset_id")
     if dataset["format"] == "jsonl":
         body.model = known_model(settings, body.model, "body.model")
