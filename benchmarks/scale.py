@@ -54,11 +54,12 @@ def write_synthetic_store(path: Path, n: int, seed: int = 0) -> Path:
 
 
 def predicted_bytes(store_path: Path) -> dict[str, int]:
-    """README's formula: float16 blocks padded per bucket, ~100 bytes of bookkeeping per example, and the
-    gain scratch (a 64 MiB float32 chunk, its float16 gather and two half-width products: 224 MiB)."""
+    """README's formula: float16 blocks padded per bucket, ~400 bytes of bookkeeping per example (its id, the
+    id index, the lazy heap's entry and cached gain), and the gain scratch (a 64 MiB float32 chunk, its float16
+    gather, two half-width products: 224 MiB)."""
     store = load_features(store_path)
     padded = sum(padded_rows(int(n)) for n in np.diff(store.offsets))
-    return {"blocks": 2 * store.features.shape[1] * padded, "per_example": 100 * len(store.ids), "scratch": 224 << 20}
+    return {"blocks": 2 * store.features.shape[1] * padded, "per_example": 400 * len(store.ids), "scratch": 224 << 20}
 
 
 def peak_rss() -> int:
