@@ -192,10 +192,9 @@ class FeatureStoreWriter:
         if projection is not None:
             means = means @ projection
         compressed = compress_examples([x.to(torch.float32) for x in examples], self.compression.rank, projection)
-        for i, rows in zip(indices, compressed, strict=True):
+        for i, rows, mean in zip(indices, compressed, means.cpu().numpy(), strict=True):
             if not bool((rows.abs() <= FLOAT16_MAX).all()):  # NaN compares false too
                 raise FeaturesError(f"example {i}: its features are not finite, or beyond float16's range")
-        for i, rows, mean in zip(indices, compressed, means.cpu().numpy(), strict=True):
             self.rows.write(self.offsets[i], rows.cpu().numpy())
             self.means.write(i, mean[None])
 
@@ -224,18 +223,17 @@ class FeatureStoreWriter:
         """Rows and means onto the top principal directions of the total Gram, a chunk at a time."""
         projection = principal_projection(self.gram, self.dim).to(torch.float32)  # type: ignore[arg-type]
         np.save(self.partial / PROJECTION_FILE, projection.numpy())
-        for name, n in ((FEATURES_FILE, self.offsets[-1]), (MEANS_FILE, len(self.ids))):
-            staged = self.rows if name == FEATURES_FILE else self.means
-            out = RowFile(self.partial / name, self.dim)
-            for start in range(0, n, STAGED_CHUNK_ROWS):
-                stop = min(n, start + STAGED_CHUNK_ROWS)
-                out.write(start, (torch.from_numpy(staged.read(start, stop)).float() @ projection).numpy())
-            staged.finish(0)
-            staged.path.unlink()
-            if name == FEATURES_FILE:
-                self.rows = out
-            else:
-                self.means = out
+        self.rows = self._projected(self.rows, self.offsets[-1], FEATURES_FILE, projection)
+        self.means = self._projected(self.means, len(self.ids), MEANS_FILE, projection)
+
+    def _projected(self, staged: RowFile, n: int, name: str, projection: torch.Tensor) -> RowFile:
+        out = RowFile(self.partial / name, self.dim)
+        for start in range(0, n, STAGED_CHUNK_ROWS):
+            stop = min(n, start + STAGED_CHUNK_ROWS)
+            out.write(start, (torch.from_numpy(staged.read(start, stop)).float() @ projection).numpy())
+        staged.finish(0)
+        staged.path.unlink()
+        return out
 
     def abort(self) -> None:
         for file in (self.rows, self.means):
