@@ -170,10 +170,8 @@ def select_features(
         if progress:
             progress("selecting", int(spent), total)
 
-    blocks, lengths = feature_blocks(features, weighting)
     selection = select_blocks(
-        blocks,
-        lengths,
+        *feature_blocks(features, weighting),
         budget,
         method=method,
         lam=lam,

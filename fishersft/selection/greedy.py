@@ -8,7 +8,8 @@ the best single affordable candidate and the better of the two is returned (Khul
 `exact_greedy` evaluates every remaining candidate at every step. `lazy_greedy` (Minoux 1978) keeps the last
 computed gain of each candidate as an upper bound, valid because gains only decrease as the set grows, and
 re-evaluates only the candidates whose bound reaches the best current gain. Both see the same gain values, so
-they return the same selection in the same order.
+they return the same selection in the same order. `stochastic_greedy` (Mirzasoleiman et al. 2015) looks at a
+random sample of the candidates at each step: approximate, and far cheaper for very large candidate sets.
 """
 
 import heapq
@@ -88,12 +89,12 @@ def lazy_greedy(
     first = objective.gains(idx)
     singles = (idx, first)
     bound = (first / costs[idx]).tolist()
-    heap = [(-b, i) for b, i in zip(bound, idx.tolist(), strict=True)]  # every candidate fresh at the first pick
+    fresh = [(-b, i) for b, i in zip(bound, idx.tolist(), strict=True)]  # every candidate, for the first pick
+    heap: list[tuple[float, int]] = []  # stale bounds: (-gain per unit cost, index), a min-heap
     gain = dict(zip(idx.tolist(), first.tolist(), strict=True))
     order: list[int] = []
     gains: list[float] = []
     left = limit
-    fresh, heap = heap, []
     while True:
         fresh = [entry for entry in fresh if costs_list[entry[1]] <= left]
         batch = 1
