@@ -16,7 +16,7 @@ from redis import Redis
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
-from rq.registry import FailedJobRegistry, StartedJobRegistry
+from rq.registry import DeferredJobRegistry, FailedJobRegistry, StartedJobRegistry
 
 from app.caller import OPEN, Caller
 from app.schemas import (
@@ -35,8 +35,13 @@ from fishersft.service.protocol import (
     ID_HEX,
     JOB_SERIALIZER,
     RUN_COMPARISON,
+    RUN_FEATURES,
     RUN_FINETUNE,
+    RUN_PARTITION,
     RUN_SELECTION,
+    RUN_SHARD,
+    Plan,
+    Stage,
     alive_key,
     cancel_key,
     is_id,
@@ -102,17 +107,31 @@ class Jobs:
         queues = [Queue(n, connection=self.redis, serializer=JOB_SERIALIZER) for n in names]
         return sum(q.count + StartedJobRegistry(queue=q).count for q in queues)
 
-    def create(self, request: BaseModel) -> JobBody:
+    def create(self, request: BaseModel, plan: Plan | None = None) -> JobBody:
+        """Enqueue a job, after the stage jobs of its `plan` (see protocol.Plan) that it waits for."""
         job_id = f"{self.kind.prefix}_{uuid.uuid4().hex[:ID_HEX]}"
         payload = request.model_dump(by_alias=True)
+        lasting = {"job_timeout": self.settings.job_timeout_s, "result_ttl": KEEP_S, "failure_ttl": KEEP_S}
+        meta: dict[str, Any] = {"request": payload, "owner": self.caller.owner}
+        kwargs: dict[str, Any] = {"request": payload}
+        if plan is not None and plan != Plan():
+            for stage in plan.stages(job_id, payload):
+                self.queue.enqueue(
+                    stage.function,
+                    kwargs=stage.kwargs,
+                    job_id=stage.id,
+                    depends_on=list(stage.after) or None,
+                    meta={"owner": self.caller.owner, "stage_of": job_id},
+                    **lasting,
+                )
+            meta["plan"] = kwargs["plan"] = plan.as_dict()
         job = self.queue.enqueue(
             self.kind.function,
-            kwargs={"request": payload},
+            kwargs=kwargs,
             job_id=job_id,
-            meta={"request": payload, "owner": self.caller.owner},
-            job_timeout=self.settings.job_timeout_s,
-            result_ttl=KEEP_S,
-            failure_ttl=KEEP_S,
+            depends_on=plan.waits_for(job_id) if plan else None,
+            meta=meta,
+            **lasting,
         )
         now = time.time()
         self.redis.zadd(self.kind.index, {job_id: now})
@@ -140,27 +159,21 @@ class Jobs:
         return f"{self.kind.index}:owner:{owner}"
 
     def view(self, job: Job) -> JobBody:
-        """The API body of a job as last read from Redis (status, timestamps and meta are read together)."""
-        status = job.get_status(refresh=False)
-        if status == JobStatus.STARTED and self._worker_lost(job):
-            if job.meta.get("attempts", 1) < MAX_ATTEMPTS:
-                self._retry(job)
-                status = JobStatus.QUEUED
-            else:
-                message = (
-                    f"the worker running this job stopped (killed or crashed) before it ended, {MAX_ATTEMPTS} times"
-                )
-                self._fail(job, "worker_lost", message)
-                status = JobStatus.FAILED
+        """The API body of a job as last read from Redis (status, timestamps and meta are read together). A job
+        waiting for its stage jobs reads as running once one started, with their progress summed."""
+        status = self._settle(job)
         meta = job.meta
+        progress, started_at = meta.get("progress"), job.started_at
+        if status == JobStatus.DEFERRED and "plan" in meta:
+            status, progress, started_at = self._waiting(job, Plan.of(meta["plan"]))
         state = "cancelled" if status == JobStatus.FAILED and meta.get("cancelled") else STATUS.get(status, "queued")
         result = self.store.result(job.id) if state == "succeeded" else None
-        progress = meta.get("progress") if state in ("running", "succeeded") else None
+        progress = progress if state in ("running", "succeeded") else None
         return self.kind.body(
             id=job.id,
             status=state,
             created_at=_utc(job.created_at),
-            started_at=_utc(job.started_at),
+            started_at=_utc(started_at),
             finished_at=_utc(job.ended_at),
             progress=Progress(**progress) if progress else None,
             error=self._error(job, meta) if state == "failed" else None,
@@ -183,16 +196,56 @@ class Jobs:
         return [Event(**e) for e in job.meta.get("events", [])] if job else None
 
     def cancel(self, job_id: str) -> JobBody | None:
-        """Cancel a queued job now; ask a running one to stop at its next batch or pick."""
+        """Cancel a queued job now and ask a running one to stop at its next batch or pick; the same for every
+        stage job it waits for."""
         job = self._fetch(job_id)
         if job is None:
             return self.get(job_id)
+        stages = self._stage_jobs(job) if "plan" in job.meta else []
+        for each in [job, *(stage for _, stage in stages if stage is not None)]:
+            self._stop(each)
+        return self.get(job_id)
+
+    def _stop(self, job: Job) -> None:
         status = job.get_status(refresh=False)
         if status == JobStatus.STARTED:
-            self.redis.set(cancel_key(job_id), 1, ex=KEEP_S)
+            self.redis.set(cancel_key(job.id), 1, ex=KEEP_S)
         elif STATUS.get(status) == "queued":
             job.cancel()
-        return self.get(job_id)
+
+    def _stage_jobs(self, job: Job) -> list[tuple[Stage, Job | None]]:
+        stages = Plan.of(job.meta["plan"]).stages(job.id, job.meta["request"])
+        found = Job.fetch_many([s.id for s in stages], connection=self.redis, serializer=JOB_SERIALIZER)
+        return list(zip(stages, found, strict=True))
+
+    def _waiting(self, job: Job, plan: Plan) -> tuple[JobStatus, dict[str, Any] | None, datetime | None]:
+        """A job deferred on its stages: failed once one failed (the others are stopped), running once one
+        started (progress: the shards' examples embedded, then the features job's, then the partitions' budget
+        spent, summed), else still queued. Stages whose worker was lost are queued again here, as jobs are."""
+        stages = [(stage, each, self._settle(each)) for stage, each in self._stage_jobs(job) if each is not None]
+        for stage, each, status in stages:
+            if status == JobStatus.FAILED and not each.meta.get("cancelled"):
+                error = self._error(each, each.meta)
+                for _, other, _ in stages:
+                    self._stop(other)
+                self._fail(job, error.code, f"{stage.name}: {error.message}")
+                return JobStatus.FAILED, None, None
+        started = [_utc(each.started_at) for _, each, _ in stages if each.started_at]
+        if not started:
+            return JobStatus.DEFERRED, None, None
+        return JobStatus.STARTED, _stage_progress(plan, stages), min(started)  # type: ignore[type-var]
+
+    def _settle(self, job: Job) -> JobStatus:
+        """The job's status, after queueing it again (or failing it: `worker_lost`) when its worker was lost."""
+        status = job.get_status(refresh=False)
+        if status != JobStatus.STARTED or not self._worker_lost(job):
+            return status
+        if job.meta.get("attempts", 1) < MAX_ATTEMPTS:
+            self._retry(job)
+            return JobStatus.QUEUED
+        message = f"the worker running this job stopped (killed or crashed) before it ended, {MAX_ATTEMPTS} times"
+        self._fail(job, "worker_lost", message)
+        return JobStatus.FAILED
 
     def list(self, limit: int, after: str | None) -> tuple[list[JobBody], str | None]:
         scoped = self.caller.owner is not None and not self.caller.admin
@@ -242,6 +295,7 @@ class Jobs:
         with self.redis.pipeline() as pipe:
             job.set_status(JobStatus.FAILED, pipeline=pipe)
             StartedJobRegistry(queue=self.queue).remove_executions(job, pipeline=pipe)
+            DeferredJobRegistry(queue=self.queue).remove(job, pipeline=pipe)
             FailedJobRegistry(queue=self.queue).add(job, ttl=KEEP_S, exc_string=message, pipeline=pipe)
             pipe.execute()
 
@@ -270,6 +324,29 @@ class Jobs:
             request=saved["request"],
             attempts=saved.get("attempts", 1),
         )
+
+
+def _stage_progress(plan: Plan, stages: list[tuple[Stage, Job, JobStatus]]) -> dict[str, Any] | None:
+    """Progress of the first group of stages not yet done: shards (examples embedded), the features job, then
+    the partitions (budget spent in each, summed)."""
+    groups = [[s for s in stages if s[0].function == function] for function in (RUN_SHARD, RUN_FEATURES, RUN_PARTITION)]
+    current = next((g for g in groups if g and any(status != JobStatus.FINISHED for _, _, status in g)), None)
+    if current is None:
+        return None
+    if current[0][0].function == RUN_SHARD:
+        done = 0
+        for stage, each, status in current:
+            start, stop = stage.kwargs["request"]["start"], stage.kwargs["request"]["stop"]
+            reported = (each.meta.get("progress") or {}).get("done", 0) if status == JobStatus.STARTED else 0
+            done += stop - start if status == JobStatus.FINISHED else reported
+        return {"phase": "embedding", "done": done, "total": plan.shards[-1][1]}
+    reports = [each.meta.get("progress") for _, each, _ in current]
+    known = [r for r in reports if r]
+    if not known:
+        return None
+    if len(current) == 1:
+        return known[0]
+    return {"phase": "selecting", "done": sum(r["done"] for r in known), "total": known[0]["total"] * len(current)}
 
 
 def _utc(value: datetime | None) -> datetime | None:

@@ -29,16 +29,17 @@ import torch
 
 from fishersft.features import FeatureStoreWriter, load_features
 from fishersft.selection.blocks import padded_rows
-from fishersft.variants import DEFAULT_SELECTION_MEMORY, default_compression
+from fishersft.variants import DEFAULT_SELECTION_MEMORY, Compression, default_compression
 
 OUT = Path(__file__).parent / "results" / "scale"
 SOURCE_DIM = 576
 WRITE_CHUNK = 20_000
 
 
-def write_synthetic_store(path: Path, n: int, seed: int = 0) -> Path:
-    """A compressed store of n synthetic examples: each keeps min(loss tokens, rank) rows of `dim` dimensions."""
-    compression = default_compression(n, SOURCE_DIM)
+def write_synthetic_store(path: Path, n: int, seed: int = 0, compression: Compression | None = None) -> Path:
+    """A compressed store of n synthetic examples: each keeps min(loss tokens, rank) rows of `dim` dimensions
+    (`compression`: by default the one a request of that size gets)."""
+    compression = compression or default_compression(n, SOURCE_DIM)
     dim = compression.output_dim(SOURCE_DIM)
     g = torch.Generator().manual_seed(seed)
     lengths = synthetic.lengths(n, g)

@@ -64,13 +64,16 @@ def read_examples(lines: Iterable[bytes | str], max_errors: int = 20) -> list[Ex
     return list(iter_examples(lines, max_errors))
 
 
-def iter_examples(lines: Iterable[bytes | str], max_errors: int = 20) -> Iterator[Example]:
+def iter_examples(
+    lines: Iterable[bytes | str] | Iterable[tuple[int, bytes | str]], max_errors: int = 20
+) -> Iterator[Example]:
     """Yield the examples as the lines come, keeping only their ids (for duplicates); at the end, or once more
-    than `max_errors` lines are bad, raise DatasetError listing the first `max_errors` problems."""
+    than `max_errors` lines are bad, raise DatasetError listing the first `max_errors` problems. `lines`: the
+    file's lines, or (1-based line number, line) pairs from further into it."""
     errors: list[LineError] = []
     seen: dict[str, int] = {}
     shape: tuple[Shape, int] | None = None  # the dataset's shape and the line that set it
-    for number, raw in enumerate(lines, start=1):
+    for number, raw in _numbered(lines):
         if len(errors) > max_errors:
             raise DatasetError(errors[:max_errors], more=True)
         try:
@@ -97,6 +100,11 @@ def iter_examples(lines: Iterable[bytes | str], max_errors: int = 20) -> Iterato
         raise DatasetError(errors[:max_errors], more=len(errors) > max_errors)
     if not seen:
         raise DatasetError([LineError(1, "the dataset is empty: no examples found")])
+
+
+def _numbered(lines: Iterable[bytes | str] | Iterable[tuple[int, bytes | str]]) -> Iterator[tuple[int, bytes | str]]:
+    for number, line in enumerate(lines, start=1):
+        yield line if isinstance(line, tuple) else (number, line)
 
 
 def _parse(raw: bytes | str) -> dict[str, Any] | None:

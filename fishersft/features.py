@@ -32,11 +32,11 @@ from safetensors import SafetensorError, safe_open
 from fishersft.compression import compress_examples, gaussian_projection, principal_projection
 from fishersft.dataset import ExampleId
 from fishersft.errors import InputError
-from fishersft.selection.blocks import row_ranges
+from fishersft.selection.blocks import chunk_rows, row_ranges
 from fishersft.variants import Compression
 
 FEATURES_FILE, OFFSETS_FILE, IDS_FILE, META_FILE = "features.npy", "offsets.npy", "ids.json", "meta.json"
-LENGTHS_FILE, MEANS_FILE, PROJECTION_FILE = "lengths.npy", "means.npy", "projection.npy"
+LENGTHS_FILE, MEANS_FILE, PROJECTION_FILE, GRAM_FILE = "lengths.npy", "means.npy", "projection.npy", "gram.npy"
 STAGING_FILE, STAGING_MEANS_FILE = "staging.npy", "staging-means.npy"
 FEATURE_SUFFIXES = (".npz", ".safetensors")
 FLOAT16_MAX = float(np.finfo(np.float16).max)
@@ -78,6 +78,28 @@ class FeatureSet:
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         return read_rows(self.features, start, stop)
+
+    def subset(self, indices: Sequence[int]) -> "FeatureSet":
+        """The examples `indices` (ascending) as an in-memory FeatureSet: their rows, read a chunk of the file at a
+        time, so memory holds the subset, not the whole store (GreeDi's partitions)."""
+        keep = np.asarray(indices, dtype=np.int64)
+        if len(keep) and (np.diff(keep) <= 0).any():
+            raise ValueError("subset indices must be ascending and distinct")
+        counts = np.diff(self.offsets)[keep]
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        rows = np.empty((int(offsets[-1]), self.features.shape[1]), self.features.dtype)
+        max_rows = chunk_rows(self.features.shape[1], self.features.dtype.itemsize)
+        for first, last in row_ranges(torch.from_numpy(self.offsets), max_rows):
+            lo, hi = np.searchsorted(keep, [first, last])
+            if lo == hi:
+                continue
+            base = int(self.offsets[first])
+            chunk = self.read_rows(base, int(self.offsets[last]))
+            taken = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in keep[lo:hi]]) - base
+            rows[offsets[lo] : offsets[hi]] = chunk[taken]
+        means = None if self.means is None else np.asarray(self.means[keep])
+        ids = [self.ids[i] for i in keep]
+        return FeatureSet(rows, offsets, ids, self.lengths[keep], means, dict(self.meta))  # type: ignore[index]
 
     def mean_rows(self) -> np.ndarray:
         """[N x d] each example's mean feature: kept by a compressed store, computed for raw features."""
@@ -149,10 +171,18 @@ class FeatureStoreWriter:
     dimensions. A seeded Gaussian projection is applied as rows arrive; principal directions need the total
     Gram of every row first, so rows are staged in full dimension and projected in one pass over the staged
     file at `commit()`. Rows go to files as they come: memory grows only by an id and two integers an example.
+
+    `part=True` writes one shard's part of a store instead (see `assemble_store`): rows that principal directions
+    will project stay in full dimension, and the part keeps their Gram (gram.npy) for the total.
     """
 
     def __init__(
-        self, directory: str | Path, source_dim: int, compression: Compression, meta: dict[str, Any] | None = None
+        self,
+        directory: str | Path,
+        source_dim: int,
+        compression: Compression,
+        meta: dict[str, Any] | None = None,
+        part: bool = False,
     ) -> None:
         self.directory = Path(directory)
         self.partial = self.directory.with_name(f"{self.directory.name}.{uuid.uuid4().hex[:12]}.partial")
@@ -170,8 +200,10 @@ class FeatureStoreWriter:
             self.gram = torch.zeros(source_dim, source_dim, dtype=torch.float64)
         elif compression.projects(source_dim):
             self.projection = gaussian_projection(source_dim, self.dim, compression.seed).to(torch.float32)
+        self.part = part
         stage_dim = source_dim if staged else self.dim
-        rows_name, means_name = (STAGING_FILE, STAGING_MEANS_FILE) if staged else (FEATURES_FILE, MEANS_FILE)
+        projected_later = staged and not part
+        rows_name, means_name = (STAGING_FILE, STAGING_MEANS_FILE) if projected_later else (FEATURES_FILE, MEANS_FILE)
         self.rows = RowFile(self.partial / rows_name, stage_dim)
         self.means = RowFile(self.partial / means_name, stage_dim)
 
@@ -202,7 +234,9 @@ class FeatureStoreWriter:
         """Project staged rows (principal directions) and move the finished store into place. If another writer
         put the same store there first (two jobs embedding one dataset at once), keep theirs: it is complete and
         may be in use."""
-        if self.gram is not None:
+        if self.gram is not None and self.part:
+            np.save(self.partial / GRAM_FILE, self.gram.numpy())
+        elif self.gram is not None:
             self._project_staged()
         self.rows.finish(self.offsets[-1])
         self.means.finish(len(self.ids))
@@ -218,6 +252,18 @@ class FeatureStoreWriter:
                 raise
             shutil.rmtree(self.partial, ignore_errors=True)
         return self.directory
+
+    def append(self, part: FeatureSet, gram: torch.Tensor | None) -> None:
+        """The next examples: a part written with `part=True` (its rows in this writer's staging dimension), and
+        its Gram when this writer projects onto principal directions."""
+        first = len(self.ids)
+        self.add(part.ids, part.lengths.tolist())  # type: ignore[union-attr]
+        for a, b in row_ranges(torch.from_numpy(part.offsets), STAGED_CHUNK_ROWS):
+            self.rows.write(self.offsets[first + a], part.read_rows(int(part.offsets[a]), int(part.offsets[b])))
+        for a in range(0, len(part.ids), STAGED_CHUNK_ROWS):
+            self.means.write(first + a, read_rows(part.means, a, min(len(part.ids), a + STAGED_CHUNK_ROWS)))  # type: ignore[arg-type]
+        if self.gram is not None:
+            self.gram += gram  # type: ignore[operator]
 
     def _project_staged(self) -> None:
         """Rows and means onto the top principal directions of the total Gram, a chunk at a time."""
@@ -243,6 +289,26 @@ class FeatureStoreWriter:
 
 
 STAGED_CHUNK_ROWS = 1 << 16
+
+
+def assemble_store(parts: Sequence[Path], directory: str | Path) -> FeatureSet:
+    """The store at `directory` made of `parts` (written with `FeatureStoreWriter(part=True)` over consecutive
+    examples, in order): rows and means are copied, or projected onto the principal directions of the parts'
+    total Gram. Parts embedded in the same chunks as one writer would make the same files byte for byte, except
+    for principal projections, whose Gram is summed in another order (equal to rounding)."""
+    loaded = [load_features(p) for p in parts]
+    recorded = loaded[0].meta["compression"]
+    meta = {k: v for k, v in loaded[0].meta.items() if k not in ("compression", "truncated")}
+    writer = FeatureStoreWriter(directory, recorded["source_dim"], loaded[0].compression, meta)  # type: ignore[arg-type]
+    try:
+        for path, part in zip(parts, loaded, strict=True):
+            gram = path / GRAM_FILE
+            writer.append(part, torch.from_numpy(np.load(gram)) if gram.exists() else None)
+        writer.meta["truncated"] = sum(part.meta.get("truncated", 0) for part in loaded)
+        return load_features(writer.commit())
+    except BaseException:
+        writer.abort()
+        raise
 
 
 def store_meta(directory: Path) -> dict[str, Any]:

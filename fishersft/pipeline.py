@@ -1,10 +1,12 @@
 """The main job, dataset to selection, shared by the CLI and the workers: embed a JSONL dataset into a features
 store, then select from features."""
 
+import itertools
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,10 +18,17 @@ from fishersft.encoding import Encoded, encode_all
 from fishersft.errors import InputError
 from fishersft.features import FeatureSet, FeatureStoreWriter, load_features, read_rows
 from fishersft.groups import group_coverage, group_field
-from fishersft.selection import Budget, Method, Weighting
+from fishersft.selection import Budget, Method, Weighting, greedi
 from fishersft.selection.blocks import FeatureBlocks, chunk_rows, row_ranges
 from fishersft.selection.selector import select_blocks
-from fishersft.variants import DEFAULT_COMPRESSION, DEFAULT_EPSILON, Algorithm, Compression, default_weighting
+from fishersft.variants import (
+    DEFAULT_COMPRESSION,
+    DEFAULT_EPSILON,
+    ENCODE_CHUNK,
+    Algorithm,
+    Compression,
+    default_weighting,
+)
 
 Progress = Callable[[str, int, int], None]
 """progress(phase, done, total): phase "embedding" counts examples, "selecting" counts the budget spent."""
@@ -49,10 +58,6 @@ def encode_file(
     return examples, encode_all(examples, tokenizer, max_length)
 
 
-ENCODE_CHUNK = 4096
-"""Examples read, encoded and embedded at a time: memory holds one chunk, whatever the dataset's size."""
-
-
 def embed_dataset(
     data: str | Path,
     model_dir: str | Path,
@@ -65,19 +70,26 @@ def embed_dataset(
     compression: Compression = DEFAULT_COMPRESSION,
     progress: Progress | None = None,
     load: ModelLoader = load_model,
+    examples: tuple[int, int] | None = None,
 ) -> Embedding:
     """Read a JSONL dataset a chunk at a time, run the model over it and write its compressed features store to
-    `out_dir`. `precision`: see `embedding_autocast`. `load` loads the model (a worker passes a cached loader)."""
-    start = time.perf_counter()
+    `out_dir`. `precision`: see `embedding_autocast`. `load` loads the model (a worker passes a cached loader).
+
+    `examples=(first, stop)`: embed only those examples, as one shard's part of the store (see
+    `features.assemble_store`); `first` a multiple of ENCODE_CHUNK, so batches are the ones a single run makes."""
+    begin = time.perf_counter()
     resolved = resolve_device(device)
     model, tokenizer = load(Path(model_dir), resolved)
-    load_seconds = time.perf_counter() - start
+    load_seconds = time.perf_counter() - begin
     dim = model.get_output_embeddings().weight.shape[1]
-    total = count_lines(data)
-    writer = FeatureStoreWriter(out_dir, dim, compression, {"max_length": max_length})
+    first, stop = examples or (0, None)
+    if first % ENCODE_CHUNK:
+        raise ValueError(f"a part must start at a multiple of {ENCODE_CHUNK} examples, not {first}")
+    total = (stop if stop is not None else count_lines(data)) - first
+    writer = FeatureStoreWriter(out_dir, dim, compression, {"max_length": max_length}, part=examples is not None)
     truncated = done = 0
     try:
-        for chunk in example_chunks(data, ENCODE_CHUNK):
+        for chunk in example_chunks(data, ENCODE_CHUNK, first, stop):
             encoded = encode_all(chunk, tokenizer, max_length)
             first = len(writer.ids)
             writer.add([ex.id for ex in chunk], [len(e.targets) for e in encoded])
@@ -94,14 +106,19 @@ def embed_dataset(
     except BaseException:
         writer.abort()
         raise
-    return Embedding(features, truncated, time.perf_counter() - start, load_seconds)
+    return Embedding(features, truncated, time.perf_counter() - begin, load_seconds)
 
 
-def example_chunks(data: str | Path, size: int) -> Iterator[list[Example]]:
-    """The dataset's examples, validated as they are read, `size` at a time."""
+def example_chunks(data: str | Path, size: int, first: int = 0, stop: int | None = None) -> Iterator[list[Example]]:
+    """The dataset's examples first:stop, validated as they are read, `size` at a time. Lines before `first`
+    are skipped unparsed; line numbers (in errors, and default ids) stay the file's."""
     with open(data, "rb") as f:
+        lines = enumerate(f, start=1)
+        skipped = 0
+        while skipped < first:
+            skipped += bool(next(lines)[1].strip())
         chunk: list[Example] = []
-        for example in iter_examples(f):
+        for example in itertools.islice(iter_examples(lines), None if stop is None else stop - first):
             chunk.append(example)
             if len(chunk) == size:
                 yield chunk
@@ -140,6 +157,7 @@ def select_features(
     seed: int = 0,
     warm_start_ids: Sequence[ExampleId] = (),
     exclude: Sequence[int] = (),
+    candidates: Sequence[int] | None = None,
     weighting: Weighting | None = None,
     labels: Sequence[Mapping[str, str]] | None = None,
     group_by: str | None = None,
@@ -150,7 +168,9 @@ def select_features(
     device: str | None = None,
 ) -> dict:
     """Run the selection; the result as the JSON object the CLI prints and the service returns. `model` names
-    the model the features came from (None for uploaded features); `exclude` are indices never selected.
+    the model the features came from (None for uploaded features); `exclude` are indices never selected;
+    `candidates` (indices), when given, the only ones that may be: only their rows (and the warm start's) are read,
+    so memory holds them alone (a GreeDi partition, see fishersft.selection.greedi).
     `labels` are the rows' string fields (None for features input): the result counts the groups of `group_by`
     (default: `category` or `source`, whichever the rows carry) that the selection covers. `weighting`: None for
     the budget kind's default (see variants.DEFAULT_WEIGHTING)."""
@@ -160,29 +180,38 @@ def select_features(
     unknown = [i for i in warm_start_ids if str(i) not in index]
     if unknown:
         raise InputError(f"{len(unknown)} warm-start id(s) not in the dataset", [repr(i) for i in unknown[:20]])
-    warm_start = sorted({index[str(i)] for i in warm_start_ids})
+    warm_start = np.asarray(sorted({index[str(i)] for i in warm_start_ids}), dtype=np.int64)
+    every = np.arange(len(features.ids))
+    excluded = np.asarray(exclude, dtype=np.int64)
+    pool = np.setdiff1d(every if candidates is None else np.asarray(candidates, dtype=np.int64), excluded)
+    pool = np.setdiff1d(pool, warm_start)
     if budget.examples is not None:
-        total = min(budget.examples, len(features.ids) - len(warm_start) - len(exclude))
+        total = min(budget.examples, len(pool))
     else:
-        total = min(budget.tokens, features.n_tokens)  # type: ignore[type-var]
+        total = min(budget.tokens, int(features.lengths[pool].sum()))  # type: ignore[index]
 
     def on_step(spent: float) -> None:
         if progress:
             progress("selecting", int(spent), total)
 
+    read = every if candidates is None else np.union1d(pool, warm_start)
+    local = features if candidates is None else features.subset(read)
+    position = np.full(len(features.ids), -1)
+    position[read] = np.arange(len(read))
     selection = select_blocks(
-        *feature_blocks(features, weighting),
+        *feature_blocks(local, weighting),
         budget,
         method=method,
         lam=lam,
         seed=seed,
-        warm_start=warm_start,
-        exclude=exclude,
+        warm_start=position[warm_start].tolist(),
+        exclude=np.setdiff1d(np.arange(len(read)), position[pool]).tolist(),
         algorithm=algorithm,
         epsilon=epsilon,
         device=resolve_device(device),
         on_step=on_step,
     )
+    selection.indices = read[selection.indices].tolist()
     if progress:  # a token budget often ends short of its total: the last report says the selection is done
         progress("selecting", total, total)
     lengths = features.lengths
@@ -193,8 +222,12 @@ def select_features(
     field = group_field(labels, group_by) if labels is not None else None
     groups = None
     if field is not None:
-        pool = sorted(set(range(len(features.ids))) - set(exclude))
-        groups = group_coverage([row.get(field) for row in labels], selection.indices, field, pool)  # type: ignore[union-attr]
+        groups = group_coverage(
+            [row.get(field) for row in labels],  # type: ignore[union-attr]
+            selection.indices,
+            field,
+            np.setdiff1d(every, excluded).tolist(),
+        )
     n_selected_tokens = int(lengths[selection.indices].sum())
     # loss tokens per selected example against the dataset's mean: what a random subset of the same size holds
     length_ratio = n_selected_tokens / len(selection.indices) / lengths.mean() if selection.indices else 0.0
@@ -227,3 +260,41 @@ def select_features(
         "gain_evaluations": selection.evaluations,
         "timings": {"select_s": time.perf_counter() - start},
     }
+
+
+def select_partitioned(features: FeatureSet, budget: Budget, partitions: int, **options: Any) -> dict:
+    """GreeDi on one machine, partition after partition (the service runs the partitions as parallel jobs): the
+    result of `merge_partitions`. `options`: those of `select_features` (`seed` also draws the partitions)."""
+    parts = greedi.partition(len(features.ids), partitions, options.get("seed", 0), options.get("exclude", ()))
+    rounds = [
+        {**select_features(features, budget, candidates=part, **options), "candidates": len(part)} for part in parts
+    ]
+    return merge_partitions(features, budget, rounds, **options)
+
+
+def merge_partitions(features: FeatureSet, budget: Budget, rounds: Sequence[dict], **options: Any) -> dict:
+    """GreeDi's last round: greedy over the union of the partitions' picks (`rounds`: their `select_features`
+    results, with `candidates` counted and, in the service, the `worker`), or the best partition's own picks when
+    they score higher. The result carries `partitions`: m, which answer won, and each round's figures."""
+    index = {str(i): k for k, i in enumerate(features.ids)}
+    union = sorted({index[str(i)] for r in rounds for i in r["selected"]})
+    merged = select_features(features, budget, candidates=union, **options)
+    best = max(range(len(rounds)), key=lambda k: rounds[k]["objective"])
+    won = rounds[best]["objective"] > merged["objective"]
+    result = {k: v for k, v in rounds[best].items() if k in merged} if won else merged
+    result["partitions"] = {
+        "m": len(rounds),
+        "answer": f"partition {best}" if won else "merge",
+        "union": len(union),
+        "rounds": [
+            {
+                "candidates": r["candidates"],
+                "picks": len(r["selected"]),
+                "objective": r["objective"],
+                "select_s": r["timings"]["select_s"],
+                "worker": r.get("worker"),
+            }
+            for r in rounds
+        ],
+    }
+    return result

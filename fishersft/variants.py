@@ -4,6 +4,12 @@ no torch)."""
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+ENCODE_CHUNK = 1024
+"""Examples the embedder reads, encodes and batches at a time (memory holds one chunk, whatever the dataset's
+size). Batches, and so the features to the last bit, depend on the chunks: a shard starts at a multiple of it."""
+DEFAULT_SHARD_EXAMPLES = 20 * ENCODE_CHUNK
+MAX_PARTITIONS = 64
+
 Method = Literal["fisher", "random"]
 Algorithm = Literal["lazy", "exact", "stochastic"]
 DEFAULT_EPSILON = 0.01

@@ -42,17 +42,23 @@ def redis_server(tmp_path_factory):
         yield server
 
 
+def service_settings(tmp_path: Path, redis_server, llama_dir: Path, **overrides) -> Settings:
+    """A test service's settings on an emptied Redis: the tiny model as the default."""
+    Redis.from_url(redis_server.url).flushall()
+    defaults = {
+        "redis_url": redis_server.url,
+        "data_dir": tmp_path / "data",
+        "models": {"tiny": str(llama_dir)},
+        "default_model": "tiny",
+        "alive_ttl_s": 10,  # a worker starved of CPU on a busy machine must not read as lost
+        "max_upload_bytes": 8 << 20,
+    }
+    return Settings(**(defaults | overrides))
+
+
 @pytest.fixture
 def service(tmp_path, redis_server, llama_dir):
-    Redis.from_url(redis_server.url).flushall()
-    settings = Settings(
-        redis_url=redis_server.url,
-        data_dir=tmp_path / "data",
-        models={"tiny": str(llama_dir)},
-        default_model="tiny",
-        alive_ttl_s=10,  # a worker starved of CPU on a busy machine must not read as lost
-        max_upload_bytes=8 << 20,
-    )
+    settings = service_settings(tmp_path, redis_server, llama_dir)
     svc = Service(settings, TestClient(create_app(settings)))
     yield svc
     svc.stop_workers()

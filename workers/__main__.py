@@ -17,7 +17,8 @@ from rq.job import Job
 
 # the job modules are imported now, not inside the first job: torch takes seconds to load
 import workers.finetune
-import workers.selection  # noqa: F401
+import workers.selection
+import workers.stages  # noqa: F401
 from fishersft.service.protocol import JOB_FUNCTIONS, JOB_SERIALIZER, WORKER_TTL_S
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore

@@ -7,11 +7,13 @@ never touched before a fork.
 """
 
 import functools
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from redis import Redis
@@ -20,13 +22,13 @@ from rq.job import Job
 
 from fishersft.embedding import load_model
 from fishersft.errors import InputError
-from fishersft.features import FeatureSet, compress_store, load_features
+from fishersft.features import FeatureSet, assemble_store, compress_store, load_features
 from fishersft.models import model_dim
 from fishersft.pipeline import embed_dataset
-from fishersft.service.protocol import JobCancelled, JobInputError, alive_key, cancel_key
+from fishersft.service.protocol import JobCancelled, JobInputError, Plan, alive_key, cancel_key
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
-from fishersft.variants import resolve_compression
+from fishersft.variants import Compression, resolve_compression
 
 PROGRESS_INTERVAL_S = 0.5
 MAX_EVENTS = 1000
@@ -65,8 +67,9 @@ class JobProgress:
 Work = Callable[[dict[str, Any], Settings, ArtifactStore, JobProgress], dict[str, Any]]
 
 
-def run_job(work: Work, request: dict[str, Any]) -> dict[str, Any]:
-    """Run `work(request, settings, store, progress)` as the current RQ job and save its result."""
+def run_job(work: Work, request: dict[str, Any], save: bool = True) -> dict[str, Any]:
+    """Run `work(request, settings, store, progress)` as the current RQ job and save its result (with `save`; a
+    stage job's result stays in RQ for the job that waits for it)."""
     job = get_current_job()
     assert job is not None, "run_job runs inside an RQ job"
     settings = Settings.from_env()
@@ -85,6 +88,8 @@ def run_job(work: Work, request: dict[str, Any]) -> dict[str, Any]:
             progress.event("failed", str(e), level="error")
             raise
     progress.event("succeeded", "succeeded")
+    if not save:
+        return result
     times = {
         k: (v or datetime.now(UTC)).isoformat()
         for k, v in (("created_at", job.created_at), ("started_at", job.started_at), ("finished_at", None))
@@ -116,22 +121,26 @@ def dataset_features(
     store: ArtifactStore,
     progress: JobProgress,
     asked: Mapping[str, Any] | None = None,
+    plan: Plan | None = None,
 ) -> tuple[FeatureSet, dict[str, Any]]:
-    """A dataset's compressed features store: the JSONL embedded by `model`, or an uploaded features file
-    compressed, cached in the store per (dataset, model, max_length, compression). The compression is what
-    `asked` names (a request's `rank`, `dim`, `projection`), the rest chosen by the dataset's size under
-    FISHERSFT_SELECTION_MEMORY_BYTES. Also what it cost: {features_cached, model_cached, truncated, embed_s,
-    model_load_s}."""
+    """A dataset's compressed features store: the JSONL embedded by `model` (or assembled from the parts its
+    `plan`'s shards embedded), or an uploaded features file compressed, cached in the store per (dataset, model,
+    max_length, compression). The compression is the plan's, else what `asked` names (a request's `rank`, `dim`,
+    `projection`), the rest chosen by the dataset's size under FISHERSFT_SELECTION_MEMORY_BYTES. Also what it
+    cost: {features_cached, model_cached, truncated, embed_s, model_load_s}."""
     uploaded = dataset["format"] != "jsonl"
     asked = asked or {}
-    compression = resolve_compression(
-        asked.get("rank"),
-        asked.get("dim"),
-        asked.get("projection", "principal"),
-        dataset["n_examples"],
-        dataset_dim(dataset, store) if uploaded else model_dim(settings.model_dir(model)),  # type: ignore[arg-type]
-        settings.selection_memory_bytes,
-    )
+    if plan is not None and plan.compression is not None:
+        compression = Compression(**{k: plan.compression[k] for k in ("rank", "dim", "projection", "seed")})
+    else:
+        compression = resolve_compression(
+            asked.get("rank"),
+            asked.get("dim"),
+            asked.get("projection", "principal"),
+            dataset["n_examples"],
+            dataset_dim(dataset, store) if uploaded else model_dim(settings.model_dir(model)),  # type: ignore[arg-type]
+            settings.selection_memory_bytes,
+        )
     features_dir = store.features_dir(dataset["sha256"], None if uploaded else model, max_length, compression.key)
     if features_dir.exists():
         store.use_features(features_dir)
@@ -142,6 +151,15 @@ def dataset_features(
     if uploaded:
         raw = load_features(store.blob(dataset["sha256"]), suffix=f".{dataset['format']}")
         features, truncated, load_s = compress_store(raw, features_dir, compression), 0, 0.0
+    elif plan is not None and plan.shards:
+        parts = [
+            embed_part(dataset, model, max_length, compression, shard, settings, store, progress)[0]  # type: ignore[arg-type]
+            for shard in plan.shards
+        ]  # each made by its shard job, unless evicted since
+        features = assemble_store(parts, features_dir)
+        for part in parts:
+            shutil.rmtree(part, ignore_errors=True)  # the store holds them now
+        truncated, load_s = int(features.meta.get("truncated", 0)), 0.0
     else:
         embedding = embed_dataset(
             store.blob(dataset["sha256"]),
@@ -161,6 +179,37 @@ def dataset_features(
         "embed_s": time.perf_counter() - start,
         "model_load_s": load_s,
     }
+
+
+def embed_part(
+    dataset: dict[str, Any],
+    model: str,
+    max_length: int,
+    compression: Compression,
+    shard: tuple[int, int],
+    settings: Settings,
+    store: ArtifactStore,
+    progress: JobProgress,
+) -> tuple[Path, float | None]:
+    """One shard's part of a JSONL dataset's features store (examples start:stop), embedded unless cached; and
+    the seconds embedding took (None when cached)."""
+    features_dir = store.features_dir(dataset["sha256"], model, max_length, compression.key)
+    part = store.part_dir(features_dir, *shard)
+    if part.exists():
+        store.use_features(part)
+        return part, None
+    embedding = embed_dataset(
+        store.blob(dataset["sha256"]),
+        settings.model_dir(model),
+        part,
+        max_length=max_length,
+        compression=compression,
+        progress=progress,
+        load=cached_model,
+        examples=shard,
+    )
+    store.evict_features(settings.features_cache_bytes, keep=part)
+    return part, embedding.seconds
 
 
 @contextmanager

@@ -13,6 +13,7 @@ from app import deps
 from app.errors import ApiError, documented, shown
 from app.jobs import KEEP_S, JobKind, Jobs
 from app.schemas import JobBody, Page
+from fishersft.service.protocol import Plan
 
 BUSY_RETRY_AFTER_S = 30
 
@@ -27,9 +28,16 @@ IdempotencyKey = Annotated[
 ]
 
 
-def create_job(jobs: Jobs, redis: Redis, body: BaseModel, idempotency_key: str | None, response: Response) -> JobBody:
-    """Enqueue `body` (once per Idempotency-Key and body) and point Location at the job; 429 when the service
-    already holds its limit of queued and running jobs."""
+def create_job(
+    jobs: Jobs,
+    redis: Redis,
+    body: BaseModel,
+    idempotency_key: str | None,
+    response: Response,
+    plan: Plan | None = None,
+) -> JobBody:
+    """Enqueue `body` (once per Idempotency-Key and body), after the stage jobs of its `plan`, and point Location
+    at the job; 429 when the service already holds its limit of queued and running jobs."""
     if jobs.active() >= jobs.settings.max_active_jobs:
         raise ApiError(
             429,
@@ -37,17 +45,17 @@ def create_job(jobs: Jobs, redis: Redis, body: BaseModel, idempotency_key: str |
             f"{jobs.settings.max_active_jobs:,} jobs are queued or running, the service's limit; retry later",
             headers={"Retry-After": str(BUSY_RETRY_AFTER_S)},
         )
-    job = _idempotent(redis, jobs, idempotency_key, body) if idempotency_key else jobs.create(body)
+    job = _idempotent(redis, jobs, idempotency_key, body, plan) if idempotency_key else jobs.create(body, plan)
     response.headers["Location"] = f"/v1/{jobs.kind.resource}/{job.id}"
     return job
 
 
-def _idempotent(redis: Redis, jobs: Jobs, key: str, body: BaseModel) -> JobBody:
+def _idempotent(redis: Redis, jobs: Jobs, key: str, body: BaseModel, plan: Plan | None) -> JobBody:
     fingerprint = hashlib.sha256(json.dumps(body.model_dump(by_alias=True), sort_keys=True).encode()).hexdigest()
     redis_key = f"fishersft:idempotency:{jobs.kind.resource}:{jobs.caller.owner or ''}:{key}"  # keys are per caller
     seen = redis.get(redis_key)
     if seen is None:
-        job = jobs.create(body)
+        job = jobs.create(body, plan)
         if redis.set(redis_key, json.dumps([fingerprint, job.id]), nx=True, ex=KEEP_S):
             return job
         seen = redis.get(redis_key)  # a concurrent request with the same key won

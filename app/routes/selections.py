@@ -16,7 +16,8 @@ from fishersft.dataset import DEFAULT_MAX_LENGTH, read_ids
 from fishersft.features import load_features
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
-from fishersft.variants import default_weighting
+from fishersft.service.protocol import Plan, shard_ranges
+from fishersft.variants import default_weighting, resolve_compression
 
 router = job_router(SELECTIONS)
 
@@ -49,7 +50,21 @@ def create_selection(
         known_label(dataset, body.group_by, "body.group_by")
     if body.warm_start_ids:
         known_ids(store, dataset, body.warm_start_ids, "body.warm_start_ids")
-    return create_job(jobs, redis, body, idempotency_key, response)
+    return create_job(jobs, redis, body, idempotency_key, response, plan(dataset, body, settings, store))
+
+
+def plan(dataset: dict, body: SelectionCreate, settings: Settings, store: ArtifactStore) -> Plan:
+    """Shards when the dataset is JSONL, above the shard size and its features (at the compression the job will
+    use) are not cached; GreeDi partitions when asked for."""
+    shards, compression = [], None
+    n = dataset["n_examples"]
+    if dataset["format"] == "jsonl" and n > settings.shard_examples:
+        source_dim = settings.model_dim(body.model)  # type: ignore[arg-type]
+        memory = settings.selection_memory_bytes
+        resolved = resolve_compression(body.rank, body.dim, body.projection, n, source_dim, memory)
+        if not store.features_dir(dataset["sha256"], body.model, body.max_length, resolved.key).exists():
+            shards, compression = shard_ranges(n, settings.shard_examples), resolved.as_dict()
+    return Plan(shards, compression, body.partitions)
 
 
 def dataset_for(datasets: Datasets, dataset_id: str, field: str, jsonl: bool = False) -> dict:

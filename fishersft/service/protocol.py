@@ -1,6 +1,8 @@
 """What the API and the workers agree on in Redis, beside RQ's own job records, and the shapes of ids."""
 
 import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from rq.serializers import JSONSerializer
 
@@ -11,7 +13,10 @@ run code in the API or the workers. Job arguments, meta and results are JSON-sha
 RUN_SELECTION = "workers.selection.run_selection"
 RUN_FINETUNE = "workers.finetune.run_finetune"
 RUN_COMPARISON = "workers.finetune.run_comparison"
-JOB_FUNCTIONS = frozenset({RUN_SELECTION, RUN_FINETUNE, RUN_COMPARISON})
+RUN_SHARD = "workers.stages.run_shard"
+RUN_FEATURES = "workers.stages.run_features"
+RUN_PARTITION = "workers.stages.run_partition"
+JOB_FUNCTIONS = frozenset({RUN_SELECTION, RUN_FINETUNE, RUN_COMPARISON, RUN_SHARD, RUN_FEATURES, RUN_PARTITION})
 """The only functions a worker runs: a job naming anything else fails unrun."""
 
 ID_HEX = 24
@@ -48,3 +53,96 @@ class JobInputError(Exception):
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A job a selection waits for: it runs `function(**kwargs)` once the stages `after` have succeeded."""
+
+    id: str
+    function: str
+    kwargs: dict[str, Any]
+    after: tuple[str, ...]
+    name: str
+    """How errors and events call it: `shard 3`, `features`, `partition 1`."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one selection spreads over workers, decided when it is created. Its stage jobs carry its id with a
+    suffix (`-shard-3`: never an id the API answers to), so the selection's record alone finds them:
+
+    - `shards`: example ranges [start, stop) embedded by one job each into parts of the features store (a JSONL
+      dataset above FISHERSFT_SHARD_EXAMPLES whose features are not cached); `compression` is theirs;
+    - `partitions` (GreeDi's m): a `features` job makes the features store, then one job per partition runs
+      greedy over its candidates; the selection itself runs the merge round.
+
+    An empty plan is a selection on one worker from start to end."""
+
+    shards: list[tuple[int, int]] = field(default_factory=list)
+    compression: dict[str, Any] | None = None
+    partitions: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def of(cls, value: dict[str, Any] | None) -> "Plan":
+        value = value or {}
+        shards = [(int(a), int(b)) for a, b in value.get("shards", [])]
+        return cls(shards, value.get("compression"), value.get("partitions"))
+
+    def shard_ids(self, job_id: str) -> list[str]:
+        return [f"{job_id}-shard-{k}" for k in range(len(self.shards))]
+
+    def partition_ids(self, job_id: str) -> list[str]:
+        return [f"{job_id}-partition-{p}" for p in range(self.partitions or 0)]
+
+    def features_id(self, job_id: str) -> str:
+        return f"{job_id}-features"
+
+    def stages(self, job_id: str, request: dict[str, Any]) -> list[Stage]:
+        """The stage jobs in an order that enqueues each after those it waits for; the selection waits for the
+        last group (partitions, else shards)."""
+        shard_ids = self.shard_ids(job_id)
+        stages = [
+            Stage(
+                shard_ids[k],
+                RUN_SHARD,
+                {"request": {**shard_request(request), "compression": self.compression, "start": a, "stop": b}},
+                (),
+                f"shard {k}",
+            )
+            for k, (a, b) in enumerate(self.shards)
+        ]
+        if self.partitions:
+            features_id = self.features_id(job_id)
+            plan = self.as_dict()
+            stages.append(
+                Stage(features_id, RUN_FEATURES, {"request": request, "plan": plan}, tuple(shard_ids), "features")
+            )
+            stages += [
+                Stage(
+                    pid,
+                    RUN_PARTITION,
+                    {"request": request, "plan": plan, "partition": p},
+                    (features_id,),
+                    f"partition {p}",
+                )
+                for p, pid in enumerate(self.partition_ids(job_id))
+            ]
+        return stages
+
+    def waits_for(self, job_id: str) -> list[str]:
+        """The stage jobs the selection itself depends on."""
+        return self.partition_ids(job_id) if self.partitions else self.shard_ids(job_id)
+
+
+def shard_request(request: dict[str, Any]) -> dict[str, Any]:
+    """What a shard needs of a selection's request: the dataset and how it is embedded."""
+    return {k: request[k] for k in ("dataset_id", "model", "max_length")}
+
+
+def shard_ranges(n: int, size: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges of `size` examples (the last shorter) covering n examples."""
+    return [(a, min(n, a + size)) for a in range(0, n, size)]

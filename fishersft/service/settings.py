@@ -19,7 +19,7 @@ from fishersft.models import (
     model_dim,
     prepared_dir,
 )
-from fishersft.variants import DEFAULT_SELECTION_MEMORY
+from fishersft.variants import DEFAULT_SELECTION_MEMORY, DEFAULT_SHARD_EXAMPLES, ENCODE_CHUNK
 
 
 class Settings(BaseSettings):
@@ -72,6 +72,20 @@ class Settings(BaseSettings):
         description="Memory a selection's features may take; a request that leaves rank and dim out gets the most "
         "faithful compression that fits (see variants.default_compression).",
     )
+
+    shard_examples: PositiveInt = Field(
+        DEFAULT_SHARD_EXAMPLES,
+        description=f"A selection over a JSONL dataset of more examples than this is embedded by one job per this "
+        f"many examples (a shard), so every free worker takes one. A multiple of {ENCODE_CHUNK:,} (the embedder's "
+        "chunk), so shards batch examples as one worker does and the features are the same to the last bit.",
+    )
+
+    @field_validator("shard_examples")
+    @classmethod
+    def _whole_chunks(cls, value: int) -> int:
+        if value % ENCODE_CHUNK:
+            raise ValueError(f"must be a multiple of {ENCODE_CHUNK:,} (the embedder's chunk), got {value:,}")
+        return value
 
     @field_validator("api_keys", "admin_api_keys", mode="before")
     @classmethod

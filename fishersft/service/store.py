@@ -3,7 +3,8 @@
     blobs/<sha256>                          uploaded files, content-addressed
     datasets/<id>.json                      dataset metadata
     features/<sha256>-<model>-<max_length>-<compression>/ features stores computed from a dataset (see
-        fishersft.features); <sha256>-upload-<compression>/ for an uploaded features file
+        fishersft.features); <sha256>-upload-<compression>/ for an uploaded features file; <store>.part-<a>-<b>/
+        one shard's part (examples a:b) until the store is assembled
     results/<job id>.json                   job results (selections, finetunes, comparisons)
     artifacts/<job id>/                     files a job made: adapter.tar.gz, plot.png
 
@@ -113,6 +114,11 @@ class ArtifactStore:
         uploaded features file; `compression`: its key (e.g. `r16`)."""
         source = f"{_safe(model)}-{max_length}" if model is not None else "upload"
         return self.root / "features" / f"{sha256}-{source}-{compression}"
+
+    def part_dir(self, features_dir: Path, start: int, stop: int) -> Path:
+        """One shard's part of a features store: examples start:stop (see features.assemble_store). Parts are
+        cached like stores, and removed once assembled into theirs."""
+        return features_dir.with_name(f"{features_dir.name}.part-{start}-{stop}")
 
     def use_features(self, path: Path) -> None:
         """Mark a cached features store as just used (its directory's mtime orders eviction)."""

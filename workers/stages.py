@@ -1,0 +1,69 @@
+"""The stage jobs of a selection spread over workers (see protocol.Plan): a shard embeds a range of examples
+into its part of the features store; the features job makes the whole store before GreeDi's partitions; a
+partition runs greedy over its share of the candidates. Their results stay in RQ for the selection."""
+
+import functools
+from typing import Any
+
+from fishersft.pipeline import select_features
+from fishersft.selection import Budget, greedi
+from fishersft.service.protocol import Plan
+from fishersft.service.settings import Settings
+from fishersft.service.store import ArtifactStore
+from fishersft.variants import Compression
+from workers.jobs import JobProgress, dataset_features, dataset_record, embed_part, run_job
+from workers.selection import selection_options
+
+
+def run_shard(request: dict[str, Any]) -> dict[str, Any]:
+    return run_job(_shard, request, save=False)
+
+
+def run_features(request: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
+    return run_job(functools.partial(_features, plan=Plan.of(plan)), request, save=False)
+
+
+def run_partition(request: dict[str, Any], plan: dict[str, Any], partition: int) -> dict[str, Any]:
+    return run_job(functools.partial(_partition, plan=Plan.of(plan), partition=partition), request, save=False)
+
+
+def _shard(request: dict[str, Any], settings: Settings, store: ArtifactStore, progress: JobProgress) -> dict[str, Any]:
+    dataset = dataset_record(store, request["dataset_id"])
+    compression = Compression(**{k: request["compression"][k] for k in ("rank", "dim", "projection", "seed")})
+    start, stop = request["start"], request["stop"]
+    _, seconds = embed_part(
+        dataset, request["model"], request["max_length"], compression, (start, stop), settings, store, progress
+    )
+    worker = progress.job.worker_name
+    return {
+        "start": start,
+        "examples": stop - start,
+        "worker": worker,
+        "embed_s": seconds or 0.0,
+        "cached": seconds is None,
+    }
+
+
+def _features(
+    request: dict[str, Any], settings: Settings, store: ArtifactStore, progress: JobProgress, plan: Plan
+) -> dict[str, Any]:
+    dataset = dataset_record(store, request["dataset_id"])
+    model = request["model"] if dataset["format"] == "jsonl" else None
+    return dataset_features(dataset, model, request["max_length"], settings, store, progress, request, plan)[1]
+
+
+def _partition(
+    request: dict[str, Any],
+    settings: Settings,
+    store: ArtifactStore,
+    progress: JobProgress,
+    plan: Plan,
+    partition: int,
+) -> dict[str, Any]:
+    dataset = dataset_record(store, request["dataset_id"])
+    model = request["model"] if dataset["format"] == "jsonl" else None
+    features, _ = dataset_features(dataset, model, request["max_length"], settings, store, progress, request, plan)
+    candidates = greedi.partition(len(features.ids), plan.partitions, request["seed"])[partition]  # type: ignore[arg-type]
+    options = selection_options(request, dataset, model, store, progress)
+    result = select_features(features, Budget(**request["budget"]), candidates=candidates, **options)
+    return result | {"candidates": len(candidates), "worker": progress.job.worker_name}
