@@ -82,7 +82,7 @@ class ErrorBody(BaseModel):
 
 
 ERROR_DESCRIPTIONS = {
-    400: "The body is not JSON the API can parse.",
+    400: "The body is not JSON (or, for an upload, multipart form data) the API can parse.",
     401: "Missing or unknown API key (when keys are configured).",
     404: "No such resource (or not the caller's).",
     409: "Conflict: not ready yet, already ended, or an Idempotency-Key reused with another body.",

@@ -2,7 +2,12 @@
 
 RQ's statuses map to the API's: queued (also deferred, scheduled), running (started), succeeded (finished),
 failed, cancelled (canceled, stopped, or failed after a cancellation request). A running job whose worker
-stopped refreshing its alive key (the worker was killed) is marked failed with code `worker_lost` when read.
+stopped refreshing its alive key (the worker was killed) is queued again once, then marked failed with code
+`worker_lost`, when read.
+
+A selection spread over workers (protocol.Plan) waits, deferred in RQ, for its stage jobs (shards, GreeDi
+partitions): reading it settles them the same way (a lost shard is queued again alone), reads as running once one
+started with their progress summed, fails with the first stage's error, and cancelling it cancels them all.
 """
 
 import time
@@ -164,7 +169,7 @@ class Jobs:
         status = self._settle(job)
         meta = job.meta
         progress, started_at = meta.get("progress"), job.started_at
-        if status == JobStatus.DEFERRED and "plan" in meta:
+        if status in (JobStatus.DEFERRED, JobStatus.QUEUED) and "plan" in meta:  # queued: its stages are done
             status, progress, started_at = self._waiting(job, Plan.of(meta["plan"]))
         state = "cancelled" if status == JobStatus.FAILED and meta.get("cancelled") else STATUS.get(status, "queued")
         result = self.store.result(job.id) if state == "succeeded" else None
@@ -219,9 +224,10 @@ class Jobs:
         return list(zip(stages, found, strict=True))
 
     def _waiting(self, job: Job, plan: Plan) -> tuple[JobStatus, dict[str, Any] | None, datetime | None]:
-        """A job deferred on its stages: failed once one failed (the others are stopped), running once one
-        started (progress: the shards' examples embedded, then the features job's, then the partitions' budget
-        spent, summed), else still queued. Stages whose worker was lost are queued again here, as jobs are."""
+        """A job waiting for its stages (or, once they are done, for a worker): failed once one failed (the
+        others are stopped), running once one started (progress: the shards' examples embedded, then the features
+        job's, then the partitions' budget spent, summed), else still queued. Stages whose worker was lost are
+        queued again here, as jobs are."""
         stages = [(stage, each, self._settle(each)) for stage, each in self._stage_jobs(job) if each is not None]
         for stage, each, status in stages:
             if status == JobStatus.FAILED and not each.meta.get("cancelled"):
@@ -232,7 +238,7 @@ class Jobs:
                 return JobStatus.FAILED, None, None
         started = [_utc(each.started_at) for _, each, _ in stages if each.started_at]
         if not started:
-            return JobStatus.DEFERRED, None, None
+            return job.get_status(refresh=False), None, None
         return JobStatus.STARTED, _stage_progress(plan, stages), min(started)  # type: ignore[type-var]
 
     def _settle(self, job: Job) -> JobStatus:

@@ -201,14 +201,9 @@ class SelectionCreate(RequestModel):
         description="GreeDi (distributed greedy, method fisher): split the candidates into this many seeded random "
         "partitions, run greedy with the whole budget on each as parallel jobs (each worker holds 1/m of the "
         "features), then greedy over the union of their picks. Approximate: within 0.1% of centralized greedy's "
-        "objective on the README's benchmark; 1 equals centralized greedy. Default: centralized greedy on one worker.",
+        "objective on the README's benchmark; 1 equals centralized greedy. Default: centralized greedy on one worker. "
+        "Method random ignores it (there is no greedy to partition).",
     )
-
-    @model_validator(mode="after")
-    def _partitions_need_greedy(self) -> "SelectionCreate":
-        if self.partitions is not None and self.method != "fisher":
-            raise ValueError("partitions: GreeDi partitions a greedy selection; method random takes none")
-        return self
 
 
 class Progress(BaseModel):

@@ -3,31 +3,44 @@
     python benchmarks/scale_out.py greedi [--n 200000] [--k 2000] [--partitions 2 4 8]
     python benchmarks/scale_out.py embedding [--n 12288] [--workers 1 2 4]
 
-GreeDi: synthetic features (benchmarks/synthetic.py) of N examples compressed to rank 16 at 256 dimensions (what
-a 1M-example request gets by default; at N = 200k the default, rank 32 at 576, makes the centralized run alone
-take most of an hour on 2 cores), K = N / 100, the paper's `tokens` weighting. Centralized lazy greedy, then for each m: greedy K on each of the m
-seeded random partitions one after another (each reading only its partition's rows, as a partition job does),
-then the merge round. Wall time on m workers = the slowest partition + the merge; the objective is reported
-against centralized greedy's, and as the share of centralized greedy's lead over a random subset of K it keeps.
+GreeDi: synthetic features (benchmarks/synthetic.py) of N examples compressed to rank 16 at 256 dimensions
+(what a 1M-example request gets by default; at N = 200k the default, rank 32 at 576, makes each run several
+times longer on 2 cores), K = N / 100, the paper's `tokens` weighting. Centralized lazy greedy, then for each
+m: greedy K on each of the m seeded random partitions one after another (each reading only its partition's
+rows, as a partition job does), then the merge round. Wall time on m workers = the slowest partition + the
+merge; the objective is reported against centralized greedy's, and as the share of centralized greedy's lead
+over a random subset of K that it keeps.
 Writes benchmarks/results/scale_out/greedi.json.
 
-Embedding: see `embedding_rows`. Writes benchmarks/results/scale_out/embedding.json.
+Embedding: the service end to end (a private Redis, the API in process, RQ workers as subprocesses, a fresh
+artifact store each run) selecting 20 examples from chatterbot English rows cycled to N examples (4,096 by
+default: four shards of 1,024) with the default model at max_length 256; once with sharding off and one worker,
+then sharded with 1, 2 and 4 workers. Wall time from the request to the result; per-shard overhead = (sharded on
+one worker - unsharded on one worker) / shards. The machine's cores bound what more workers can give: on a CPU
+they share the cores, on a GPU cluster each has its own device. Writes
+benchmarks/results/scale_out/embedding.json.
 """
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import scale  # benchmarks/ is on the path of a script run from it: scale.py writes the synthetic store
+from redis import Redis
 
 from fishersft.features import load_features
 from fishersft.pipeline import merge_partitions, select_features
 from fishersft.selection import Budget, greedi
 from fishersft.variants import Compression
 
+ROOT = Path(__file__).parents[1]
 OUT = Path(__file__).parent / "results" / "scale_out"
+SHARD_EXAMPLES = 1024
 GREEDI_COMPRESSION = Compression(rank=16, dim=256)
 
 
@@ -83,6 +96,74 @@ def greedi_rows(n: int, k: int, partitions: list[int], work: Path) -> dict:
     }
 
 
+def serve_selection(data: Path, workers: int, shard_examples: int, work: Path) -> dict:
+    """One selection of 20 examples over `data` on a fresh service with `workers` workers: its wall time and
+    result."""
+    from fastapi.testclient import TestClient
+    from rq import Worker
+
+    from app.main import create_app
+    from fishersft.redis_server import RedisServer
+    from fishersft.service.settings import Settings
+
+    with RedisServer(work / "redis", persist=False) as redis_server:
+        settings = Settings(redis_url=redis_server.url, data_dir=work / "data", shard_examples=shard_examples)
+        client = TestClient(create_app(settings))
+        env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(ROOT)}
+        procs = [subprocess.Popen([sys.executable, "-m", "workers"], env=env, cwd=ROOT) for _ in range(workers)]
+        try:
+            redis = Redis.from_url(redis_server.url)
+            while Worker.count(connection=redis) < workers:
+                time.sleep(0.1)
+            with data.open("rb") as f:
+                dataset = client.post("/v1/datasets", files={"file": (data.name, f)}).json()
+            started = time.perf_counter()
+            body = {"dataset_id": dataset["id"], "budget": {"examples": 20}, "max_length": 256}
+            job = client.post("/v1/selections", json=body).json()
+            while (job := client.get(f"/v1/selections/{job['id']}").json())["status"] in ("queued", "running"):
+                time.sleep(0.2)
+            wall = time.perf_counter() - started
+        finally:
+            for proc in procs:
+                proc.terminate()
+                proc.wait()
+    assert job["status"] == "succeeded", job
+    return {"wall_s": wall, "result": job["result"]}
+
+
+def embedding_rows(n: int, worker_counts: list[int], work: Path) -> dict:
+    from fishersft.corpora import chatterbot
+
+    base = chatterbot(["english"])
+    data = work / "chat.jsonl"
+    data.write_text("".join(json.dumps({**base[i % len(base)], "id": f"r{i}"}) + "\n" for i in range(n)))
+    runs = []
+    for workers, shard in [(1, 1 << 30), *((w, SHARD_EXAMPLES) for w in worker_counts)]:
+        run = serve_selection(data, workers, shard, work / f"run{len(runs)}")
+        shards = run["result"]["shards"] or []
+        runs.append(
+            {
+                "workers": workers,
+                "sharded": bool(shards),
+                "wall_s": run["wall_s"],
+                "shards": shards,
+                "assemble_s": run["result"]["timings"]["embed_s"] if shards else None,
+                "select_s": run["result"]["timings"]["select_s"],
+                "selected": run["result"]["selected"],
+            }
+        )
+        print(json.dumps({k: v for k, v in runs[-1].items() if k != "selected"}), flush=True)
+    single, one = runs[0], runs[1]
+    return {
+        "n": n,
+        "shard_examples": SHARD_EXAMPLES,
+        "cores": os.cpu_count(),
+        "runs": runs,
+        "overhead_per_shard_s": (one["wall_s"] - single["wall_s"]) / len(one["shards"]),
+        "same_selection": all(r["selected"] == single["selected"] for r in runs),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="part", required=True)
@@ -91,12 +172,18 @@ def main() -> None:
     g.add_argument("--k", type=int, default=None, help="default N / 100")
     g.add_argument("--partitions", type=int, nargs="*", default=[2, 4, 8])
     g.add_argument("--out", type=Path, default=OUT)
+    e = sub.add_parser("embedding")
+    e.add_argument("--n", type=int, default=4 * SHARD_EXAMPLES)
+    e.add_argument("--workers", type=int, nargs="*", default=[1, 2, 4])
+    e.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="fishersft-scale-out-") as tmp:
         if args.part == "greedi":
             result = greedi_rows(args.n, args.k or args.n // 100, args.partitions, Path(tmp))
-            (args.out / "greedi.json").write_text(json.dumps(result, indent=1))
+        else:
+            result = embedding_rows(args.n, args.workers, Path(tmp))
+    (args.out / f"{args.part}.json").write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

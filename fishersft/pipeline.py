@@ -265,11 +265,18 @@ def select_features(
 def select_partitioned(features: FeatureSet, budget: Budget, partitions: int, **options: Any) -> dict:
     """GreeDi on one machine, partition after partition (the service runs the partitions as parallel jobs): the
     result of `merge_partitions`. `options`: those of `select_features` (`seed` also draws the partitions)."""
-    parts = greedi.partition(len(features.ids), partitions, options.get("seed", 0), options.get("exclude", ()))
+    parts = partition_candidates(features, partitions, **options)
     rounds = [
         {**select_features(features, budget, candidates=part, **options), "candidates": len(part)} for part in parts
     ]
     return merge_partitions(features, budget, rounds, **options)
+
+
+def partition_candidates(features: FeatureSet, partitions: int, **options: Any) -> list[list[int]]:
+    """GreeDi's seeded partitions of the examples selection may choose: not the warm start, not `exclude`."""
+    index = {str(i): k for k, i in enumerate(features.ids)}
+    warm = [index[str(i)] for i in options.get("warm_start_ids", ()) if str(i) in index]
+    return greedi.partition(len(features.ids), partitions, options.get("seed", 0), [*options.get("exclude", ()), *warm])
 
 
 def merge_partitions(features: FeatureSet, budget: Budget, rounds: Sequence[dict], **options: Any) -> dict:

@@ -59,6 +59,14 @@ def test_select_on_a_features_file_with_token_budget_random_and_warm_start(tmp_p
     (tmp_path / "warm.txt").write_text("ex3\nex5\n")
     warm = json.loads(run("select", path, "--budget", 5, "--warm-start", tmp_path / "warm.txt").stdout)
     assert not {"ex3", "ex5"} & set(warm["selected"])
+    # GreeDi: one partition is centralized greedy; three keep their rounds, with the warm start in each
+    one = json.loads(run("select", path, "--budget-tokens", 50, "--lambda", "0.5", "--partitions", 1).stdout)
+    assert one["selected"] == fisher["selected"] and one["objective"] == fisher["objective"]
+    three = json.loads(
+        run("select", path, "--budget", 5, "--warm-start", tmp_path / "warm.txt", "--partitions", 3).stdout
+    )
+    assert [r["candidates"] for r in three["partitions"]["rounds"]] == [20, 19, 19]  # 58 candidates, 3 ways
+    assert len(three["selected"]) == 5 and not {"ex3", "ex5"} & set(three["selected"])
 
 
 @pytest.mark.parametrize(

@@ -70,6 +70,18 @@ def test_compose_runs_redis_api_and_workers_on_a_shared_volume():
     assert services["api"]["ports"] == [f"{port}:{port}"]
 
 
+def test_the_gpu_override_gives_each_worker_its_own_device_and_the_base_workers_settings():
+    base = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())["services"]["worker"]
+    services = yaml.safe_load((ROOT / "deploy" / "docker-compose.gpu.yml").read_text())["services"]
+    gpu = {name: s for name, s in services.items() if name.startswith("worker-gpu")}
+    devices = [s["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] for s in gpu.values()]
+    assert len(gpu) >= 2 and sorted(devices) == [[str(k)] for k in range(len(gpu))]
+    for service in gpu.values():
+        assert service["command"] == base["command"] and service["volumes"] == base["volumes"]
+        assert service["environment"] == base["environment"]
+    assert services["worker"]["deploy"]["replicas"] == 0
+
+
 def test_k8s_api_gpu_workers_redis_and_the_shared_claim_agree():
     docs = manifests()
     kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}

@@ -2,7 +2,6 @@
 subprocesses, a real Redis and the tiny model. Shards are 1,024 examples (the embedder's chunk, the smallest a
 shard may be)."""
 
-import json
 import random
 import signal
 import time
@@ -183,12 +182,14 @@ def test_greedi_with_one_partition_equals_centralized_greedy_and_more_partitions
     assert len(four["selected"]) == 15 and four["objective"] >= max(r["objective"] for r in rounds)
     local = select_features(load_features(path), Budget(examples=15))
     assert four["objective"] >= 0.9 * local["objective"]
+    # the random method has no greedy to partition: it runs as without partitions
+    random_ = {"dataset_id": dataset["id"], "budget": budget, "method": "random"}
+    plain = sharded.wait(sharded.select(**random_)["id"])["result"]
+    asked = sharded.wait(sharded.select(**random_, partitions=4)["id"])["result"]
+    assert asked["selected"] == plain["selected"] and asked["partitions"] is None
 
 
-def test_partitions_need_fisher_and_shards_are_whole_chunks(sharded, monkeypatch):
-    body = {"dataset_id": "ds_" + "0" * 24, "budget": {"examples": 2}, "method": "random", "partitions": 2}
-    answer = sharded.client.post("/v1/selections", json=body)
-    assert answer.status_code == 422 and "partitions" in json.dumps(answer.json())
+def test_shards_are_whole_chunks_of_the_embedder(monkeypatch):
     monkeypatch.setenv("FISHERSFT_SHARD_EXAMPLES", "1000")
     with pytest.raises(InputError) as error:
         Settings.from_env()

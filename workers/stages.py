@@ -5,8 +5,8 @@ partition runs greedy over its share of the candidates. Their results stay in RQ
 import functools
 from typing import Any
 
-from fishersft.pipeline import select_features
-from fishersft.selection import Budget, greedi
+from fishersft.pipeline import partition_candidates, select_features
+from fishersft.selection import Budget
 from fishersft.service.protocol import Plan
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
@@ -63,7 +63,7 @@ def _partition(
     dataset = dataset_record(store, request["dataset_id"])
     model = request["model"] if dataset["format"] == "jsonl" else None
     features, _ = dataset_features(dataset, model, request["max_length"], settings, store, progress, request, plan)
-    candidates = greedi.partition(len(features.ids), plan.partitions, request["seed"])[partition]  # type: ignore[arg-type]
     options = selection_options(request, dataset, model, store, progress)
+    candidates = partition_candidates(features, plan.partitions, **options)[partition]  # type: ignore[arg-type]
     result = select_features(features, Budget(**request["budget"]), candidates=candidates, **options)
     return result | {"candidates": len(candidates), "worker": progress.job.worker_name}

@@ -30,7 +30,7 @@ FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".npz": "npz", ".safetensors": "
     status_code=201,
     response_model=Dataset,
     summary="Upload a dataset or a features file",
-    responses=documented(413, 422, 507),
+    responses=documented(400, 413, 422, 507),
 )
 def create_dataset(
     response: Response,

@@ -14,9 +14,9 @@ from app.routes.jobs import IdempotencyKey, create_job, found, job_router
 from app.schemas import ExampleId, Selection, SelectionCreate
 from fishersft.dataset import DEFAULT_MAX_LENGTH, read_ids
 from fishersft.features import load_features
+from fishersft.service.protocol import Plan, shard_ranges
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
-from fishersft.service.protocol import Plan, shard_ranges
 from fishersft.variants import default_weighting, resolve_compression
 
 router = job_router(SELECTIONS)
@@ -55,7 +55,7 @@ def create_selection(
 
 def plan(dataset: dict, body: SelectionCreate, settings: Settings, store: ArtifactStore) -> Plan:
     """Shards when the dataset is JSONL, above the shard size and its features (at the compression the job will
-    use) are not cached; GreeDi partitions when asked for."""
+    use) are not cached; GreeDi partitions when asked for (fisher greedy only)."""
     shards, compression = [], None
     n = dataset["n_examples"]
     if dataset["format"] == "jsonl" and n > settings.shard_examples:
@@ -64,7 +64,7 @@ def plan(dataset: dict, body: SelectionCreate, settings: Settings, store: Artifa
         resolved = resolve_compression(body.rank, body.dim, body.projection, n, source_dim, memory)
         if not store.features_dir(dataset["sha256"], body.model, body.max_length, resolved.key).exists():
             shards, compression = shard_ranges(n, settings.shard_examples), resolved.as_dict()
-    return Plan(shards, compression, body.partitions)
+    return Plan(shards, compression, body.partitions if body.method == "fisher" else None)
 
 
 def dataset_for(datasets: Datasets, dataset_id: str, field: str, jsonl: bool = False) -> dict:

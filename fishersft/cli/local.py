@@ -25,7 +25,7 @@ from fishersft.dataset import DEFAULT_MAX_LENGTH, read_labels
 from fishersft.errors import InputError
 from fishersft.features import FeatureSet, compress_store, is_features_path, load_features
 from fishersft.models import BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_dir, model_dim, prepared_dir, resolve_model
-from fishersft.pipeline import count_lines, embed_dataset, select_features
+from fishersft.pipeline import count_lines, embed_dataset, select_features, select_partitioned
 from fishersft.variants import DEFAULT_EPSILON, PROJECTIONS, WEIGHTINGS, Compression, resolve_compression, run_label
 
 
@@ -60,22 +60,26 @@ def run_select(args: argparse.Namespace) -> dict:
             )
             features, truncated, embed_s = embedding.features, embedding.truncated, embedding.seconds
             labels = read_labels(data)
-        result = select_features(
-            features,
-            budget(args),
-            method=args.method,
-            lam=args.lam,
-            seed=args.seed,
-            warm_start_ids=warm_start,
-            weighting=args.weighting,
-            labels=labels,
-            group_by=args.group_by,
-            progress=progress,
-            model=model,
-            algorithm=args.algorithm,
-            epsilon=args.epsilon,
-            device=args.device,
-        )
+        options = {
+            "method": args.method,
+            "lam": args.lam,
+            "seed": args.seed,
+            "warm_start_ids": warm_start,
+            "weighting": args.weighting,
+            "labels": labels,
+            "group_by": args.group_by,
+            "progress": progress,
+            "model": model,
+            "algorithm": args.algorithm,
+            "epsilon": args.epsilon,
+            "device": args.device,
+        }
+        if args.partitions is not None:
+            if args.method != "fisher":
+                raise InputError("--partitions: GreeDi partitions a greedy selection; --method random takes none")
+            result = select_partitioned(features, budget(args), args.partitions, **options)
+        else:
+            result = select_features(features, budget(args), **options)
     result["truncated"] = truncated
     result["timings"]["embed_s"] = embed_s
     return result
@@ -323,6 +327,13 @@ def add_select_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_float,
         default=DEFAULT_EPSILON,
         help=f"stochastic greedy's epsilon (default {DEFAULT_EPSILON}): (N/K) ln(1/epsilon) candidates per pick",
+    )
+    parser.add_argument(
+        "--partitions",
+        type=positive_int,
+        metavar="M",
+        help="GreeDi: greedy on M seeded random partitions, then over the union of their picks (approximate; with "
+        "--server the partitions run as parallel jobs on the service's workers; default: centralized greedy)",
     )
     parser.add_argument("--batch-size", type=positive_int, default=16, metavar="B", help="examples per forward pass")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")

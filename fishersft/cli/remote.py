@@ -34,7 +34,7 @@ def run_remote_select(args: argparse.Namespace, client: ServiceClient) -> dict:
         "warm_start_ids": read_ids(args.warm_start) if args.warm_start else [],
         "algorithm": args.algorithm,
         "epsilon": args.epsilon,
-        **{k: getattr(args, k) for k in ("rank", "dim", "projection") if getattr(args, k) is not None},
+        **{k: getattr(args, k) for k in ("rank", "dim", "projection", "partitions") if getattr(args, k) is not None},
     }
     job = client.create_selection(body)
     return follow(client, job) if args.wait else job
