@@ -74,7 +74,7 @@ class FeatureSet:
         recorded = self.meta.get("compression")
         if recorded is None:
             return None
-        return Compression(**{k: recorded[k] for k in ("rank", "dim", "projection", "seed")})
+        return Compression.of(recorded)
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         return read_rows(self.features, start, stop)

@@ -77,19 +77,19 @@ def embed_dataset(
 
     `examples=(first, stop)`: embed only those examples, as one shard's part of the store (see
     `features.assemble_store`); `first` a multiple of ENCODE_CHUNK, so batches are the ones a single run makes."""
-    begin = time.perf_counter()
+    start = time.perf_counter()
     resolved = resolve_device(device)
     model, tokenizer = load(Path(model_dir), resolved)
-    load_seconds = time.perf_counter() - begin
+    load_seconds = time.perf_counter() - start
     dim = model.get_output_embeddings().weight.shape[1]
-    first, stop = examples or (0, None)
-    if first % ENCODE_CHUNK:
-        raise ValueError(f"a part must start at a multiple of {ENCODE_CHUNK} examples, not {first}")
-    total = (stop if stop is not None else count_lines(data)) - first
+    from_example, to_example = examples or (0, None)
+    if from_example % ENCODE_CHUNK:
+        raise ValueError(f"a part must start at a multiple of {ENCODE_CHUNK} examples, not {from_example}")
+    total = (to_example if to_example is not None else count_lines(data)) - from_example
     writer = FeatureStoreWriter(out_dir, dim, compression, {"max_length": max_length}, part=examples is not None)
     truncated = done = 0
     try:
-        for chunk in example_chunks(data, ENCODE_CHUNK, first, stop):
+        for chunk in example_chunks(data, ENCODE_CHUNK, from_example, to_example):
             encoded = encode_all(chunk, tokenizer, max_length)
             first = len(writer.ids)
             writer.add([ex.id for ex in chunk], [len(e.targets) for e in encoded])
@@ -106,7 +106,7 @@ def embed_dataset(
     except BaseException:
         writer.abort()
         raise
-    return Embedding(features, truncated, time.perf_counter() - begin, load_seconds)
+    return Embedding(features, truncated, time.perf_counter() - start, load_seconds)
 
 
 def example_chunks(data: str | Path, size: int, first: int = 0, stop: int | None = None) -> Iterator[list[Example]]:

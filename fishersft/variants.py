@@ -77,6 +77,11 @@ class Compression:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def of(cls, recorded: dict[str, Any]) -> "Compression":
+        """From `as_dict()`'s fields, ignoring others a store records beside them (`source_dim`)."""
+        return cls(**{k: recorded[k] for k in ("rank", "dim", "projection", "seed")})
+
     @property
     def key(self) -> str:
         """A file-name-safe name for caches, e.g. `r16` or `r32-d256-principal-s0`."""

@@ -131,7 +131,7 @@ def dataset_features(
     uploaded = dataset["format"] != "jsonl"
     asked = asked or {}
     if plan is not None and plan.compression is not None:
-        compression = Compression(**{k: plan.compression[k] for k in ("rank", "dim", "projection", "seed")})
+        compression = Compression.of(plan.compression)
     else:
         compression = resolve_compression(
             asked.get("rank"),

@@ -29,7 +29,7 @@ def run_partition(request: dict[str, Any], plan: dict[str, Any], partition: int)
 
 def _shard(request: dict[str, Any], settings: Settings, store: ArtifactStore, progress: JobProgress) -> dict[str, Any]:
     dataset = dataset_record(store, request["dataset_id"])
-    compression = Compression(**{k: request["compression"][k] for k in ("rank", "dim", "projection", "seed")})
+    compression = Compression.of(request["compression"])
     start, stop = request["start"], request["stop"]
     _, seconds = embed_part(
         dataset, request["model"], request["max_length"], compression, (start, stop), settings, store, progress
