@@ -1,7 +1,8 @@
 """Scale-out: GreeDi against centralized greedy, and sharded embedding over 1, 2 and 4 RQ workers.
 
     python benchmarks/scale_out.py greedi [--n 200000] [--k 2000] [--partitions 2 4 8]
-    python benchmarks/scale_out.py embedding [--n 12288] [--workers 1 2 4]
+    python benchmarks/scale_out.py embedding [--n 4096] [--workers 1 2 4]
+    python benchmarks/scale_out.py overhead [--n 8192] [--repeats 3]
 
 GreeDi: synthetic features (benchmarks/synthetic.py) of N examples compressed to rank 16 at 256 dimensions
 (what a 1M-example request gets by default; at N = 200k the default, rank 32 at 576, makes each run several
@@ -10,14 +11,17 @@ m: greedy K on each of the m seeded random partitions one after another (each re
 rows, as a partition job does), then the merge round. Wall time on m workers = the slowest partition + the
 merge; the objective is reported against centralized greedy's, and as the share of centralized greedy's lead
 over a random subset of K that it keeps.
-Writes benchmarks/results/scale_out/greedi.json.
+Writes benchmarks/results/scale_out/greedi.json and greedi.png.
+
+Overhead: see `overhead_rows`. Writes benchmarks/results/scale_out/overhead.json.
 
 Embedding: the service end to end (a private Redis, the API in process, RQ workers as subprocesses, a fresh
 artifact store each run) selecting 20 examples from chatterbot English rows cycled to N examples (4,096 by
 default: four shards of 1,024) with the default model at max_length 256; once with sharding off and one worker,
 then sharded with 1, 2 and 4 workers. Wall time from the request to the result; per-shard overhead = (sharded on
-one worker - unsharded on one worker) / shards. The machine's cores bound what more workers can give: on a CPU
-they share the cores, on a GPU cluster each has its own device. Writes
+one worker - unsharded on one worker) / shards. Workers share the machine's cores (each gets cores / workers
+torch threads: oversubscribed, two workers with two threads each on 2 cores embedded 2.1x slower than one); on a
+GPU cluster each has its own device. Writes
 benchmarks/results/scale_out/embedding.json.
 """
 
@@ -96,9 +100,41 @@ def greedi_rows(n: int, k: int, partitions: list[int], work: Path) -> dict:
     }
 
 
-def serve_selection(data: Path, workers: int, shard_examples: int, work: Path) -> dict:
-    """One selection of 20 examples over `data` on a fresh service with `workers` workers: its wall time and
-    result."""
+def plot_greedi(result: dict, path: Path) -> None:
+    """Wall time against m (centralized at m = 1): on m workers, and all rounds' compute; f / centralized."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["greedi"]
+    ms = [1] + [r["m"] for r in rows]
+    central = result["centralized"]["wall_s"]
+    fig, (time_ax, ratio_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    time_ax.plot(ms, [central] + [r["wall_on_m_workers_s"] for r in rows], "o-", label="on m workers")
+    time_ax.plot(ms, [central] + [sum(r["partition_wall_s"]) + r["merge_s"] for r in rows], "s--", label="all rounds")
+    time_ax.set(xlabel="partitions m (1: centralized greedy)", ylabel="seconds", xscale="log", xticks=ms)
+    time_ax.set_xticklabels(ms)
+    time_ax.legend()
+    above = [100 * (r["ratio"] - 1) for r in rows]
+    ratio_ax.plot([r["m"] for r in rows], above, "o-")
+    for m, value in zip(ms[1:], above, strict=True):
+        ratio_ax.annotate(f"{value:+.4f}%", (m, value), textcoords="offset points", xytext=(0, 8), ha="center")
+    ratio_ax.axhline(0.0, color="grey", lw=0.8)
+    ratio_ax.set(xlabel="partitions m", ylabel="f(GreeDi) vs centralized greedy, %", xscale="log", xticks=ms[1:])
+    ratio_ax.set(ylim=(-3, 3), title="the literature: within a few percent")
+    ratio_ax.set_xticklabels(ms[1:])
+    for ax in (time_ax, ratio_ax):
+        ax.minorticks_off()
+    fig.suptitle(f"GreeDi, N = {result['n']:,}, K = {result['k']:,} (synthetic, rank 16, d 256)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def serve_selection(data: Path, workers: int, shard_examples: int, work: Path, model: str | None = None) -> dict:
+    """One selection of 20 examples over `data` on a fresh service with `workers` workers sharing the cores
+    (FISHERSFT_TORCH_THREADS = cores / workers; `model`: the default model's name, else the service's default):
+    its wall time and result."""
     from fastapi.testclient import TestClient
     from rq import Worker
 
@@ -107,7 +143,15 @@ def serve_selection(data: Path, workers: int, shard_examples: int, work: Path) -
     from fishersft.service.settings import Settings
 
     with RedisServer(work / "redis", persist=False) as redis_server:
-        settings = Settings(redis_url=redis_server.url, data_dir=work / "data", shard_examples=shard_examples)
+        chosen = {"default_model": model} if model else {}
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        settings = Settings(
+            redis_url=redis_server.url,
+            data_dir=work / "data",
+            shard_examples=shard_examples,
+            torch_threads=threads,
+            **chosen,
+        )
         client = TestClient(create_app(settings))
         env = {**os.environ, **settings.to_env(), "PYTHONPATH": str(ROOT)}
         procs = [subprocess.Popen([sys.executable, "-m", "workers"], env=env, cwd=ROOT) for _ in range(workers)]
@@ -144,6 +188,7 @@ def embedding_rows(n: int, worker_counts: list[int], work: Path) -> dict:
         runs.append(
             {
                 "workers": workers,
+                "torch_threads": max(1, (os.cpu_count() or 1) // workers),
                 "sharded": bool(shards),
                 "wall_s": run["wall_s"],
                 "shards": shards,
@@ -164,6 +209,31 @@ def embedding_rows(n: int, worker_counts: list[int], work: Path) -> dict:
     }
 
 
+def overhead_rows(n: int, repeats: int, work: Path) -> dict:
+    """What a shard costs beyond its embedding: the same selection with the tiny built-in model (fast, so the
+    difference is not lost in the embedding's own variation) unsharded and in n / 1,024 shards, on one worker,
+    `repeats` times each, alternating."""
+    from fishersft.corpora import chatterbot
+
+    base = chatterbot(["english"])
+    data = work / "chat.jsonl"
+    data.write_text("".join(json.dumps({**base[i % len(base)], "id": f"r{i}"}) + "\n" for i in range(n)))
+    walls: dict[str, list[float]] = {"unsharded": [], "sharded": []}
+    for k in range(repeats):
+        for kind, shard in (("unsharded", 1 << 30), ("sharded", SHARD_EXAMPLES)):
+            run = serve_selection(data, 1, shard, work / f"{kind}{k}", model="tiny-llama")
+            walls[kind].append(run["wall_s"])
+            print(kind, run["wall_s"], flush=True)
+    shards = -(-n // SHARD_EXAMPLES)
+    medians = {kind: sorted(w)[len(w) // 2] for kind, w in walls.items()}
+    return {
+        "n": n,
+        "shards": shards,
+        "walls_s": walls,
+        "overhead_per_shard_s": (medians["sharded"] - medians["unsharded"]) / shards,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="part", required=True)
@@ -176,14 +246,22 @@ def main() -> None:
     e.add_argument("--n", type=int, default=4 * SHARD_EXAMPLES)
     e.add_argument("--workers", type=int, nargs="*", default=[1, 2, 4])
     e.add_argument("--out", type=Path, default=OUT)
+    o = sub.add_parser("overhead")
+    o.add_argument("--n", type=int, default=8 * SHARD_EXAMPLES)
+    o.add_argument("--repeats", type=int, default=3)
+    o.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="fishersft-scale-out-") as tmp:
         if args.part == "greedi":
             result = greedi_rows(args.n, args.k or args.n // 100, args.partitions, Path(tmp))
-        else:
+        elif args.part == "embedding":
             result = embedding_rows(args.n, args.workers, Path(tmp))
+        else:
+            result = overhead_rows(args.n, args.repeats, Path(tmp))
     (args.out / f"{args.part}.json").write_text(json.dumps(result, indent=1))
+    if args.part == "greedi":
+        plot_greedi(result, args.out / "greedi.png")
 
 
 if __name__ == "__main__":

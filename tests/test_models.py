@@ -49,6 +49,9 @@ def test_settings_round_trip_through_the_environment_and_bad_values_name_the_var
     for name, value in settings.to_env().items():
         monkeypatch.setenv(name, value)
     assert Settings.from_env() == settings
+    assert "FISHERSFT_TORCH_THREADS" not in settings.to_env()  # unset: torch's default, not the text "None"
+    monkeypatch.setenv("FISHERSFT_TORCH_THREADS", "1")
+    assert Settings.from_env().torch_threads == 1
     monkeypatch.setenv("FISHERSFT_API_KEYS", " k1, k2 ,")
     assert Settings.from_env().api_keys == {"k1", "k2"}
     monkeypatch.setenv("FISHERSFT_MAX_UPLOAD_BYTES", "-1")

@@ -9,6 +9,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+import torch
 import transformers
 from redis import Redis
 from rq import Queue, SimpleWorker
@@ -41,6 +42,8 @@ class FishersftWorker(SimpleWorker):
 def main(queues: Sequence[str] = ()) -> None:
     settings = Settings.from_env()
     queues = list(queues) or [settings.queue, settings.training_queue]
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
     level = settings.log_level
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     transformers.logging.disable_progress_bar()

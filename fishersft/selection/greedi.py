@@ -1,13 +1,13 @@
 """GreeDi (Mirzasoleiman et al., NeurIPS 2013): greedy selection spread over m machines. The candidates are split
 into m partitions, greedy with the whole budget runs on each partition (in parallel, one job each), then greedy
 with the budget runs again over the union of their picks; the answer is the better of that and the best
-partition's own picks. Each machine holds N/m candidates (the last round m x K), so memory and time per machine
-fall about m-fold.
+partition's own picks. Each machine holds N/m candidates (the last round m x K), so memory per machine falls
+about m-fold; time falls less, since each partition still picks K.
 
 Partitions are drawn at random (seeded): with random partitions the expected objective is at least
-(1 - 1/e) / 2 of the optimum (Barbosa et al., ICML 2015); in practice it is within a few percent of centralized
-greedy (README, "Scale-out", has this service's figure). With m = 1 the merge round re-picks the same examples in
-the same order, so the answer is centralized greedy's.
+(1 - 1/e) / 2 of the optimum (Barbosa et al., ICML 2015); the literature finds it within a few percent of
+centralized greedy, and on this objective it came within 0.01% (README, "Scale-out"). With m = 1 the merge
+round re-picks the same examples in the same order, so the answer is centralized greedy's.
 """
 
 from collections.abc import Sequence
