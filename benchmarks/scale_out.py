@@ -28,6 +28,7 @@ benchmarks/results/scale_out/embedding.json.
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -225,12 +226,14 @@ def overhead_rows(n: int, repeats: int, work: Path) -> dict:
             walls[kind].append(run["wall_s"])
             print(kind, run["wall_s"], flush=True)
     shards = -(-n // SHARD_EXAMPLES)
-    medians = {kind: sorted(w)[len(w) // 2] for kind, w in walls.items()}
+    paired = [(b - a) / shards for a, b in zip(walls["unsharded"], walls["sharded"], strict=True)]
     return {
         "n": n,
         "shards": shards,
         "walls_s": walls,
-        "overhead_per_shard_s": (medians["sharded"] - medians["unsharded"]) / shards,
+        "paired_per_shard_s": paired,
+        "overhead_per_shard_s": statistics.mean(paired),
+        "stdev_of_mean_s": statistics.stdev(paired) / len(paired) ** 0.5 if len(paired) > 1 else None,
     }
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from rq.job import Job
 
 from fishersft.dataset import read_labels
+from fishersft.features import FeatureSet
 from fishersft.pipeline import merge_partitions, select_features
 from fishersft.selection import Budget
 from fishersft.service.protocol import JOB_SERIALIZER, Plan
@@ -26,9 +27,7 @@ def run_selection(request: dict[str, Any], plan: dict[str, Any] | None = None) -
 def _select(
     request: dict[str, Any], settings: Settings, store: ArtifactStore, progress: JobProgress, plan: Plan
 ) -> dict[str, Any]:
-    dataset = dataset_record(store, request["dataset_id"])
-    model = request["model"] if dataset["format"] == "jsonl" else None
-    features, cost = dataset_features(dataset, model, request["max_length"], settings, store, progress, request, plan)
+    dataset, model, features, cost = request_features(request, settings, store, progress, plan)
     options = selection_options(request, dataset, model, store, progress)
     job_id = progress.job.id
     if plan.partitions:
@@ -37,13 +36,24 @@ def _select(
         cost = stage_results([plan.features_id(job_id)], progress.job)[0]  # the features job made them
     else:
         result = select_features(features, Budget(**request["budget"]), **options)
-    result["shards"] = shard_summaries(plan, job_id, progress.job) if plan.shards else None
+    result["shards"] = stage_results(plan.shard_ids(job_id), progress.job) if plan.shards else None
     result["truncated"] = cost["truncated"]
     result["features_cached"] = cost["features_cached"]
     result["model_cached"] = cost["model_cached"]
     result["timings"]["embed_s"] = cost["embed_s"]
     result["timings"]["model_load_s"] = cost.get("model_load_s", 0.0)
     return result
+
+
+def request_features(
+    request: dict[str, Any], settings: Settings, store: ArtifactStore, progress: JobProgress, plan: Plan
+) -> tuple[dict[str, Any], str | None, FeatureSet, dict[str, Any]]:
+    """The dataset a selection request names, the model that embeds it (None for uploaded features), its
+    features store and what getting it cost (see `dataset_features`)."""
+    dataset = dataset_record(store, request["dataset_id"])
+    model = request["model"] if dataset["format"] == "jsonl" else None
+    features, cost = dataset_features(dataset, model, request["max_length"], settings, store, progress, request, plan)
+    return dataset, model, features, cost
 
 
 def selection_options(
@@ -67,13 +77,6 @@ def selection_options(
 
 
 def stage_results(ids: list[str], job: Job) -> list[dict[str, Any]]:
-    """The results of stage jobs this job waited for (RQ keeps them)."""
-    return [stage.return_value() for stage in Job.fetch_many(ids, job.connection, serializer=JOB_SERIALIZER)]  # type: ignore[union-attr]
-
-
-def shard_summaries(plan: Plan, job_id: str, job: Job) -> list[dict[str, Any]]:
-    stages = Job.fetch_many(plan.shard_ids(job_id), job.connection, serializer=JOB_SERIALIZER)
-    return [
-        {**stage.return_value(), "attempts": stage.meta.get("attempts", 1)}  # type: ignore[union-attr]
-        for stage in stages
-    ]
+    """The results of stage jobs this job waited for (RQ keeps them), each with its `attempts`."""
+    stages = Job.fetch_many(ids, job.connection, serializer=JOB_SERIALIZER)
+    return [stage.return_value() | {"attempts": stage.meta.get("attempts", 1)} for stage in stages]  # type: ignore[union-attr,operator]

@@ -11,8 +11,8 @@ from fishersft.service.protocol import Plan
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
 from fishersft.variants import Compression
-from workers.jobs import JobProgress, dataset_features, dataset_record, embed_part, run_job
-from workers.selection import selection_options
+from workers.jobs import JobProgress, dataset_record, embed_part, run_job
+from workers.selection import request_features, selection_options
 
 
 def run_shard(request: dict[str, Any]) -> dict[str, Any]:
@@ -47,9 +47,7 @@ def _shard(request: dict[str, Any], settings: Settings, store: ArtifactStore, pr
 def _features(
     request: dict[str, Any], settings: Settings, store: ArtifactStore, progress: JobProgress, plan: Plan
 ) -> dict[str, Any]:
-    dataset = dataset_record(store, request["dataset_id"])
-    model = request["model"] if dataset["format"] == "jsonl" else None
-    return dataset_features(dataset, model, request["max_length"], settings, store, progress, request, plan)[1]
+    return request_features(request, settings, store, progress, plan)[3]
 
 
 def _partition(
@@ -60,9 +58,7 @@ def _partition(
     plan: Plan,
     partition: int,
 ) -> dict[str, Any]:
-    dataset = dataset_record(store, request["dataset_id"])
-    model = request["model"] if dataset["format"] == "jsonl" else None
-    features, _ = dataset_features(dataset, model, request["max_length"], settings, store, progress, request, plan)
+    dataset, model, features, _ = request_features(request, settings, store, progress, plan)
     options = selection_options(request, dataset, model, store, progress)
     candidates = partition_candidates(features, plan.partitions, **options)[partition]  # type: ignore[arg-type]
     result = select_features(features, Budget(**request["budget"]), candidates=candidates, **options)
