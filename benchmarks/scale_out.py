@@ -20,7 +20,7 @@ artifact store each run) selecting 20 examples from chatterbot English rows cycl
 default: four shards of 1,024) with the default model at max_length 256; once with sharding off and one worker,
 then sharded with 1, 2 and 4 workers. Wall time from the request to the result; per-shard overhead = (sharded on
 one worker - unsharded on one worker) / shards. Workers share the machine's cores (each gets cores / workers
-torch threads: oversubscribed, two workers with two threads each on 2 cores embedded 2.1x slower than one); on a
+torch threads: oversubscribed, two workers with two threads each on 2 cores embedded 2.2x slower than one); on a
 GPU cluster each has its own device. Writes
 benchmarks/results/scale_out/embedding.json.
 """

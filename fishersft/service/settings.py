@@ -84,7 +84,7 @@ class Settings(BaseSettings):
         None,
         description="Threads torch's CPU kernels use in each worker; default: torch's own (the machine's cores). "
         "On a host running several CPU workers give each its share (cores / workers): two workers on 2 cores "
-        "with both cores each embedded 2.1 times slower than one (README, Scale-out).",
+        "with both cores each embedded 2.2 times slower than one (README, Scale-out).",
     )
 
     @field_validator("shard_examples")
