@@ -134,7 +134,7 @@ class Jobs:
             self.kind.function,
             kwargs=kwargs,
             job_id=job_id,
-            depends_on=plan.waits_for(job_id) if plan else None,
+            depends_on=(plan.waits_for(job_id) if plan else None) or None,
             meta=meta,
             **lasting,
         )
