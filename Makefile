@@ -32,3 +32,6 @@ bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/compression.py
 	$(BIN)/python benchmarks/embedding.py
 	$(BIN)/python benchmarks/api.py
+	$(BIN)/python benchmarks/scale_out.py greedi
+	$(BIN)/python benchmarks/scale_out.py embedding
+	$(BIN)/python benchmarks/scale_out.py overhead
