@@ -2,7 +2,7 @@
 
     python benchmarks/scale_out.py greedi [--n 200000] [--k 2000] [--partitions 2 4 8]
     python benchmarks/scale_out.py embedding [--n 4096] [--workers 1 2 4]
-    python benchmarks/scale_out.py overhead [--n 8192] [--repeats 3]
+    python benchmarks/scale_out.py overhead [--n 8192] [--repeats 9]
 
 GreeDi: synthetic features (benchmarks/synthetic.py) of N examples compressed to rank 16 at 256 dimensions
 (what a 1M-example request gets by default; at N = 200k the default, rank 32 at 576, makes each run several
@@ -251,7 +251,7 @@ def main() -> None:
     e.add_argument("--out", type=Path, default=OUT)
     o = sub.add_parser("overhead")
     o.add_argument("--n", type=int, default=8 * SHARD_EXAMPLES)
-    o.add_argument("--repeats", type=int, default=3)
+    o.add_argument("--repeats", type=int, default=9)
     o.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
