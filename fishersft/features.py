@@ -13,6 +13,7 @@ first (`compress_store`), as the embedder does.
 """
 
 import contextlib
+import functools
 import io
 import itertools
 import json
@@ -63,6 +64,12 @@ class FeatureSet:
     def __post_init__(self) -> None:
         if self.lengths is None:
             self.lengths = np.diff(self.offsets)
+
+    @functools.cached_property
+    def index(self) -> dict[str, int]:
+        """Each example's position by its id as a string (ids may be strings or integers): built once per set, as
+        GreeDi's rounds look ids up again and again."""
+        return {str(i): k for k, i in enumerate(self.ids)}
 
     @property
     def n_tokens(self) -> int:

@@ -176,7 +176,7 @@ def select_features(
     the budget kind's default (see variants.DEFAULT_WEIGHTING)."""
     start = time.perf_counter()
     weighting = weighting or default_weighting("examples" if budget.examples is not None else "tokens")
-    index = {str(i): k for k, i in enumerate(features.ids)}
+    index = features.index
     unknown = [i for i in warm_start_ids if str(i) not in index]
     if unknown:
         raise InputError(f"{len(unknown)} warm-start id(s) not in the dataset", [repr(i) for i in unknown[:20]])
@@ -274,8 +274,7 @@ def select_partitioned(features: FeatureSet, budget: Budget, partitions: int, **
 
 def partition_candidates(features: FeatureSet, partitions: int, **options: Any) -> list[list[int]]:
     """GreeDi's seeded partitions of the examples selection may choose: not the warm start, not `exclude`."""
-    index = {str(i): k for k, i in enumerate(features.ids)}
-    warm = [index[str(i)] for i in options.get("warm_start_ids", ()) if str(i) in index]
+    warm = [features.index[str(i)] for i in options.get("warm_start_ids", ()) if str(i) in features.index]
     return greedi.partition(len(features.ids), partitions, options.get("seed", 0), [*options.get("exclude", ()), *warm])
 
 
@@ -283,8 +282,7 @@ def merge_partitions(features: FeatureSet, budget: Budget, rounds: Sequence[dict
     """GreeDi's last round: greedy over the union of the partitions' picks (`rounds`: their `select_features`
     results, with `candidates` counted and, in the service, the `worker`), or the best partition's own picks when
     they score higher. The result carries `partitions`: m, which answer won, and each round's figures."""
-    index = {str(i): k for k, i in enumerate(features.ids)}
-    union = sorted({index[str(i)] for r in rounds for i in r["selected"]})
+    union = sorted({features.index[str(i)] for r in rounds for i in r["selected"]})
     merged = select_features(features, budget, candidates=union, **options)
     best = max(range(len(rounds)), key=lambda k: rounds[k]["objective"])
     won = rounds[best]["objective"] > merged["objective"]

@@ -53,8 +53,8 @@ def slow_shards(tmp_path_factory):
 
 
 def stages(service, job_id):
-    plan = Plan.of(Job.fetch(job_id, service.redis, serializer=JOB_SERIALIZER).meta["plan"])
-    ids = plan.shard_ids(job_id) + ([plan.features_id(job_id), *plan.partition_ids(job_id)] if plan.partitions else [])
+    meta = Job.fetch(job_id, service.redis, serializer=JOB_SERIALIZER).meta
+    ids = [stage.id for stage in Plan.of(meta["plan"]).stages(job_id, meta["request"])]
     return Job.fetch_many(ids, service.redis, serializer=JOB_SERIALIZER)
 
 
