@@ -15,7 +15,7 @@ from pydantic import (
     model_validator,
 )
 
-from fishersft.groups import MAX_LABEL_VALUES
+from fishersft.data.groups import MAX_LABEL_VALUES
 from fishersft.variants import (
     ALGORITHM_DOC,
     DEFAULT_EPSILON,

@@ -22,8 +22,8 @@ import time
 import httpx
 
 from fishersft.client import ServiceClient
-from fishersft.models import sample_dataset
-from fishersft.redis_server import free_port
+from fishersft.models.registry import sample_dataset
+from fishersft.service.redis_server import free_port
 
 
 async def hammer(url: str, job_id: str, clients: int, requests: int) -> list[float]:

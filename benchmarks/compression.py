@@ -19,9 +19,11 @@ import numpy as np
 import synthetic  # benchmarks/ is on the path of a script run from it
 import torch
 
-from fishersft.corpora import chatterbot, humaneval, write_jsonl
-from fishersft.features import FeatureSet, compress_store, load_features
-from fishersft.models import DEFAULT_MODEL, resolve_model
+from fishersft.data.corpora import chatterbot, humaneval, write_jsonl
+from fishersft.features.files import load_features
+from fishersft.features.set import FeatureSet
+from fishersft.features.store import compress_store
+from fishersft.models.registry import DEFAULT_MODEL, resolve_model
 from fishersft.pipeline import embed_dataset, select_features
 from fishersft.selection import Budget
 from fishersft.variants import COMPRESSION_LADDER, Compression

@@ -22,12 +22,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fishersft import corpora
-from fishersft.dataset import read_jsonl
-from fishersft.embedding import autocast, embed, length_sorted_batches, load_model, pad_batch
-from fishersft.encoding import encode_all
-from fishersft.features import FeatureStoreWriter, load_features
-from fishersft.models import DEFAULT_MODEL, resolve_model
+from fishersft.data import corpora
+from fishersft.data.dataset import read_jsonl
+from fishersft.data.encoding import encode_all
+from fishersft.features.embedding import embed
+from fishersft.features.files import load_features
+from fishersft.features.store import FeatureStoreWriter
+from fishersft.models.forward import length_sorted_batches, pad_batch
+from fishersft.models.loading import autocast, load_model
+from fishersft.models.registry import DEFAULT_MODEL, resolve_model
 from fishersft.selection import Budget, select
 from fishersft.selection.blocks import FeatureBlocks
 from fishersft.selection.logdet import LogDetObjective

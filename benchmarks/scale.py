@@ -27,7 +27,8 @@ import numpy as np
 import synthetic  # benchmarks/ is on the path of a script run from it
 import torch
 
-from fishersft.features import FeatureStoreWriter, load_features
+from fishersft.features.files import load_features
+from fishersft.features.store import FeatureStoreWriter
 from fishersft.selection.blocks import padded_rows
 from fishersft.variants import DEFAULT_SELECTION_MEMORY, Compression, default_compression
 

@@ -38,7 +38,7 @@ from pathlib import Path
 import scale  # benchmarks/ is on the path of a script run from it: scale.py writes the synthetic store
 from redis import Redis
 
-from fishersft.features import load_features
+from fishersft.features.files import load_features
 from fishersft.pipeline import merge_partitions, select_features
 from fishersft.selection import Budget, greedi
 from fishersft.variants import Compression
@@ -137,10 +137,10 @@ def serve_selection(data: Path, workers: int, shard_examples: int, work: Path, m
     (FISHERSFT_TORCH_THREADS = cores / workers; `model`: the default model's name, else the service's default):
     its wall time and result."""
     from fastapi.testclient import TestClient
+    from fishersft.redis_server import RedisServer
     from rq import Worker
 
     from app.main import create_app
-    from fishersft.redis_server import RedisServer
     from fishersft.service.settings import Settings
 
     with RedisServer(work / "redis", persist=False) as redis_server:

@@ -16,11 +16,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fishersft import corpora
-from fishersft.finetuning import compare, plot_curves
-from fishersft.models import DEFAULT_MODEL, resolve_model
+from fishersft.data import corpora
+from fishersft.models.registry import DEFAULT_MODEL, resolve_model
 from fishersft.pipeline import embed_dataset
-from fishersft.training import TrainingSettings
+from fishersft.training.comparison import compare
+from fishersft.training.lora import TrainingSettings
+from fishersft.training.plots import plot_curves
 from fishersft.variants import run_label
 
 

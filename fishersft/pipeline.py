@@ -12,12 +12,15 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from fishersft.dataset import DEFAULT_MAX_LENGTH, Example, ExampleId, iter_examples, read_jsonl
-from fishersft.embedding import Precision, embed, embedding_autocast, load_model, resolve_device
-from fishersft.encoding import Encoded, encode_all
+from fishersft.data.dataset import DEFAULT_MAX_LENGTH, Example, ExampleId, iter_examples, read_jsonl
+from fishersft.data.encoding import Encoded, encode_all
+from fishersft.data.groups import group_coverage, group_field
 from fishersft.errors import InputError
-from fishersft.features import FeatureSet, FeatureStoreWriter, load_features, read_rows
-from fishersft.groups import group_coverage, group_field
+from fishersft.features.embedding import embed
+from fishersft.features.files import load_features
+from fishersft.features.set import FeatureSet, read_rows
+from fishersft.features.store import FeatureStoreWriter
+from fishersft.models.loading import Precision, embedding_autocast, load_model, resolve_device
 from fishersft.selection import Budget, Method, Weighting, greedi
 from fishersft.selection.blocks import FeatureBlocks, chunk_rows, row_ranges
 from fishersft.selection.selector import select_blocks

@@ -6,8 +6,8 @@ from fastapi.testclient import TestClient
 from redis import Redis
 
 from app.main import create_app
+from fishersft.models.tiny import build_tiny_model
 from fishersft.service.settings import Settings
-from fishersft.tiny_model import build_tiny_model
 from tests.service import Service
 
 SAMPLE = Path(__file__).parents[1] / "fishersft" / "data" / "sample.jsonl"

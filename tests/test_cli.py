@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from fishersft.features import load_features
+from fishersft.features.files import load_features
 from tests.conftest import SAMPLE, write_jsonl
 
 

@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from fishersft import pipeline
-from fishersft.compression import low_rank_rows
-from fishersft.features import PROJECTION_FILE, FeatureSet, FeatureStoreWriter, compress_store, load_features
+from fishersft.features.compression import low_rank_rows
+from fishersft.features.files import load_features
+from fishersft.features.set import PROJECTION_FILE, FeatureSet
+from fishersft.features.store import FeatureStoreWriter, compress_store
 from fishersft.pipeline import embed_dataset, select_features
 from fishersft.selection import Budget, select
 from fishersft.selection.selector import stochastic_sample_size
@@ -132,7 +134,7 @@ def test_the_embedder_streams_chunks_to_the_same_store(tmp_path, llama_dir, monk
 
 MEMORY_CHILD = """
 import json, sys
-from fishersft.features import load_features
+from fishersft.features.files import load_features
 from fishersft.pipeline import select_features
 from fishersft.selection import Budget
 

@@ -1,6 +1,6 @@
 import pytest
 
-from fishersft.dataset import read_examples, read_jsonl
+from fishersft.data.dataset import read_examples, read_jsonl
 from fishersft.errors import DatasetError
 from tests.conftest import SAMPLE
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from fishersft.cli import build_parser
-from fishersft.models import DEFAULT_MODEL
+from fishersft.models.registry import DEFAULT_MODEL
 from fishersft.service.settings import Settings
 
 ROOT = Path(__file__).parents[1]

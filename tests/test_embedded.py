@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 
 from fishersft.client import ServiceClient, ServiceError
-from fishersft.models import DEFAULT_MODEL, builtin_model_dir
-from fishersft.redis_server import free_port
+from fishersft.models.registry import DEFAULT_MODEL, builtin_model_dir
+from fishersft.service.redis_server import free_port
 from tests.conftest import SAMPLE
 
 ROW = (

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from fishersft.dataset import read_jsonl
-from fishersft.embedding import load_model, resolve_device
-from fishersft.encoding import encode_all
+from fishersft.data.dataset import read_jsonl
+from fishersft.data.encoding import encode_all
 from fishersft.errors import InputError
+from fishersft.models.loading import load_model, resolve_device
 from fishersft.pipeline import embed_dataset
 from fishersft.variants import Compression
 from tests.conftest import SAMPLE, write_jsonl

@@ -1,8 +1,8 @@
 import pytest
 from transformers import AutoTokenizer
 
-from fishersft.dataset import read_examples
-from fishersft.encoding import encode, encode_all
+from fishersft.data.dataset import read_examples
+from fishersft.data.encoding import encode, encode_all
 from fishersft.errors import DatasetError
 
 

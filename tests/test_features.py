@@ -6,7 +6,9 @@ import torch
 from safetensors.numpy import save_file
 
 from fishersft.errors import InputError
-from fishersft.features import FeaturesError, FeatureSet, FeatureStoreWriter, load_features
+from fishersft.features.files import load_features
+from fishersft.features.set import FeaturesError, FeatureSet
+from fishersft.features.store import FeatureStoreWriter
 from fishersft.pipeline import select_features
 from fishersft.selection import Budget
 from fishersft.variants import Compression

@@ -9,10 +9,10 @@ import pytest
 import torch
 from peft import PeftModel
 
-from fishersft.dataset import read_jsonl
-from fishersft.embedding import load_model
-from fishersft.finetuning import ids_sha256
-from fishersft.holdout import holdout
+from fishersft.data.dataset import read_jsonl
+from fishersft.data.holdout import holdout
+from fishersft.models.loading import load_model
+from fishersft.training.evaluation import ids_sha256
 from tests.conftest import write_jsonl
 
 WORDS = ["red", "green", "blue", "cat", "dog", "fish", "one", "two", "three", "sun", "moon", "star"]

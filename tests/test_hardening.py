@@ -14,7 +14,7 @@ from rq.serializers import JSONSerializer
 
 from app.main import create_app
 from app.routes import datasets
-from fishersft.redis_server import RedisServer
+from fishersft.service.redis_server import RedisServer
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
 from tests.conftest import SAMPLE

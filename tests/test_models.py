@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from fishersft.errors import InputError
-from fishersft.models import BUILTIN_MODELS, BuiltinModel, builtin_model_dir, model_dim, resolve_model
+from fishersft.models.registry import BUILTIN_MODELS, BuiltinModel, builtin_model_dir, model_dim, resolve_model
 from fishersft.service.settings import Settings
 
 

@@ -11,13 +11,15 @@ from collections import Counter
 import pytest
 import torch
 
-from fishersft import corpora
-from fishersft.dataset import read_jsonl
-from fishersft.embedding import embed, load_model
-from fishersft.encoding import encode_all
+from fishersft.data import corpora
+from fishersft.data.dataset import read_jsonl
+from fishersft.data.encoding import encode_all
 from fishersft.errors import InputError
-from fishersft.features import FeatureStoreWriter, load_features
-from fishersft.models import DEFAULT_MODEL, builtin_model_dir, model_dim
+from fishersft.features.embedding import embed
+from fishersft.features.files import load_features
+from fishersft.features.store import FeatureStoreWriter
+from fishersft.models.loading import load_model
+from fishersft.models.registry import DEFAULT_MODEL, builtin_model_dir, model_dim
 from fishersft.variants import Compression
 
 ENGLISH_CATEGORIES = 21

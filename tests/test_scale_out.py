@@ -13,7 +13,7 @@ from rq.job import Job, JobStatus
 
 from app.main import create_app
 from fishersft.errors import InputError
-from fishersft.features import load_features
+from fishersft.features.files import load_features
 from fishersft.pipeline import embed_dataset, select_features
 from fishersft.selection import Budget
 from fishersft.service.protocol import JOB_SERIALIZER, Plan

@@ -10,7 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from fishersft.features import compress_store, load_features
+from fishersft.features.files import load_features
+from fishersft.features.store import compress_store
 from fishersft.pipeline import embed_dataset, select_features
 from fishersft.selection import Budget
 from fishersft.service.settings import Settings

@@ -7,11 +7,11 @@ import pytest
 import torch
 from peft import PeftModel
 
-from fishersft.dataset import read_examples
-from fishersft.embedding import load_model
-from fishersft.encoding import encode_all
-from fishersft.holdout import holdout
-from fishersft.training import (
+from fishersft.data.dataset import read_examples
+from fishersft.data.encoding import encode_all
+from fishersft.data.holdout import holdout
+from fishersft.models.loading import load_model
+from fishersft.training.lora import (
     LoraSettings,
     TrainingSettings,
     example_losses,

@@ -15,16 +15,18 @@ from typing import Any
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from fishersft.dataset import Example
-from fishersft.embedding import resolve_device
-from fishersft.encoding import Encoded
-from fishersft.finetuning import HeldOut, compare, finetune, held_out_file, held_out_split, ids_sha256, plot_curves
+from fishersft.data.dataset import Example
+from fishersft.data.encoding import Encoded
+from fishersft.models.loading import resolve_device
 from fishersft.pipeline import encode_file, select_features
 from fishersft.selection import Budget
 from fishersft.service.protocol import JobInputError
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
-from fishersft.training import LoraSettings, TrainingSettings, save_adapter
+from fishersft.training.comparison import compare
+from fishersft.training.evaluation import HeldOut, finetune, held_out_file, held_out_split, ids_sha256
+from fishersft.training.lora import LoraSettings, TrainingSettings, save_adapter
+from fishersft.training.plots import plot_curves
 from workers.jobs import JobProgress, dataset_features, dataset_record, run_job
 
 STEP_EVENTS = 50

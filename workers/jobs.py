@@ -20,10 +20,12 @@ from redis import Redis
 from rq import get_current_job
 from rq.job import Job
 
-from fishersft.embedding import load_model
 from fishersft.errors import InputError
-from fishersft.features import FeatureSet, assemble_store, compress_store, load_features
-from fishersft.models import model_dim
+from fishersft.features.files import load_features
+from fishersft.features.set import FeatureSet
+from fishersft.features.store import assemble_store, compress_store
+from fishersft.models.loading import load_model
+from fishersft.models.registry import model_dim
 from fishersft.pipeline import embed_dataset
 from fishersft.service.protocol import JobCancelled, JobInputError, Plan, alive_key, cancel_key
 from fishersft.service.settings import Settings

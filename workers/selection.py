@@ -9,8 +9,8 @@ from typing import Any
 
 from rq.job import Job
 
-from fishersft.dataset import read_labels
-from fishersft.features import FeatureSet
+from fishersft.data.dataset import read_labels
+from fishersft.features.set import FeatureSet
 from fishersft.pipeline import merge_partitions, select_features
 from fishersft.selection import Budget
 from fishersft.service.protocol import JOB_SERIALIZER, Plan

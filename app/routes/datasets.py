@@ -12,10 +12,10 @@ from app import deps
 from app.caller import Datasets
 from app.errors import ApiError, documented, shown
 from app.schemas import Dataset, Page, Text
-from fishersft.dataset import iter_examples
+from fishersft.data.dataset import iter_examples
+from fishersft.data.groups import LabelCounter
 from fishersft.errors import DatasetError, InputError, LineError
-from fishersft.features import load_features
-from fishersft.groups import LabelCounter
+from fishersft.features.files import load_features
 from fishersft.service.protocol import ID_HEX
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore

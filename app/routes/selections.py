@@ -12,8 +12,8 @@ from app.errors import ApiError, documented, invalid, shown
 from app.jobs import SELECTIONS, Jobs
 from app.routes.jobs import IdempotencyKey, create_job, found, job_router
 from app.schemas import ExampleId, Selection, SelectionCreate
-from fishersft.dataset import DEFAULT_MAX_LENGTH, read_ids
-from fishersft.features import load_features
+from fishersft.data.dataset import DEFAULT_MAX_LENGTH, read_ids
+from fishersft.features.files import load_features
 from fishersft.service.protocol import Plan, shard_ranges
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore

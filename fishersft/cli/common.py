@@ -9,7 +9,7 @@ from pathlib import Path
 from fishersft.errors import InputError
 from fishersft.pipeline import Progress
 from fishersft.selection import Budget
-from fishersft.training import DEFAULT_LORA, DEFAULT_TRAINING, LoraSettings, TrainingSettings
+from fishersft.training.lora import DEFAULT_LORA, DEFAULT_TRAINING, LoraSettings, TrainingSettings
 
 
 def positive_int(text: str) -> int:

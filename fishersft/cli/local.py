@@ -6,7 +6,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from fishersft import corpora
 from fishersft.cli.common import (
     ProgressBars,
     add_server_arguments,
@@ -21,10 +20,20 @@ from fishersft.cli.common import (
 )
 from fishersft.cli.remote import run_remote_compare, run_remote_select
 from fishersft.client import ServiceClient
-from fishersft.dataset import DEFAULT_MAX_LENGTH, read_labels
+from fishersft.data import corpora
+from fishersft.data.dataset import DEFAULT_MAX_LENGTH, read_labels
 from fishersft.errors import InputError
-from fishersft.features import FeatureSet, compress_store, is_features_path, load_features
-from fishersft.models import BUILTIN_MODELS, DEFAULT_MODEL, builtin_model_dir, model_dim, prepared_dir, resolve_model
+from fishersft.features.files import is_features_path, load_features
+from fishersft.features.set import FeatureSet
+from fishersft.features.store import compress_store
+from fishersft.models.registry import (
+    BUILTIN_MODELS,
+    DEFAULT_MODEL,
+    builtin_model_dir,
+    model_dim,
+    prepared_dir,
+    resolve_model,
+)
 from fishersft.pipeline import count_lines, embed_dataset, select_features, select_partitioned
 from fishersft.variants import DEFAULT_EPSILON, PROJECTIONS, WEIGHTINGS, Compression, resolve_compression, run_label
 

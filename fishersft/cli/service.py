@@ -7,9 +7,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from fishersft import corpora
 from fishersft.cli.common import ProgressBars, positive_int
 from fishersft.client import ServiceClient
+from fishersft.data import corpora
 from fishersft.errors import InputError
 from fishersft.service.settings import Settings
 

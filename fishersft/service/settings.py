@@ -9,7 +9,7 @@ from pydantic import AliasChoices, Field, NonNegativeInt, PositiveInt, Validatio
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fishersft.errors import InputError
-from fishersft.models import (
+from fishersft.models.registry import (
     BUILTIN_MODELS,
     DEFAULT_MODEL,
     builtin_model_dir,

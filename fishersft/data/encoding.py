@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from fishersft.dataset import Example
+from fishersft.data.dataset import Example
 from fishersft.errors import DatasetError, LineError
 
 Piece = tuple[str | list[int], bool]

@@ -15,10 +15,10 @@ from types import TracebackType
 import uvicorn
 
 from app.main import create_app
-from fishersft.redis_server import RedisServer
+from fishersft.service.redis_server import RedisServer
 from fishersft.service.settings import Settings
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 RESTART_BACKOFF_S = 5.0
 """A slot whose worker died is refilled at most this often (a worker that cannot start does not spin)."""
 

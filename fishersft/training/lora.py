@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from fishersft.embedding import Precision, autocast, embedding_autocast, length_sorted_batches, pre_logits
-from fishersft.encoding import Encoded
+from fishersft.data.encoding import Encoded
+from fishersft.models.forward import length_sorted_batches, pre_logits
+from fishersft.models.loading import Precision, autocast, embedding_autocast
 
 
 @dataclass(frozen=True)

@@ -1,155 +1,31 @@
-"""Fine-tune on a subset and judge it on held-out examples; compare a fisher subset with random ones.
+"""Compare fisher subsets with seeded random ones: each fine-tuned identically from the same base model and
+judged on one held-out set, at equal examples and at equal loss tokens."""
 
-Shared by the CLI and the workers. The data is encoded once (the same encoding, truncation and loss positions as
-the selection); a held-out set is drawn before selection, stratified by a label such as `category`, and is
-never selected nor trained on. Every run starts from a fresh copy of the base model, with identical settings.
-"""
-
-import hashlib
-import json
-import math
 import statistics
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoTokenizer
 
-from fishersft.dataset import Example, ExampleId
-from fishersft.embedding import load_model
-from fishersft.encoding import Encoded
-from fishersft.features import FeatureSet
-from fishersft.groups import group_coverage
-from fishersft.holdout import holdout
+from fishersft.data.dataset import Example
+from fishersft.data.encoding import Encoded
+from fishersft.data.groups import group_coverage
+from fishersft.features.set import FeatureSet
 from fishersft.pipeline import Progress, encode_file, feature_blocks
 from fishersft.selection import Budget, Method, Weighting
 from fishersft.selection.selector import select_blocks
-from fishersft.training import (
+from fishersft.training.evaluation import finetune, held_out_file, held_out_split, ids_sha256
+from fishersft.training.lora import (
     DEFAULT_LORA,
     DEFAULT_TRAINING,
     LoraSettings,
-    Trained,
     TrainingSettings,
-    example_losses,
-    train_lora,
 )
-from fishersft.variants import run_label
-
-MAX_CURVE_POINTS = 200
-"""Training losses kept per run: every step up to this many, else evenly sampled (last step included)."""
-
-
-@dataclass
-class HeldOut:
-    encoded: list[Encoded]
-    groups: list[str | None]
-    """Each held-out example's group (its stratification label), for the worst-group loss."""
-
-    @property
-    def n_loss_tokens(self) -> int:
-        return sum(len(e.targets) for e in self.encoded)
-
-    def evaluate_base(self, model_dir: Path, device: torch.device) -> dict[str, Any]:
-        """`evaluate` on a fresh float32 copy of the base model: the `before` of every run on it."""
-        return self.evaluate(load_model(model_dir, device, dtype=torch.float32)[0])
-
-    def evaluate(self, model: torch.nn.Module) -> dict[str, Any]:
-        """Mean loss per loss token overall and per group, perplexity, and the worst group."""
-        sums = example_losses(model, self.encoded)
-        counts = torch.tensor([len(e.targets) for e in self.encoded], dtype=torch.float64)
-        loss = float(sums.sum() / counts.sum())
-        by_group: dict[str, float] = {}
-        for group in sorted({g for g in self.groups if g is not None}):
-            members = torch.tensor([g == group for g in self.groups])
-            by_group[group] = float(sums[members].sum() / counts[members].sum())
-        worst = max(by_group, key=by_group.__getitem__) if by_group else None
-        return {
-            "loss": loss,
-            "perplexity": math.exp(loss),
-            "by_group": by_group,
-            "worst_group": {"group": worst, "loss": by_group[worst]} if worst else None,
-        }
-
-
-def held_out_split(
-    examples: Sequence[Example],
-    encoded: Sequence[Encoded],
-    fraction: float,
-    stratify_by: str,
-    taken: Collection[int] = (),
-) -> tuple[HeldOut, list[int]]:
-    """A stratified `fraction` of the examples not in `taken` (a selection made earlier), seeded, and their
-    indices: exclude these from any selection."""
-    taken = set(taken)
-    pool = [i for i in range(len(examples)) if i not in taken]
-    held = [pool[j] for j in holdout([examples[i].labels.get(stratify_by) for i in pool], fraction)]
-    if not held:
-        raise ValueError(f"a held-out fraction of {fraction} leaves no example to evaluate on")
-    return HeldOut([encoded[i] for i in held], [examples[i].labels.get(stratify_by) for i in held]), held
-
-
-def held_out_file(data: Path, tokenizer: PreTrainedTokenizerBase, max_length: int, stratify_by: str) -> HeldOut:
-    """A separate JSONL dataset as the held-out set."""
-    examples, encoded = encode_file(data, tokenizer, max_length)
-    return HeldOut(encoded, [e.labels.get(stratify_by) for e in examples])
-
-
-def ids_sha256(ids: Sequence[ExampleId]) -> str:
-    """A fingerprint of a subset: SHA-256 of its ids, one a line, sorted as strings."""
-    return hashlib.sha256("".join(f"{i}\n" for i in sorted(map(str, ids))).encode()).hexdigest()
-
-
-def sampled_losses(losses: list[float]) -> list[list[float]]:
-    """[step, loss] pairs, at most MAX_CURVE_POINTS of them, always including the last step."""
-    steps = np.unique(np.linspace(1, len(losses), min(len(losses), MAX_CURVE_POINTS)).round().astype(int))
-    return [[int(s), losses[s - 1]] for s in steps]
-
-
-def finetune(
-    model_dir: Path,
-    train: Sequence[Encoded],
-    held_out: HeldOut | None,
-    lora: LoraSettings,
-    training: TrainingSettings,
-    *,
-    device: torch.device,
-    before: dict[str, Any] | None = None,
-    eval_points: int = 4,
-    on_step: Callable[[int, int, float], None] | None = None,
-) -> tuple[Trained, dict[str, Any]]:
-    """Train LoRA on `train` from a fresh float32 copy of the base model; `before` is the base model's held-out
-    evaluation (measured once by the caller). Returns the trained model and the run's JSON result."""
-    model, _ = load_model(model_dir, device, dtype=torch.float32)
-    last: dict[str, Any] = {}
-
-    def evaluate(m: torch.nn.Module) -> float:
-        last.update(held_out.evaluate(m))  # type: ignore[union-attr]
-        return last["loss"]
-
-    started = time.perf_counter()
-    trained = train_lora(
-        model, train, lora, training, evaluate=evaluate if held_out else None, eval_points=eval_points, on_step=on_step
-    )
-    result: dict[str, Any] = {
-        "steps": trained.steps,
-        "train_loss": sampled_losses(trained.train_loss),
-        "eval": None,
-        "timings": {"train_s": time.perf_counter() - started},
-    }
-    if held_out:
-        curve = ([[0, before["loss"]]] if before else []) + [[s, v] for s, v in trained.eval_loss]
-        result["eval"] = {
-            "n_examples": len(held_out.encoded),
-            "n_loss_tokens": held_out.n_loss_tokens,
-            "before": before,
-            "after": dict(last),
-            "curve": curve,
-        }
-    return trained, result
 
 
 @dataclass(frozen=True)
@@ -240,35 +116,6 @@ def summarize(rows: Sequence[dict]) -> dict[str, Any]:
 
 def _spread(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.mean(values), "min": min(values), "max": max(values)}
-
-
-def plot_curves(rows: Sequence[dict], out: Path, title: str) -> Path:
-    """Held-out loss against training step, one line per run, a panel per budget kind (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    kinds = [k for k in ("examples", "tokens") if any(r["budget_kind"] == k for r in rows)]
-    figure, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 4.2), squeeze=False, sharey=True)
-    for axis, kind in zip(axes[0], kinds, strict=True):
-        random_runs = [r for r in rows if r["method"] == "random"]
-        for row in [r for r in rows if r["budget_kind"] == kind] + (random_runs if kind == "tokens" else []):
-            steps, losses = zip(*row["curve"], strict=True)
-            label = f"{run_label(row)}: {row['examples']} ex, {row['loss_tokens']:,} tok"
-            style = {"linewidth": 2.2} if row["method"] == "fisher" else {"alpha": 0.6, "linestyle": "--"}
-            axis.plot(steps, losses, marker="o", markersize=3, label=label, **style)
-        budget = next(r["budget"] for r in rows if r["budget_kind"] == kind)
-        axis.set_title(f"equal {kind}: {json.dumps(budget)}")
-        axis.set_xlabel("training step")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
-    axes[0][0].set_ylabel("held-out loss per loss token")
-    figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
-    figure.savefig(out, dpi=110)
-    plt.close(figure)
-    return out
 
 
 def compare(

@@ -1,0 +1,38 @@
+"""Pre-logit embeddings: the final hidden state (after the model's final norm, the input of the LM head) at the
+positions that predict loss tokens.
+
+Only the model's body runs (`model.base_model`): the LM head, a d x vocabulary product at every position, is not
+needed for the features and would dominate the cost for large vocabularies. Examples are batched in order of
+length so padding stays small, and rows go to the features store's writer (which compresses them) as soon as a
+batch is done.
+"""
+
+from collections.abc import Callable, Sequence
+
+import torch
+from transformers import PreTrainedModel
+
+from fishersft.data.encoding import Encoded
+from fishersft.features.store import FeatureStoreWriter
+from fishersft.models.forward import length_sorted_batches, pre_logits
+
+
+@torch.inference_mode()
+def embed(
+    model: PreTrainedModel,
+    encoded: Sequence[Encoded],
+    writer: FeatureStoreWriter,
+    batch_size: int,
+    on_batch: Callable[[int], None] | None = None,
+    dtype: torch.dtype | None = None,
+    first: int = 0,
+) -> None:
+    """Give `writer` the pre-logit vectors of every example's targets, `encoded[k]` being example `first + k`;
+    `on_batch(examples done)`. The forward pass runs under `autocast(dtype)`."""
+    done = 0
+    for batch in length_sorted_batches(encoded, batch_size):
+        vectors = pre_logits(model, encoded, batch, dtype)[0]
+        writer.write([first + i for i in batch], vectors.split([len(encoded[i].targets) for i in batch]))
+        done += len(batch)
+        if on_batch:
+            on_batch(done)

@@ -1,0 +1,142 @@
+"""Reading feature files: a features store, or an uploaded `.npz` / `.safetensors` (untrusted: validated)."""
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+
+from fishersft.data.dataset import ExampleId
+from fishersft.features.set import (
+    FEATURE_SUFFIXES,
+    FEATURES_FILE,
+    IDS_FILE,
+    LENGTHS_FILE,
+    MEANS_FILE,
+    META_FILE,
+    OFFSETS_FILE,
+    FeaturesError,
+    FeatureSet,
+)
+
+
+def is_features_path(path: str | Path) -> bool:
+    path = Path(path)
+    return path.suffix in FEATURE_SUFFIXES or (path / FEATURES_FILE).exists()
+
+
+def load_features(path: str | Path, suffix: str | None = None) -> FeatureSet:
+    """Load and validate a features store, `.npz` or `.safetensors` file; `suffix` names the format of a file
+    whose name does not end in it (a content-addressed blob)."""
+    path = Path(path)
+    if not path.exists():
+        raise FeaturesError(f"no such file or directory: {path}")
+    suffix = suffix or path.suffix
+    try:
+        if path.is_dir():
+            features = np.load(path / FEATURES_FILE, mmap_mode="r")
+            offsets = np.load(path / OFFSETS_FILE)
+            ids = json.loads((path / IDS_FILE).read_text())
+            if (path / LENGTHS_FILE).exists():  # a compressed store
+                store = validate(features, offsets, ids, path.name)
+                store.lengths = np.load(path / LENGTHS_FILE)
+                store.means = np.load(path / MEANS_FILE, mmap_mode="r")
+                store.meta = store_meta(path)
+                if len(store.lengths) != len(ids) or (store.lengths < np.diff(offsets)).any():
+                    raise FeaturesError(f"{path.name}: lengths.npy does not match the rows")
+                return store
+        elif suffix == ".npz":
+            _check_inflation(path)
+            with np.load(path, allow_pickle=False) as data:
+                missing = {"features", "offsets"} - set(data.files)
+                if missing:
+                    raise FeaturesError(f"{path.name}: missing array(s) {', '.join(sorted(missing))}")
+                features, offsets = data["features"], data["offsets"]
+                ids = data["ids"].tolist() if "ids" in data.files else None
+        elif suffix == ".safetensors":
+            features, offsets, ids = _read_safetensors(path)
+        else:
+            raise FeaturesError(f"{path.name}: expected a features directory, .npz or .safetensors file")
+    except FeaturesError:
+        raise
+    except (OSError, ValueError, KeyError, SafetensorError) as e:
+        raise FeaturesError(f"{path.name}: cannot read features ({e})") from None
+    return validate(features, offsets, ids, path.name)
+
+
+NPZ_SMALL_BYTES = 64 << 20
+
+
+NPZ_MAX_INFLATION = 10
+"""An .npz whose arrays take more than 64 MiB must not take more than 10 times its compressed size: float16
+features barely compress, so anything far above is a decompression bomb, refused before it is inflated."""
+
+
+def _check_inflation(path: Path) -> None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            inflated = sum(info.file_size for info in archive.infolist())
+    except zipfile.BadZipFile as e:
+        raise FeaturesError(f"{path.name}: not an .npz archive ({e})") from None
+    if inflated > max(NPZ_SMALL_BYTES, NPZ_MAX_INFLATION * path.stat().st_size):
+        raise FeaturesError(
+            f"{path.name}: its arrays inflate to {inflated:,} bytes, {inflated / path.stat().st_size:.0f} times "
+            f"the file; more than {NPZ_MAX_INFLATION} times is refused (features barely compress)"
+        )
+
+
+def _read_safetensors(path: Path) -> tuple[np.ndarray, np.ndarray, list[ExampleId] | None]:
+    with safe_open(str(path), framework="np") as f:
+        keys = set(f.keys())
+        missing = {"features", "offsets"} - keys
+        if missing:
+            raise FeaturesError(f"{path.name}: missing tensor(s) {', '.join(sorted(missing))}")
+        ids = f.get_tensor("ids").tolist() if "ids" in keys else None
+        metadata = f.metadata() or {}
+        if ids is None and "ids" in metadata:
+            ids = json.loads(metadata["ids"])
+        return f.get_tensor("features"), f.get_tensor("offsets"), ids
+
+
+FINITE_CHECK_ROWS = 1 << 14
+
+
+def validate(features: np.ndarray, offsets: np.ndarray, ids: list | None, name: str) -> FeatureSet:
+    def fail(message: str) -> FeaturesError:
+        return FeaturesError(f"{name}: {message}")
+
+    if features.ndim != 2 or not np.issubdtype(features.dtype, np.floating):
+        raise fail(f"`features` must be a 2-D float array [tokens x d], got {features.dtype} {features.shape}")
+    if offsets.ndim != 1 or not np.issubdtype(offsets.dtype, np.integer) or len(offsets) < 2:
+        raise fail(f"`offsets` must be a 1-D integer array [N+1], got {offsets.dtype} {offsets.shape}")
+    offsets = offsets.astype(np.int64)
+    lengths = np.diff(offsets)
+    if offsets[0] != 0 or offsets[-1] != len(features):
+        raise fail(
+            f"`offsets` must start at 0 and end at the number of rows ({len(features)}), "
+            f"got {offsets[0]} ... {offsets[-1]}"
+        )
+    if (lengths <= 0).any():
+        raise fail(f"example {int(np.argmax(lengths <= 0))} has no rows: offsets must strictly increase")
+    if not isinstance(features, np.memmap):  # a store's rows were checked as they were written
+        for start in range(0, len(features), FINITE_CHECK_ROWS):
+            if not np.isfinite(features[start : start + FINITE_CHECK_ROWS]).all():
+                raise fail(f"`features` has NaN or infinite values (rows {start} to {start + FINITE_CHECK_ROWS})")
+    n = len(lengths)
+    if ids is None:
+        ids = list(range(n))
+    if len(ids) != n:
+        raise fail(f"{len(ids)} ids for {n} examples")
+    if any(isinstance(i, bool) or not isinstance(i, str | int) for i in ids):
+        raise fail("ids must be strings or integers")
+    if len({str(i) for i in ids}) != n:
+        raise fail("ids are not unique")
+    return FeatureSet(features, offsets, list(ids))
+
+
+def store_meta(directory: Path) -> dict[str, Any]:
+    """What the embedder recorded beside a features store (e.g. `truncated`); {} for stores without it."""
+    path = directory / META_FILE
+    return json.loads(path.read_text()) if path.exists() else {}

@@ -1,0 +1,114 @@
+"""A features set: one flat [rows x d] array, `offsets` [N+1] (example i owns rows
+offsets[i]:offsets[i+1]), the example ids and, for a compressed store, loss tokens and means per example."""
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from fishersft.data.dataset import ExampleId
+from fishersft.errors import InputError
+from fishersft.selection.blocks import chunk_rows, row_ranges
+from fishersft.variants import Compression
+
+FEATURES_FILE, OFFSETS_FILE, IDS_FILE, META_FILE = "features.npy", "offsets.npy", "ids.json", "meta.json"
+
+
+LENGTHS_FILE, MEANS_FILE, PROJECTION_FILE, GRAM_FILE = "lengths.npy", "means.npy", "projection.npy", "gram.npy"
+
+
+STAGING_FILE, STAGING_MEANS_FILE = "staging.npy", "staging-means.npy"
+
+
+FEATURE_SUFFIXES = (".npz", ".safetensors")
+
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+class FeaturesError(InputError):
+    pass
+
+
+@dataclass
+class FeatureSet:
+    features: np.ndarray
+    """[rows x d], any float dtype; memory-mapped for a features store."""
+    offsets: np.ndarray
+    """int64 [N+1]: example i owns rows offsets[i]:offsets[i+1]."""
+    ids: list[ExampleId]
+    lengths: np.ndarray | None = None
+    """int64 [N]: loss tokens per example (the rows of a compressed store are fewer); None: offsets.diff()."""
+    means: np.ndarray | None = None
+    """[N x d]: each example's mean feature (a compressed store keeps it; its rows cannot give it back)."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """What the writer recorded: `compression`, `truncated`, `max_length`."""
+
+    def __post_init__(self) -> None:
+        if self.lengths is None:
+            self.lengths = np.diff(self.offsets)
+
+    @functools.cached_property
+    def index(self) -> dict[str, int]:
+        """Each example's position by its id as a string (ids may be strings or integers): built once per set, as
+        GreeDi's rounds look ids up again and again."""
+        return {str(i): k for k, i in enumerate(self.ids)}
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.lengths.sum())  # type: ignore[union-attr]
+
+    @property
+    def compression(self) -> Compression | None:
+        """How the rows were compressed; None for raw features (every loss token's row)."""
+        recorded = self.meta.get("compression")
+        if recorded is None:
+            return None
+        return Compression.of(recorded)
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        return read_rows(self.features, start, stop)
+
+    def subset(self, indices: Sequence[int]) -> "FeatureSet":
+        """The examples `indices` (ascending) as an in-memory FeatureSet: their rows, read a chunk of the file at a
+        time, so memory holds the subset, not the whole store (GreeDi's partitions)."""
+        keep = np.asarray(indices, dtype=np.int64)
+        if len(keep) and (np.diff(keep) <= 0).any():
+            raise ValueError("subset indices must be ascending and distinct")
+        counts = np.diff(self.offsets)[keep]
+        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        rows = np.empty((int(offsets[-1]), self.features.shape[1]), self.features.dtype)
+        max_rows = chunk_rows(self.features.shape[1], self.features.dtype.itemsize)
+        for first, last in row_ranges(torch.from_numpy(self.offsets), max_rows):
+            lo, hi = np.searchsorted(keep, [first, last])
+            if lo == hi:
+                continue
+            base = int(self.offsets[first])
+            chunk = self.read_rows(base, int(self.offsets[last]))
+            taken = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in keep[lo:hi]]) - base
+            rows[offsets[lo] : offsets[hi]] = chunk[taken]
+        means = None if self.means is None else np.asarray(self.means[keep])
+        ids = [self.ids[i] for i in keep]
+        return FeatureSet(rows, offsets, ids, self.lengths[keep], means, dict(self.meta))  # type: ignore[index]
+
+    def mean_rows(self) -> np.ndarray:
+        """[N x d] each example's mean feature: kept by a compressed store, computed for raw features."""
+        if self.means is not None:
+            return self.means
+        if self.compression is not None:
+            raise FeaturesError("this compressed store has no means.npy")
+        sums = np.add.reduceat(np.asarray(self.features, dtype=np.float32), self.offsets[:-1], axis=0)
+        return sums / self.lengths[:, None]  # type: ignore[index]
+
+
+def read_rows(array: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Rows start:stop of a 2-D array as a fresh array. From a memory-mapped file they are read from the file:
+    pages of the map would stay mapped and count against the process (a 1M-example store is many GiB)."""
+    if isinstance(array, np.memmap) and array.filename:
+        dim = array.shape[1]
+        offset = array.offset + start * dim * array.itemsize
+        return np.fromfile(array.filename, array.dtype, (stop - start) * dim, offset=offset).reshape(-1, dim)
+    return np.array(array[start:stop])

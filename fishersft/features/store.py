@@ -1,0 +1,240 @@
+"""The compressed features store: written by the embedder (or from an uploaded file) a chunk at a time,
+assembled from shards' parts, renamed into place when complete."""
+
+import contextlib
+import io
+import itertools
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fishersft.data.dataset import ExampleId
+from fishersft.features.compression import compress_examples, gaussian_projection, principal_projection
+from fishersft.features.files import load_features
+from fishersft.features.set import (
+    FEATURES_FILE,
+    FLOAT16_MAX,
+    GRAM_FILE,
+    IDS_FILE,
+    LENGTHS_FILE,
+    MEANS_FILE,
+    META_FILE,
+    OFFSETS_FILE,
+    PROJECTION_FILE,
+    STAGING_FILE,
+    STAGING_MEANS_FILE,
+    FeaturesError,
+    FeatureSet,
+    read_rows,
+)
+from fishersft.selection.blocks import row_ranges
+from fishersft.variants import Compression
+
+
+class RowFile:
+    """A 2-D float16 .npy file that grows by rows, written and read with pwrite/pread: no memory map, so neither
+    a writer's nor a reader's memory grows with the file. The header's shape is written by `finish()`."""
+
+    def __init__(self, path: Path, dim: int) -> None:
+        self.path, self.dim, self.rows = path, dim, 0
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        self.offset = len(self._header())
+
+    def _header(self) -> bytes:
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(
+            header, {"descr": "<f2", "fortran_order": False, "shape": (self.rows, self.dim)}
+        )
+        return header.getvalue()
+
+    def write(self, row: int, rows: np.ndarray) -> None:
+        os.pwrite(self.fd, np.ascontiguousarray(rows, dtype=np.float16).data, self.offset + row * self.dim * 2)
+        self.rows = max(self.rows, row + len(rows))
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        data = bytearray((stop - start) * self.dim * 2)  # writable, unlike pread's bytes
+        os.preadv(self.fd, [data], self.offset + start * self.dim * 2)
+        return np.frombuffer(data, np.float16).reshape(stop - start, self.dim)
+
+    def finish(self, rows: int) -> None:
+        """Fix the file at `rows` rows and write its header."""
+        self.rows = rows
+        header = self._header()
+        assert len(header) == self.offset, "the .npy header changed size"
+        os.pwrite(self.fd, header, 0)
+        os.ftruncate(self.fd, self.offset + rows * self.dim * 2)
+        os.close(self.fd)
+
+
+class FeatureStoreWriter:
+    """Writes a compressed features store into a partial directory of its own and renames it to `directory` on
+    `commit()`, so a store that exists is always complete, and writers of the same store never share files.
+
+    Examples are announced with `add()` (ids and loss tokens, in dataset order, a chunk at a time), then their
+    rows given to `write()` in any order: every loss token's row, of which the store keeps each example's mean
+    and at most `compression.rank` rows (see fishersft.compression), projected to `compression.dim`
+    dimensions. A seeded Gaussian projection is applied as rows arrive; principal directions need the total
+    Gram of every row first, so rows are staged in full dimension and projected in one pass over the staged
+    file at `commit()`. Rows go to files as they come: memory grows only by an id and two integers an example.
+
+    `part=True` writes one shard's part of a store instead (see `assemble_store`): rows that principal directions
+    will project stay in full dimension, and the part keeps their Gram (gram.npy) for the total.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        source_dim: int,
+        compression: Compression,
+        meta: dict[str, Any] | None = None,
+        part: bool = False,
+    ) -> None:
+        self.directory = Path(directory)
+        self.partial = self.directory.with_name(f"{self.directory.name}.{uuid.uuid4().hex[:12]}.partial")
+        self.partial.mkdir(parents=True)
+        self.compression, self.source_dim = compression, source_dim
+        self.meta = meta or {}
+        self.ids: list[ExampleId] = []
+        self.lengths: list[int] = []
+        self.offsets: list[int] = [0]
+        self.dim = compression.output_dim(source_dim)
+        self.projection: torch.Tensor | None = None
+        self.gram: torch.Tensor | None = None
+        staged = compression.projects(source_dim) and compression.projection == "principal"
+        if staged:
+            self.gram = torch.zeros(source_dim, source_dim, dtype=torch.float64)
+        elif compression.projects(source_dim):
+            self.projection = gaussian_projection(source_dim, self.dim, compression.seed).to(torch.float32)
+        self.part = part
+        stage_dim = source_dim if staged else self.dim
+        projected_later = staged and not part
+        rows_name, means_name = (STAGING_FILE, STAGING_MEANS_FILE) if projected_later else (FEATURES_FILE, MEANS_FILE)
+        self.rows = RowFile(self.partial / rows_name, stage_dim)
+        self.means = RowFile(self.partial / means_name, stage_dim)
+
+    def add(self, ids: Sequence[ExampleId], lengths: Sequence[int]) -> None:
+        """The next examples: their ids and loss tokens (rows to come)."""
+        self.ids.extend(ids)
+        for n in lengths:
+            self.lengths.append(int(n))
+            self.offsets.append(self.offsets[-1] + min(int(n), self.compression.rank))
+
+    def write(self, indices: Sequence[int], examples: Sequence[torch.Tensor]) -> None:
+        """Every loss token's row [n_i x source_dim] of the examples `indices` (added before), on any device."""
+        if self.gram is not None:
+            rows = torch.cat(list(examples)).to(torch.float32)
+            self.gram += (rows.T @ rows).to(torch.float64).cpu()
+        means = torch.stack([x.to(torch.float32).mean(0) for x in examples])
+        projection = None if self.projection is None else self.projection.to(means.device)
+        if projection is not None:
+            means = means @ projection
+        compressed = compress_examples([x.to(torch.float32) for x in examples], self.compression.rank, projection)
+        for i, rows, mean in zip(indices, compressed, means.cpu().numpy(), strict=True):
+            if not bool((rows.abs() <= FLOAT16_MAX).all()):  # NaN compares false too
+                raise FeaturesError(f"example {i}: its features are not finite, or beyond float16's range")
+            self.rows.write(self.offsets[i], rows.cpu().numpy())
+            self.means.write(i, mean[None])
+
+    def commit(self) -> Path:
+        """Project staged rows (principal directions) and move the finished store into place. If another writer
+        put the same store there first (two jobs embedding one dataset at once), keep theirs: it is complete and
+        may be in use."""
+        if self.gram is not None and self.part:
+            np.save(self.partial / GRAM_FILE, self.gram.numpy())
+        elif self.gram is not None:
+            self._project_staged()
+        self.rows.finish(self.offsets[-1])
+        self.means.finish(len(self.ids))
+        np.save(self.partial / OFFSETS_FILE, np.asarray(self.offsets, dtype=np.int64))
+        np.save(self.partial / LENGTHS_FILE, np.asarray(self.lengths, dtype=np.int64))
+        (self.partial / IDS_FILE).write_text(json.dumps(self.ids))
+        recorded = {**self.compression.as_dict(), "source_dim": self.source_dim, "dim": self.dim}
+        (self.partial / META_FILE).write_text(json.dumps({**self.meta, "compression": recorded}))
+        try:
+            os.rename(self.partial, self.directory)
+        except OSError:
+            if not (self.directory / FEATURES_FILE).exists():
+                raise
+            shutil.rmtree(self.partial, ignore_errors=True)
+        return self.directory
+
+    def append(self, part: FeatureSet, gram: torch.Tensor | None) -> None:
+        """The next examples: a part written with `part=True` (its rows in this writer's staging dimension), and
+        its Gram when this writer projects onto principal directions."""
+        first = len(self.ids)
+        self.add(part.ids, part.lengths.tolist())  # type: ignore[union-attr]
+        for a, b in row_ranges(torch.from_numpy(part.offsets), STAGED_CHUNK_ROWS):
+            self.rows.write(self.offsets[first + a], part.read_rows(int(part.offsets[a]), int(part.offsets[b])))
+        for a in range(0, len(part.ids), STAGED_CHUNK_ROWS):
+            self.means.write(first + a, read_rows(part.means, a, min(len(part.ids), a + STAGED_CHUNK_ROWS)))  # type: ignore[arg-type]
+        if self.gram is not None:
+            self.gram += gram  # type: ignore[operator]
+
+    def _project_staged(self) -> None:
+        """Rows and means onto the top principal directions of the total Gram, a chunk at a time."""
+        projection = principal_projection(self.gram, self.dim).to(torch.float32)  # type: ignore[arg-type]
+        np.save(self.partial / PROJECTION_FILE, projection.numpy())
+        self.rows = self._projected(self.rows, self.offsets[-1], FEATURES_FILE, projection)
+        self.means = self._projected(self.means, len(self.ids), MEANS_FILE, projection)
+
+    def _projected(self, staged: RowFile, n: int, name: str, projection: torch.Tensor) -> RowFile:
+        out = RowFile(self.partial / name, self.dim)
+        for start in range(0, n, STAGED_CHUNK_ROWS):
+            stop = min(n, start + STAGED_CHUNK_ROWS)
+            out.write(start, (torch.from_numpy(staged.read(start, stop)).float() @ projection).numpy())
+        staged.finish(0)
+        staged.path.unlink()
+        return out
+
+    def abort(self) -> None:
+        for file in (self.rows, self.means):
+            with contextlib.suppress(OSError):
+                os.close(file.fd)
+        shutil.rmtree(self.partial, ignore_errors=True)
+
+
+STAGED_CHUNK_ROWS = 1 << 16
+
+
+def assemble_store(parts: Sequence[Path], directory: str | Path) -> FeatureSet:
+    """The store at `directory` made of `parts` (written with `FeatureStoreWriter(part=True)` over consecutive
+    examples, in order): rows and means are copied, or projected onto the principal directions of the parts'
+    total Gram. Parts embedded in the same chunks as one writer would make the same files byte for byte, except
+    for principal projections, whose Gram is summed in another order (equal to rounding)."""
+    loaded = [load_features(p) for p in parts]
+    recorded = loaded[0].meta["compression"]
+    meta = {k: v for k, v in loaded[0].meta.items() if k not in ("compression", "truncated")}
+    writer = FeatureStoreWriter(directory, recorded["source_dim"], loaded[0].compression, meta)  # type: ignore[arg-type]
+    try:
+        for path, part in zip(parts, loaded, strict=True):
+            gram = path / GRAM_FILE
+            writer.append(part, torch.from_numpy(np.load(gram)) if gram.exists() else None)
+        writer.meta["truncated"] = sum(part.meta.get("truncated", 0) for part in loaded)
+        return load_features(writer.commit())
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def compress_store(features: FeatureSet, directory: str | Path, compression: Compression) -> FeatureSet:
+    """Write raw `features` (every loss token's row: an uploaded file) as a compressed store at `directory`,
+    reading a chunk of examples at a time."""
+    offsets = torch.from_numpy(features.offsets)
+    writer = FeatureStoreWriter(directory, features.features.shape[1], compression)
+    writer.add(features.ids, np.diff(features.offsets).tolist())
+    try:
+        for first, last in row_ranges(offsets, STAGED_CHUNK_ROWS):
+            rows = torch.from_numpy(features.read_rows(int(offsets[first]), int(offsets[last])))
+            local = (offsets[first : last + 1] - offsets[first]).tolist()
+            writer.write(range(first, last), [rows[a:b] for a, b in itertools.pairwise(local)])
+    except BaseException:
+        writer.abort()
+        raise
+    return load_features(writer.commit())
