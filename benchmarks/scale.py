@@ -142,7 +142,7 @@ def selection_rows(sizes: list[int], work: Path, limit_s: float) -> list[dict]:
 
 
 def embedding_child(data: str, out: str) -> None:
-    from fishersft.models import resolve_model
+    from fishersft.models.registry import resolve_model
     from fishersft.pipeline import embed_dataset
 
     start = time.perf_counter()
@@ -153,7 +153,7 @@ def embedding_child(data: str, out: str) -> None:
 
 
 def embedding_rows(work: Path) -> list[dict]:
-    from fishersft.corpora import chatterbot
+    from fishersft.data.corpora import chatterbot
 
     base = chatterbot(["english"])
     rows = []

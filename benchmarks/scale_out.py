@@ -137,7 +137,7 @@ def serve_selection(data: Path, workers: int, shard_examples: int, work: Path, m
     (FISHERSFT_TORCH_THREADS = cores / workers; `model`: the default model's name, else the service's default):
     its wall time and result."""
     from fastapi.testclient import TestClient
-    from fishersft.redis_server import RedisServer
+    from fishersft.service.redis_server import RedisServer
     from rq import Worker
 
     from app.main import create_app
@@ -177,7 +177,7 @@ def serve_selection(data: Path, workers: int, shard_examples: int, work: Path, m
 
 
 def embedding_rows(n: int, worker_counts: list[int], work: Path) -> dict:
-    from fishersft.corpora import chatterbot
+    from fishersft.data.corpora import chatterbot
 
     base = chatterbot(["english"])
     data = work / "chat.jsonl"
@@ -214,7 +214,7 @@ def overhead_rows(n: int, repeats: int, work: Path) -> dict:
     """What a shard costs beyond its embedding: the same selection with the tiny built-in model (fast, so the
     difference is not lost in the embedding's own variation) unsharded and in n / 1,024 shards, on one worker,
     `repeats` times each, alternating."""
-    from fishersft.corpora import chatterbot
+    from fishersft.data.corpora import chatterbot
 
     base = chatterbot(["english"])
     data = work / "chat.jsonl"

@@ -142,7 +142,8 @@ def compare_command(args: argparse.Namespace) -> None:
         return
     if args.wait:
         raise InputError("--wait is for --server; a local comparison always waits")
-    from fishersft.finetuning import compare, plot_curves
+    from fishersft.training.comparison import compare
+    from fishersft.training.plots import plot_curves
 
     model = args.model or DEFAULT_MODEL
     model_dir = resolve_model(model)

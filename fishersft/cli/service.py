@@ -19,8 +19,8 @@ def demo_command(args: argparse.Namespace) -> None:
     English, embedded by the default model, selected five ways: under an example budget fisher with its default
     weighting, fisher with the paper's, and random; under the loss-token budget the random subset used, fisher
     (default weighting) and random."""
-    from fishersft.embedded import EmbeddedService
-    from fishersft.redis_server import free_port
+    from fishersft.cli.embedded import EmbeddedService
+    from fishersft.service.redis_server import free_port
 
     rows = corpora.chatterbot(["english"])
     category = {row["id"]: row["category"] for row in rows}
@@ -83,7 +83,7 @@ def demo_command(args: argparse.Namespace) -> None:
 
 
 def serve_command(args: argparse.Namespace) -> None:
-    from fishersft.embedded import EmbeddedService, exit_on_sigterm
+    from fishersft.cli.embedded import EmbeddedService, exit_on_sigterm
 
     exit_on_sigterm()
     with EmbeddedService(Settings.from_env(), host=args.host, port=args.port, workers=args.workers) as service:

@@ -58,7 +58,7 @@ def _convert_smollm2(out: Path) -> None:
 
 
 def _build_tiny_llama(out: Path) -> None:
-    from fishersft.tiny_model import build_tiny_model
+    from fishersft.models.tiny import build_tiny_model
 
     rows = [json.loads(line) for line in sample_dataset().read_text().splitlines()]
     build_tiny_model(out, [r["prompt"] + " " + r["response"] for r in rows], arch="llama")
