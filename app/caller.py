@@ -3,8 +3,8 @@
 import hashlib
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any
 
+from fishersft.contract.datasets import DatasetRecord
 from fishersft.service.store import ArtifactStore
 
 
@@ -35,24 +35,20 @@ class Datasets:
     def __init__(self, store: ArtifactStore, caller: Caller) -> None:
         self.store, self.caller = store, caller
 
-    def get(self, dataset_id: str) -> dict[str, Any] | None:
+    def get(self, dataset_id: str) -> DatasetRecord | None:
         record = self.store.dataset(dataset_id)
         return record if record is not None and self.caller.sees(self.store.owners(dataset_id)) else None
 
-    def all(self) -> list[dict[str, Any]]:
-        return [r for r in self.store.datasets() if self.caller.sees(self.store.owners(r["id"]))]
+    def all(self) -> list[DatasetRecord]:
+        return [r for r in self.store.datasets() if self.caller.sees(self.store.owners(r.id))]
 
     def claim(self, dataset_id: str) -> None:
         """The caller uploaded this dataset (maybe again, maybe after another key): it may see it from now on."""
         if self.caller.owner is not None:
             self.store.add_owner(dataset_id, self.caller.owner)
 
-    def delete(self, record: dict[str, Any]) -> None:
+    def delete(self, record: DatasetRecord) -> None:
         """An admin (or an open service) deletes the dataset; a key gives up its claim, and the dataset goes when
         no key holds it any more."""
-        if (
-            self.caller.owner is None
-            or self.caller.admin
-            or not self.store.remove_owner(record["id"], self.caller.owner)
-        ):
+        if self.caller.owner is None or self.caller.admin or not self.store.remove_owner(record.id, self.caller.owner):
             self.store.delete_dataset(record)

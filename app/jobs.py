@@ -24,18 +24,10 @@ from rq.job import Job, JobStatus
 from rq.registry import DeferredJobRegistry, FailedJobRegistry, StartedJobRegistry
 
 from app.caller import OPEN, Caller
-from app.schemas import (
-    Comparison,
-    ComparisonResult,
-    Event,
-    Finetune,
-    FinetuneResult,
-    JobBody,
-    JobError,
-    Progress,
-    Selection,
-    SelectionResult,
-)
+from fishersft.contract.comparison import ComparisonResult
+from fishersft.contract.jobs import Comparison, Event, Finetune, JobBody, JobError, Progress, Selection
+from fishersft.contract.selection import SelectionResult
+from fishersft.contract.training import FinetuneResult
 from fishersft.service.protocol import (
     ID_HEX,
     JOB_SERIALIZER,
@@ -182,7 +174,7 @@ class Jobs:
             finished_at=_utc(job.ended_at),
             progress=Progress(**progress) if progress else None,
             error=self._error(job, meta) if state == "failed" else None,
-            result=self.kind.result(**result["result"]) if result else None,
+            result=self.kind.result.model_validate(result.result) if result else None,
             request=meta["request"],
             attempts=meta.get("attempts", 1),
         )
@@ -192,11 +184,7 @@ class Jobs:
         caller may not see the job or it does not exist."""
         saved = self.store.result(job_id) if is_id(job_id, self.kind.prefix) else None
         if saved is not None:
-            return (
-                [Event(**e) for e in saved.get("events", [])]
-                if self.caller.sees({saved.get("owner")} - {None})
-                else None
-            )
+            return saved.events if self.caller.sees({saved.owner} - {None}) else None
         job = self._fetch(job_id)
         return [Event(**e) for e in job.meta.get("events", [])] if job else None
 
@@ -316,19 +304,19 @@ class Jobs:
     def _from_store(self, job_id: str) -> JobBody | None:
         """A job Redis no longer knows (expired or lost), from its saved result."""
         saved = self.store.result(job_id)
-        if saved is None or not self.caller.sees({saved.get("owner")} - {None}):
+        if saved is None or not self.caller.sees({saved.owner} - {None}):
             return None
         return self.kind.body(
             id=job_id,
             status="succeeded",
-            created_at=saved["created_at"],
-            started_at=saved["started_at"],
-            finished_at=saved["finished_at"],
+            created_at=saved.created_at,
+            started_at=saved.started_at,
+            finished_at=saved.finished_at,
             progress=None,
             error=None,
-            result=self.kind.result(**saved["result"]),
-            request=saved["request"],
-            attempts=saved.get("attempts", 1),
+            result=self.kind.result.model_validate(saved.result),
+            request=saved.request,
+            attempts=saved.attempts,
         )
 
 

@@ -19,14 +19,14 @@ import numpy as np
 import synthetic  # benchmarks/ is on the path of a script run from it
 import torch
 
+from fishersft.contract.compression import COMPRESSION_LADDER, Compression
+from fishersft.contract.selection import Budget, SelectionOptions, SelectionResult
 from fishersft.data.corpora import chatterbot, humaneval, write_jsonl
 from fishersft.features.files import load_features
 from fishersft.features.set import FeatureSet
 from fishersft.features.store import compress_store
 from fishersft.models.registry import DEFAULT_MODEL, resolve_model
 from fishersft.pipeline import embed_dataset, select_features
-from fishersft.selection import Budget
-from fishersft.variants import COMPRESSION_LADDER, Compression
 
 OUT = Path(__file__).parent / "results" / "compression"
 UNCOMPRESSED = Compression(rank=1 << 30)
@@ -66,7 +66,7 @@ def measure(name: str, raw: FeatureSet, work: Path, k: int, configs: list[Compre
     settings = settings[:1] if hard_only else settings
     rows = []
     for weighting, budget in settings:
-        full = select_features(reference, budget, weighting=weighting)
+        full = select_features(reference, SelectionOptions(budget=budget, weighting=weighting))
         best = full_objective(raw, _indices(raw, full), weighting)
         for config in configs:
             if weighting == "mean" and not config.projects(raw.features.shape[1]) and config.rank != configs[0].rank:
@@ -74,17 +74,17 @@ def measure(name: str, raw: FeatureSet, work: Path, k: int, configs: list[Compre
             start = time.perf_counter()
             store = compress_store(raw, work / f"{name}-{len(rows)}", config)
             compress_s = time.perf_counter() - start
-            chosen = select_features(store, budget, weighting=weighting)
+            chosen = select_features(store, SelectionOptions(budget=budget, weighting=weighting))
             ratio = full_objective(raw, _indices(raw, chosen), weighting) / best
             rows.append(
                 {
                     "dataset": name,
                     "n": len(raw.ids),
                     "weighting": weighting,
-                    "budget": budget.as_dict(),
-                    **config.as_dict(),
+                    "budget": budget.model_dump(),
+                    **config.model_dump(),
                     "ratio": ratio,
-                    "same_picks": sorted(chosen["selected"], key=str) == sorted(full["selected"], key=str),
+                    "same_picks": sorted(chosen.selected, key=str) == sorted(full.selected, key=str),
                     "store_bytes": int(store.features.nbytes),
                     "full_bytes": int(raw.features.shape[0] * raw.features.shape[1] * 2),
                     "compress_s": compress_s,
@@ -94,9 +94,9 @@ def measure(name: str, raw: FeatureSet, work: Path, k: int, configs: list[Compre
     return rows
 
 
-def _indices(raw: FeatureSet, result: dict) -> list[int]:
+def _indices(raw: FeatureSet, result: SelectionResult) -> list[int]:
     position = {str(i): k for k, i in enumerate(raw.ids)}
-    return [position[str(i)] for i in result["selected"]]
+    return [position[str(i)] for i in result.selected]
 
 
 def table(rows: list[dict]) -> str:

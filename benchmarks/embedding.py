@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fishersft.contract.compression import Compression
+from fishersft.contract.selection import Budget
 from fishersft.data import corpora
 from fishersft.data.dataset import read_jsonl
 from fishersft.data.encoding import encode_all
@@ -31,10 +33,9 @@ from fishersft.features.store import FeatureStoreWriter
 from fishersft.models.forward import length_sorted_batches, pad_batch
 from fishersft.models.loading import autocast, load_model
 from fishersft.models.registry import DEFAULT_MODEL, resolve_model
-from fishersft.selection import Budget, select
+from fishersft.selection import select
 from fishersft.selection.blocks import FeatureBlocks
 from fishersft.selection.logdet import LogDetObjective
-from fishersft.variants import Compression
 
 PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 
@@ -103,7 +104,7 @@ def main() -> None:
                 p: select(torch.from_numpy(np.asarray(f.features, dtype=np.float32)), offsets, budget).indices
                 for p, f in features.items()
             }
-            agreement[json.dumps(budget.as_dict())] = {
+            agreement[json.dumps(budget.model_dump())] = {
                 "overlap": len(set(picks["float32"]) & set(picks["bfloat16"])),
                 "selected": {p: len(v) for p, v in picks.items()},
                 "objective_on_float32_features": {p: objective_on(exact, offsets, v) for p, v in picks.items()},

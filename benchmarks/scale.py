@@ -4,7 +4,7 @@
 
 Selection: synthetic features shaped like the default model's after the compression a request of that size gets
 by default (SmolLM2-135M's d = 576 and spectrum, log-normal loss tokens per example with median 40, at most
-`rank` rows per example in `dim` dimensions; benchmarks/synthetic.py, variants.default_compression), written as
+`rank` rows per example in `dim` dimensions; benchmarks/synthetic.py, contract.compression.default_compression), written as
 a features store, K = 1% of N. Each
 algorithm runs in a fresh process: wall time of `select_features` (reading the store included), peak RSS of the
 process, gain evaluations, and the objective relative to lazy greedy's. The peak is compared with the formula
@@ -27,10 +27,10 @@ import numpy as np
 import synthetic  # benchmarks/ is on the path of a script run from it
 import torch
 
+from fishersft.contract.compression import DEFAULT_SELECTION_MEMORY, Compression, default_compression
 from fishersft.features.files import load_features
 from fishersft.features.store import FeatureStoreWriter
 from fishersft.selection.blocks import padded_rows
-from fishersft.variants import DEFAULT_SELECTION_MEMORY, Compression, default_compression
 
 OUT = Path(__file__).parent / "results" / "scale"
 SOURCE_DIM = 576
@@ -74,8 +74,8 @@ def peak_rss() -> int:
 
 
 def child(store: str, algorithm: str, k: int) -> None:
+    from fishersft.contract.selection import Budget, SelectionOptions
     from fishersft.pipeline import select_features
-    from fishersft.selection import Budget
 
     features = load_features(store)
     base = peak_rss()
@@ -86,12 +86,15 @@ def child(store: str, algorithm: str, k: int) -> None:
             print(json.dumps({"picks": done, "elapsed_s": time.perf_counter() - start}), file=sys.stderr, flush=True)
 
     result = select_features(
-        features, Budget(examples=k), weighting="tokens", algorithm=algorithm, device="cpu", progress=progress
+        features,
+        SelectionOptions(budget=Budget(examples=k), weighting="tokens", algorithm=algorithm),
+        device="cpu",
+        progress=progress,
     )
     seconds = time.perf_counter() - start
     peak = peak_rss()
-    report = {"wall_s": seconds, "peak_rss": peak, "base_rss": base, "evaluations": result["gain_evaluations"]}
-    print(json.dumps({**report, "objective": result["objective"], "picks": len(result["selected"])}))
+    report = {"wall_s": seconds, "peak_rss": peak, "base_rss": base, "evaluations": result.gain_evaluations}
+    print(json.dumps({**report, "objective": result.objective, "picks": len(result.selected)}))
 
 
 def run_child(*args: str, limit_s: float | None = None) -> dict:

@@ -38,10 +38,11 @@ from pathlib import Path
 import scale  # benchmarks/ is on the path of a script run from it: scale.py writes the synthetic store
 from redis import Redis
 
+from fishersft.contract.compression import Compression
+from fishersft.contract.selection import Budget, SelectionOptions
 from fishersft.features.files import load_features
-from fishersft.pipeline import merge_partitions, select_features
-from fishersft.selection import Budget, greedi
-from fishersft.variants import Compression
+from fishersft.pipeline import PartitionPicks, merge_partitions, select_features
+from fishersft.selection import greedi
 
 ROOT = Path(__file__).parents[1]
 OUT = Path(__file__).parent / "results" / "scale_out"
@@ -54,33 +55,35 @@ def greedi_rows(n: int, k: int, partitions: list[int], work: Path) -> dict:
     features = load_features(scale.write_synthetic_store(work / "store", n, compression=GREEDI_COMPRESSION))
     print(f"store written in {time.perf_counter() - start:.0f} s", flush=True)
     budget = Budget(examples=k)
-    options = {"weighting": "tokens"}  # the paper's objective over the compressed rows, as benchmarks/scale.py
-    random_ = select_features(features, budget, method="random", **options)["objective"]
+    # the paper's objective over the compressed rows, as benchmarks/scale.py
+    options = SelectionOptions(budget=budget, weighting="tokens")
+    random_ = select_features(features, options.model_copy(update={"method": "random"})).objective
     start = time.perf_counter()
-    central = select_features(features, budget, **options)
+    central = select_features(features, options)
     central_s = time.perf_counter() - start
-    print(f"centralized: {central_s:.0f} s, f = {central['objective']:.1f}, random f = {random_:.1f}", flush=True)
+    print(f"centralized: {central_s:.0f} s, f = {central.objective:.1f}, random f = {random_:.1f}", flush=True)
     rows = []
     for m in partitions:
-        rounds = []
+        rounds, walls = [], []
         for part in greedi.partition(n, m, seed=0):
             started = time.perf_counter()
-            picked = select_features(features, budget, candidates=part, **options)
-            rounds.append(picked | {"candidates": len(part), "wall_s": time.perf_counter() - started})
+            rounds.append(PartitionPicks.of(select_features(features, options, candidates=part), len(part), None))
+            walls.append(time.perf_counter() - started)
         started = time.perf_counter()
-        merged = merge_partitions(features, budget, rounds, **options)
+        merged = merge_partitions(features, options, rounds)
         merge_s = time.perf_counter() - started
-        slowest = max(r["wall_s"] for r in rounds)
+        slowest = max(walls)
+        assert merged.partitions is not None
         rows.append(
             {
                 "m": m,
-                "objective": merged["objective"],
-                "ratio": merged["objective"] / central["objective"],
-                "lead_kept": (merged["objective"] - random_) / (central["objective"] - random_),
-                "answer": merged["partitions"]["answer"],
-                "union": merged["partitions"]["union"],
-                "same_picks": len(set(merged["selected"]) & set(central["selected"])),
-                "partition_wall_s": [r["wall_s"] for r in rounds],
+                "objective": merged.objective,
+                "ratio": merged.objective / central.objective,
+                "lead_kept": (merged.objective - random_) / (central.objective - random_),
+                "answer": merged.partitions.answer,
+                "union": merged.partitions.union,
+                "same_picks": len(set(merged.selected) & set(central.selected)),
+                "partition_wall_s": walls,
                 "merge_s": merge_s,
                 "wall_on_m_workers_s": slowest + merge_s,
                 "speedup": central_s / (slowest + merge_s),
@@ -92,7 +95,7 @@ def greedi_rows(n: int, k: int, partitions: list[int], work: Path) -> dict:
         "k": k,
         "compression": features.meta["compression"],
         "centralized": {
-            "objective": central["objective"],
+            "objective": central.objective,
             "wall_s": central_s,
             "evaluations": central["gain_evaluations"],
         },
@@ -137,10 +140,10 @@ def serve_selection(data: Path, workers: int, shard_examples: int, work: Path, m
     (FISHERSFT_TORCH_THREADS = cores / workers; `model`: the default model's name, else the service's default):
     its wall time and result."""
     from fastapi.testclient import TestClient
-    from fishersft.service.redis_server import RedisServer
     from rq import Worker
 
     from app.main import create_app
+    from fishersft.service.redis_server import RedisServer
     from fishersft.service.settings import Settings
 
     with RedisServer(work / "redis", persist=False) as redis_server:

@@ -17,7 +17,8 @@ import time
 
 import torch
 
-from fishersft.selection import Budget, select
+from fishersft.contract.selection import Budget
+from fishersft.selection import select
 
 
 def clustered(n: int, tokens: int, d: int, g: torch.Generator) -> torch.Tensor:

@@ -3,7 +3,7 @@ LoRA on the default model and judged on one held-out set per dataset, at equal e
 
     python benchmarks/study.py [--only english,humaneval,...] [--out benchmarks/results/study]
 
-Each dataset runs `fishersft.finetuning.compare`, the function behind POST /v1/comparisons and `fishersft
+Each dataset runs `fishersft.training.comparison.compare`, the function behind POST /v1/comparisons and `fishersft
 compare`, with weightings tokens (the paper's), examples (1/n_i) and mean (mean-pooled, rank 1): per dataset a
 `comparison.json` and `comparison.png`; then `study.json` (the table) and `study.png` (held-out loss per variant
 against the random spread, overall and worst group). A dataset whose comparison.json exists is not run again.
@@ -16,13 +16,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fishersft.contract.comparison import ComparisonRun
+from fishersft.contract.training import EvalRequest, TrainingConfig
 from fishersft.data import corpora
 from fishersft.models.registry import DEFAULT_MODEL, resolve_model
 from fishersft.pipeline import embed_dataset
 from fishersft.training.comparison import compare
-from fishersft.training.lora import TrainingSettings
 from fishersft.training.plots import plot_curves
-from fishersft.variants import run_label
 
 
 @dataclass(frozen=True)
@@ -67,22 +67,26 @@ def run_study(study: Study, out: Path, model: str) -> dict:
         data = Path(tmp) / f"{study.name}.jsonl"
         corpora.write_jsonl(study.rows(), data)
         embedding = embed_dataset(data, model_dir, Path(tmp) / "features")
-        result = compare(
+        compared = compare(
             data,
             model_dir,
+            model,
             study.budget,
             embedding.features,
-            holdout_fraction=HOLDOUT,
-            stratify_by=study.stratify_by,
+            evaluation=EvalRequest(holdout_fraction=HOLDOUT, stratify_by=study.stratify_by),
             weightings=WEIGHTINGS,
-            training=TrainingSettings(epochs=study.epochs),
+            training=TrainingConfig(epochs=study.epochs),
             eval_points=study.eval_points,
         )
-    result = {"dataset": study.title, "model": model, "budget": {"examples": study.budget}, **result}
-    result["timings"]["embed_s"] = embedding.seconds
+    compared.timings["embed_s"] = embedding.seconds
+    plot_curves(compared.runs, out / "comparison.png", f"{study.title}, {model}")
+    result = {"dataset": study.title, **compared.model_dump(mode="json", by_alias=True)}
     (out / "comparison.json").write_text(json.dumps(result, indent=1) + "\n")
-    plot_curves(result["runs"], out / "comparison.png", f"{study.title}, {model}")
     return result
+
+
+def label(row: dict) -> str:
+    return ComparisonRun.model_validate(row).label
 
 
 def table(results: dict[str, dict]) -> list[dict]:
@@ -90,7 +94,7 @@ def table(results: dict[str, dict]) -> list[dict]:
     return [
         {
             "dataset": name,
-            "run": run_label(r),
+            "run": label(r),
             "budget_kind": r["budget_kind"],
             "examples": r["examples"],
             "loss_tokens": r["loss_tokens"],
@@ -131,7 +135,7 @@ def markdown(results: dict[str, dict]) -> str:
                 continue
             budget = " ".join(f"{v:,} {k}" for k, v in r["budget"].items())
             lines.append(
-                f"| | {run_label(r)} | {budget} | {r['examples']} | {r['loss_tokens']:,} | {r['length_ratio']:.2f} "
+                f"| | {label(r)} | {budget} | {r['examples']} | {r['loss_tokens']:,} | {r['length_ratio']:.2f} "
                 f"| {r['groups']['covered']}/{r['groups']['total']} | {r['loss_after']:.3f} "
                 f"| {r['worst_group']['loss']:.3f} ({r['worst_group']['group']}) |"
             )

@@ -10,14 +10,15 @@ import pytest
 import torch
 
 from fishersft import pipeline
+from fishersft.contract.compression import Compression, default_compression, resolve_compression
+from fishersft.contract.selection import Budget, SelectionOptions
 from fishersft.features.compression import low_rank_rows
 from fishersft.features.files import load_features
 from fishersft.features.set import PROJECTION_FILE, FeatureSet
 from fishersft.features.store import FeatureStoreWriter, compress_store
 from fishersft.pipeline import embed_dataset, select_features
-from fishersft.selection import Budget, select
+from fishersft.selection import select
 from fishersft.selection.selector import stochastic_sample_size
-from fishersft.variants import Compression, default_compression, resolve_compression
 from tests.conftest import SAMPLE
 
 
@@ -38,12 +39,18 @@ def test_compression_is_exact_when_no_example_has_more_rows_than_the_rank(tmp_pa
     store = compress_store(raw, tmp_path / "store", Compression(rank=10))
     assert np.array_equal(np.asarray(store.features), raw.features)  # the very rows, bit for bit
     assert store.offsets.tolist() == raw.offsets.tolist() and store.ids == raw.ids
-    chosen = select_features(store, budget, weighting=weighting)
+    chosen = select_features(store, SelectionOptions(budget=budget, weighting=weighting))
     before = select(torch.from_numpy(raw.features).float(), torch.from_numpy(raw.offsets), budget, weighting=weighting)
-    assert chosen["selected"] == [raw.ids[i] for i in before.indices]
+    assert chosen.selected == [raw.ids[i] for i in before.indices]
     # the store keeps means as float16, like its rows; the in-memory path averages in float32
-    assert chosen["objective"] == pytest.approx(before.objective, rel=1e-4 if weighting == "mean" else 1e-6)
-    assert chosen["compression"] == {"rank": 10, "dim": 16, "projection": "principal", "seed": 0, "source_dim": 16}
+    assert chosen.objective == pytest.approx(before.objective, rel=1e-4 if weighting == "mean" else 1e-6)
+    assert chosen.compression.model_dump() == {
+        "rank": 10,
+        "dim": 16,
+        "projection": "principal",
+        "seed": 0,
+        "source_dim": 16,
+    }
 
 
 @pytest.mark.parametrize(("n", "d"), [(30, 12), (20, 8)])  # fewer dimensions than rows, and more
@@ -81,7 +88,7 @@ def test_projections_are_seeded_and_recorded(tmp_path):
     other = compress_store(raw, tmp_path / "c", Compression(rank=6, dim=5, projection="gaussian", seed=2))
     assert first.features.shape[1] == 5
     assert np.array_equal(first.features, again.features) and not np.array_equal(first.features, other.features)
-    assert first.meta["compression"] == {**gaussian.as_dict(), "source_dim": 16}
+    assert first.meta["compression"] == {**gaussian.model_dump(), "source_dim": 16}
     assert load_features(tmp_path / "a").compression == gaussian
     principal = compress_store(raw, tmp_path / "p", Compression(rank=6, dim=5))
     projection = torch.from_numpy(np.load(tmp_path / "p" / PROJECTION_FILE)).double()
@@ -93,8 +100,8 @@ def test_projections_are_seeded_and_recorded(tmp_path):
     means = torch.from_numpy(np.array(principal.means)).double()
     raw_means = torch.from_numpy(raw.mean_rows()).double()
     torch.testing.assert_close(means, raw_means @ projection, atol=5e-3, rtol=5e-3)
-    result = select_features(principal, Budget(examples=3))
-    assert result["dim"] == 5 and result["compression"]["projection"] == "principal"
+    result = select_features(principal, SelectionOptions(budget=Budget(examples=3)))
+    assert result.dim == 5 and result.compression is not None and result.compression.projection == "principal"
 
 
 def test_stochastic_greedy_is_seeded_close_to_lazy_and_evaluates_fewer_gains():
@@ -136,7 +143,7 @@ MEMORY_CHILD = """
 import json, sys
 from fishersft.features.files import load_features
 from fishersft.pipeline import select_features
-from fishersft.selection import Budget
+from fishersft.contract.selection import Budget, SelectionOptions
 
 def peak():  # VmHWM: this process's own peak (ru_maxrss would carry over the parent's across exec)
     line = next(x for x in open("/proc/self/status") if x.startswith("VmHWM:"))
@@ -144,8 +151,8 @@ def peak():  # VmHWM: this process's own peak (ru_maxrss would carry over the pa
 
 store = load_features(sys.argv[1])
 before = peak()
-result = select_features(store, Budget(examples=3), weighting="tokens", device="cpu")
-print(json.dumps({"before": before, "after": peak(), "selected": result["selected"]}))
+result = select_features(store, SelectionOptions(budget=Budget(examples=3), weighting="tokens"), device="cpu")
+print(json.dumps({"before": before, "after": peak(), "selected": result.selected}))
 """
 
 
@@ -178,5 +185,7 @@ def test_the_default_compression_is_the_most_faithful_that_fits_the_memory():
     assert default_compression(10**9, 576) == Compression(rank=8, dim=128)  # the last step, whatever the size
     # a request's own fields win; the ones it leaves out come from the size
     assert resolve_compression(8, None, "principal", 1_000, 576) == Compression(rank=8)
-    assert resolve_compression(None, 100, "gaussian", 1_000, 576) == Compression(64, 100, "gaussian")
-    assert resolve_compression(None, None, "principal", 1_000_000, 576) == Compression(16, 256)
+    assert resolve_compression(None, 100, "gaussian", 1_000, 576) == Compression(
+        rank=64, dim=100, projection="gaussian"
+    )
+    assert resolve_compression(None, None, "principal", 1_000_000, 576) == Compression(rank=16, dim=256)

@@ -3,12 +3,12 @@
 import pytest
 import torch
 
+from fishersft.contract.compression import Compression
 from fishersft.data.dataset import read_jsonl
 from fishersft.data.encoding import encode_all
 from fishersft.errors import InputError
 from fishersft.models.loading import load_model, resolve_device
 from fishersft.pipeline import embed_dataset
-from fishersft.variants import Compression
 from tests.conftest import SAMPLE, write_jsonl
 
 

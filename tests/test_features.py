@@ -5,13 +5,13 @@ import pytest
 import torch
 from safetensors.numpy import save_file
 
+from fishersft.contract.compression import Compression
+from fishersft.contract.selection import Budget, SelectionOptions
 from fishersft.errors import InputError
 from fishersft.features.files import load_features
 from fishersft.features.set import FeaturesError, FeatureSet
 from fishersft.features.store import FeatureStoreWriter
 from fishersft.pipeline import select_features
-from fishersft.selection import Budget
-from fishersft.variants import Compression
 
 EXACT = Compression(rank=1 << 20)
 
@@ -110,16 +110,20 @@ def test_length_ratio_and_the_long_examples_warning():
     lengths = [1, 1, 1, 1, 20]
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     features = FeatureSet(rng.standard_normal((24, 8)).astype(np.float32), offsets, ["a", "b", "c", "d", "long"])
-    by_examples = select_features(features, Budget(examples=1), weighting="tokens")  # the paper's
-    assert by_examples["selected"] == ["long"] and by_examples["weighting"] == "tokens"
-    assert by_examples["length_ratio"] == pytest.approx(20 / 4.8)
-    assert len(by_examples["warnings"]) == 1 and "4.2x the loss tokens" in by_examples["warnings"][0]
-    assert select_features(features, Budget(examples=1))["weighting"] == "mean"  # the example budget's default
-    by_tokens = select_features(features, Budget(tokens=4))
-    assert by_tokens["weighting"] == "tokens"  # the token budget's default
-    assert by_tokens["length_ratio"] == pytest.approx(1 / 4.8) and by_tokens["warnings"] == []
-    short = select_features(features, Budget(examples=2), method="random", seed=0, exclude=[4])
-    assert short["length_ratio"] == pytest.approx(1 / 4.8) and short["warnings"] == []
+    by_examples = select_features(
+        features, SelectionOptions(budget=Budget(examples=1), weighting="tokens")
+    )  # the paper's
+    assert by_examples.selected == ["long"] and by_examples.weighting == "tokens"
+    assert by_examples.length_ratio == pytest.approx(20 / 4.8)
+    assert len(by_examples.warnings) == 1 and "4.2x the loss tokens" in by_examples.warnings[0]
+    assert (
+        select_features(features, SelectionOptions(budget=Budget(examples=1))).weighting == "mean"
+    )  # the example budget's default
+    by_tokens = select_features(features, SelectionOptions(budget=Budget(tokens=4)))
+    assert by_tokens.weighting == "tokens"  # the token budget's default
+    assert by_tokens.length_ratio == pytest.approx(1 / 4.8) and by_tokens.warnings == []
+    short = select_features(features, SelectionOptions(budget=Budget(examples=2), method="random", seed=0), exclude=[4])
+    assert short.length_ratio == pytest.approx(1 / 4.8) and short.warnings == []
 
 
 def test_groups_covered_are_counted_on_the_rows_grouping_field():
@@ -135,15 +139,21 @@ def test_groups_covered_are_counted_on_the_rows_grouping_field():
         {"source": "y"},
         {"category": "c", "source": "y"},
     ]
-    chosen = select_features(features, Budget(examples=2), method="random", seed=0, labels=labels)
-    expected = len({labels[i].get("category") for i in chosen["selected"]} - {None})
-    assert chosen["groups"] == {"field": "category", "covered": expected, "total": 3}
-    everything = select_features(features, Budget(examples=5), labels=labels, group_by="source")
-    assert everything["groups"] == {"field": "source", "covered": 2, "total": 2}
-    held_out = select_features(features, Budget(examples=4), labels=labels, exclude=[4])
-    assert held_out["groups"] == {"field": "category", "covered": 2, "total": 2}
-    assert select_features(features, Budget(examples=1))["groups"] is None  # features input: no rows
+    chosen = select_features(
+        features, SelectionOptions(budget=Budget(examples=2), method="random", seed=0), labels=labels
+    )
+    expected = len({labels[i].get("category") for i in chosen.selected} - {None})
+    assert chosen.groups.model_dump() == {"field": "category", "covered": expected, "total": 3}
+    everything = select_features(
+        features, SelectionOptions(budget=Budget(examples=5), group_by="source"), labels=labels
+    )
+    assert everything.groups.model_dump() == {"field": "source", "covered": 2, "total": 2}
+    held_out = select_features(features, SelectionOptions(budget=Budget(examples=4)), labels=labels, exclude=[4])
+    assert held_out.groups.model_dump() == {"field": "category", "covered": 2, "total": 2}
+    assert (
+        select_features(features, SelectionOptions(budget=Budget(examples=1))).groups is None
+    )  # features input: no rows
     no_field = [{"language": "en"}] * 5
-    assert select_features(features, Budget(examples=1), labels=no_field)["groups"] is None
+    assert select_features(features, SelectionOptions(budget=Budget(examples=1)), labels=no_field).groups is None
     with pytest.raises(InputError, match="no row of the dataset has a string field 'topic'"):
-        select_features(features, Budget(examples=1), labels=labels, group_by="topic")
+        select_features(features, SelectionOptions(budget=Budget(examples=1), group_by="topic"), labels=labels)

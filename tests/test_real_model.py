@@ -11,6 +11,7 @@ from collections import Counter
 import pytest
 import torch
 
+from fishersft.contract.compression import Compression
 from fishersft.data import corpora
 from fishersft.data.dataset import read_jsonl
 from fishersft.data.encoding import encode_all
@@ -20,7 +21,6 @@ from fishersft.features.files import load_features
 from fishersft.features.store import FeatureStoreWriter
 from fishersft.models.loading import load_model
 from fishersft.models.registry import DEFAULT_MODEL, builtin_model_dir, model_dim
-from fishersft.variants import Compression
 
 ENGLISH_CATEGORIES = 21
 

@@ -12,10 +12,10 @@ from rq import Worker
 from rq.job import Job, JobStatus
 
 from app.main import create_app
+from fishersft.contract.selection import Budget, SelectionOptions
 from fishersft.errors import InputError
 from fishersft.features.files import load_features
 from fishersft.pipeline import embed_dataset, select_features
-from fishersft.selection import Budget
 from fishersft.service.protocol import JOB_SERIALIZER, Plan
 from fishersft.service.settings import Settings
 from tests.conftest import sample_texts, service_settings, write_jsonl
@@ -98,9 +98,9 @@ def test_a_sharded_selection_equals_one_worker_exactly_and_spreads_over_workers(
     (store,) = [p for p in (sharded.settings.data_dir / "features").iterdir()]
     for name in ("features.npy", "offsets.npy", "lengths.npy", "means.npy", "ids.json", "meta.json"):
         assert (store / name).read_bytes() == (tmp_path / "single" / name).read_bytes(), name
-    expected = select_features(single, Budget(examples=20))
-    assert result["selected"] == expected["selected"]
-    assert result["objective"] == expected["objective"] and result["gains"] == expected["gains"]
+    expected = select_features(single, SelectionOptions(budget=Budget(examples=20)))
+    assert result["selected"] == expected.selected
+    assert result["objective"] == expected.objective and result["gains"] == expected.gains
     # the assembled store is cached: the next selection runs on one worker, no shards
     again = sharded.wait(sharded.select(dataset_id=dataset["id"], budget={"tokens": 300}, max_length=64)["id"])
     assert again["result"]["features_cached"] and again["result"]["shards"] is None
@@ -182,8 +182,8 @@ def test_greedi_with_one_partition_equals_centralized_greedy_and_more_partitions
     assert [r["candidates"] for r in rounds] == [150] * 4 and all(r["picks"] == 15 for r in rounds)
     assert len({r["worker"] for r in rounds}) > 1 and four["partitions"]["union"] == 60
     assert len(four["selected"]) == 15 and four["objective"] >= max(r["objective"] for r in rounds)
-    local = select_features(load_features(path), Budget(examples=15))
-    assert four["objective"] >= 0.9 * local["objective"]
+    local = select_features(load_features(path), SelectionOptions(budget=Budget(examples=15)))
+    assert four["objective"] >= 0.9 * local.objective
     # the random method has no greedy to partition: it runs as without partitions
     random_ = {"dataset_id": dataset["id"], "budget": budget, "method": "random"}
     plain = sharded.wait(sharded.select(**random_)["id"])["result"]

@@ -10,13 +10,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from fishersft.contract.compression import Compression
+from fishersft.contract.selection import Budget, SelectionOptions
 from fishersft.features.files import load_features
 from fishersft.features.store import compress_store
 from fishersft.pipeline import embed_dataset, select_features
-from fishersft.selection import Budget
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
-from fishersft.variants import Compression
 from tests.conftest import SAMPLE, sample_texts, write_jsonl
 from tests.service import WAIT_S
 
@@ -42,14 +42,15 @@ def test_upload_select_poll_ids_equal_the_core_pipeline(service, llama_dir, tmp_
     assert done["status"] == "succeeded", done
     assert done["progress"]["phase"] == "selecting" and done["progress"]["done"] == 15
     core = select_features(
-        embed_dataset(SAMPLE, llama_dir, tmp_path / "core", max_length=64).features, Budget(examples=15)
+        embed_dataset(SAMPLE, llama_dir, tmp_path / "core", max_length=64).features,
+        SelectionOptions(budget=Budget(examples=15)),
     )
-    assert done["result"]["selected"] == core["selected"]
-    categories = {i.split("-")[0] for i in core["selected"]}
+    assert done["result"]["selected"] == core.selected
+    categories = {i.split("-")[0] for i in core.selected}
     assert done["result"]["groups"] == {"field": "category", "covered": len(categories), "total": 5}
     ids = service.client.get(f"/v1/selections/{job['id']}/ids")
     assert ids.headers["content-type"].startswith("text/plain")
-    assert ids.text.splitlines() == [str(i) for i in core["selected"]]
+    assert ids.text.splitlines() == [str(i) for i in core.selected]
     # a second selection reuses the cached features and the loaded model
     again = service.wait(service.select(dataset_id=dataset["id"], budget={"tokens": 200}, max_length=64)["id"])
     assert again["result"]["features_cached"] and again["result"]["n_selected_loss_tokens"] <= 200
@@ -76,7 +77,10 @@ def test_features_upload_and_random_method(service, tmp_path):
     fisher = service.wait(service.select(dataset_id=dataset["id"], budget={"examples": 5})["id"])
     random_ = service.wait(service.select(dataset_id=dataset["id"], budget={"examples": 5}, method="random")["id"])
     assert fisher["result"]["objective"] > random_["result"]["objective"]
-    assert fisher["result"]["selected"] == select_features(load_features(path), Budget(examples=5))["selected"]
+    assert (
+        fisher["result"]["selected"]
+        == select_features(load_features(path), SelectionOptions(budget=Budget(examples=5))).selected
+    )
 
 
 def test_compression_and_algorithm_options_reach_the_result(service, tmp_path):
@@ -96,8 +100,8 @@ def test_compression_and_algorithm_options_reach_the_result(service, tmp_path):
     assert result["compression"] == {"rank": 4, "dim": 6, "projection": "gaussian", "seed": 0, "source_dim": 8}
     assert result["dim"] == 6 and result["algorithm"] == "stochastic" and result["epsilon"] == 0.5
     local = compress_store(load_features(path), tmp_path / "local", Compression(rank=4, dim=6, projection="gaussian"))
-    expected = select_features(local, Budget(examples=5), algorithm="stochastic", epsilon=0.5)
-    assert result["selected"] == expected["selected"]
+    expected = select_features(local, SelectionOptions(budget=Budget(examples=5), algorithm="stochastic", epsilon=0.5))
+    assert result["selected"] == expected.selected
 
 
 def test_cancel_while_queued_and_while_running(service, long_dataset):

@@ -7,13 +7,12 @@ import pytest
 import torch
 from peft import PeftModel
 
+from fishersft.contract.training import LoraConfig, TrainingConfig
 from fishersft.data.dataset import read_examples
 from fishersft.data.encoding import encode_all
 from fishersft.data.holdout import holdout
 from fishersft.models.loading import load_model
 from fishersft.training.lora import (
-    LoraSettings,
-    TrainingSettings,
     example_losses,
     mean_loss,
     save_adapter,
@@ -51,11 +50,11 @@ def test_training_lowers_the_held_out_loss_and_reports_its_curve(tiny, llama_dir
     model, tokenizer = tiny
     train, held = encoded(task(96, seed=1), tokenizer), encoded(task(32, seed=2), tokenizer)
     steps = []
-    settings = TrainingSettings(epochs=10, learning_rate=2e-2, batch_size=16, precision="float32")
+    settings = TrainingConfig(epochs=10, learning_rate=2e-2, batch_size=16, precision="float32")
     trained = train_lora(
         model,
         train,
-        LoraSettings(r=8, alpha=16, dropout=0.0, target_modules=("q_proj", "v_proj", "lm_head")),
+        LoraConfig(r=8, alpha=16, dropout=0.0, target_modules=["q_proj", "v_proj", "lm_head"]),
         settings,
         evaluate=lambda m: mean_loss(m, held),
         eval_points=3,
@@ -75,14 +74,14 @@ def test_training_lowers_the_held_out_loss_and_reports_its_curve(tiny, llama_dir
 
 def test_max_steps_stops_within_an_epoch(tiny):
     model, tokenizer = tiny
-    trained = train_lora(model, encoded(task(40, seed=3), tokenizer), settings=TrainingSettings(epochs=5, max_steps=3))
+    trained = train_lora(model, encoded(task(40, seed=3), tokenizer), settings=TrainingConfig(epochs=5, max_steps=3))
     assert trained.steps == 3 and len(trained.train_loss) == 3 and trained.eval_loss == []
 
 
 def test_the_adapter_round_trips_through_peft(tiny, llama_dir, tmp_path):
     model, tokenizer = tiny
     trained = train_lora(
-        model, encoded(task(32, seed=4), tokenizer), settings=TrainingSettings(epochs=2, learning_rate=1e-2)
+        model, encoded(task(32, seed=4), tokenizer), settings=TrainingConfig(epochs=2, learning_rate=1e-2)
     )
     out = save_adapter(trained.model, tokenizer, tmp_path / "adapter", card="# card\n")
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "README.md"} <= {

@@ -15,77 +15,66 @@ from typing import Any
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from fishersft.data.dataset import Example
-from fishersft.data.encoding import Encoded
+from fishersft.contract.comparison import ComparisonCreate, ComparisonResult
+from fishersft.contract.selection import Budget, FeatureOptions, Method, SelectionCreate, SelectionOptions
+from fishersft.contract.training import Adapter, EvalRequest, FinetuneCreate, FinetuneEval, FinetuneResult, Subset
+from fishersft.data.dataset import Example, ExampleId
+from fishersft.data.encoding import Encoded, encode_file
 from fishersft.models.loading import resolve_device
-from fishersft.pipeline import encode_file, select_features
-from fishersft.selection import Budget
+from fishersft.pipeline import select_features
 from fishersft.service.protocol import JobInputError
-from fishersft.service.settings import Settings
-from fishersft.service.store import ArtifactStore
 from fishersft.training.comparison import compare
 from fishersft.training.evaluation import HeldOut, finetune, held_out_file, held_out_split, ids_sha256
-from fishersft.training.lora import LoraSettings, TrainingSettings, save_adapter
+from fishersft.training.lora import save_adapter
 from fishersft.training.plots import plot_curves
-from workers.jobs import JobProgress, dataset_features, dataset_record, run_job
+from workers.runtime import JobContext, run_job
 
 STEP_EVENTS = 50
 """About this many `step` events per run (every step when there are fewer)."""
 
 
 def run_finetune(request: dict[str, Any]) -> dict[str, Any]:
-    return run_job(_finetune, request)
+    return run_job(_finetune, FinetuneCreate, request)
 
 
 def run_comparison(request: dict[str, Any]) -> dict[str, Any]:
-    return run_job(_compare, request)
+    return run_job(_compare, ComparisonCreate, request)
 
 
-def _settings(request: dict[str, Any]) -> tuple[LoraSettings, TrainingSettings]:
-    """The request's LoRA and training fields (max_length is the encoding's, not the trainer's)."""
-    lora = {**request["lora"], "target_modules": tuple(request["lora"]["target_modules"])}
-    training = {k: v for k, v in request["training"].items() if k != "max_length"}
-    return LoraSettings(**lora), TrainingSettings(**training)
+def _source(request: FinetuneCreate, context: JobContext) -> tuple[str, Budget, Method, list[ExampleId] | None]:
+    """The dataset a finetune trains on, the selection's budget and method, and its picks when it was made."""
+    if request.selection_id is None:
+        assert request.dataset_id is not None and request.budget is not None, "validated by FinetuneCreate"
+        return request.dataset_id, request.budget, request.method, None
+    saved = context.store.result(request.selection_id)
+    if saved is None:
+        raise JobInputError("selection_not_found", f"selection {request.selection_id} no longer exists")
+    selection = SelectionCreate.model_validate(saved.request)
+    return selection.dataset_id, selection.budget, selection.method, list(saved.result["selected"])
 
 
-def _finetune(request: dict[str, Any], settings: Settings, store: ArtifactStore, progress: JobProgress) -> dict:
+def _finetune(request: FinetuneCreate, context: JobContext) -> FinetuneResult:
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    model, max_length = request["model"], request["training"]["max_length"]
-    if request["selection_id"] is not None:
-        saved = store.result(request["selection_id"])
-        if saved is None:
-            raise JobInputError("selection_not_found", f"selection {request['selection_id']} no longer exists")
-        selection = saved["request"]
-        dataset = dataset_record(store, selection["dataset_id"])
-        budget, method, selected = selection["budget"], selection["method"], saved["result"]["selected"]
-    else:
-        dataset = dataset_record(store, request["dataset_id"])
-        budget, method, selected = request["budget"], request["method"], None
-    model_dir = settings.model_dir(model)
+    progress, store = context.progress, context.store
+    model, max_length = _resolved(request.model, request.training.max_length)
+    dataset_id, budget, method, selected = _source(request, context)
+    dataset = context.features.dataset(dataset_id)
+    model_dir = context.settings.model_dir(model)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    examples, encoded = encode_file(store.blob(dataset["sha256"]), tokenizer, max_length)
+    examples, encoded = encode_file(store.blob(dataset.sha256), tokenizer, max_length)
     index = {str(e.id): k for k, e in enumerate(examples)}
     taken = [index[str(i)] for i in selected or ()]
-    held, held_idx = _held_out(request["eval"], examples, encoded, taken, store, tokenizer, max_length)
+    held, held_idx = _held_out(request.eval, examples, encoded, taken, context, tokenizer, max_length)
     if selected is None:
-        features, _ = dataset_features(dataset, model, max_length, settings, store, progress)
-        chosen = select_features(
-            features,
-            Budget(**budget),
-            method=method,
-            lam=request["lambda"],
-            seed=request["seed"],
-            exclude=held_idx,
-            progress=progress,
-            model=model,
-        )
-        selected = chosen["selected"]
+        options = FeatureOptions(model=model, max_length=max_length)
+        features, _ = context.features.features(dataset, options, progress)
+        selecting = SelectionOptions(budget=budget, method=method, lambda_=request.lambda_, seed=request.seed)
+        selected = select_features(features, selecting, exclude=held_idx, progress=progress, model=model).selected
         progress.event("selected", f"{method} selected {len(selected)} examples", size=len(selected))
     timings["select_s"] = time.perf_counter() - started
     subset = [index[str(i)] for i in selected]
     train = [encoded[i] for i in subset]
-    lora, training = _settings(request)
     device = resolve_device(None)
     before = None
     if held is not None:
@@ -94,8 +83,8 @@ def _finetune(request: dict[str, Any], settings: Settings, store: ArtifactStore,
         before = held.evaluate_base(model_dir, device)
         progress("evaluating", 1, 1)
         timings["evaluate_s"] = time.perf_counter() - start
-        progress.event("evaluated", f"held-out loss before training {before['loss']:.4f}", loss=before["loss"])
-    every = max(1, training.total_steps(len(train)) // STEP_EVENTS)
+        progress.event("evaluated", f"held-out loss before training {before.loss:.4f}", loss=before.loss)
+    every = max(1, request.training.total_steps(len(train)) // STEP_EVENTS)
 
     def on_step(step: int, total: int, loss: float) -> None:
         progress("training", step, total)
@@ -103,32 +92,26 @@ def _finetune(request: dict[str, Any], settings: Settings, store: ArtifactStore,
             progress.event("step", f"step {step}/{total}: training loss {loss:.4f}", step=step, loss=loss)
 
     try:
-        trained, run = finetune(model_dir, train, held, lora, training, device=device, before=before, on_step=on_step)
+        trained, run = finetune(
+            model_dir, train, held, request.lora, request.training, device=device, before=before, on_step=on_step
+        )
     except ValueError as e:  # peft: a target module the model lacks (when the API could not check it)
         raise JobInputError("invalid_settings", f"LoRA: {e}") from None
-    timings["train_s"] = run["timings"]["train_s"]
-    if run["eval"]:
-        after = run["eval"]["after"]["loss"]
+    timings["train_s"] = run.train_s
+    if run.eval:
+        after = run.eval.after.loss
         progress.event("evaluated", f"held-out loss after training {after:.4f}", loss=after)
     start = time.perf_counter()
-    subset_info = {
-        "selection_id": request["selection_id"],
-        "method": method,
-        "budget": Budget(**budget).as_dict(),
-        "size": len(subset),
-        "n_loss_tokens": sum(len(e.targets) for e in train),
-        "ids_sha256": ids_sha256(selected),
-    }
-    job_id = progress.job.id
-    result = {
-        "model": model,
-        "dataset_sha256": dataset["sha256"],
-        "subset": subset_info,
-        "steps": run["steps"],
-        "train_loss": run["train_loss"],
-        "eval": run["eval"],
-    }
-    card = _model_card(job_id, result, request)
+    subset_info = Subset(
+        selection_id=request.selection_id,
+        method=method,
+        budget=budget,
+        size=len(subset),
+        n_loss_tokens=sum(len(e.targets) for e in train),
+        ids_sha256=ids_sha256(selected),
+    )
+    job_id = context.job.id
+    card = _model_card(job_id, model, dataset.sha256, subset_info, run.steps, run.eval, request)
     with tempfile.TemporaryDirectory(dir=store.root / "tmp") as tmp:
         adapter_dir = save_adapter(trained.model, tokenizer, Path(tmp) / "adapter", card)
         archive = Path(tmp) / "adapter.tar.gz"
@@ -136,23 +119,38 @@ def _finetune(request: dict[str, Any], settings: Settings, store: ArtifactStore,
             for path in sorted(adapter_dir.iterdir()):
                 tar.add(path, arcname=path.name)
         path = store.put_artifact(job_id, "adapter.tar.gz", archive)
-    result["adapter"] = {
-        "url": f"/v1/finetunes/{job_id}/adapter",
-        "bytes": path.stat().st_size,
-        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-    }
+    adapter = Adapter(
+        url=f"/v1/finetunes/{job_id}/adapter",
+        bytes=path.stat().st_size,
+        sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+    )
     timings["save_s"] = time.perf_counter() - start
-    progress.event("saved", f"adapter saved ({result['adapter']['bytes']:,} bytes)", **result["adapter"])
-    result["timings"] = timings
-    return result
+    progress.event("saved", f"adapter saved ({adapter.bytes:,} bytes)", **adapter.model_dump())
+    return FinetuneResult(
+        model=model,
+        dataset_sha256=dataset.sha256,
+        subset=subset_info,
+        steps=run.steps,
+        train_loss=run.train_loss,
+        eval=run.eval,
+        adapter=adapter,
+        timings=timings,
+    )
+
+
+def _resolved(model: str | None, max_length: int | None) -> tuple[str, int]:
+    """The model and max_length the API resolved before queueing the job."""
+    if model is None or max_length is None:
+        raise JobInputError("invalid_settings", "model and max_length are resolved by the API before a job runs")
+    return model, max_length
 
 
 def _held_out(
-    evaluation: dict[str, Any] | None,
+    evaluation: EvalRequest | None,
     examples: list[Example],
     encoded: list[Encoded],
     taken: list[int],
-    store: ArtifactStore,
+    context: JobContext,
     tokenizer: PreTrainedTokenizerBase,
     max_length: int,
 ) -> tuple[HeldOut | None, list[int]]:
@@ -160,33 +158,41 @@ def _held_out(
     stratified fraction of the examples that the selection did not take."""
     if evaluation is None:
         return None, []
-    by = evaluation["stratify_by"]
-    if evaluation["dataset_id"] is not None:
-        eval_data = store.blob(dataset_record(store, evaluation["dataset_id"])["sha256"])
+    by = evaluation.stratify_by
+    if evaluation.dataset_id is not None:
+        eval_data = context.store.blob(context.features.dataset(evaluation.dataset_id).sha256)
         return held_out_file(eval_data, tokenizer, max_length, by), []
+    assert evaluation.holdout_fraction is not None, "validated by EvalRequest"
     try:
-        return held_out_split(examples, encoded, evaluation["holdout_fraction"], by, taken)
+        return held_out_split(examples, encoded, evaluation.holdout_fraction, by, taken)
     except ValueError as e:
         raise JobInputError("invalid_settings", str(e)) from None
 
 
-def _model_card(job_id: str, result: dict[str, Any], request: dict[str, Any]) -> str:
-    evaluation = result["eval"]
+def _model_card(
+    job_id: str,
+    model: str,
+    sha256: str,
+    subset: Subset,
+    steps: int,
+    evaluation: FinetuneEval | None,
+    request: FinetuneCreate,
+) -> str:
     metrics = (
-        f"held-out loss {evaluation['before']['loss']:.4f} -> {evaluation['after']['loss']:.4f} "
-        f"(perplexity {evaluation['before']['perplexity']:.2f} -> {evaluation['after']['perplexity']:.2f}) "
-        f"on {evaluation['n_examples']} examples"
+        f"held-out loss {evaluation.before.loss:.4f} -> {evaluation.after.loss:.4f} "
+        f"(perplexity {evaluation.before.perplexity:.2f} -> {evaluation.after.perplexity:.2f}) "
+        f"on {evaluation.n_examples} examples"
         if evaluation
         else "no held-out evaluation"
     )
-    settings = json.dumps({k: request[k] for k in ("lora", "training", "eval")}, indent=2)
+    settings = json.dumps(request.model_dump(include={"lora", "training", "eval"}), indent=2)
     return f"""# LoRA adapter {job_id}
 
-- Base model: `{result["model"]}`
-- Dataset sha256: `{result["dataset_sha256"]}`
-- Subset: {json.dumps(result["subset"])}
+- Base model: `{model}`
+- Dataset sha256: `{sha256}`
+- Subset: {subset.model_dump_json()}
 - Metrics: {metrics}
-- Optimizer steps: {result["steps"]}
+- Optimizer steps: {steps}
 
 Load it with `PeftModel.from_pretrained(base_model, this_directory)`.
 
@@ -198,39 +204,42 @@ Load it with `PeftModel.from_pretrained(base_model, this_directory)`.
 """
 
 
-def _compare(request: dict[str, Any], settings: Settings, store: ArtifactStore, progress: JobProgress) -> dict:
-    dataset = dataset_record(store, request["dataset_id"])
-    model, max_length = request["model"], request["max_length"]
-    features, cost = dataset_features(dataset, model, max_length, settings, store, progress)
-    evaluation = request["eval"]
+def _compare(request: ComparisonCreate, context: JobContext) -> ComparisonResult:
+    store = context.store
+    dataset = context.features.dataset(request.dataset_id)
+    model, max_length = _resolved(request.model, request.max_length)
+    features, cost = context.features.features(
+        dataset, FeatureOptions(model=model, max_length=max_length), context.progress
+    )
+    evaluation = request.eval
     eval_data = None
-    if evaluation["dataset_id"] is not None:
-        eval_data = store.blob(dataset_record(store, evaluation["dataset_id"])["sha256"])
-    lora, training = _settings(request)
+    if evaluation.dataset_id is not None:
+        eval_data = store.blob(context.features.dataset(evaluation.dataset_id).sha256)
     try:
         result = compare(
-            store.blob(dataset["sha256"]),
-            settings.model_dir(model),
-            request["budget"]["examples"],
+            store.blob(dataset.sha256),
+            context.settings.model_dir(model),
+            model,
+            request.budget.examples,
             features,
-            seeds=range(request["random_seeds"]),
-            holdout_fraction=evaluation["holdout_fraction"],
-            stratify_by=evaluation["stratify_by"],
+            seeds=range(request.random_seeds),
+            evaluation=evaluation,
             eval_data=eval_data,
-            lam=request["lambda"],
-            weightings=request.get("weightings", ["tokens"]),
-            lora=lora,
-            training=training,
+            lam=request.lambda_,
+            weightings=request.weightings,
+            lora=request.lora,
+            training=request.training,
             max_length=max_length,
-            eval_points=request["eval_points"],
+            eval_points=request.eval_points,
             device=resolve_device(None),
-            progress=progress,
+            progress=context.progress,
         )
     except ValueError as e:
         raise JobInputError("invalid_settings", str(e)) from None
-    job_id = progress.job.id
+    job_id = context.job.id
     with tempfile.TemporaryDirectory(dir=store.root / "tmp") as tmp:
-        plot = plot_curves(result["runs"], Path(tmp) / "plot.png", f"{dataset.get('name')}, {model}")
+        plot = plot_curves(result.runs, Path(tmp) / "plot.png", f"{dataset.name}, {model}")
         store.put_artifact(job_id, "plot.png", plot)
-    result["timings"]["embed_s"] = cost["embed_s"]
-    return {"model": model, **result, "plot_url": f"/v1/comparisons/{job_id}/plot.png"}
+    result.timings["embed_s"] = cost.embed_s
+    result.plot_url = f"/v1/comparisons/{job_id}/plot.png"
+    return result

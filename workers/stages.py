@@ -2,64 +2,50 @@
 into its part of the features store; the features job makes the whole store before GreeDi's partitions; a
 partition runs greedy over its share of the candidates. Their results stay in RQ for the selection."""
 
-import functools
 from typing import Any
 
-from fishersft.pipeline import partition_candidates, select_features
-from fishersft.selection import Budget
-from fishersft.service.protocol import Plan
-from fishersft.service.settings import Settings
-from fishersft.service.store import ArtifactStore
-from fishersft.variants import Compression
-from workers.jobs import JobProgress, dataset_record, embed_part, run_job
-from workers.selection import request_features, selection_options
+from fishersft.contract.selection import FeaturesCost, SelectionCreate, Shard
+from fishersft.pipeline import PartitionPicks, partition_candidates, select_features
+from fishersft.service.protocol import Plan, ShardRequest
+from workers.runtime import JobContext, run_job
+from workers.selection import request_features, selection_context
 
 
 def run_shard(request: dict[str, Any]) -> dict[str, Any]:
-    return run_job(_shard, request, save=False)
+    return run_job(_shard, ShardRequest, request, save=False)
 
 
 def run_features(request: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
-    return run_job(functools.partial(_features, plan=Plan.of(plan)), request, save=False)
+    return run_job(
+        lambda selection, context: _features(selection, context, Plan.of(plan)), SelectionCreate, request, save=False
+    )
 
 
 def run_partition(request: dict[str, Any], plan: dict[str, Any], partition: int) -> dict[str, Any]:
-    return run_job(functools.partial(_partition, plan=Plan.of(plan), partition=partition), request, save=False)
+    def work(selection: SelectionCreate, context: JobContext) -> PartitionPicks:
+        return _partition(selection, context, Plan.of(plan), partition)
+
+    return run_job(work, SelectionCreate, request, save=False)
 
 
-def _shard(request: dict[str, Any], settings: Settings, store: ArtifactStore, progress: JobProgress) -> dict[str, Any]:
-    dataset = dataset_record(store, request["dataset_id"])
-    compression = Compression.of(request["compression"])
-    start, stop = request["start"], request["stop"]
-    _, seconds = embed_part(
-        dataset, request["model"], request["max_length"], compression, (start, stop), settings, store, progress
+def _shard(shard: ShardRequest, context: JobContext) -> Shard:
+    _, seconds = context.features.part(shard, context.progress)
+    return Shard(
+        start=shard.start,
+        examples=shard.stop - shard.start,
+        worker=context.job.worker_name,
+        embed_s=seconds or 0.0,
+        cached=seconds is None,
     )
-    worker = progress.job.worker_name
-    return {
-        "start": start,
-        "examples": stop - start,
-        "worker": worker,
-        "embed_s": seconds or 0.0,
-        "cached": seconds is None,
-    }
 
 
-def _features(
-    request: dict[str, Any], settings: Settings, store: ArtifactStore, progress: JobProgress, plan: Plan
-) -> dict[str, Any]:
-    return request_features(request, settings, store, progress, plan)[3]
+def _features(request: SelectionCreate, context: JobContext, plan: Plan) -> FeaturesCost:
+    return request_features(request, context, plan)[1]
 
 
-def _partition(
-    request: dict[str, Any],
-    settings: Settings,
-    store: ArtifactStore,
-    progress: JobProgress,
-    plan: Plan,
-    partition: int,
-) -> dict[str, Any]:
-    dataset, model, features, _ = request_features(request, settings, store, progress, plan)
-    options = selection_options(request, dataset, model, store, progress)
-    candidates = partition_candidates(features, plan.partitions, **options)[partition]  # type: ignore[arg-type]
-    result = select_features(features, Budget(**request["budget"]), candidates=candidates, **options)
-    return result | {"candidates": len(candidates), "worker": progress.job.worker_name}
+def _partition(request: SelectionCreate, context: JobContext, plan: Plan, partition: int) -> PartitionPicks:
+    features, _ = request_features(request, context, plan)
+    assert plan.partitions is not None, "a partition job belongs to a plan with partitions"
+    candidates = partition_candidates(features, request, plan.partitions)[partition]
+    result = select_features(features, request, candidates=candidates, **selection_context(request, context))
+    return PartitionPicks.of(result, len(candidates), context.job.worker_name)

@@ -14,7 +14,8 @@ from app.jobs import COMPARISONS, Jobs
 from app.routes.finetunes import check_training
 from app.routes.jobs import IdempotencyKey, create_job, found, job_router
 from app.routes.selections import allowed_max_length, dataset_for, known_model
-from app.schemas import Comparison, ComparisonCreate
+from fishersft.contract.comparison import ComparisonCreate
+from fishersft.contract.jobs import Comparison
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
 

@@ -11,7 +11,9 @@ from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
 from app import deps
 from app.caller import Datasets
 from app.errors import ApiError, documented, shown
-from app.schemas import Dataset, Page, Text
+from app.schemas import Page
+from fishersft.contract.base import Text
+from fishersft.contract.datasets import DatasetRecord
 from fishersft.data.dataset import iter_examples
 from fishersft.data.groups import LabelCounter
 from fishersft.errors import DatasetError, InputError, LineError
@@ -28,7 +30,7 @@ FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".npz": "npz", ".safetensors": "
 @router.post(
     "",
     status_code=201,
-    response_model=Dataset,
+    response_model=DatasetRecord,
     summary="Upload a dataset or a features file",
     responses=documented(400, 413, 422, 507),
 )
@@ -41,7 +43,7 @@ def create_dataset(
     name: Annotated[
         Text | None, Form(description="A name to show (at most 1,000 characters); default: the file name.")
     ] = None,
-) -> Dataset:
+) -> DatasetRecord:
     """Stored content-addressed: the same bytes always give the same dataset id. Bad rows: 422 naming the first
     20 bad lines, and nothing is stored."""
     suffix = Path(file.filename or "").suffix.lower()
@@ -63,7 +65,7 @@ def create_dataset(
                 raise ApiError(507, "insufficient_storage", message)
             if store.free_bytes() < settings.min_free_bytes:
                 raise ApiError(507, "insufficient_storage", "the artifact store is out of disk space; retry later")
-            record = Dataset(
+            record = DatasetRecord(
                 id=dataset_id,
                 name=name or file.filename,
                 format=fmt,
@@ -74,14 +76,14 @@ def create_dataset(
                 sha256=upload.sha256,
                 bytes=upload.size,
                 created_at=datetime.now(UTC),
-            ).model_dump(mode="json")
+            )
             store.put_blob(temp, upload.sha256)
             existing = store.put_dataset_once(record)  # concurrent identical uploads: the first record wins
         datasets.claim(dataset_id)
     finally:
         temp.unlink(missing_ok=True)
     response.headers["Location"] = f"/v1/datasets/{dataset_id}"
-    return Dataset(**existing)
+    return existing
 
 
 MAX_LINE_BYTES = 64 << 20
@@ -168,23 +170,25 @@ def _validated(check: Callable[[], T], temp: Path, filename: str | None) -> T:
         raise ApiError(422, "invalid_features", e.message.replace(temp.name, filename or "file"), e.details) from None
 
 
-@router.get("", response_model=Page[Dataset], summary="List datasets, newest first")
+@router.get("", response_model=Page[DatasetRecord], summary="List datasets, newest first")
 def list_datasets(
     datasets: Annotated[Datasets, Depends(deps.datasets)],
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 50,
     after: Annotated[str | None, Query(description="The `next_after` of the previous page.")] = None,
-) -> Page[Dataset]:
-    records = sorted(datasets.all(), key=lambda r: (r["created_at"], r["id"]), reverse=True)
+) -> Page[DatasetRecord]:
+    records = sorted(datasets.all(), key=lambda r: (r.created_at, r.id), reverse=True)
     if after is not None:
-        ids = [r["id"] for r in records]
+        ids = [r.id for r in records]
         records = records[ids.index(after) + 1 :] if after in ids else []
     page = records[:limit]
-    return Page(data=[Dataset(**r) for r in page], next_after=page[-1]["id"] if len(records) > limit else None)
+    return Page(data=page, next_after=page[-1].id if len(records) > limit else None)
 
 
-@router.get("/{dataset_id}", response_model=Dataset, summary="Read a dataset's metadata", responses=documented(404))
-def get_dataset(dataset_id: str, datasets: Annotated[Datasets, Depends(deps.datasets)]) -> Dataset:
-    return Dataset(**_found(datasets, dataset_id))
+@router.get(
+    "/{dataset_id}", response_model=DatasetRecord, summary="Read a dataset's metadata", responses=documented(404)
+)
+def get_dataset(dataset_id: str, datasets: Annotated[Datasets, Depends(deps.datasets)]) -> DatasetRecord:
+    return _found(datasets, dataset_id)
 
 
 @router.delete(
@@ -197,7 +201,7 @@ def delete_dataset(dataset_id: str, datasets: Annotated[Datasets, Depends(deps.d
     return Response(status_code=204)
 
 
-def _found(datasets: Datasets, dataset_id: str) -> dict:
+def _found(datasets: Datasets, dataset_id: str) -> DatasetRecord:
     record = datasets.get(dataset_id)
     if record is None:
         raise ApiError(404, "dataset_not_found", f"no dataset {shown(dataset_id)}")

@@ -12,7 +12,9 @@ from app.errors import ApiError, documented, invalid, shown
 from app.jobs import FINETUNES, SELECTIONS, Jobs
 from app.routes.jobs import IdempotencyKey, create_job, found, job_router
 from app.routes.selections import allowed_max_length, dataset_for, known_model
-from app.schemas import EvalRequest, Event, Finetune, FinetuneCreate, LoraRequest
+from fishersft.contract.datasets import DatasetRecord
+from fishersft.contract.jobs import Event, Finetune
+from fishersft.contract.training import EvalRequest, FinetuneCreate, LoraConfig
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
 
@@ -70,9 +72,9 @@ def check_training(
     settings: Settings,
     datasets: Datasets,
     model: str,
-    lora: LoraRequest,
+    lora: LoraConfig,
     evaluation: EvalRequest | None,
-    dataset: dict,
+    dataset: DatasetRecord,
 ) -> None:
     """422s for settings the worker could only fail on: LoRA modules the model lacks, an empty held-out set."""
     targets = settings.lora_targets(model)
@@ -86,10 +88,10 @@ def check_training(
         return
     if evaluation.dataset_id is not None:
         dataset_for(datasets, evaluation.dataset_id, "body.eval.dataset_id", jsonl=True)
-    elif round(evaluation.holdout_fraction * dataset["n_examples"]) < 1:  # type: ignore[operator]
+    elif round(evaluation.holdout_fraction * dataset.n_examples) < 1:  # type: ignore[operator]
         raise invalid(
             "body.eval.holdout_fraction",
-            f"{evaluation.holdout_fraction} of {dataset['n_examples']} examples holds out none: nothing to evaluate",
+            f"{evaluation.holdout_fraction} of {dataset.n_examples} examples holds out none: nothing to evaluate",
         )
 
 

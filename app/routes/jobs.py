@@ -12,7 +12,8 @@ from redis import Redis
 from app import deps
 from app.errors import ApiError, documented, shown
 from app.jobs import KEEP_S, JobKind, Jobs
-from app.schemas import JobBody, Page
+from app.schemas import Page
+from fishersft.contract.jobs import JobBody
 from fishersft.service.protocol import Plan
 
 BUSY_RETRY_AFTER_S = 30

@@ -11,13 +11,15 @@ from app.caller import Datasets
 from app.errors import ApiError, documented, invalid, shown
 from app.jobs import SELECTIONS, Jobs
 from app.routes.jobs import IdempotencyKey, create_job, found, job_router
-from app.schemas import ExampleId, Selection, SelectionCreate
+from fishersft.contract.base import ExampleId
+from fishersft.contract.datasets import DatasetRecord
+from fishersft.contract.jobs import Selection
+from fishersft.contract.selection import SelectionCreate
 from fishersft.data.dataset import DEFAULT_MAX_LENGTH, read_ids
 from fishersft.features.files import load_features
 from fishersft.service.protocol import Plan, shard_ranges
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
-from fishersft.variants import default_weighting, resolve_compression
 
 router = job_router(SELECTIONS)
 
@@ -42,10 +44,10 @@ def create_selection(
     """Queues a job that embeds the dataset with the model (compressed features are cached per dataset, model,
     max_length and compression) and selects under the budget. Poll GET /v1/selections/{id}."""
     dataset = dataset_for(datasets, body.dataset_id, "body.dataset_id")
-    if dataset["format"] == "jsonl":
+    if dataset.is_text:
         body.model = known_model(settings, body.model, "body.model")
     body.max_length = allowed_max_length(settings, body.model, body.max_length, "body.max_length")
-    body.weighting = body.weighting or default_weighting("examples" if body.budget.examples is not None else "tokens")
+    body.weighting = body.resolved_weighting
     if body.group_by is not None:
         known_label(dataset, body.group_by, "body.group_by")
     if body.warm_start_ids:
@@ -53,21 +55,19 @@ def create_selection(
     return create_job(jobs, redis, body, idempotency_key, response, plan(dataset, body, settings, store))
 
 
-def plan(dataset: dict, body: SelectionCreate, settings: Settings, store: ArtifactStore) -> Plan:
+def plan(dataset: DatasetRecord, body: SelectionCreate, settings: Settings, store: ArtifactStore) -> Plan:
     """Shards when the dataset is JSONL, above the shard size and its features (at the compression the job will
     use) are not cached; GreeDi partitions when asked for (fisher greedy only)."""
     shards, compression = [], None
-    n = dataset["n_examples"]
-    if dataset["format"] == "jsonl" and n > settings.shard_examples:
-        source_dim = settings.model_dim(body.model)  # type: ignore[arg-type]
-        memory = settings.selection_memory_bytes
-        resolved = resolve_compression(body.rank, body.dim, body.projection, n, source_dim, memory)
-        if not store.features_dir(dataset["sha256"], body.model, body.max_length, resolved.key).exists():
-            shards, compression = shard_ranges(n, settings.shard_examples), resolved.as_dict()
+    n = dataset.n_examples
+    if dataset.is_text and body.model is not None and n > settings.shard_examples:
+        resolved = body.compression(n, settings.model_dim(body.model), settings.selection_memory_bytes)
+        if not store.features_dir(dataset.sha256, body.model, body.max_length, resolved.key).exists():
+            shards, compression = shard_ranges(n, settings.shard_examples), resolved
     return Plan(shards, compression, body.partitions if body.method == "fisher" else None)
 
 
-def dataset_for(datasets: Datasets, dataset_id: str, field: str, jsonl: bool = False) -> dict:
+def dataset_for(datasets: Datasets, dataset_id: str, field: str, jsonl: bool = False) -> DatasetRecord:
     """The dataset a request names (one the caller may see), or a 422 naming the field."""
     dataset = datasets.get(dataset_id)
     if dataset is None:
@@ -77,32 +77,32 @@ def dataset_for(datasets: Datasets, dataset_id: str, field: str, jsonl: bool = F
             f"no dataset {shown(dataset_id)}",
             [{"field": field, "message": "upload it first with POST /v1/datasets"}],
         )
-    if jsonl and dataset["format"] != "jsonl":
+    if jsonl and not dataset.is_text:
         raise invalid(
             field, f"dataset {shown(dataset_id)} is a features file: training needs text", "name a JSONL dataset"
         )
     return dataset
 
 
-def known_label(dataset: dict, field: str, name: str) -> None:
+def known_label(dataset: DatasetRecord, field: str, name: str) -> None:
     """A 422 naming the request field unless the dataset's rows carry the string field `field`."""
-    labels = dataset.get("labels")
-    if dataset["format"] != "jsonl" or (labels is not None and field not in labels):
+    labels = dataset.labels
+    if not dataset.is_text or field not in labels:
         carried = ", ".join(labels or {}) or "none"
         raise invalid(
             name,
-            f"the rows of dataset {dataset['id']!r} have no string field {shown(field)}",
+            f"the rows of dataset {dataset.id!r} have no string field {shown(field)}",
             f"name a field the rows carry (the dataset's labels: {carried})",
         )
 
 
-def known_ids(store: ArtifactStore, dataset: dict, ids: list[ExampleId], field: str) -> None:
+def known_ids(store: ArtifactStore, dataset: DatasetRecord, ids: list[ExampleId], field: str) -> None:
     """A 422 naming each id (the first 20) that is not in the dataset."""
-    blob = store.blob(dataset["sha256"])
-    if dataset["format"] == "jsonl":
+    blob = store.blob(dataset.sha256)
+    if dataset.is_text:
         present = {str(i) for i in read_ids(blob)}
     else:
-        present = {str(i) for i in load_features(blob, suffix=f".{dataset['format']}").ids}
+        present = {str(i) for i in load_features(blob, suffix=f".{dataset.format}").ids}
     unknown = [(k, i) for k, i in enumerate(ids) if str(i) not in present]
     if unknown:
         details = [{"field": f"{field}.{k}", "message": f"{shown(str(i))} is not in the dataset"} for k, i in unknown]

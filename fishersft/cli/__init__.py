@@ -5,6 +5,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
 from fishersft.cli import local, remote, service
 from fishersft.errors import InputError
 
@@ -26,6 +28,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.run(args)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ValidationError as e:  # an option outside what the contract allows (the same limits as the API's)
+        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'options'}: {err['msg']}" for err in e.errors())
+        print(f"error: {problems}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

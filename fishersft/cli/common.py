@@ -6,10 +6,13 @@ import os
 import sys
 from pathlib import Path
 
+from pydantic import BaseModel
+
+from fishersft.contract.base import ExampleId
+from fishersft.contract.selection import Budget, FeatureOptions, SelectionOptions
+from fishersft.contract.training import EvalRequest, LoraConfig, TrainingConfig
 from fishersft.errors import InputError
 from fishersft.pipeline import Progress
-from fishersft.selection import Budget
-from fishersft.training.lora import DEFAULT_LORA, DEFAULT_TRAINING, LoraSettings, TrainingSettings
 
 
 def positive_int(text: str) -> int:
@@ -56,6 +59,9 @@ def read_ids(path: Path) -> list[str | int]:
 
 
 def print_json(value: object, out: Path | None = None) -> None:
+    """JSON to `out` or stdout; a contract model as the API writes it."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json", by_alias=True)
     text = json.dumps(value, indent=2)
     if out:
         out.write_text(text + "\n")
@@ -91,27 +97,28 @@ class ProgressBars:
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
-    """LoRA, training and evaluation options, shared by `finetune` and `compare`."""
+    """LoRA, training and evaluation options, shared by `finetune` and `compare`; defaults from the contract."""
+    lora_defaults, training_defaults = LoraConfig(), TrainingConfig()
     lora = parser.add_argument_group("LoRA")
-    lora.add_argument("--lora-r", type=positive_int, default=DEFAULT_LORA.r, metavar="R", help="rank (default 8)")
-    lora.add_argument("--lora-alpha", type=positive_float, default=DEFAULT_LORA.alpha, metavar="A", help="scale (16)")
-    lora.add_argument("--lora-dropout", type=float, default=DEFAULT_LORA.dropout, metavar="P", help="dropout (0.05)")
+    lora.add_argument("--lora-r", type=positive_int, default=lora_defaults.r, metavar="R", help="rank (default 8)")
+    lora.add_argument("--lora-alpha", type=positive_float, default=lora_defaults.alpha, metavar="A", help="scale (16)")
+    lora.add_argument("--lora-dropout", type=float, default=lora_defaults.dropout, metavar="P", help="dropout (0.05)")
     lora.add_argument(
         "--target-modules",
-        default=",".join(DEFAULT_LORA.target_modules),
+        default=",".join(lora_defaults.target_modules),
         metavar="M,M",
         help="comma-separated module names (default q_proj,k_proj,v_proj,o_proj)",
     )
     training = parser.add_argument_group("training")
-    training.add_argument("--epochs", type=positive_int, default=DEFAULT_TRAINING.epochs, help="epochs (default 3)")
+    training.add_argument("--epochs", type=positive_int, default=training_defaults.epochs, help="epochs (default 3)")
     training.add_argument("--max-steps", type=positive_int, metavar="N", help="stop after N optimizer steps")
     training.add_argument(
-        "--learning-rate", type=positive_float, default=DEFAULT_TRAINING.learning_rate, metavar="LR", help="(3e-4)"
+        "--learning-rate", type=positive_float, default=training_defaults.learning_rate, metavar="LR", help="(3e-4)"
     )
     training.add_argument(
-        "--train-batch-size", type=positive_int, default=DEFAULT_TRAINING.batch_size, metavar="B", help="(8)"
+        "--train-batch-size", type=positive_int, default=training_defaults.batch_size, metavar="B", help="(8)"
     )
-    training.add_argument("--train-seed", type=int, default=DEFAULT_TRAINING.seed, metavar="S", help="(0)")
+    training.add_argument("--train-seed", type=int, default=training_defaults.seed, metavar="S", help="(0)")
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument(
         "--holdout", type=float, default=0.1, metavar="F", help="held-out fraction, never selected (default 0.1)"
@@ -123,16 +130,46 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def lora_settings(args: argparse.Namespace) -> LoraSettings:
-    modules = tuple(m.strip() for m in args.target_modules.split(",") if m.strip())
-    return LoraSettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout, target_modules=modules)
+def lora_settings(args: argparse.Namespace) -> LoraConfig:
+    modules = [m.strip() for m in args.target_modules.split(",") if m.strip()]
+    return LoraConfig(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout, target_modules=modules)
 
 
-def training_settings(args: argparse.Namespace) -> TrainingSettings:
-    return TrainingSettings(
+def training_settings(args: argparse.Namespace) -> TrainingConfig:
+    return TrainingConfig(
         epochs=args.epochs,
         max_steps=args.max_steps,
         learning_rate=args.learning_rate,
         batch_size=args.train_batch_size,
         seed=args.train_seed,
+    )
+
+
+def evaluation_request(args: argparse.Namespace, dataset_id: str | None = None) -> EvalRequest:
+    """The held-out set: a dataset uploaded from --eval-data (`dataset_id`), else the --holdout fraction."""
+    if dataset_id is not None:
+        return EvalRequest(dataset_id=dataset_id, stratify_by=args.stratify_by)
+    return EvalRequest(holdout_fraction=args.holdout, stratify_by=args.stratify_by)
+
+
+def selection_options(args: argparse.Namespace, warm_start: list[ExampleId]) -> SelectionOptions:
+    """The selection's options from the command's flags (checked against the contract's limits)."""
+    return SelectionOptions(
+        budget=budget(args),
+        method=args.method,
+        weighting=args.weighting,
+        group_by=args.group_by,
+        lambda_=args.lam,
+        seed=args.seed,
+        warm_start_ids=warm_start,
+        algorithm=args.algorithm,
+        epsilon=args.epsilon,
+        partitions=args.partitions,
+    )
+
+
+def feature_options(args: argparse.Namespace, model: str | None = None) -> FeatureOptions:
+    """How features are made, from the command's flags."""
+    return FeatureOptions(
+        model=model, max_length=args.max_length, rank=args.rank, dim=args.dim, projection=args.projection or "principal"
     )

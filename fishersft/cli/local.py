@@ -10,16 +10,21 @@ from fishersft.cli.common import (
     ProgressBars,
     add_server_arguments,
     add_training_arguments,
-    budget,
+    evaluation_request,
+    feature_options,
     lora_settings,
     positive_float,
     positive_int,
     print_json,
     read_ids,
+    selection_options,
     training_settings,
 )
 from fishersft.cli.remote import run_remote_compare, run_remote_select
 from fishersft.client import ServiceClient
+from fishersft.contract.comparison import ComparisonResult
+from fishersft.contract.compression import PROJECTIONS
+from fishersft.contract.selection import DEFAULT_EPSILON, WEIGHTINGS, SelectionResult
 from fishersft.data import corpora
 from fishersft.data.dataset import DEFAULT_MAX_LENGTH, read_labels
 from fishersft.errors import InputError
@@ -35,10 +40,9 @@ from fishersft.models.registry import (
     resolve_model,
 )
 from fishersft.pipeline import count_lines, embed_dataset, select_features, select_partitioned
-from fishersft.variants import DEFAULT_EPSILON, PROJECTIONS, WEIGHTINGS, Compression, resolve_compression, run_label
 
 
-def run_select(args: argparse.Namespace) -> dict:
+def run_select(args: argparse.Namespace) -> SelectionResult:
     """Select on this machine: embed a JSONL dataset with a model (the default one unless --model), or read
     features, then select."""
     data = Path(args.data)
@@ -64,48 +68,31 @@ def run_select(args: argparse.Namespace) -> dict:
                 batch_size=args.batch_size,
                 device=args.device,
                 precision=args.precision,
-                compression=compression(args, count_lines(data), model_dim(model_dir)),
+                compression=feature_options(args).compression(count_lines(data), model_dim(model_dir)),
                 progress=progress,
             )
             features, truncated, embed_s = embedding.features, embedding.truncated, embedding.seconds
             labels = read_labels(data)
-        options = {
-            "method": args.method,
-            "lam": args.lam,
-            "seed": args.seed,
-            "warm_start_ids": warm_start,
-            "weighting": args.weighting,
-            "labels": labels,
-            "group_by": args.group_by,
-            "progress": progress,
-            "model": model,
-            "algorithm": args.algorithm,
-            "epsilon": args.epsilon,
-            "device": args.device,
-        }
-        if args.partitions is not None:
-            if args.method != "fisher":
+        options = selection_options(args, warm_start)
+        context = {"labels": labels, "progress": progress, "model": model, "device": args.device}
+        if options.partitions is not None:
+            if options.method != "fisher":
                 raise InputError("--partitions: GreeDi partitions a greedy selection; --method random takes none")
-            result = select_partitioned(features, budget(args), args.partitions, **options)
+            result = select_partitioned(features, options, options.partitions, **context)
         else:
-            result = select_features(features, budget(args), **options)
-    result["truncated"] = truncated
-    result["timings"]["embed_s"] = embed_s
+            result = select_features(features, options, **context)
+    result.truncated = truncated
+    result.timings["embed_s"] = embed_s
     return result
 
 
 COMPRESSION_OPTIONS = ("rank", "dim", "projection")
 
 
-def compression(args: argparse.Namespace, n_examples: int, source_dim: int) -> Compression:
-    """The compression the options ask for, the rest chosen by the dataset's size."""
-    return resolve_compression(args.rank, args.dim, args.projection or "principal", n_examples, source_dim)
-
-
 def compressed(features: FeatureSet, directory: Path, args: argparse.Namespace) -> FeatureSet:
     """Features ready to select from: raw features (.npz, .safetensors) compressed into `directory`, or a
     compressed store as it is (its compression is fixed: options that contradict it are an error)."""
-    asked = compression(args, len(features.ids), features.features.shape[1])
+    asked = feature_options(args).compression(len(features.ids), features.features.shape[1])
     if features.compression is None:
         return compress_store(features, directory, asked)
     if any(getattr(args, k) is not None for k in COMPRESSION_OPTIONS) and asked != features.compression:
@@ -125,9 +112,9 @@ def select_command(args: argparse.Namespace) -> None:
     else:
         result = run_select(args)
     print_json(result, args.out)
-    if args.out and "selected" in result:
+    if args.out and isinstance(result, SelectionResult):
         elapsed = time.perf_counter() - started
-        print(f"selected {len(result['selected'])} examples in {elapsed:.1f}s -> {args.out}", file=sys.stderr)
+        print(f"selected {len(result.selected)} examples in {elapsed:.1f}s -> {args.out}", file=sys.stderr)
 
 
 def compare_command(args: argparse.Namespace) -> None:
@@ -147,35 +134,30 @@ def compare_command(args: argparse.Namespace) -> None:
 
     model = args.model or DEFAULT_MODEL
     model_dir = resolve_model(model)
+    max_length = args.max_length or DEFAULT_MAX_LENGTH
     with ProgressBars() as progress, tempfile.TemporaryDirectory(prefix="fishersft-") as tmp:
-        embedding = embed_dataset(
-            args.data,
-            model_dir,
-            Path(tmp) / "features",
-            max_length=args.max_length or DEFAULT_MAX_LENGTH,
-            progress=progress,
-        )
+        features_dir = Path(tmp) / "features"
+        embedding = embed_dataset(args.data, model_dir, features_dir, max_length=max_length, progress=progress)
         result = compare(
             Path(args.data),
             model_dir,
+            model,
             args.budget,
             embedding.features,
             seeds=range(args.random_seeds),
-            holdout_fraction=args.holdout,
-            stratify_by=args.stratify_by,
+            evaluation=evaluation_request(args),
             eval_data=args.eval_data,
             lam=args.lam,
             weightings=args.weightings,
             lora=lora_settings(args),
             training=training_settings(args),
-            max_length=args.max_length or DEFAULT_MAX_LENGTH,
+            max_length=max_length,
             eval_points=args.eval_points,
             progress=progress,
         )
-    result = {"model": model, "budget": {"examples": args.budget}, **result}
-    result["timings"]["embed_s"] = embedding.seconds
+    result.timings["embed_s"] = embedding.seconds
     print_json(result, args.out_dir / "comparison.json")
-    plot_curves(result["runs"], args.out_dir / "comparison.png", f"{Path(args.data).name}, {model}")
+    plot_curves(result.runs, args.out_dir / "comparison.png", f"{Path(args.data).name}, {model}")
     print_comparison(result)
 
 
@@ -188,18 +170,18 @@ def weightings(text: str) -> list[str]:
     return names
 
 
-def print_comparison(result: dict) -> None:
+def print_comparison(result: ComparisonResult) -> None:
     print(
         f"{'run':<16} {'budget':>16} {'examples':>8} {'loss tok':>8} {'groups':>7} {'before':>7} {'after':>7} "
         "worst group"
     )
-    for r in result["runs"]:
-        worst, groups = r["worst_group"], r["groups"]
-        budget = " ".join(f"{v} {k}" for k, v in r["budget"].items())
+    for r in result.runs:
+        worst, groups = r.worst_group, r.groups
+        budget = " ".join(f"{v} {k}" for k, v in r.budget.model_dump().items())
         print(
-            f"{run_label(r):<16} {budget:>16} {r['examples']:>8} {r['loss_tokens']:>8,} "
-            f"{groups['covered']:>3}/{groups['total']:<3} {r['loss_before']:>7.3f} {r['loss_after']:>7.3f} "
-            + (f"{worst['group']} {worst['loss']:.3f}" if worst else "")
+            f"{r.label:<16} {budget:>16} {r.examples:>8} {r.loss_tokens:>8,} "
+            f"{groups.covered:>3}/{groups.total:<3} {r.loss_before:>7.3f} {r.loss_after:>7.3f} "
+            + (f"{worst.group} {worst.loss:.3f}" if worst else "")
         )
 
 

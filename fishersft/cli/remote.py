@@ -3,41 +3,42 @@
 import argparse
 from pathlib import Path
 
+from pydantic import BaseModel
+
 from fishersft.cli.common import (
     ProgressBars,
     add_server_arguments,
     add_training_arguments,
     budget,
+    evaluation_request,
+    feature_options,
     lora_settings,
     positive_int,
     print_json,
     read_ids,
+    selection_options,
     training_settings,
 )
 from fishersft.client import ServiceClient
+from fishersft.contract.comparison import ComparisonBudget, ComparisonCreate, ComparisonResult
+from fishersft.contract.selection import SelectionCreate
+from fishersft.contract.training import FinetuneCreate
 from fishersft.errors import InputError
 
 
 def run_remote_select(args: argparse.Namespace, client: ServiceClient) -> dict:
     """Select on a service: upload DATA unless it is a dataset id, request the job, optionally wait for it."""
     dataset_id = args.data if not Path(args.data).exists() else client.upload(Path(args.data))["id"]
-    body = {
-        "dataset_id": dataset_id,
-        "budget": budget(args).as_dict(),
-        "method": args.method,
-        "weighting": args.weighting,
-        "group_by": args.group_by,
-        "lambda": args.lam,
-        "seed": args.seed,
-        "max_length": args.max_length,
-        "model": args.model,
-        "warm_start_ids": read_ids(args.warm_start) if args.warm_start else [],
-        "algorithm": args.algorithm,
-        "epsilon": args.epsilon,
-        **{k: getattr(args, k) for k in ("rank", "dim", "projection", "partitions") if getattr(args, k) is not None},
-    }
-    job = client.create_selection(body)
+    options = selection_options(args, read_ids(args.warm_start) if args.warm_start else [])
+    features = feature_options(args, args.model)
+    body = SelectionCreate(dataset_id=dataset_id, **options.model_dump(), **features.model_dump())
+    job = client.create_selection(request_json(body))
     return follow(client, job) if args.wait else job
+
+
+def request_json(body: BaseModel) -> dict:
+    """A request as the API takes it: by the fields' JSON names, leaving out what is not given."""
+    return body.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
 def datasets_command(args: argparse.Namespace) -> None:
@@ -51,26 +52,11 @@ def jobs_command(args: argparse.Namespace) -> None:
 
 def training_body(args: argparse.Namespace, client: ServiceClient) -> dict:
     """The lora, training and eval fields of a finetune or comparison request, from the shared options."""
-    lora, training = lora_settings(args), training_settings(args)
-    if args.eval_data:
-        evaluation = {"dataset_id": client.upload(args.eval_data)["id"], "stratify_by": args.stratify_by}
-    else:
-        evaluation = {"holdout_fraction": args.holdout, "stratify_by": args.stratify_by}
+    eval_id = client.upload(args.eval_data)["id"] if args.eval_data else None
     return {
-        "lora": {
-            "r": lora.r,
-            "alpha": lora.alpha,
-            "dropout": lora.dropout,
-            "target_modules": list(lora.target_modules),
-        },
-        "training": {
-            "epochs": training.epochs,
-            "max_steps": training.max_steps,
-            "learning_rate": training.learning_rate,
-            "batch_size": training.batch_size,
-            "seed": training.seed,
-        },
-        "eval": evaluation,
+        "lora": lora_settings(args),
+        "training": training_settings(args).model_copy(update={"max_length": args.max_length}),
+        "eval": evaluation_request(args, eval_id),
     }
 
 
@@ -88,16 +74,16 @@ def finetune_command(args: argparse.Namespace) -> None:
     """Fine-tune on a service: on --selection's subset, or select DATA under the budget first."""
     client = ServiceClient(args.server, args.api_key)
     if args.selection:
-        body: dict = {"selection_id": args.selection}
+        source: dict = {"selection_id": args.selection}
     else:
         if not args.data or (args.budget is None and args.budget_tokens is None):
             raise InputError("give --selection ID, or DATA with --budget K or --budget-tokens T")
         dataset_id = args.data if not Path(args.data).exists() else client.upload(Path(args.data))["id"]
-        body = {"dataset_id": dataset_id, "budget": budget(args).as_dict(), "method": args.method, "model": args.model}
-    body.update(training_body(args, client))
-    if not args.selection:  # a selection fixes the loss tokens, max_length included
-        body["training"]["max_length"] = args.max_length
-    job = client.create("finetunes", body)
+        source = {"dataset_id": dataset_id, "budget": budget(args), "method": args.method, "model": args.model}
+    fields = training_body(args, client)
+    if args.selection:  # a selection fixes the loss tokens, max_length included
+        fields["training"] = fields["training"].model_copy(update={"max_length": None})
+    job = client.create("finetunes", request_json(FinetuneCreate(**source, **fields)))
     if not args.wait:
         print_json(job)
         return
@@ -112,27 +98,28 @@ def finetune_command(args: argparse.Namespace) -> None:
     print(f"trained {result['subset']['size']} examples in {result['steps']} steps{loss} -> {args.out_dir}")
 
 
-def run_remote_compare(args: argparse.Namespace) -> dict | None:
+def run_remote_compare(args: argparse.Namespace) -> ComparisonResult | None:
     """A comparison on a service; with --wait, its table and plot (saved in --out-dir)."""
     client = ServiceClient(args.server, args.api_key)
     dataset_id = args.data if not Path(args.data).exists() else client.upload(Path(args.data))["id"]
-    body = {
-        "dataset_id": dataset_id,
-        "budget": {"examples": args.budget},
-        "random_seeds": args.random_seeds,
-        "model": args.model,
-        "lambda": args.lam,
-        "max_length": args.max_length,
-        "eval_points": args.eval_points,
-        "weightings": args.weightings,
+    body = ComparisonCreate(
+        dataset_id=dataset_id,
+        budget=ComparisonBudget(examples=args.budget),
+        random_seeds=args.random_seeds,
+        model=args.model,
+        lambda_=args.lam,
+        max_length=args.max_length,
+        eval_points=args.eval_points,
+        weightings=args.weightings,
         **training_body(args, client),
-    }
-    job = client.create("comparisons", body)
+    )
+    job = client.create("comparisons", request_json(body))
     if not args.wait:
         print_json(job)
         return None
-    result = follow(client, job)
-    client.download(result["plot_url"], args.out_dir / "comparison.png")
+    result = ComparisonResult.model_validate(follow(client, job))
+    if result.plot_url:
+        client.download(result.plot_url, args.out_dir / "comparison.png")
     return result
 
 

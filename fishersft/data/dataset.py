@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from fishersft.contract.base import ExampleId
 from fishersft.errors import DatasetError, LineError
 
 Shape = Literal["prompt_response", "messages", "text"]
-ExampleId = str | int
 SHAPE_KEYS: dict[Shape, tuple[str, ...]] = {
     "prompt_response": ("prompt", "response"),
     "messages": ("messages",),
@@ -26,6 +26,9 @@ SHAPE_KEYS: dict[Shape, tuple[str, ...]] = {
 }
 DEFAULT_MAX_LENGTH = 1024
 """Tokens per example unless a request or command says otherwise (or the model's context is shorter)."""
+ENCODE_CHUNK = 1024
+"""Examples the embedder reads, encodes and batches at a time (memory holds one chunk, whatever the dataset's
+size). Batches, and so the features to the last bit, depend on the chunks: a shard starts at a multiple of it."""
 OWN_KEYS = {"id", "prompt", "response", "messages", "text"}
 SHAPE_NAMES: dict[Shape, str] = {"prompt_response": "prompt/response", "messages": "chat messages", "text": "text"}
 

@@ -17,11 +17,12 @@ before the first loss token), then from the right.
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from fishersft.data.dataset import Example
+from fishersft.data.dataset import Example, read_jsonl
 from fishersft.errors import DatasetError, LineError
 
 Piece = tuple[str | list[int], bool]
@@ -109,3 +110,11 @@ def _chat_template_pieces(example: Example, tokenizer: PreTrainedTokenizerBase) 
     rest = tokenizer.apply_chat_template(messages, tokenize=False)
     out.append((rest[len(done) :], False))
     return [(text, is_loss) for text, is_loss in out if text]
+
+
+def encode_file(
+    data: str | Path, tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> tuple[list[Example], list[Encoded]]:
+    """Read a JSONL dataset and encode it: what the embedder and the trainer both see."""
+    examples = read_jsonl(data)
+    return examples, encode_all(examples, tokenizer, max_length)

@@ -2,6 +2,9 @@
 
 from collections.abc import Iterable, Mapping, Sequence
 
+from fishersft.contract.datasets import MAX_LABEL_VALUES
+from fishersft.contract.selection import GroupCoverage
+
 GROUP_FIELDS = ("category", "source")
 """Fields a result reports coverage of when the request names none, the first one the rows carry."""
 
@@ -16,19 +19,15 @@ def group_field(labels: Iterable[Mapping[str, str]], requested: str | None = Non
 
 def group_coverage(
     groups: Sequence[str | None], chosen: Iterable[int], field: str, pool: Iterable[int] | None = None
-) -> dict:
+) -> GroupCoverage:
     """`{field, covered, total}`: distinct groups among the chosen examples, and among the `pool` they were
     chosen from (default: all). `groups[i]` is example i's value of `field`; rows without it count as no group."""
     pool = range(len(groups)) if pool is None else pool
-    return {
-        "field": field,
-        "covered": len({groups[i] for i in chosen} - {None}),
-        "total": len({groups[i] for i in pool} - {None}),
-    }
-
-
-MAX_LABEL_VALUES = 10_000
-"""Distinct values counted per label field at upload; beyond that a field is reported as having this many."""
+    return GroupCoverage(
+        field=field,
+        covered=len({groups[i] for i in chosen} - {None}),
+        total=len({groups[i] for i in pool} - {None}),
+    )
 
 
 class LabelCounter:

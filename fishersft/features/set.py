@@ -9,10 +9,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from fishersft.contract.compression import Compression, RecordedCompression
+from fishersft.contract.selection import Weighting
 from fishersft.data.dataset import ExampleId
 from fishersft.errors import InputError
-from fishersft.selection.blocks import chunk_rows, row_ranges
-from fishersft.variants import Compression
+from fishersft.selection.blocks import FeatureBlocks, chunk_rows, row_ranges
 
 FEATURES_FILE, OFFSETS_FILE, IDS_FILE, META_FILE = "features.npy", "offsets.npy", "ids.json", "meta.json"
 
@@ -62,12 +63,16 @@ class FeatureSet:
         return int(self.lengths.sum())  # type: ignore[union-attr]
 
     @property
-    def compression(self) -> Compression | None:
-        """How the rows were compressed; None for raw features (every loss token's row)."""
+    def recorded_compression(self) -> RecordedCompression | None:
+        """How the rows were compressed, as the store recorded it; None for raw features (every loss token's row)."""
         recorded = self.meta.get("compression")
-        if recorded is None:
-            return None
-        return Compression.of(recorded)
+        return None if recorded is None else RecordedCompression.model_validate(recorded)
+
+    @property
+    def compression(self) -> Compression | None:
+        """How the rows were compressed; None for raw features."""
+        recorded = self.recorded_compression
+        return None if recorded is None else Compression.model_validate(recorded.model_dump(exclude={"source_dim"}))
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         return read_rows(self.features, start, stop)
@@ -112,3 +117,18 @@ def read_rows(array: np.ndarray, start: int, stop: int) -> np.ndarray:
         offset = array.offset + start * dim * array.itemsize
         return np.fromfile(array.filename, array.dtype, (stop - start) * dim, offset=offset).reshape(-1, dim)
     return np.array(array[start:stop])
+
+
+def feature_blocks(features: FeatureSet, weighting: Weighting) -> tuple[FeatureBlocks, torch.Tensor]:
+    """The blocks selection runs on under `weighting`, read from `features` a chunk at a time (float16 stays
+    float16), and the loss tokens per example."""
+    lengths = torch.from_numpy(np.asarray(features.lengths))
+    if weighting == "mean":
+        rows, offsets, scale = features.mean_rows(), torch.arange(len(lengths) + 1), None
+    else:
+        rows, offsets = features.features, torch.from_numpy(features.offsets)
+        scale = lengths.to(torch.float32).rsqrt() if weighting == "examples" else None
+    ranges = row_ranges(offsets, chunk_rows(rows.shape[1], rows.dtype.itemsize))
+    chunks = (torch.from_numpy(read_rows(rows, int(offsets[a]), int(offsets[b]))) for a, b in ranges)
+    dtype = torch.from_numpy(np.zeros(0, rows.dtype)).dtype
+    return FeatureBlocks(offsets, rows.shape[1], chunks, dtype, scale), lengths

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fishersft.contract.compression import Compression, RecordedCompression
 from fishersft.data.dataset import ExampleId
 from fishersft.features.compression import compress_examples, gaussian_projection, principal_projection
 from fishersft.features.files import load_features
@@ -35,7 +36,6 @@ from fishersft.features.set import (
     read_rows,
 )
 from fishersft.selection.blocks import row_ranges
-from fishersft.variants import Compression
 
 
 class RowFile:
@@ -79,7 +79,7 @@ class FeatureStoreWriter:
 
     Examples are announced with `add()` (ids and loss tokens, in dataset order, a chunk at a time), then their
     rows given to `write()` in any order: every loss token's row, of which the store keeps each example's mean
-    and at most `compression.rank` rows (see fishersft.compression), projected to `compression.dim`
+    and at most `compression.rank` rows (see fishersft.features.compression), projected to `compression.dim`
     dimensions. A seeded Gaussian projection is applied as rows arrive; principal directions need the total
     Gram of every row first, so rows are staged in full dimension and projected in one pass over the staged
     file at `commit()`. Rows go to files as they come: memory grows only by an id and two integers an example.
@@ -155,8 +155,8 @@ class FeatureStoreWriter:
         np.save(self.partial / OFFSETS_FILE, np.asarray(self.offsets, dtype=np.int64))
         np.save(self.partial / LENGTHS_FILE, np.asarray(self.lengths, dtype=np.int64))
         (self.partial / IDS_FILE).write_text(json.dumps(self.ids))
-        recorded = {**self.compression.as_dict(), "source_dim": self.source_dim, "dim": self.dim}
-        (self.partial / META_FILE).write_text(json.dumps({**self.meta, "compression": recorded}))
+        recorded = RecordedCompression(**{**self.compression.model_dump(), "dim": self.dim}, source_dim=self.source_dim)
+        (self.partial / META_FILE).write_text(json.dumps({**self.meta, "compression": recorded.model_dump()}))
         try:
             os.rename(self.partial, self.directory)
         except OSError:
@@ -209,9 +209,11 @@ def assemble_store(parts: Sequence[Path], directory: str | Path) -> FeatureSet:
     total Gram. Parts embedded in the same chunks as one writer would make the same files byte for byte, except
     for principal projections, whose Gram is summed in another order (equal to rounding)."""
     loaded = [load_features(p) for p in parts]
-    recorded = loaded[0].meta["compression"]
+    recorded, compression = loaded[0].recorded_compression, loaded[0].compression
+    if recorded is None or compression is None:
+        raise ValueError(f"{parts[0]} is not a compressed store's part")
     meta = {k: v for k, v in loaded[0].meta.items() if k not in ("compression", "truncated")}
-    writer = FeatureStoreWriter(directory, recorded["source_dim"], loaded[0].compression, meta)  # type: ignore[arg-type]
+    writer = FeatureStoreWriter(directory, recorded.source_dim, compression, meta)
     try:
         for path, part in zip(parts, loaded, strict=True):
             gram = path / GRAM_FILE

@@ -2,11 +2,11 @@
 
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Literal
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from fishersft.contract.training import Precision
 from fishersft.errors import InputError
 
 
@@ -21,9 +21,6 @@ def resolve_device(device: str | None = None) -> torch.device:
             raise InputError(f"device {device!r} asked for, but CUDA is not available on this machine")
         return resolved
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-Precision = Literal["auto", "float32", "bfloat16"]
 
 
 def embedding_autocast(device: torch.device, precision: Precision = "auto") -> torch.dtype | None:

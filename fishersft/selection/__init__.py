@@ -1,6 +1,5 @@
 """FisherSFT selection: pure tensor code, no I/O."""
 
-from fishersft.selection.selector import Budget, Selection, select
-from fishersft.variants import WEIGHTINGS, Method, Weighting
+from fishersft.selection.selector import Selection, select
 
-__all__ = ["WEIGHTINGS", "Budget", "Method", "Selection", "Weighting", "select"]
+__all__ = ["Selection", "select"]

@@ -8,34 +8,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fishersft.contract.selection import DEFAULT_EPSILON, Algorithm, Budget, Method, Weighting
 from fishersft.selection.blocks import FeatureBlocks
 from fishersft.selection.greedy import GreedyResult, StepCallback, exact_greedy, lazy_greedy, stochastic_greedy
 from fishersft.selection.logdet import LogDetObjective
-from fishersft.variants import DEFAULT_EPSILON, Algorithm, Method, Weighting
-
-
-@dataclass(frozen=True)
-class Budget:
-    """At most `examples` examples, or at most `tokens` loss tokens: exactly one of the two."""
-
-    examples: int | None = None
-    tokens: int | None = None
-
-    def __post_init__(self) -> None:
-        if (self.examples is None) == (self.tokens is None):
-            raise ValueError("give exactly one of examples and tokens")
-        if (self.examples if self.examples is not None else self.tokens) < 0:  # type: ignore[operator]
-            raise ValueError("a budget cannot be negative")
-
-    def as_dict(self) -> dict[str, int]:
-        """`{"examples": K}` or `{"tokens": T}`, as the CLI's result and the HTTP API write it."""
-        return {"examples": self.examples} if self.examples is not None else {"tokens": self.tokens}  # type: ignore[dict-item]
-
-    def costs(self, lengths: Tensor) -> tuple[Tensor, float]:
-        """Per-example costs and the limit on their sum."""
-        if self.examples is not None:
-            return torch.ones(len(lengths), dtype=torch.float64), float(self.examples)
-        return lengths.to(torch.float64), float(self.tokens)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -92,7 +68,7 @@ def select_blocks(
     candidates[list(warm_start)] = False
     candidates[list(exclude)] = False
     candidates = candidates.nonzero().flatten()
-    costs, limit = budget.costs(lengths)
+    costs, limit = budget_costs(budget, lengths)
     if method == "random":
         result = _random_order(objective, costs, limit, candidates, seed, on_step)
     elif method == "fisher" and algorithm == "stochastic":
@@ -103,6 +79,13 @@ def select_blocks(
     else:
         raise ValueError(f"unknown method {method!r}")
     return Selection(result.order, result.gains, start + sum(result.gains), objective.evaluations)
+
+
+def budget_costs(budget: Budget, lengths: Tensor) -> tuple[Tensor, float]:
+    """Per-example costs under `budget` (1 an example, or its loss tokens) and the limit on their sum."""
+    if budget.examples is not None:
+        return torch.ones(len(lengths), dtype=torch.float64), float(budget.examples)
+    return lengths.to(torch.float64), float(budget.limit)
 
 
 def expected_picks(costs: Tensor, limit: float) -> float:

@@ -1,10 +1,13 @@
 """What the API and the workers agree on in Redis, beside RQ's own job records, and the shapes of ids."""
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
 from rq.serializers import JSONSerializer
+
+from fishersft.contract.compression import Compression
 
 JOB_SERIALIZER = JSONSerializer
 """RQ's job data, meta and results go through JSON, never pickle: whoever can write to Redis must not be able to
@@ -80,17 +83,20 @@ class Plan:
     An empty plan is a selection on one worker from start to end."""
 
     shards: list[tuple[int, int]] = field(default_factory=list)
-    compression: dict[str, Any] | None = None
+    compression: Compression | None = None
     partitions: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """As JSON (job arguments and meta)."""
+        compression = None if self.compression is None else self.compression.model_dump()
+        return {"shards": [list(s) for s in self.shards], "compression": compression, "partitions": self.partitions}
 
     @classmethod
     def of(cls, value: dict[str, Any] | None) -> "Plan":
         value = value or {}
         shards = [(int(a), int(b)) for a, b in value.get("shards", [])]
-        return cls(shards, value.get("compression"), value.get("partitions"))
+        compression = value.get("compression")
+        return cls(shards, None if compression is None else Compression(**compression), value.get("partitions"))
 
     def shard_ids(self, job_id: str) -> list[str]:
         return [f"{job_id}-shard-{k}" for k in range(len(self.shards))]
@@ -105,16 +111,19 @@ class Plan:
         """The stage jobs in an order that enqueues each after those it waits for; the selection waits for the
         last group (partitions, else shards)."""
         shard_ids = self.shard_ids(job_id)
-        stages = [
-            Stage(
-                shard_ids[k],
-                RUN_SHARD,
-                {"request": {**shard_request(request), "compression": self.compression, "start": a, "stop": b}},
-                (),
-                f"shard {k}",
-            )
-            for k, (a, b) in enumerate(self.shards)
-        ]
+        stages = []
+        if self.shards:
+            assert self.compression is not None, "shards are embedded at the plan's compression"
+            for k, (a, b) in enumerate(self.shards):
+                shard = ShardRequest(
+                    dataset_id=request["dataset_id"],
+                    model=request["model"],
+                    max_length=request["max_length"],
+                    compression=self.compression,
+                    start=a,
+                    stop=b,
+                )
+                stages.append(Stage(shard_ids[k], RUN_SHARD, {"request": shard.model_dump()}, (), f"shard {k}"))
         if self.partitions:
             features_id = self.features_id(job_id)
             plan = self.as_dict()
@@ -138,9 +147,15 @@ class Plan:
         return self.partition_ids(job_id) if self.partitions else self.shard_ids(job_id)
 
 
-def shard_request(request: dict[str, Any]) -> dict[str, Any]:
-    """What a shard needs of a selection's request: the dataset and how it is embedded."""
-    return {k: request[k] for k in ("dataset_id", "model", "max_length")}
+class ShardRequest(BaseModel):
+    """What a shard job needs of its selection: the dataset, how it is embedded, and its examples [start, stop)."""
+
+    dataset_id: str
+    model: str
+    max_length: int
+    compression: Compression
+    start: int
+    stop: int
 
 
 def shard_ranges(n: int, size: int) -> list[tuple[int, int]]:

@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, NonNegativeInt, PositiveInt, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from fishersft.contract.compression import DEFAULT_SELECTION_MEMORY
+from fishersft.data.dataset import ENCODE_CHUNK
 from fishersft.errors import InputError
 from fishersft.models.registry import (
     BUILTIN_MODELS,
@@ -19,7 +21,8 @@ from fishersft.models.registry import (
     model_dim,
     prepared_dir,
 )
-from fishersft.variants import DEFAULT_SELECTION_MEMORY, DEFAULT_SHARD_EXAMPLES, ENCODE_CHUNK
+
+DEFAULT_SHARD_EXAMPLES = 20 * ENCODE_CHUNK
 
 
 class Settings(BaseSettings):
@@ -70,7 +73,7 @@ class Settings(BaseSettings):
     selection_memory_bytes: PositiveInt = Field(
         DEFAULT_SELECTION_MEMORY,
         description="Memory a selection's features may take; a request that leaves rank and dim out gets the most "
-        "faithful compression that fits (see variants.default_compression).",
+        "faithful compression that fits (see contract.compression.default_compression).",
     )
 
     shard_examples: PositiveInt = Field(

@@ -3,7 +3,7 @@
     blobs/<sha256>                          uploaded files, content-addressed
     datasets/<id>.json                      dataset metadata
     features/<sha256>-<model>-<max_length>-<compression>/ features stores computed from a dataset (see
-        fishersft.features); <sha256>-upload-<compression>/ for an uploaded features file; <store>.part-<a>-<b>/
+        fishersft.features.store); <sha256>-upload-<compression>/ for an uploaded features file; <store>.part-<a>-<b>/
         one shard's part (examples a:b) until the store is assembled
     results/<job id>.json                   job results (selections, finetunes, comparisons)
     artifacts/<job id>/                     files a job made: adapter.tar.gz, plot.png
@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fishersft.contract.datasets import DatasetRecord
+from fishersft.contract.jobs import SavedJob
 from fishersft.service.protocol import is_id
 
 
@@ -41,19 +43,19 @@ class ArtifactStore:
         os.replace(temp, self.blob(sha256))
         return self.blob(sha256)
 
-    def dataset(self, dataset_id: str) -> dict[str, Any] | None:
+    def dataset(self, dataset_id: str) -> DatasetRecord | None:
         if not is_id(dataset_id, "ds"):
             return None
-        return _read_json(self.root / "datasets" / f"{dataset_id}.json")
+        return _read_record(self.root / "datasets" / f"{dataset_id}.json")
 
-    def put_dataset_once(self, record: dict[str, Any]) -> dict[str, Any]:
+    def put_dataset_once(self, record: DatasetRecord) -> DatasetRecord:
         """Store a dataset's record unless one exists; returns the stored one (the first writer's)."""
-        path = self.root / "datasets" / f"{record['id']}.json"
-        temp = _write_temp(path, record)
+        path = self.root / "datasets" / f"{record.id}.json"
+        temp = _write_temp(path, record.model_dump(mode="json"))
         try:
             os.link(temp, path)  # atomic create-if-absent
         except FileExistsError:
-            return _read_json(path) or record
+            return _read_record(path) or record
         finally:
             temp.unlink()
         return record
@@ -80,15 +82,15 @@ class ArtifactStore:
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 
-    def datasets(self) -> list[dict[str, Any]]:
-        records = [_read_json(p) for p in (self.root / "datasets").glob("*.json")]
+    def datasets(self) -> list[DatasetRecord]:
+        records = [_read_record(p) for p in (self.root / "datasets").glob("*.json")]
         return [r for r in records if r is not None]
 
-    def delete_dataset(self, record: dict[str, Any]) -> None:
-        (self.root / "datasets" / f"{record['id']}.json").unlink(missing_ok=True)
-        shutil.rmtree(self.root / "datasets" / f"{record['id']}.owners", ignore_errors=True)
-        self.blob(record["sha256"]).unlink(missing_ok=True)
-        for cached in (self.root / "features").glob(f"{record['sha256']}-*"):
+    def delete_dataset(self, record: DatasetRecord) -> None:
+        (self.root / "datasets" / f"{record.id}.json").unlink(missing_ok=True)
+        shutil.rmtree(self.root / "datasets" / f"{record.id}.owners", ignore_errors=True)
+        self.blob(record.sha256).unlink(missing_ok=True)
+        for cached in (self.root / "features").glob(f"{record.sha256}-*"):
             shutil.rmtree(cached, ignore_errors=True)
 
     def sweep(self, older_than_s: float) -> list[Path]:
@@ -150,11 +152,12 @@ class ArtifactStore:
         os.replace(source, target)
         return target
 
-    def result(self, job_id: str) -> dict[str, Any] | None:
-        return _read_json(self.root / "results" / f"{_safe(job_id)}.json")
+    def result(self, job_id: str) -> SavedJob | None:
+        saved = _read_json(self.root / "results" / f"{_safe(job_id)}.json")
+        return None if saved is None else SavedJob.model_validate(saved)
 
-    def put_result(self, job_id: str, result: dict[str, Any]) -> None:
-        _write_json(self.root / "results" / f"{job_id}.json", result)
+    def put_result(self, job_id: str, saved: SavedJob) -> None:
+        _write_json(self.root / "results" / f"{job_id}.json", saved.model_dump(mode="json"))
 
 
 def _safe(name: str) -> str:
@@ -167,6 +170,11 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except FileNotFoundError:
         return None
+
+
+def _read_record(path: Path) -> DatasetRecord | None:
+    record = _read_json(path)
+    return None if record is None else DatasetRecord.model_validate(record)
 
 
 def _write_json(path: Path, value: dict[str, Any]) -> None:

@@ -6,31 +6,26 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from transformers import AutoTokenizer
 
+from fishersft.contract.comparison import BudgetKind, ComparisonResult, ComparisonRun, HeldOutSet, KindSummary, Spread
+from fishersft.contract.selection import Budget, Method, Weighting
+from fishersft.contract.training import EvalRequest, LoraConfig, TrainingConfig, TrainingRun
 from fishersft.data.dataset import Example
-from fishersft.data.encoding import Encoded
+from fishersft.data.encoding import Encoded, encode_file
 from fishersft.data.groups import group_coverage
-from fishersft.features.set import FeatureSet
-from fishersft.pipeline import Progress, encode_file, feature_blocks
-from fishersft.selection import Budget, Method, Weighting
+from fishersft.features.set import FeatureSet, feature_blocks
+from fishersft.pipeline import Progress
 from fishersft.selection.selector import select_blocks
 from fishersft.training.evaluation import finetune, held_out_file, held_out_split, ids_sha256
-from fishersft.training.lora import (
-    DEFAULT_LORA,
-    DEFAULT_TRAINING,
-    LoraSettings,
-    TrainingSettings,
-)
 
 
 @dataclass(frozen=True)
 class Run:
-    method: str
+    method: Method
     seed: int | None
     budget: Budget
     indices: list[int]
@@ -66,89 +61,99 @@ def comparison_runs(
 
 
 def run_row(
-    run: Run, examples: Sequence[Example], encoded: Sequence[Encoded], pool: Sequence[int], group_by: str, result: dict
-) -> dict:
+    run: Run,
+    examples: Sequence[Example],
+    encoded: Sequence[Encoded],
+    pool: Sequence[int],
+    group_by: str,
+    trained: TrainingRun,
+) -> ComparisonRun:
     """One line of the comparison table; `pool` are the indices selection could choose from."""
-    evaluation = result["eval"]
+    evaluation = trained.eval
+    assert evaluation is not None, "every comparison run is evaluated"
     loss_tokens = sum(len(encoded[i].targets) for i in run.indices)
     mean_tokens = statistics.mean(len(encoded[i].targets) for i in pool)
-    return {
-        "method": run.method,
-        "weighting": run.weighting,
-        "seed": run.seed,
-        "budget_kind": "examples" if run.budget.examples is not None else "tokens",
-        "budget": run.budget.as_dict(),
-        "examples": len(run.indices),
-        "loss_tokens": loss_tokens,
-        "length_ratio": loss_tokens / len(run.indices) / mean_tokens if run.indices else 0.0,
-        "groups": group_coverage([e.labels.get(group_by) for e in examples], run.indices, group_by, pool),
-        "ids_sha256": ids_sha256([examples[i].id for i in run.indices]),
-        "loss_before": evaluation["before"]["loss"],
-        "loss_after": evaluation["after"]["loss"],
-        "perplexity_before": evaluation["before"]["perplexity"],
-        "perplexity_after": evaluation["after"]["perplexity"],
-        "worst_group": evaluation["after"]["worst_group"],
-        "steps": result["steps"],
-        "curve": evaluation["curve"],
-        "train_s": result["timings"]["train_s"],
-    }
+    return ComparisonRun(
+        method=run.method,
+        weighting=run.weighting,
+        seed=run.seed,
+        budget_kind=run.budget.kind,
+        budget=run.budget,
+        examples=len(run.indices),
+        loss_tokens=loss_tokens,
+        length_ratio=loss_tokens / len(run.indices) / mean_tokens if run.indices else 0.0,
+        groups=group_coverage([e.labels.get(group_by) for e in examples], run.indices, group_by, pool),
+        ids_sha256=ids_sha256([examples[i].id for i in run.indices]),
+        loss_before=evaluation.before.loss,
+        loss_after=evaluation.after.loss,
+        perplexity_before=evaluation.before.perplexity,
+        perplexity_after=evaluation.after.perplexity,
+        worst_group=evaluation.after.worst_group,
+        steps=trained.steps,
+        curve=evaluation.curve,
+        train_s=trained.train_s,
+    )
 
 
-def summarize(rows: Sequence[dict]) -> dict[str, Any]:
+def summarize(rows: Sequence[ComparisonRun]) -> dict[BudgetKind, KindSummary]:
     """Per budget kind: each fisher weighting's held-out loss after training against the random runs' mean, min
     and max (and the same for the worst group)."""
-    summary = {}
-    random = [r for r in rows if r["method"] == "random"]
-    for kind in ("examples", "tokens"):
-        fisher = [r for r in rows if r["budget_kind"] == kind and r["method"] == "fisher"]
+    summary: dict[BudgetKind, KindSummary] = {}
+    random = [r for r in rows if r.method == "random"]
+    kinds: tuple[BudgetKind, ...] = ("examples", "tokens")
+    for kind in kinds:
+        fisher = [r for r in rows if r.budget_kind == kind and r.method == "fisher"]
         if not fisher or not random:
             continue
-        entry: dict[str, Any] = {
-            "fisher": {r["weighting"]: r["loss_after"] for r in fisher},
-            "random": _spread([r["loss_after"] for r in random]),
-        }
-        if fisher[0]["worst_group"]:
-            entry["fisher_worst_group"] = {r["weighting"]: r["worst_group"]["loss"] for r in fisher}
-            entry["random_worst_group"] = _spread([r["worst_group"]["loss"] for r in random])
+        entry = KindSummary(
+            fisher={str(r.weighting): r.loss_after for r in fisher},
+            random=_spread([r.loss_after for r in random]),
+        )
+        if all(r.worst_group for r in fisher + random):
+            entry.fisher_worst_group = {str(r.weighting): r.worst_group.loss for r in fisher if r.worst_group}
+            entry.random_worst_group = _spread([r.worst_group.loss for r in random if r.worst_group])
         summary[kind] = entry
     return summary
 
 
-def _spread(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.mean(values), "min": min(values), "max": max(values)}
+def _spread(values: list[float]) -> Spread:
+    return Spread(mean=statistics.mean(values), min=min(values), max=max(values))
 
 
 def compare(
     data: Path,
     model_dir: Path,
+    model: str,
     budget_examples: int,
     features: FeatureSet,
     *,
     seeds: Sequence[int] = (0, 1, 2),
-    holdout_fraction: float | None = 0.1,
-    stratify_by: str = "category",
+    evaluation: EvalRequest | None = None,
     eval_data: Path | None = None,
     lam: float = 1.0,
     weightings: Sequence[Weighting] = ("tokens",),
-    lora: LoraSettings = DEFAULT_LORA,
-    training: TrainingSettings = DEFAULT_TRAINING,
+    lora: LoraConfig | None = None,
+    training: TrainingConfig | None = None,
     max_length: int = 1024,
     eval_points: int = 4,
     device: torch.device | None = None,
     progress: Progress | None = None,
-) -> dict[str, Any]:
-    """Train the fisher subset and each seeded random subset of `data` (whose `features` are given) with identical
-    settings, evaluate all on the same held-out set (`eval_data`, or a stratified `holdout_fraction` of `data`
-    that is never selected), at equal examples and at equal loss tokens, fisher under each of `weightings`.
-    Returns the comparison's JSON."""
+) -> ComparisonResult:
+    """Train the fisher subset and each seeded random subset of `data` (whose `features` are given, embedded by
+    `model` from `model_dir`) with identical settings, evaluate all on the same held-out set (`eval_data`, the
+    file of `evaluation.dataset_id`, or a stratified `evaluation.holdout_fraction` of `data` that is never
+    selected), at equal examples and at equal loss tokens, fisher under each of `weightings`."""
+    evaluation = evaluation or EvalRequest(holdout_fraction=0.1)
+    lora, training = lora or LoraConfig(), training or TrainingConfig()
     device = device or torch.device("cpu")
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     examples, encoded = encode_file(data, tokenizer, max_length)
+    stratify_by = evaluation.stratify_by
     if eval_data is not None:
         held, exclude = held_out_file(eval_data, tokenizer, max_length, stratify_by), []
     else:
-        held, exclude = held_out_split(examples, encoded, holdout_fraction or 0.1, stratify_by)
+        held, exclude = held_out_split(examples, encoded, evaluation.holdout_fraction or 0.1, stratify_by)
     before = held.evaluate_base(model_dir, device)
     runs = comparison_runs(features, budget_examples, seeds, exclude, lam, weightings)
     pool = sorted(set(range(len(examples))) - set(exclude))
@@ -162,7 +167,7 @@ def compare(
             if progress:
                 progress("training", done + step, sum(totals))
 
-        _, result = finetune(
+        _, trained = finetune(
             model_dir,
             [encoded[i] for i in run.indices],
             held,
@@ -173,18 +178,21 @@ def compare(
             eval_points=eval_points,
             on_step=on_step,
         )
-        rows.append(run_row(run, examples, encoded, pool, stratify_by, result))
-    return {
-        "n_examples": len(examples),
-        "held_out": {
-            "source": "eval_data" if eval_data is not None else "holdout",
-            "fraction": None if eval_data is not None else holdout_fraction,
-            "stratified_by": stratify_by,
-            "n_examples": len(held.encoded),
-            "n_loss_tokens": held.n_loss_tokens,
-            "before": before,
-        },
-        "runs": rows,
-        "summary": summarize(rows),
-        "timings": {"prepare_s": prepared_s, "train_s": sum(r["train_s"] for r in rows)},
-    }
+        rows.append(run_row(run, examples, encoded, pool, stratify_by, trained))
+    held_out = HeldOutSet(
+        source="eval_data" if eval_data is not None else "holdout",
+        fraction=None if eval_data is not None else evaluation.holdout_fraction,
+        stratified_by=stratify_by,
+        n_examples=len(held.encoded),
+        n_loss_tokens=held.n_loss_tokens,
+        before=before,
+    )
+    return ComparisonResult(
+        model=model,
+        budget=Budget(examples=budget_examples),
+        n_examples=len(examples),
+        held_out=held_out,
+        runs=rows,
+        summary=summarize(rows),
+        timings={"prepare_s": prepared_s, "train_s": sum(r.train_s for r in rows)},
+    )

@@ -7,24 +7,17 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from fishersft.contract.training import EvalMetrics, FinetuneEval, LoraConfig, TrainingConfig, TrainingRun, WorstGroup
 from fishersft.data.dataset import Example, ExampleId
-from fishersft.data.encoding import Encoded
+from fishersft.data.encoding import Encoded, encode_file
 from fishersft.data.holdout import holdout
 from fishersft.models.loading import load_model
-from fishersft.pipeline import encode_file
-from fishersft.training.lora import (
-    LoraSettings,
-    Trained,
-    TrainingSettings,
-    example_losses,
-    train_lora,
-)
+from fishersft.training.lora import Trained, example_losses, train_lora
 
 MAX_CURVE_POINTS = 200
 """Training losses kept per run: every step up to this many, else evenly sampled (last step included)."""
@@ -40,11 +33,11 @@ class HeldOut:
     def n_loss_tokens(self) -> int:
         return sum(len(e.targets) for e in self.encoded)
 
-    def evaluate_base(self, model_dir: Path, device: torch.device) -> dict[str, Any]:
+    def evaluate_base(self, model_dir: Path, device: torch.device) -> EvalMetrics:
         """`evaluate` on a fresh float32 copy of the base model: the `before` of every run on it."""
         return self.evaluate(load_model(model_dir, device, dtype=torch.float32)[0])
 
-    def evaluate(self, model: torch.nn.Module) -> dict[str, Any]:
+    def evaluate(self, model: torch.nn.Module) -> EvalMetrics:
         """Mean loss per loss token overall and per group, perplexity, and the worst group."""
         sums = example_losses(model, self.encoded)
         counts = torch.tensor([len(e.targets) for e in self.encoded], dtype=torch.float64)
@@ -54,12 +47,12 @@ class HeldOut:
             members = torch.tensor([g == group for g in self.groups])
             by_group[group] = float(sums[members].sum() / counts[members].sum())
         worst = max(by_group, key=by_group.__getitem__) if by_group else None
-        return {
-            "loss": loss,
-            "perplexity": math.exp(loss),
-            "by_group": by_group,
-            "worst_group": {"group": worst, "loss": by_group[worst]} if worst else None,
-        }
+        return EvalMetrics(
+            loss=loss,
+            perplexity=math.exp(loss),
+            by_group=by_group,
+            worst_group=WorstGroup(group=worst, loss=by_group[worst]) if worst else None,
+        )
 
 
 def held_out_split(
@@ -100,40 +93,40 @@ def finetune(
     model_dir: Path,
     train: Sequence[Encoded],
     held_out: HeldOut | None,
-    lora: LoraSettings,
-    training: TrainingSettings,
+    lora: LoraConfig,
+    training: TrainingConfig,
     *,
     device: torch.device,
-    before: dict[str, Any] | None = None,
+    before: EvalMetrics | None = None,
     eval_points: int = 4,
     on_step: Callable[[int, int, float], None] | None = None,
-) -> tuple[Trained, dict[str, Any]]:
+) -> tuple[Trained, TrainingRun]:
     """Train LoRA on `train` from a fresh float32 copy of the base model; `before` is the base model's held-out
-    evaluation (measured once by the caller). Returns the trained model and the run's JSON result."""
+    evaluation (measured once by the caller, and needed with `held_out`). Returns the trained model and what
+    the run measured."""
     model, _ = load_model(model_dir, device, dtype=torch.float32)
-    last: dict[str, Any] = {}
+    last: list[EvalMetrics] = []
 
     def evaluate(m: torch.nn.Module) -> float:
-        last.update(held_out.evaluate(m))  # type: ignore[union-attr]
-        return last["loss"]
+        assert held_out is not None
+        last.append(held_out.evaluate(m))
+        return last[-1].loss
 
     started = time.perf_counter()
     trained = train_lora(
         model, train, lora, training, evaluate=evaluate if held_out else None, eval_points=eval_points, on_step=on_step
     )
-    result: dict[str, Any] = {
-        "steps": trained.steps,
-        "train_loss": sampled_losses(trained.train_loss),
-        "eval": None,
-        "timings": {"train_s": time.perf_counter() - started},
-    }
+    evaluation = None
     if held_out:
-        curve = ([[0, before["loss"]]] if before else []) + [[s, v] for s, v in trained.eval_loss]
-        result["eval"] = {
-            "n_examples": len(held_out.encoded),
-            "n_loss_tokens": held_out.n_loss_tokens,
-            "before": before,
-            "after": dict(last),
-            "curve": curve,
-        }
-    return trained, result
+        assert before is not None, "a held-out evaluation starts from the base model's"
+        evaluation = FinetuneEval(
+            n_examples=len(held_out.encoded),
+            n_loss_tokens=held_out.n_loss_tokens,
+            before=before,
+            after=last[-1],
+            curve=[[0, before.loss]] + [[s, v] for s, v in trained.eval_loss],
+        )
+    train_s = time.perf_counter() - started
+    return trained, TrainingRun(
+        steps=trained.steps, train_loss=sampled_losses(trained.train_loss), eval=evaluation, train_s=train_s
+    )

@@ -1,7 +1,7 @@
 """LoRA fine-tuning (SFT) on exactly the loss tokens the selection used, and the held-out loss that judges it.
 
 The loss of an example is the cross-entropy of its loss tokens, given everything before them: the same encoding,
-truncation and loss positions as the embedder (`fishersft.encoding`). The LM head runs only at those positions,
+truncation and loss positions as the embedder (`fishersft.data.encoding`). The LM head runs only at those positions,
 so the 49k-wide vocabulary product is never paid for prompt or padding tokens. A step's loss is the mean over
 the loss tokens of its batch.
 
@@ -9,45 +9,20 @@ Adapters are peft LoRA modules, saved in peft's layout (`adapter_config.json`, `
 so that `PeftModel.from_pretrained(base, directory)` loads them.
 """
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import peft
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import PeftModel, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from fishersft.contract.training import LoraConfig, Precision, TrainingConfig
 from fishersft.data.encoding import Encoded
 from fishersft.models.forward import length_sorted_batches, pre_logits
-from fishersft.models.loading import Precision, autocast, embedding_autocast
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    r: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-
-
-@dataclass(frozen=True)
-class TrainingSettings:
-    epochs: int = 3
-    max_steps: int | None = None
-    """Stop after this many optimizer steps, even within an epoch."""
-    learning_rate: float = 3e-4
-    batch_size: int = 8
-    seed: int = 0
-    precision: Precision = "auto"
-
-    def total_steps(self, n_examples: int) -> int:
-        steps = self.epochs * math.ceil(n_examples / self.batch_size)
-        return min(steps, self.max_steps) if self.max_steps else steps
-
-
-DEFAULT_LORA, DEFAULT_TRAINING = LoraSettings(), TrainingSettings()
+from fishersft.models.loading import autocast, embedding_autocast
 
 
 def autocast_dtype(device: torch.device, precision: Precision = "auto") -> torch.dtype | None:
@@ -120,8 +95,8 @@ class Trained:
 def train_lora(
     model: PreTrainedModel,
     train: Sequence[Encoded],
-    lora: LoraSettings = DEFAULT_LORA,
-    settings: TrainingSettings = DEFAULT_TRAINING,
+    lora: LoraConfig | None = None,
+    settings: TrainingConfig | None = None,
     *,
     evaluate: Callable[[PreTrainedModel], float] | None = None,
     eval_points: int = 4,
@@ -131,8 +106,9 @@ def train_lora(
     linearly decaying learning rate over length-grouped shuffled batches, seeded. `evaluate(model)` (a held-out
     loss, say) is called at `eval_points` evenly spaced steps, the last one at the end; measure step 0 yourself,
     once, before training: it is the same for every run on one base model."""
+    lora, settings = lora or LoraConfig(), settings or TrainingConfig()
     torch.manual_seed(settings.seed)
-    config = LoraConfig(
+    config = peft.LoraConfig(
         task_type="CAUSAL_LM",
         r=lora.r,
         lora_alpha=lora.alpha,

@@ -4,26 +4,26 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from fishersft.variants import run_label
+from fishersft.contract.comparison import ComparisonRun
 
 
-def plot_curves(rows: Sequence[dict], out: Path, title: str) -> Path:
+def plot_curves(rows: Sequence[ComparisonRun], out: Path, title: str) -> Path:
     """Held-out loss against training step, one line per run, a panel per budget kind (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kinds = [k for k in ("examples", "tokens") if any(r["budget_kind"] == k for r in rows)]
+    kinds = [k for k in ("examples", "tokens") if any(r.budget_kind == k for r in rows)]
     figure, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 4.2), squeeze=False, sharey=True)
     for axis, kind in zip(axes[0], kinds, strict=True):
-        random_runs = [r for r in rows if r["method"] == "random"]
-        for row in [r for r in rows if r["budget_kind"] == kind] + (random_runs if kind == "tokens" else []):
-            steps, losses = zip(*row["curve"], strict=True)
-            label = f"{run_label(row)}: {row['examples']} ex, {row['loss_tokens']:,} tok"
-            style = {"linewidth": 2.2} if row["method"] == "fisher" else {"alpha": 0.6, "linestyle": "--"}
+        random_runs = [r for r in rows if r.method == "random"]
+        for row in [r for r in rows if r.budget_kind == kind] + (random_runs if kind == "tokens" else []):
+            steps, losses = zip(*row.curve, strict=True)
+            label = f"{row.label}: {row.examples} ex, {row.loss_tokens:,} tok"
+            style = {"linewidth": 2.2} if row.method == "fisher" else {"alpha": 0.6, "linestyle": "--"}
             axis.plot(steps, losses, marker="o", markersize=3, label=label, **style)
-        budget = next(r["budget"] for r in rows if r["budget_kind"] == kind)
+        budget = next(r.budget.model_dump() for r in rows if r.budget_kind == kind)
         axis.set_title(f"equal {kind}: {json.dumps(budget)}")
         axis.set_xlabel("training step")
         axis.grid(alpha=0.3)

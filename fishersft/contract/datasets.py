@@ -1,0 +1,34 @@
+"""A dataset's record: what an upload stored, as the API answers it and the workers read it."""
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+MAX_LABEL_VALUES = 10_000
+"""Distinct values counted per label field at upload; beyond that a field is reported as having this many."""
+DatasetFormat = Literal["jsonl", "npz", "safetensors"]
+
+
+class DatasetRecord(BaseModel):
+    id: str = Field(description="Dataset id, derived from the content hash: the same file always gets the same id.")
+    name: str | None = Field(description="Name given at upload, else the file name.")
+    format: DatasetFormat = Field(description="jsonl: examples; npz/safetensors: features.")
+    n_examples: int = Field(description="Number of examples.")
+    n_loss_tokens: int | None = Field(
+        description="Loss tokens, known for features files; for JSONL it depends on the model's tokenizer: null."
+    )
+    dim: int | None = Field(None, description="Features files: the width of their rows; JSONL: null (the model's).")
+    sha256: str = Field(description="SHA-256 of the uploaded bytes.")
+    bytes: int = Field(description="Size of the upload in bytes.")
+    labels: dict[str, int] = Field(
+        default_factory=dict,
+        description="JSONL: the string fields the rows carry besides their text (`category`, `source`, ...), with "
+        f"their distinct values (counted up to {MAX_LABEL_VALUES:,}); what `group_by` and `stratify_by` can name.",
+    )
+    created_at: datetime = Field(description="When it was first uploaded (UTC).")
+
+    @property
+    def is_text(self) -> bool:
+        """JSONL examples (embedded by a model), not an uploaded features file."""
+        return self.format == "jsonl"

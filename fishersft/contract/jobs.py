@@ -1,0 +1,82 @@
+"""What every job resource answers (shared CONVENTIONS), its events, and the resources' bodies."""
+
+from datetime import datetime
+from typing import Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, Field
+
+from fishersft.contract.comparison import ComparisonCreate, ComparisonResult
+from fishersft.contract.selection import SelectionCreate, SelectionResult
+from fishersft.contract.training import FinetuneCreate, FinetuneResult
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+Phase = Literal["embedding", "selecting", "evaluating", "training"]
+
+
+class Progress(BaseModel):
+    phase: Phase = Field(
+        description="embedding counts examples; selecting counts the budget spent (examples or tokens); "
+        "evaluating counts held-out evaluations; training counts optimizer steps (over all runs of a comparison)."
+    )
+    done: int = Field(description="Units done.")
+    total: int = Field(description="Units in all.")
+
+
+class JobError(BaseModel):
+    code: str = Field(description="Machine-readable reason, snake_case.")
+    message: str = Field(description="What went wrong, for people.")
+
+
+class Event(BaseModel):
+    created_at: datetime = Field(description="When it happened (UTC).")
+    level: Literal["info", "warning", "error"] = Field(description="Severity.")
+    type: str = Field(description="started, selected, evaluated, step, saved, succeeded, failed or cancelled.")
+    message: str = Field(description="For people.")
+    data: dict[str, Any] = Field(default_factory=dict, description="For machines: step, loss, ...")
+
+
+RequestT = TypeVar("RequestT", bound=BaseModel)
+ResultT = TypeVar("ResultT", bound=BaseModel)
+
+
+class JobBody(BaseModel, Generic[RequestT, ResultT]):
+    """What every job resource answers: status, times, progress, error, result."""
+
+    id: str = Field(description="Job id.")
+    status: JobStatus = Field(description="queued, running, succeeded, failed or cancelled.")
+    created_at: datetime | None = Field(description="When it was requested (UTC).")
+    started_at: datetime | None = Field(description="When a worker started it.")
+    finished_at: datetime | None = Field(description="When it ended, whatever the outcome.")
+    progress: Progress | None = Field(description="Last reported progress while running.")
+    error: JobError | None = Field(description="Why it failed; null unless failed.")
+    result: ResultT | None = Field(description="The outcome; null until succeeded.")
+    request: RequestT = Field(description="What was asked.")
+    attempts: int = Field(
+        1, description="Runs started: a job whose worker was lost (killed, crashed) is queued again once."
+    )
+
+
+class Selection(JobBody[SelectionCreate, SelectionResult]):
+    pass
+
+
+class Finetune(JobBody[FinetuneCreate, FinetuneResult]):
+    pass
+
+
+class Comparison(JobBody[ComparisonCreate, ComparisonResult]):
+    pass
+
+
+class SavedJob(BaseModel):
+    """A job's record in the artifact store once it succeeded: its request and result as JSON, its times and
+    events, whose it is and how many runs it took. Redis may forget the job; this stays."""
+
+    request: dict[str, Any]
+    result: dict[str, Any]
+    created_at: datetime
+    started_at: datetime
+    finished_at: datetime
+    events: list[Event] = Field(default_factory=list)
+    owner: str | None = None
+    attempts: int = 1

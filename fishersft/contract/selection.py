@@ -1,0 +1,261 @@
+"""A selection: its options (what to select from, how, under which budget) and its result."""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
+
+from fishersft.contract.base import (
+    MAX_ID,
+    POSITIVE,
+    REQUEST,
+    ExampleId,
+    RequestExampleId,
+    RequestModel,
+    Text,
+    exactly_one,
+    one_of,
+)
+from fishersft.contract.compression import (
+    DEFAULT_SELECTION_MEMORY,
+    Compression,
+    Projection,
+    RecordedCompression,
+    resolve_compression,
+)
+
+Method = Literal["fisher", "random"]
+Algorithm = Literal["lazy", "exact", "stochastic"]
+Weighting = Literal["tokens", "examples", "mean"]
+WEIGHTINGS: tuple[Weighting, ...] = ("tokens", "examples", "mean")
+DEFAULT_EPSILON = 0.01
+MAX_PARTITIONS = 64
+LAMBDA_DOC = "Ridge term of Sigma = lambda*I + sum x x^T."
+ALGORITHM_DOC = (
+    "How fisher greedy runs. `lazy` (default): cached upper bounds, the same picks as `exact` (every gain at every "
+    "step, the reference: slow); `stochastic`: each pick looks at a seeded random sample of (N/K) ln(1/epsilon) "
+    "candidates (Mirzasoleiman et al. 2015), approximate and much faster for very large N."
+)
+WEIGHTING_DOC = (
+    "How an example's loss tokens add to Sigma. `tokens`: the paper's sum of x x^T over every loss token; "
+    "`examples`: that sum divided by the example's loss tokens (its mean outer product), so that length alone "
+    "buys nothing; `mean`: the outer product of the example's mean feature (one rank-1 term per example, as "
+    "embedding-based reimplementations pool it). Default: `mean` under an example budget, `tokens` under a token "
+    "budget (chosen by held-out loss after fine-tuning; see the README)."
+)
+MAX_LENGTH_DOC = (
+    "Tokens per example at most (the prompt is cut first); default 1024, or the largest allowed when smaller: the "
+    "model's context and the service's FISHERSFT_MAX_LENGTH_LIMIT (422 above it)."
+)
+DEFAULT_WEIGHTING: dict[str, Weighting] = {"examples": "mean", "tokens": "tokens"}
+"""The weighting a selection gets unless it names one, per budget kind, chosen by held-out loss after LoRA
+fine-tuning (README, "What the objective buys on real data"): under a token budget the paper's `tokens` beat
+seeded random subsets of the same loss tokens on chatterbot English and on English + HumanEval; under an
+example budget every weighting lost to random, `mean` least (it does not buy length)."""
+
+
+class Budget(RequestModel):
+    """At most `examples` examples, or at most `tokens` loss tokens: exactly one of the two."""
+
+    model_config = ConfigDict(
+        **REQUEST, frozen=True, json_schema_extra=one_of({"examples": POSITIVE}, {"tokens": POSITIVE})
+    )
+    examples: int | None = Field(None, gt=0, description="Select at most this many examples.")
+    tokens: int | None = Field(None, gt=0, description="Select at most this many loss tokens (cost-aware greedy).")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Budget":
+        return exactly_one(self, "examples", "tokens")
+
+    @model_serializer(mode="wrap")
+    def _given(self, handler: SerializerFunctionWrapHandler) -> dict[str, int]:
+        """`{"examples": K}` or `{"tokens": T}`: the field not given is left out."""
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+    @property
+    def kind(self) -> Literal["examples", "tokens"]:
+        return "examples" if self.examples is not None else "tokens"
+
+    @property
+    def limit(self) -> int:
+        return self.examples if self.examples is not None else (self.tokens or 0)
+
+    def default_weighting(self) -> Weighting:
+        return DEFAULT_WEIGHTING[self.kind]
+
+
+class SelectionOptions(RequestModel):
+    """How to select, whatever the features came from: what the selection math and its bookkeeping take."""
+
+    budget: Budget = Field(description="`{examples: K}` or `{tokens: T}`.")
+    method: Method = Field("fisher", description="FisherSFT greedy, or the seeded baseline.")
+    weighting: Weighting | None = Field(None, description=WEIGHTING_DOC)
+    group_by: Text | None = Field(
+        None,
+        max_length=200,
+        description="A string field of the rows (see the dataset's `labels`) whose groups the result counts; "
+        "default: `category` or `source`, whichever the rows carry.",
+    )
+    lambda_: float = Field(1.0, alias="lambda", ge=1e-6, le=1e6, description=LAMBDA_DOC)
+    seed: int = Field(0, ge=0, le=MAX_ID, description="Seed of the random method.")
+    warm_start_ids: list[RequestExampleId] = Field(
+        default_factory=list, description="Ids chosen earlier: they seed Sigma and are not chosen again."
+    )
+    algorithm: Algorithm = Field("lazy", description=ALGORITHM_DOC)
+    epsilon: float = Field(
+        DEFAULT_EPSILON, gt=0, lt=1, description="Stochastic greedy's epsilon: smaller samples more, closer to lazy."
+    )
+    partitions: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_PARTITIONS,
+        description="GreeDi (distributed greedy, method fisher): split the candidates into this many seeded random "
+        "partitions, run greedy with the whole budget on each as parallel jobs (each worker holds 1/m of the "
+        "features), then greedy over the union of their picks. Approximate: within 0.01% of centralized greedy's "
+        "objective on the README's benchmark (N = 200k, K = 2,000, m = 2 to 8); 1 equals centralized greedy. "
+        "Default: centralized greedy on one worker. Method random ignores it (there is no greedy to partition).",
+    )
+
+    @property
+    def resolved_weighting(self) -> Weighting:
+        """The weighting asked for, else the budget kind's default."""
+        return self.weighting or self.budget.default_weighting()
+
+
+class FeatureOptions(RequestModel):
+    """How a dataset's features are made: the model, the encoding's length and the compression."""
+
+    model: Text | None = Field(None, description="A name from GET /v1/models (JSONL datasets); default: the default.")
+    max_length: int | None = Field(None, ge=2, le=32768, description=MAX_LENGTH_DOC)
+    rank: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="Feature rows kept per example: an example with more loss tokens keeps the best rank-`rank` "
+        "factor of its X^T X (exact below). Default: chosen with `dim` by the dataset's size, the most faithful "
+        "compression whose features fit the service's selection memory (rank 64 and every dimension unless the "
+        "dataset is large; see the README's Scale section). The result's `compression` says what was used.",
+    )
+    dim: int | None = Field(
+        None,
+        ge=1,
+        le=65536,
+        description="Project features to this many dimensions when the model's are more (a value at or above them "
+        "keeps every one). Default: chosen with `rank` (see there).",
+    )
+    projection: Projection = Field(
+        "principal",
+        description="With `dim`: `principal` (top directions of the dataset's total Gram) or `gaussian` (seeded).",
+    )
+
+    def compression(
+        self, n_examples: int, source_dim: int, memory_bytes: int = DEFAULT_SELECTION_MEMORY
+    ) -> Compression:
+        """What `rank`, `dim` and `projection` name, the rest chosen by the dataset's size."""
+        return resolve_compression(self.rank, self.dim, self.projection, n_examples, source_dim, memory_bytes)
+
+
+class SelectionCreate(FeatureOptions, SelectionOptions):
+    """POST /v1/selections."""
+
+    dataset_id: Text = Field(description="A dataset from POST /v1/datasets.")
+
+
+class GroupCoverage(BaseModel):
+    field: str = Field(description="The grouping field: the request's `group_by`, else `category` or `source`.")
+    covered: int = Field(description="Distinct values of the field among the selected examples.")
+    total: int = Field(description="Distinct values among the examples selection could choose from.")
+
+
+class Shard(BaseModel):
+    start: int = Field(description="First example (0-based) of the shard.")
+    examples: int = Field(description="Examples in the shard.")
+    worker: str | None = Field(description="The RQ worker that embedded it (the last attempt's).")
+    embed_s: float = Field(description="Seconds it took, model loading included; 0 when its part was cached.")
+    cached: bool = Field(description="Whether its part of the features store came from an earlier job.")
+    attempts: int = Field(1, description="Runs started: a shard whose worker was lost is run again once.")
+
+
+class PartitionRound(BaseModel):
+    candidates: int = Field(description="Candidates in the partition.")
+    picks: int = Field(description="Examples greedy picked from it.")
+    objective: float = Field(description="log det Sigma of its picks alone.")
+    select_s: float = Field(description="Seconds its greedy took.")
+    worker: str | None = Field(description="The RQ worker that ran it.")
+
+
+class Partitions(BaseModel):
+    m: int = Field(description="Partitions.")
+    answer: str = Field(
+        description="`merge` when greedy over the union of the partitions' picks won, else `partition <p>` (the "
+        "partition whose own picks scored higher, which GreeDi then returns)."
+    )
+    union: int = Field(description="Examples in the union of the partitions' picks (the merge round's candidates).")
+    rounds: list[PartitionRound] = Field(description="Each partition's round, in partition order.")
+
+
+class FeaturesCost(BaseModel):
+    """What getting a dataset's features cost a job."""
+
+    features_cached: bool = Field(False, description="Whether the features came from the cache of an earlier job.")
+    model_cached: bool | None = Field(
+        None, description="Whether the worker had the model loaded from an earlier job; null when no model ran."
+    )
+    truncated: int = Field(0, description="Examples cut to max_length.")
+    embed_s: float = Field(0.0, description="Seconds embedding (or assembling the shards' parts) took.")
+    model_load_s: float = Field(0.0, description="Of which loading the model.")
+
+
+class SelectionResult(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    selected: list[ExampleId] = Field(description="Chosen example ids, in pick order.")
+    gains: list[float] = Field(description="Increase of log det Sigma from each pick.")
+    objective: float = Field(description="log det Sigma of the warm start and the picks.")
+    method: Method = Field(description="fisher or random.")
+    weighting: Weighting = Field(description="tokens, examples or mean: the request's, or the budget's default.")
+    model: str | None = Field(description="The model whose features were selected on; null for uploaded features.")
+    dim: int = Field(description="Width of the features selected on (the model's hidden size unless projected).")
+    compression: RecordedCompression | None = Field(
+        None, description="How the features were compressed: rank, dim, projection, seed, source_dim."
+    )
+    algorithm: Algorithm = Field("lazy", description="The greedy that ran: lazy, exact or stochastic.")
+    epsilon: float | None = Field(None, description="Stochastic greedy's epsilon; null for the other algorithms.")
+    budget: Budget = Field(description="The budget asked for.")
+    lambda_: float = Field(1.0, alias="lambda", description=LAMBDA_DOC)
+    n_candidates: int = Field(description="Examples in the dataset.")
+    n_loss_tokens: int = Field(description="Loss tokens in the dataset.")
+    n_selected_loss_tokens: int = Field(description="Loss tokens in the selection.")
+    length_ratio: float = Field(
+        0.0, description="Loss tokens per selected example over the dataset's mean: what a random subset holds is 1."
+    )
+    groups: GroupCoverage | None = Field(
+        None, description="Groups covered by the selection, when the rows carry a grouping field; else null."
+    )
+    warnings: list[str] = Field(default_factory=list, description="Things to know, e.g. a length ratio above 3.")
+    gain_evaluations: int = Field(0, description="Single-example gains computed (lazy greedy's saving shows here).")
+    truncated: int = Field(0, description="Examples cut to max_length.")
+    features_cached: bool = Field(False, description="Whether the features came from the cache of an earlier job.")
+    model_cached: bool | None = Field(
+        None, description="Whether the worker had the model loaded from an earlier job; null when no model ran."
+    )
+    timings: dict[str, float] = Field(
+        description="Seconds: embed_s (this job's embedding; with shards, assembling their parts: each shard's own "
+        "time is in `shards`), model_load_s, select_s (with partitions, the merge round's)."
+    )
+    shards: list[Shard] | None = Field(
+        None,
+        description="The shards the dataset was embedded in, one job each (a JSONL dataset above the service's "
+        "shard size whose features were not cached); null when one worker embedded it, or nothing was embedded.",
+    )
+    partitions: Partitions | None = Field(None, description="GreeDi's rounds, when the request asked for partitions.")
+
+    def with_cost(self, cost: FeaturesCost) -> "SelectionResult":
+        """This result with what getting the features cost."""
+        timings = {**self.timings, "embed_s": cost.embed_s, "model_load_s": cost.model_load_s}
+        update: dict[str, Any] = {
+            "truncated": cost.truncated,
+            "features_cached": cost.features_cached,
+            "model_cached": cost.model_cached,
+            "timings": timings,
+        }
+        return self.model_copy(update=update)
