@@ -4,7 +4,7 @@
 
 Selection: synthetic features shaped like the default model's after the compression a request of that size gets
 by default (SmolLM2-135M's d = 576 and spectrum, log-normal loss tokens per example with median 40, at most
-`rank` rows per example in `dim` dimensions; benchmarks/synthetic.py, contract.compression.default_compression), written as
+`rank` rows per example in `dim` dimensions; benchmarks/synthetic.py, default_compression), written as
 a features store, K = 1% of N. Each
 algorithm runs in a fresh process: wall time of `select_features` (reading the store included), peak RSS of the
 process, gain evaluations, and the objective relative to lazy greedy's. The peak is compared with the formula

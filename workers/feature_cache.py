@@ -36,7 +36,7 @@ class FeatureCache:
     def compression(self, dataset: DatasetRecord, options: FeatureOptions) -> Compression:
         """What the options name, the rest chosen by the dataset's size under FISHERSFT_SELECTION_MEMORY_BYTES."""
         if dataset.is_text:
-            source_dim = model_dim(self.settings.model_dir(self._model(options)))
+            source_dim = model_dim(self.settings.registry.model_dir(self._model(options)))
         else:  # recorded at upload; read from the file for older records
             source_dim = (
                 dataset.dim or load_features(self._blob(dataset), suffix=f".{dataset.format}").features.shape[1]
@@ -82,7 +82,7 @@ class FeatureCache:
         else:
             embedding = embed_dataset(
                 self._blob(dataset),
-                self.settings.model_dir(model),
+                self.settings.registry.model_dir(model),
                 features_dir,
                 max_length=self._max_length(options),
                 compression=compression,
@@ -110,7 +110,7 @@ class FeatureCache:
             return part, None
         embedding = embed_dataset(
             self._blob(dataset),
-            self.settings.model_dir(shard.model),
+            self.settings.registry.model_dir(shard.model),
             part,
             max_length=shard.max_length,
             compression=shard.compression,

@@ -60,7 +60,7 @@ def _finetune(request: FinetuneCreate, context: JobContext) -> FinetuneResult:
     model, max_length = _resolved(request.model, request.training.max_length)
     dataset_id, budget, method, selected = _source(request, context)
     dataset = context.features.dataset(dataset_id)
-    model_dir = context.settings.model_dir(model)
+    model_dir = context.settings.registry.model_dir(model)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     examples, encoded = encode_file(store.blob(dataset.sha256), tokenizer, max_length)
     index = {str(e.id): k for k, e in enumerate(examples)}
@@ -218,7 +218,7 @@ def _compare(request: ComparisonCreate, context: JobContext) -> ComparisonResult
     try:
         result = compare(
             store.blob(dataset.sha256),
-            context.settings.model_dir(model),
+            context.settings.registry.model_dir(model),
             model,
             request.budget.examples,
             features,

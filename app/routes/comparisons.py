@@ -9,11 +9,10 @@ from redis import Redis
 
 from app import deps
 from app.caller import Datasets
+from app.checks import allowed_max_length, check_training, dataset_for, known_model
 from app.errors import ApiError, documented, invalid
 from app.jobs import COMPARISONS, Jobs
-from app.routes.finetunes import check_training
 from app.routes.jobs import IdempotencyKey, create_job, found, job_router
-from app.routes.selections import allowed_max_length, dataset_for, known_model
 from fishersft.contract.comparison import ComparisonCreate
 from fishersft.contract.jobs import Comparison
 from fishersft.service.settings import Settings

@@ -8,13 +8,12 @@ from redis import Redis
 
 from app import deps
 from app.caller import Datasets
+from app.checks import allowed_max_length, check_training, dataset_for, known_model
 from app.errors import ApiError, documented, invalid, shown
 from app.jobs import FINETUNES, SELECTIONS, Jobs
 from app.routes.jobs import IdempotencyKey, create_job, found, job_router
-from app.routes.selections import allowed_max_length, dataset_for, known_model
-from fishersft.contract.datasets import DatasetRecord
 from fishersft.contract.jobs import Event, Finetune
-from fishersft.contract.training import EvalRequest, FinetuneCreate, LoraConfig
+from fishersft.contract.training import FinetuneCreate
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
 
@@ -66,33 +65,6 @@ def create_finetune(
         )
     check_training(settings, datasets, body.model, body.lora, body.eval, dataset)  # type: ignore[arg-type]
     return create_job(jobs, redis, body, idempotency_key, response)
-
-
-def check_training(
-    settings: Settings,
-    datasets: Datasets,
-    model: str,
-    lora: LoraConfig,
-    evaluation: EvalRequest | None,
-    dataset: DatasetRecord,
-) -> None:
-    """422s for settings the worker could only fail on: LoRA modules the model lacks, an empty held-out set."""
-    targets = settings.lora_targets(model)
-    unknown = sorted(set(lora.target_modules) - targets) if targets is not None else []
-    if unknown:
-        raise invalid(
-            "body.lora.target_modules",
-            f"{model} has no module {', '.join(map(repr, unknown))}: one of {', '.join(sorted(targets or ()))}",
-        )
-    if evaluation is None:
-        return
-    if evaluation.dataset_id is not None:
-        dataset_for(datasets, evaluation.dataset_id, "body.eval.dataset_id", jsonl=True)
-    elif round(evaluation.holdout_fraction * dataset.n_examples) < 1:  # type: ignore[operator]
-        raise invalid(
-            "body.eval.holdout_fraction",
-            f"{evaluation.holdout_fraction} of {dataset.n_examples} examples holds out none: nothing to evaluate",
-        )
 
 
 @router.get(

@@ -61,6 +61,6 @@ models_router = APIRouter(prefix="/v1/models", tags=["models"])
 @models_router.get("", response_model=list[Model], summary="Models selections can use")
 def list_models(settings: Annotated[Settings, Depends(deps.settings)]) -> list[Model]:
     return [
-        Model(name=name, default=name == settings.default_model, dim=settings.model_dim(name))
-        for name in settings.model_names()
+        Model(name=name, default=name == settings.default_model, dim=settings.registry.dim(name))
+        for name in settings.registry.names()
     ]

@@ -8,15 +8,13 @@ from redis import Redis
 
 from app import deps
 from app.caller import Datasets
-from app.errors import ApiError, documented, invalid, shown
+from app.checks import allowed_max_length, dataset_for, known_ids, known_label, known_model
+from app.errors import ApiError, documented
 from app.jobs import SELECTIONS, Jobs
 from app.routes.jobs import IdempotencyKey, create_job, found, job_router
-from fishersft.contract.base import ExampleId
 from fishersft.contract.datasets import DatasetRecord
 from fishersft.contract.jobs import Selection
 from fishersft.contract.selection import SelectionCreate
-from fishersft.data.dataset import DEFAULT_MAX_LENGTH, read_ids
-from fishersft.features.files import load_features
 from fishersft.service.protocol import Plan, shard_ranges
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
@@ -61,73 +59,10 @@ def plan(dataset: DatasetRecord, body: SelectionCreate, settings: Settings, stor
     shards, compression = [], None
     n = dataset.n_examples
     if dataset.is_text and body.model is not None and n > settings.shard_examples:
-        resolved = body.compression(n, settings.model_dim(body.model), settings.selection_memory_bytes)
+        resolved = body.compression(n, settings.registry.dim(body.model), settings.selection_memory_bytes)
         if not store.features_dir(dataset.sha256, body.model, body.max_length, resolved.key).exists():
             shards, compression = shard_ranges(n, settings.shard_examples), resolved
     return Plan(shards, compression, body.partitions if body.method == "fisher" else None)
-
-
-def dataset_for(datasets: Datasets, dataset_id: str, field: str, jsonl: bool = False) -> DatasetRecord:
-    """The dataset a request names (one the caller may see), or a 422 naming the field."""
-    dataset = datasets.get(dataset_id)
-    if dataset is None:
-        raise ApiError(
-            404,
-            "dataset_not_found",
-            f"no dataset {shown(dataset_id)}",
-            [{"field": field, "message": "upload it first with POST /v1/datasets"}],
-        )
-    if jsonl and not dataset.is_text:
-        raise invalid(
-            field, f"dataset {shown(dataset_id)} is a features file: training needs text", "name a JSONL dataset"
-        )
-    return dataset
-
-
-def known_label(dataset: DatasetRecord, field: str, name: str) -> None:
-    """A 422 naming the request field unless the dataset's rows carry the string field `field`."""
-    labels = dataset.labels
-    if not dataset.is_text or field not in labels:
-        carried = ", ".join(labels or {}) or "none"
-        raise invalid(
-            name,
-            f"the rows of dataset {dataset.id!r} have no string field {shown(field)}",
-            f"name a field the rows carry (the dataset's labels: {carried})",
-        )
-
-
-def known_ids(store: ArtifactStore, dataset: DatasetRecord, ids: list[ExampleId], field: str) -> None:
-    """A 422 naming each id (the first 20) that is not in the dataset."""
-    blob = store.blob(dataset.sha256)
-    if dataset.is_text:
-        present = {str(i) for i in read_ids(blob)}
-    else:
-        present = {str(i) for i in load_features(blob, suffix=f".{dataset.format}").ids}
-    unknown = [(k, i) for k, i in enumerate(ids) if str(i) not in present]
-    if unknown:
-        details = [{"field": f"{field}.{k}", "message": f"{shown(str(i))} is not in the dataset"} for k, i in unknown]
-        raise ApiError(422, "invalid_request", f"{len(unknown)} warm-start id(s) not in the dataset", details[:20])
-
-
-def allowed_max_length(settings: Settings, model: str | None, value: int | None, field: str) -> int:
-    """The request's max_length, or its default; a 422 naming the field above what the model and service allow."""
-    largest = settings.max_length(model)
-    if value is None:
-        return min(DEFAULT_MAX_LENGTH, largest)
-    if value > largest:
-        why = f"model {model}'s context or " if model else ""
-        raise invalid(
-            field, f"max_length {value} is above {largest:,}", f"at most {largest:,} ({why}the service's limit)"
-        )
-    return value
-
-
-def known_model(settings: Settings, model: str | None, field: str) -> str:
-    """The model a request names (default: the default), or a 422 naming the field."""
-    model = model or settings.default_model
-    if model not in settings.model_names():
-        raise invalid(field, f"unknown model {shown(model)}", f"one of: {', '.join(settings.model_names())}")
-    return model
 
 
 @router.get(

@@ -39,7 +39,7 @@ class EmbeddedService:
             if "REDIS_URL" not in os.environ:
                 redis = self.stack.enter_context(RedisServer(self.settings.data_dir / "redis"))
                 self.settings = self.settings.model_copy(update={"redis_url": redis.url})
-            self.settings.model_dir(self.settings.default_model)  # prepared once, before workers race for it
+            self.settings.registry.model_dir(self.settings.default_model)  # prepared once, before workers race for it
             self.workers = [self._start_worker() for _ in range(self.n_workers)]
             self.stack.callback(self._stop_workers)
             supervisor = threading.Thread(target=self._supervise, daemon=True)

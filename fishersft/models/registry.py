@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -159,3 +159,40 @@ def lora_target_names(path: Path) -> frozenset[str]:
         for name, module in model.named_modules()
         if isinstance(module, torch.nn.Linear | Conv1D)
     )
+
+
+@dataclass(frozen=True)
+class ModelRegistry:
+    """The models a service serves by name: the built-in ones and local directories (FISHERSFT_MODELS), read
+    without loading a model (a built-in one is prepared only when its directory is asked for)."""
+
+    local: Mapping[str, Path]
+    max_length_limit: int
+
+    def names(self) -> list[str]:
+        return sorted({*BUILTIN_MODELS, *self.local})
+
+    def model_dir(self, name: str) -> Path:
+        """The directory of a model by name; a built-in one is prepared on first use."""
+        return self.local[name] if name in self.local else builtin_model_dir(name)
+
+    def lora_targets(self, name: str) -> frozenset[str] | None:
+        """Module names LoRA can wrap in a model, when its directory is at hand (a built-in model not prepared yet
+        is not prepared for this: None, and the worker checks)."""
+        path = self._ready_dir(name)
+        return lora_target_names(path) if path else None
+
+    def max_length(self, name: str | None) -> int:
+        """The largest max_length for a model: the service's limit, or the model's context when smaller and known
+        without preparing it (None: features input, the limit alone)."""
+        path = self._ready_dir(name) if name else None
+        context = model_context(path) if path else None
+        return min(self.max_length_limit, context or self.max_length_limit)
+
+    def dim(self, name: str) -> int:
+        """Feature width, without loading (or preparing) the model."""
+        return model_dim(self.local[name]) if name in self.local else BUILTIN_MODELS[name].dim
+
+    def _ready_dir(self, name: str) -> Path | None:
+        path = self.local[name] if name in self.local else prepared_dir(name)
+        return path if path and (path / "config.json").exists() else None

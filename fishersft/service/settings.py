@@ -11,16 +11,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from fishersft.contract.compression import DEFAULT_SELECTION_MEMORY
 from fishersft.data.dataset import ENCODE_CHUNK
 from fishersft.errors import InputError
-from fishersft.models.registry import (
-    BUILTIN_MODELS,
-    DEFAULT_MODEL,
-    builtin_model_dir,
-    home,
-    lora_target_names,
-    model_context,
-    model_dim,
-    prepared_dir,
-)
+from fishersft.models.registry import BUILTIN_MODELS, DEFAULT_MODEL, ModelRegistry, home
 
 DEFAULT_SHARD_EXAMPLES = 20 * ENCODE_CHUNK
 
@@ -152,28 +143,7 @@ class Settings(BaseSettings):
             env[self.env_name(name)] = str(value)
         return env
 
-    def model_names(self) -> list[str]:
-        return sorted({*BUILTIN_MODELS, *self.models})
-
-    def model_dir(self, name: str) -> Path:
-        """The directory of a model by name; a built-in one is prepared on first use."""
-        if name in self.models:
-            return self.models[name]
-        return builtin_model_dir(name)
-
-    def lora_targets(self, name: str) -> frozenset[str] | None:
-        """Module names LoRA can wrap in a model, when its directory is at hand (a built-in model not prepared yet
-        is not prepared for this: None, and the worker checks)."""
-        path = self.models[name] if name in self.models else prepared_dir(name)
-        return lora_target_names(path) if path and (path / "config.json").exists() else None
-
-    def max_length(self, name: str | None) -> int:
-        """The largest max_length for a model: the service's limit, or the model's context when smaller and known
-        without preparing it (None: features input, the limit alone)."""
-        path = (self.models[name] if name in self.models else prepared_dir(name)) if name else None
-        context = model_context(path) if path and (path / "config.json").exists() else None
-        return min(self.max_length_limit, context or self.max_length_limit)
-
-    def model_dim(self, name: str) -> int:
-        """Feature width, without loading (or preparing) the model."""
-        return model_dim(self.models[name]) if name in self.models else BUILTIN_MODELS[name].dim
+    @property
+    def registry(self) -> ModelRegistry:
+        """The models this service serves: the built-in ones and FISHERSFT_MODELS."""
+        return ModelRegistry(self.models, self.max_length_limit)
