@@ -22,20 +22,22 @@ class Budget:
     tokens: int | None = None
 
     def __post_init__(self) -> None:
-        if (self.examples is None) == (self.tokens is None):
+        given = [n for n in (self.examples, self.tokens) if n is not None]
+        if len(given) != 1:
             raise ValueError("give exactly one of examples and tokens")
-        if (self.examples if self.examples is not None else self.tokens) < 0:  # type: ignore[operator]
+        if given[0] < 0:
             raise ValueError("a budget cannot be negative")
 
     def as_dict(self) -> dict[str, int]:
         """`{"examples": K}` or `{"tokens": T}`, as the CLI's result and the HTTP API write it."""
-        return {"examples": self.examples} if self.examples is not None else {"tokens": self.tokens}  # type: ignore[dict-item]
+        return {key: n for key, n in (("examples", self.examples), ("tokens", self.tokens)) if n is not None}
 
     def costs(self, lengths: Tensor) -> tuple[Tensor, float]:
         """Per-example costs and the limit on their sum."""
         if self.examples is not None:
             return torch.ones(len(lengths), dtype=torch.float64), float(self.examples)
-        return lengths.to(torch.float64), float(self.tokens)  # type: ignore[arg-type]
+        assert self.tokens is not None  # exactly one of the two is set: __post_init__
+        return lengths.to(torch.float64), float(self.tokens)
 
 
 @dataclass
