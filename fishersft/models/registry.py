@@ -52,13 +52,13 @@ def _convert_smollm2(out: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=SMOLLM2_GGUF)
     # dequantized to float32 on load: drop the GGUF quantization marks so that it saves as plain safetensors
     del model.config.quantization_config
-    model.hf_quantizer = None
+    vars(model)["hf_quantizer"] = None  # as `model.hf_quantizer = None`, which nn.Module's __setattr__ types refuse
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
 
 
 def _build_tiny_llama(out: Path) -> None:
-    from fishersft.tiny_model import build_tiny_model
+    from fishersft.models.tiny import build_tiny_model
 
     rows = [json.loads(line) for line in sample_dataset().read_text().splitlines()]
     build_tiny_model(out, [r["prompt"] + " " + r["response"] for r in rows], arch="llama")
