@@ -83,7 +83,7 @@ class FeatureSet:
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         return read_rows(self.features, start, stop)
 
-    def subset(self, indices: Sequence[int]) -> "FeatureSet":
+    def subset(self, indices: Sequence[int] | np.ndarray) -> "FeatureSet":
         """The examples `indices` (ascending) as an in-memory FeatureSet: their rows, read a chunk of the file at a
         time, so memory holds the subset, not the whole store (GreeDi's partitions)."""
         keep = np.asarray(indices, dtype=np.int64)
