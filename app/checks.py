@@ -95,7 +95,7 @@ def check_training(
         return
     if evaluation.dataset_id is not None:
         dataset_for(datasets, evaluation.dataset_id, "body.eval.dataset_id", jsonl=True)
-    elif round(evaluation.holdout_fraction * dataset.n_examples) < 1:  # type: ignore[operator]
+    elif evaluation.holdout_fraction is not None and round(evaluation.holdout_fraction * dataset.n_examples) < 1:
         raise invalid(
             "body.eval.holdout_fraction",
             f"{evaluation.holdout_fraction} of {dataset.n_examples} examples holds out none: nothing to evaluate",

@@ -119,7 +119,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException) -> JSONResponse:
-        headers = e.headers
+        headers = dict(e.headers or {})
         if e.status_code == 405:  # Starlette names the methods of the first route on the path only
             headers = {**(headers or {}), "Allow": ", ".join(_allowed_methods(request))}
         return error_response(e.status_code, HTTP_CODES.get(e.status_code, "error"), str(e.detail), headers=headers)

@@ -14,7 +14,7 @@ from app.errors import ApiError, documented, invalid
 from app.jobs import COMPARISONS, Jobs
 from app.routes.jobs import IdempotencyKey, create_job, found, job_router
 from fishersft.contract.comparison import ComparisonCreate
-from fishersft.contract.jobs import Comparison
+from fishersft.contract.jobs import Comparison, JobBody
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
 
@@ -36,7 +36,7 @@ def create_comparison(
     settings: Annotated[Settings, Depends(deps.settings)],
     redis: Annotated[Redis, Depends(deps.redis)],
     idempotency_key: IdempotencyKey = None,
-) -> Comparison:
+) -> JobBody:
     """One job: embeds the dataset, holds out the eval set, selects the fisher subset and `random_seeds` random
     subsets of `budget.examples`, and fisher again at the random subsets' mean loss tokens; trains each with the
     same LoRA and training settings from the same base model; evaluates all on the same held-out set. The table

@@ -13,7 +13,7 @@ from app.caller import Datasets
 from app.errors import ApiError, documented, shown
 from app.schemas import Page
 from fishersft.contract.base import Text
-from fishersft.contract.datasets import DatasetRecord
+from fishersft.contract.datasets import DatasetFormat, DatasetRecord
 from fishersft.data.dataset import iter_examples
 from fishersft.data.groups import LabelCounter
 from fishersft.errors import DatasetError, InputError, LineError
@@ -24,7 +24,7 @@ from fishersft.service.store import ArtifactStore
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 T = TypeVar("T")
-FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".npz": "npz", ".safetensors": "safetensors"}
+FORMATS: dict[str, DatasetFormat] = {".jsonl": "jsonl", ".json": "jsonl", ".npz": "npz", ".safetensors": "safetensors"}
 
 
 @router.post(

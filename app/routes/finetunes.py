@@ -12,7 +12,7 @@ from app.checks import allowed_max_length, check_training, dataset_for, known_mo
 from app.errors import ApiError, documented, invalid, shown
 from app.jobs import FINETUNES, SELECTIONS, Jobs
 from app.routes.jobs import IdempotencyKey, create_job, found, job_router
-from fishersft.contract.jobs import Event, Finetune
+from fishersft.contract.jobs import Event, Finetune, JobBody
 from fishersft.contract.training import FinetuneCreate
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
@@ -36,7 +36,7 @@ def create_finetune(
     settings: Annotated[Settings, Depends(deps.settings)],
     redis: Annotated[Redis, Depends(deps.redis)],
     idempotency_key: IdempotencyKey = None,
-) -> Finetune:
+) -> JobBody:
     """Trains on `selection_id`'s subset, or selects from `dataset_id` under `budget` first (one job). SFT on
     exactly the selection's loss tokens, same encoding and truncation. Held-out examples (`eval`) are never
     selected nor trained on. Poll GET /v1/finetunes/{id}; the adapter is at /v1/finetunes/{id}/adapter."""
@@ -58,12 +58,13 @@ def create_finetune(
                 raise invalid(f"body.{field}", f"the selection used {used!r}: training uses the same loss tokens")
         body.model, body.training.max_length = selection.request.model, selection.request.max_length
     else:
-        dataset = dataset_for(datasets, body.dataset_id, "body.dataset_id", jsonl=True)  # type: ignore[arg-type]
+        assert body.dataset_id is not None, "FinetuneCreate: exactly one of selection_id and dataset_id"
+        dataset = dataset_for(datasets, body.dataset_id, "body.dataset_id", jsonl=True)
         body.model = known_model(settings, body.model, "body.model")
         body.training.max_length = allowed_max_length(
             settings, body.model, body.training.max_length, "body.training.max_length"
         )
-    check_training(settings, datasets, body.model, body.lora, body.eval, dataset)  # type: ignore[arg-type]
+    check_training(settings, datasets, body.model, body.lora, body.eval, dataset)
     return create_job(jobs, redis, body, idempotency_key, response)
 
 

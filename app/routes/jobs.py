@@ -60,13 +60,15 @@ def _idempotent(redis: Redis, jobs: Jobs, key: str, body: BaseModel, plan: Plan 
         if redis.set(redis_key, json.dumps([fingerprint, job.id]), nx=True, ex=KEEP_S):
             return job
         seen = redis.get(redis_key)  # a concurrent request with the same key won
+    if seen is None:  # the winner's key expired meanwhile
+        raise ApiError(409, "idempotency_key_reused", "the job created with this Idempotency-Key no longer exists")
     first_fingerprint, job_id = json.loads(seen)
     if first_fingerprint != fingerprint:
         raise ApiError(409, "idempotency_key_reused", "this Idempotency-Key was used with a different body")
-    job = jobs.get(job_id)
-    if job is None:
+    existing = jobs.get(job_id)
+    if existing is None:
         raise ApiError(409, "idempotency_key_reused", "the job created with this Idempotency-Key no longer exists")
-    return job
+    return existing
 
 
 def found(job: JobBody | None, kind: JobKind, job_id: str) -> JobBody:

@@ -13,7 +13,7 @@ from app.errors import ApiError, documented
 from app.jobs import SELECTIONS, Jobs
 from app.routes.jobs import IdempotencyKey, create_job, found, job_router
 from fishersft.contract.datasets import DatasetRecord
-from fishersft.contract.jobs import Selection
+from fishersft.contract.jobs import JobBody, Selection
 from fishersft.contract.selection import SelectionCreate
 from fishersft.service.protocol import Plan, shard_ranges
 from fishersft.service.settings import Settings
@@ -38,7 +38,7 @@ def create_selection(
     settings: Annotated[Settings, Depends(deps.settings)],
     redis: Annotated[Redis, Depends(deps.redis)],
     idempotency_key: IdempotencyKey = None,
-) -> Selection:
+) -> JobBody:
     """Queues a job that embeds the dataset with the model (compressed features are cached per dataset, model,
     max_length and compression) and selects under the budget. Poll GET /v1/selections/{id}."""
     dataset = dataset_for(datasets, body.dataset_id, "body.dataset_id")

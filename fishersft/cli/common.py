@@ -4,11 +4,13 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from fishersft.contract.base import ExampleId
+from fishersft.contract.jobs import Progress as JobProgress
 from fishersft.contract.selection import Budget, FeatureOptions, SelectionOptions
 from fishersft.contract.training import EvalRequest, LoraConfig, TrainingConfig
 from fishersft.errors import InputError
@@ -67,6 +69,17 @@ def print_json(value: object, out: Path | None = None) -> None:
         out.write_text(text + "\n")
     else:
         print(text)
+
+
+def job_progress(progress: Progress) -> Callable[[dict], None]:
+    """A `ServiceClient.wait` callback that shows a job's reported progress."""
+
+    def show(job: dict) -> None:
+        if job["progress"]:
+            reported = JobProgress.model_validate(job["progress"])
+            progress(reported.phase, reported.done, reported.total)
+
+    return show
 
 
 class ProgressBars:

@@ -106,7 +106,7 @@ def compressed(features: FeatureSet, directory: Path, args: argparse.Namespace) 
 def select_command(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     if args.server:
-        result = run_remote_select(args, ServiceClient(args.server, args.api_key))
+        result: SelectionResult | dict = run_remote_select(args, ServiceClient(args.server, args.api_key))
     elif args.wait:
         raise InputError("--wait is for --server; a local selection always waits")
     else:

@@ -12,6 +12,7 @@ from fishersft.cli.common import (
     budget,
     evaluation_request,
     feature_options,
+    job_progress,
     lora_settings,
     positive_int,
     print_json,
@@ -63,7 +64,7 @@ def training_body(args: argparse.Namespace, client: ServiceClient) -> dict:
 def follow(client: ServiceClient, job: dict) -> dict:
     """Wait for a job with progress bars; its result, or an InputError saying why it did not succeed."""
     with ProgressBars() as progress:
-        job = client.wait(job["id"], lambda j: j["progress"] and progress(**j["progress"]))
+        job = client.wait(job["id"], job_progress(progress))
     if job["status"] != "succeeded":
         error = job["error"] or {"message": job["status"], "code": job["status"]}
         raise InputError(f"{job['id']} {job['status']}: {error['message']} ({error['code']})")

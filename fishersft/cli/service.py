@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from fishersft.cli.common import ProgressBars, positive_int
+from fishersft.cli.common import ProgressBars, job_progress, positive_int
 from fishersft.client import ServiceClient
 from fishersft.data import corpora
 from fishersft.errors import InputError
@@ -41,7 +41,7 @@ def demo_command(args: argparse.Namespace) -> None:
                 body = {"dataset_id": dataset["id"], "budget": budget, "method": method, **extra}
                 job = client.create_selection(body)
                 with ProgressBars() as progress:
-                    job = client.wait(job["id"], lambda j: j["progress"] and progress(**j["progress"]))
+                    job = client.wait(job["id"], job_progress(progress))
                 if job["status"] != "succeeded":
                     raise InputError(f"the demo selection {job['status']}: {job['error']}")
                 return job["result"]

@@ -19,6 +19,7 @@ from fishersft.contract.selection import (
 from fishersft.contract.training import EvalMetrics, EvalRequest, LoraConfig, TrainingConfig, WorstGroup
 
 BudgetKind = Literal["examples", "tokens"]
+PAPER_WEIGHTING: tuple[Weighting, ...] = ("tokens",)
 
 
 class ComparisonBudget(RequestModel):
@@ -43,7 +44,7 @@ class ComparisonCreate(RequestModel):
     )
     eval_points: int = Field(4, ge=1, le=50, description="Held-out evaluations per run (the curve's points).")
     weightings: list[Weighting] = Field(
-        default_factory=lambda: ["tokens"],
+        default_factory=lambda: list(PAPER_WEIGHTING),
         min_length=1,
         json_schema_extra={"uniqueItems": True},
         max_length=len(WEIGHTINGS),

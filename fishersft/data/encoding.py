@@ -93,8 +93,8 @@ def _chat_template_pieces(example: Example, tokenizer: PreTrainedTokenizerBase) 
     for k, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        before = tokenizer.apply_chat_template(messages[:k], tokenize=False, add_generation_prompt=True) if k else ""
-        after = tokenizer.apply_chat_template(messages[: k + 1], tokenize=False)
+        before = _render(tokenizer, messages[:k], generation_prompt=True) if k else ""
+        after = _render(tokenizer, messages[: k + 1])
         if not (before.startswith(done) and after.startswith(before)):
             raise DatasetError(
                 [
@@ -107,7 +107,7 @@ def _chat_template_pieces(example: Example, tokenizer: PreTrainedTokenizerBase) 
             )
         out += [(before[len(done) :], False), (after[len(before) :], True)]
         done = after
-    rest = tokenizer.apply_chat_template(messages, tokenize=False)
+    rest = _render(tokenizer, messages)
     out.append((rest[len(done) :], False))
     return [(text, is_loss) for text, is_loss in out if text]
 
@@ -118,3 +118,10 @@ def encode_file(
     """Read a JSONL dataset and encode it: what the embedder and the trainer both see."""
     examples = read_jsonl(data)
     return examples, encode_all(examples, tokenizer, max_length)
+
+
+def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], generation_prompt: bool = False) -> str:
+    """The chat template's rendering of `messages`: text, as it is not tokenized."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    assert isinstance(text, str)  # the other types are those of tokenize=True
+    return text

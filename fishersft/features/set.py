@@ -3,7 +3,7 @@ offsets[i]:offsets[i+1]), the example ids and, for a compressed store, loss toke
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,23 +34,34 @@ class FeaturesError(InputError):
     pass
 
 
-@dataclass
+@dataclass(init=False)
 class FeatureSet:
     features: np.ndarray
     """[rows x d], any float dtype; memory-mapped for a features store."""
     offsets: np.ndarray
     """int64 [N+1]: example i owns rows offsets[i]:offsets[i+1]."""
     ids: list[ExampleId]
-    lengths: np.ndarray | None = None
-    """int64 [N]: loss tokens per example (the rows of a compressed store are fewer); None: offsets.diff()."""
-    means: np.ndarray | None = None
+    lengths: np.ndarray
+    """int64 [N]: loss tokens per example (the rows of a compressed store are fewer); offsets.diff() if not given."""
+    means: np.ndarray | None
     """[N x d]: each example's mean feature (a compressed store keeps it; its rows cannot give it back)."""
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any]
     """What the writer recorded: `compression`, `truncated`, `max_length`."""
 
-    def __post_init__(self) -> None:
-        if self.lengths is None:
-            self.lengths = np.diff(self.offsets)
+    def __init__(
+        self,
+        features: np.ndarray,
+        offsets: np.ndarray,
+        ids: list[ExampleId],
+        lengths: np.ndarray | None = None,
+        means: np.ndarray | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        """Written out rather than generated: `lengths` may be left out, yet is always set."""
+        self.features, self.offsets, self.ids = features, offsets, ids
+        self.lengths = np.diff(offsets) if lengths is None else lengths
+        self.means = means
+        self.meta = {} if meta is None else meta
 
     @functools.cached_property
     def index(self) -> dict[str, int]:
@@ -60,7 +71,7 @@ class FeatureSet:
 
     @property
     def n_tokens(self) -> int:
-        return int(self.lengths.sum())  # type: ignore[union-attr]
+        return int(self.lengths.sum())
 
     @property
     def recorded_compression(self) -> RecordedCompression | None:
@@ -77,7 +88,7 @@ class FeatureSet:
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         return read_rows(self.features, start, stop)
 
-    def subset(self, indices: Sequence[int]) -> "FeatureSet":
+    def subset(self, indices: Sequence[int] | np.ndarray) -> "FeatureSet":
         """The examples `indices` (ascending) as an in-memory FeatureSet: their rows, read a chunk of the file at a
         time, so memory holds the subset, not the whole store (GreeDi's partitions)."""
         keep = np.asarray(indices, dtype=np.int64)
@@ -97,7 +108,7 @@ class FeatureSet:
             rows[offsets[lo] : offsets[hi]] = chunk[taken]
         means = None if self.means is None else np.asarray(self.means[keep])
         ids = [self.ids[i] for i in keep]
-        return FeatureSet(rows, offsets, ids, self.lengths[keep], means, dict(self.meta))  # type: ignore[index]
+        return FeatureSet(rows, offsets, ids, self.lengths[keep], means, dict(self.meta))
 
     def mean_rows(self) -> np.ndarray:
         """[N x d] each example's mean feature: kept by a compressed store, computed for raw features."""
@@ -106,7 +117,7 @@ class FeatureSet:
         if self.compression is not None:
             raise FeaturesError("this compressed store has no means.npy")
         sums = np.add.reduceat(np.asarray(self.features, dtype=np.float32), self.offsets[:-1], axis=0)
-        return sums / self.lengths[:, None]  # type: ignore[index]
+        return sums / self.lengths[:, None]
 
 
 def read_rows(array: np.ndarray, start: int, stop: int) -> np.ndarray:

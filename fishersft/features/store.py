@@ -149,7 +149,7 @@ class FeatureStoreWriter:
         if self.gram is not None and self.part:
             np.save(self.partial / GRAM_FILE, self.gram.numpy())
         elif self.gram is not None:
-            self._project_staged()
+            self._project_staged(self.gram)
         self.rows.finish(self.offsets[-1])
         self.means.finish(len(self.ids))
         np.save(self.partial / OFFSETS_FILE, np.asarray(self.offsets, dtype=np.int64))
@@ -169,17 +169,19 @@ class FeatureStoreWriter:
         """The next examples: a part written with `part=True` (its rows in this writer's staging dimension), and
         its Gram when this writer projects onto principal directions."""
         first = len(self.ids)
-        self.add(part.ids, part.lengths.tolist())  # type: ignore[union-attr]
+        self.add(part.ids, part.lengths.tolist())
         for a, b in row_ranges(torch.from_numpy(part.offsets), STAGED_CHUNK_ROWS):
             self.rows.write(self.offsets[first + a], part.read_rows(int(part.offsets[a]), int(part.offsets[b])))
+        assert part.means is not None  # a part is a compressed store: load_features read its means
         for a in range(0, len(part.ids), STAGED_CHUNK_ROWS):
-            self.means.write(first + a, read_rows(part.means, a, min(len(part.ids), a + STAGED_CHUNK_ROWS)))  # type: ignore[arg-type]
+            self.means.write(first + a, read_rows(part.means, a, min(len(part.ids), a + STAGED_CHUNK_ROWS)))
         if self.gram is not None:
-            self.gram += gram  # type: ignore[operator]
+            assert gram is not None  # a part staged for principal directions keeps its Gram
+            self.gram += gram
 
-    def _project_staged(self) -> None:
-        """Rows and means onto the top principal directions of the total Gram, a chunk at a time."""
-        projection = principal_projection(self.gram, self.dim).to(torch.float32)  # type: ignore[arg-type]
+    def _project_staged(self, gram: torch.Tensor) -> None:
+        """Rows and means onto the top principal directions of the total `gram`, a chunk at a time."""
+        projection = principal_projection(gram, self.dim).to(torch.float32)
         np.save(self.partial / PROJECTION_FILE, projection.numpy())
         self.rows = self._projected(self.rows, self.offsets[-1], FEATURES_FILE, projection)
         self.means = self._projected(self.means, len(self.ids), MEANS_FILE, projection)

@@ -56,4 +56,7 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype)
     except (OSError, ValueError) as e:
         raise InputError(f"cannot load the model in {path}: {e}") from None
-    return model.to(device).eval(), tokenizer
+    # in place, through nn.Module's signature: mypy cannot bind self on PreTrainedModel.to, wrapped by functools.wraps
+    module: torch.nn.Module = model
+    module.to(device).eval()
+    return model, tokenizer

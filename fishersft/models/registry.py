@@ -52,7 +52,7 @@ def _convert_smollm2(out: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=SMOLLM2_GGUF)
     # dequantized to float32 on load: drop the GGUF quantization marks so that it saves as plain safetensors
     del model.config.quantization_config
-    model.hf_quantizer = None
+    vars(model)["hf_quantizer"] = None  # as `model.hf_quantizer = None`, which nn.Module's __setattr__ types refuse
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
 

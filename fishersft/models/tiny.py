@@ -10,7 +10,14 @@ from typing import Literal
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
 
@@ -41,9 +48,10 @@ def build_tiny_model(
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     )
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    common = {"vocab_size": len(tokenizer), "bos_token_id": ids["<s>"], "eos_token_id": ids["</s>"]}
+    ids = {t: _token_id(tokenizer, t) for t in SPECIAL_TOKENS}
+    vocab, bos, eos = len(tokenizer), ids["<s>"], ids["</s>"]
     torch.manual_seed(seed)
+    model: PreTrainedModel
     if arch == "llama":
         config = LlamaConfig(
             hidden_size=hidden_size,
@@ -53,12 +61,28 @@ def build_tiny_model(
             num_key_value_heads=2,
             max_position_embeddings=max_positions,
             pad_token_id=ids["<pad>"],
-            **common,
+            vocab_size=vocab,
+            bos_token_id=bos,
+            eos_token_id=eos,
         )
         model = LlamaForCausalLM(config)
     else:
-        config = GPT2Config(n_embd=hidden_size, n_layer=layers, n_head=4, n_positions=max_positions, **common)
-        model = GPT2LMHeadModel(config)
+        gpt2 = GPT2Config(
+            n_embd=hidden_size,
+            n_layer=layers,
+            n_head=4,
+            n_positions=max_positions,
+            vocab_size=vocab,
+            bos_token_id=bos,
+            eos_token_id=eos,
+        )
+        model = GPT2LMHeadModel(gpt2)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def _token_id(tokenizer: PreTrainedTokenizerFast, token: str) -> int:
+    i = tokenizer.convert_tokens_to_ids(token)
+    assert isinstance(i, int)  # one token in, one id out (a list of ids is for a list of tokens)
+    return i

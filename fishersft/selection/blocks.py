@@ -67,7 +67,7 @@ class FeatureBlocks:
         self.buckets = torch.tensor([padded_rows(int(n)) for n in self.counts.tolist()], dtype=torch.int64)
         self.slots = torch.zeros(len(self.counts), dtype=torch.int64)
         self.padded: dict[int, Tensor] = {}
-        for size in self.buckets.unique().tolist():
+        for size in torch.unique(self.buckets).tolist():
             members = (self.buckets == size).nonzero().flatten()
             self.slots[members] = torch.arange(len(members))
             self.padded[size] = torch.zeros(len(members), size, dim, dtype=dtype)
@@ -92,7 +92,7 @@ class FeatureBlocks:
         """Place the rows of examples first, first + 1, ... (local `offsets`) in their buckets."""
         examples = torch.arange(first, first + len(offsets) - 1)
         counts, buckets = self.counts[examples], self.buckets[examples]
-        for size in buckets.unique().tolist():
+        for size in torch.unique(buckets).tolist():
             local = (buckets == size).nonzero().flatten()
             row = torch.arange(size)
             valid = row < counts[local, None]
@@ -119,7 +119,7 @@ class FeatureBlocks:
         `scratch(name, shape, dtype)`, memory reused across calls: a fresh 64 MiB tensor per call costs more in
         page faults than the gather itself."""
         buckets = self.buckets[idx]
-        for size in buckets.unique().tolist():
+        for size in torch.unique(buckets).tolist():
             positions = (buckets == size).nonzero().flatten()
             per_chunk = max(1, max_elements // (size * self.dim))
             for where in positions.split(per_chunk):

@@ -101,7 +101,7 @@ def lazy_greedy(
         while heap:
             best = -min(fresh)[0] if fresh else -math.inf
             floor = best - ROUNDING_TOLERANCE * abs(best) if math.isfinite(best) else best
-            stale = []
+            stale: list[int] = []
             while heap and len(stale) < batch and -heap[0][0] >= floor:
                 entry = heapq.heappop(heap)
                 if costs_list[entry[1]] <= left:  # what no longer fits never will: dropped
@@ -155,7 +155,7 @@ def stochastic_greedy(
     gains: list[float] = []
     left = limit
     while len(pool):
-        sample = pool[torch.randint(len(pool), (sample_size,), generator=generator)].unique()
+        sample: Tensor = torch.unique(pool[torch.randint(len(pool), (sample_size,), generator=generator)])
         sample = sample[alive[sample] & (costs[sample] <= left)]
         if len(sample) == 0:  # only picked or unaffordable candidates drawn: drop those and draw again
             pool = pool[alive[pool] & (costs[pool] <= left)]

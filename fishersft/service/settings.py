@@ -127,7 +127,8 @@ class Settings(BaseSettings):
     @classmethod
     def env_name(cls, field: str) -> str:
         alias = cls.model_fields[field].validation_alias
-        return alias.choices[0] if isinstance(alias, AliasChoices) else f"FISHERSFT_{field.upper()}"
+        first = alias.choices[0] if isinstance(alias, AliasChoices) else None
+        return first if isinstance(first, str) else f"FISHERSFT_{field.upper()}"
 
     def to_env(self) -> dict[str, str]:
         """The environment variables that give these settings to another process (a worker)."""

@@ -151,7 +151,7 @@ def compare(
     examples, encoded = encode_file(data, tokenizer, max_length)
     stratify_by = evaluation.stratify_by
     if eval_data is not None:
-        held, exclude = held_out_file(eval_data, tokenizer, max_length, stratify_by), []
+        held, exclude = held_out_file(eval_data, tokenizer, max_length, stratify_by), list[int]()
     else:
         held, exclude = held_out_split(examples, encoded, evaluation.holdout_fraction or 0.1, stratify_by)
     before = held.evaluate_base(model_dir, device)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fishersft.contract.training import EvalMetrics, FinetuneEval, LoraConfig, TrainingConfig, TrainingRun, WorstGroup
 from fishersft.data.dataset import Example, ExampleId
@@ -37,7 +37,7 @@ class HeldOut:
         """`evaluate` on a fresh float32 copy of the base model: the `before` of every run on it."""
         return self.evaluate(load_model(model_dir, device, dtype=torch.float32)[0])
 
-    def evaluate(self, model: torch.nn.Module) -> EvalMetrics:
+    def evaluate(self, model: PreTrainedModel) -> EvalMetrics:
         """Mean loss per loss token overall and per group, perplexity, and the worst group."""
         sums = example_losses(model, self.encoded)
         counts = torch.tensor([len(e.targets) for e in self.encoded], dtype=torch.float64)
@@ -107,7 +107,7 @@ def finetune(
     model, _ = load_model(model_dir, device, dtype=torch.float32)
     last: list[EvalMetrics] = []
 
-    def evaluate(m: torch.nn.Module) -> float:
+    def evaluate(m: PreTrainedModel) -> float:
         assert held_out is not None
         last.append(held_out.evaluate(m))
         return last[-1].loss

@@ -111,12 +111,13 @@ def train_lora(
     config = peft.LoraConfig(
         task_type="CAUSAL_LM",
         r=lora.r,
-        lora_alpha=lora.alpha,
+        lora_alpha=lora.alpha,  # type: ignore[arg-type]  # peft annotates an int, and scales by alpha / r as a float
         lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules),
     )
     peft_model = get_peft_model(model, config)
     causal_lm = peft_model.get_base_model()
+    assert isinstance(causal_lm, PreTrainedModel), "peft wraps the causal LM it was given"
     dtype = autocast_dtype(next(model.parameters()).device, settings.precision)
     total = settings.total_steps(len(train))
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=settings.learning_rate)
@@ -138,7 +139,7 @@ def train_lora(
             trained.train_loss.append(loss.item())
             if on_step:
                 on_step(step, total, trained.train_loss[-1])
-            if step in eval_at:
+            if evaluate is not None and step in eval_at:
                 trained.eval_loss.append((step, evaluate(causal_lm)))
             if step == total:
                 break
@@ -147,7 +148,7 @@ def train_lora(
 
 def save_adapter(model: PeftModel, tokenizer: PreTrainedTokenizerBase, out: Path, card: str) -> Path:
     """peft's layout plus the tokenizer files and a model card (README.md) in `out`."""
-    model.save_pretrained(out)
+    model.save_pretrained(str(out))
     tokenizer.save_pretrained(out)
     (out / "README.md").write_text(card)
     return out
