@@ -2,11 +2,13 @@
 
 import json
 import os
+import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -34,6 +36,43 @@ def fishersft(*args: str, env: dict, **kwargs) -> subprocess.CompletedProcess:
     )
 
 
+QUIET_S = 600
+"""A command that prints nothing (no progress line either) for this long is taken for stuck."""
+
+
+def fishersft_with_progress(*args: str, env: dict) -> subprocess.CompletedProcess:
+    """Run a long command (the demo) and wait as long as it makes progress: it is stopped only after QUIET_S
+    seconds without a line on stderr, however long it takes in all (shared CI machines are slow)."""
+    command = [sys.executable, "-m", "fishersft.cli", *map(str, args)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stderr is not None
+    lines: queue.Queue[str | None] = queue.Queue()
+    stdout: list[str] = []
+    out = threading.Thread(target=lambda: stdout.extend(process.stdout), daemon=True)
+    out.start()
+
+    def read_stderr() -> None:
+        for line in process.stderr:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read_stderr, daemon=True).start()
+    stderr: list[str] = []
+    while (line := _next_line(lines, process, stderr)) is not None:
+        stderr.append(line)
+    process.wait()
+    out.join()
+    return subprocess.CompletedProcess(command, process.returncode, "".join(stdout), "".join(stderr))
+
+
+def _next_line(lines: queue.Queue, process: subprocess.Popen, seen: list[str]) -> str | None:
+    try:
+        return lines.get(timeout=QUIET_S)
+    except queue.Empty:
+        process.kill()
+        raise AssertionError(f"no progress for {QUIET_S} s; its last lines:\n{''.join(seen[-20:])}") from None
+
+
 def isolated_env(tmp_path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_URL", "FISHERSFT_"))}
     return {**env, "FISHERSFT_HOME": str(tmp_path / "home"), "FISHERSFT_DATA_DIR": str(tmp_path / "data")}
@@ -51,7 +90,8 @@ def test_demo_runs_end_to_end_on_real_data_with_the_default_model(tmp_path):
     env = isolated_env(tmp_path)
     (tmp_path / "home" / "models").mkdir(parents=True)  # the converted model, not a second 20 s conversion
     (tmp_path / "home" / "models" / DEFAULT_MODEL).symlink_to(builtin_model_dir(DEFAULT_MODEL))
-    done = fishersft("demo", "--budget", 12, env=env)
+    done = fishersft_with_progress("demo", "--budget", 12, env=env)
+    assert "progress: embedding" in done.stderr and "progress: selecting" in done.stderr
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "chatterbot-corpus English: 898 conversations in 21 categories" in out
@@ -146,3 +186,31 @@ def test_serve_restarts_a_killed_worker_and_stops_everything_on_sigterm(tmp_path
     assert "starting another" in server.stderr.read()
     for pid in spawned:  # the private Redis and the new worker went away with the service
         assert not Path(f"/proc/{pid}").exists() or "(Z)" in Path(f"/proc/{pid}/stat").read_text()
+
+
+def running(pid: int) -> bool:
+    """Whether a process exists and is not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def test_a_killed_serve_takes_its_redis_and_workers_with_it(tmp_path):
+    """SIGKILL runs no cleanup in `fishersft serve`: its children end anyway (they asked for SIGTERM at its death)."""
+    env = {**isolated_env(tmp_path), "FISHERSFT_DEFAULT_MODEL": "tiny-llama"}
+    server, _ = start_serve(env)
+    try:
+        assert server.stderr is not None
+        next(line for line in server.stderr if line.startswith("fishersft at"))  # up: Redis and a worker started
+        children = [int(p) for p in Path(f"/proc/{server.pid}/task/{server.pid}/children").read_text().split()]
+        commands = [Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children]
+        assert any(b"redis-server" in c for c in commands) and any(b"workers" in c for c in commands), commands
+    finally:
+        server.kill()
+        server.wait()
+    deadline = time.monotonic() + 600
+    while any(running(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in children if running(pid)]

@@ -4,6 +4,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -82,18 +83,26 @@ def job_progress(progress: Progress) -> Callable[[dict], None]:
     return show
 
 
+PROGRESS_LINE_S = 10.0
+"""Off a terminal, a progress line at most this often per phase (and one when a phase starts or ends)."""
+
+
 class ProgressBars:
-    """One tqdm bar per phase on stderr when it is a terminal; silent otherwise."""
+    """One tqdm bar per phase on stderr when it is a terminal; otherwise a plain line (`progress: embedding
+    450/898`) when a phase starts or ends and at most every PROGRESS_LINE_S seconds, so that logs and callers
+    waiting on the command see it move."""
 
     def __init__(self) -> None:
         self.enabled = sys.stderr.isatty()
         self.bars: dict = {}
+        self.lines: dict[str, tuple[float, int]] = {}
 
     def __enter__(self) -> Progress:
         return self.update
 
     def update(self, phase: str, done: int, total: int) -> None:
         if not self.enabled:
+            self._line(phase, done, total)
             return
         from tqdm import tqdm
 
@@ -103,6 +112,13 @@ class ProgressBars:
             self.bars[phase] = tqdm(total=total, desc=phase, unit="ex" if phase == "embedding" else "", leave=True)
         bar = self.bars[phase]
         bar.update(done - bar.n)
+
+    def _line(self, phase: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        last = self.lines.get(phase)
+        if last is None or done == total != last[1] or (done != last[1] and now - last[0] >= PROGRESS_LINE_S):
+            print(f"progress: {phase} {done}/{total}", file=sys.stderr, flush=True)
+            self.lines[phase] = (now, done)
 
     def __exit__(self, *exc: object) -> None:
         for bar in self.bars.values():

@@ -15,6 +15,7 @@ from types import TracebackType
 import uvicorn
 
 from app.main import create_app
+from fishersft.service.children import start_child
 from fishersft.service.redis_server import RedisServer
 from fishersft.service.settings import Settings
 
@@ -73,7 +74,7 @@ class EmbeddedService:
 
     def _start_worker(self) -> subprocess.Popen:
         env = {**os.environ, **self.settings.to_env()}
-        return subprocess.Popen([sys.executable, "-m", "workers"], env=env, cwd=ROOT)
+        return start_child([sys.executable, "-m", "workers"], env=env, cwd=ROOT)
 
     def _supervise(self) -> None:
         """Start a worker again when one dies (killed, out of memory) while the service runs."""

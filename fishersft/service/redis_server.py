@@ -10,6 +10,8 @@ from types import TracebackType
 
 import redis
 
+from fishersft.service.children import start_child
+
 
 def redis_server_binary() -> str:
     found = shutil.which("redis-server")
@@ -40,7 +42,7 @@ class RedisServer:
     def start(self) -> "RedisServer":
         self.directory.mkdir(parents=True, exist_ok=True)
         persistence = ["--appendonly", "yes"] if self.persist else ["--save", "", "--appendonly", "no"]
-        self.process = subprocess.Popen(
+        self.process = start_child(
             [
                 redis_server_binary(),
                 "--port",
