@@ -36,7 +36,7 @@ def write_jsonl(path: Path, rows: list) -> Path:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
     """A real redis-server, without persistence: what must survive Redis lives in the artifact store."""
-    from fishersft.redis_server import RedisServer
+    from fishersft.service.redis_server import RedisServer
 
     with RedisServer(tmp_path_factory.mktemp("redis"), persist=False) as server:
         yield server
