@@ -35,6 +35,7 @@ from app.schemas import (
     Selection,
     SelectionResult,
 )
+from app.schemas import JobStatus as State
 from fishersft.service.monitor import failed_stage, job_error, stage_jobs, stop
 from fishersft.service.protocol import (
     ID_HEX,
@@ -53,7 +54,7 @@ from fishersft.service.protocol import (
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
 
-STATUS = {
+STATUS: dict[JobStatus, State] = {
     JobStatus.QUEUED: "queued",
     JobStatus.DEFERRED: "queued",
     JobStatus.SCHEDULED: "queued",
@@ -152,7 +153,8 @@ class Jobs:
             job = Job.fetch(job_id, connection=self.redis, serializer=JOB_SERIALIZER)
         except NoSuchJobError:
             return None
-        return job if self.caller.sees({job.meta.get("owner")} - {None}) else None
+        owner = job.meta.get("owner")
+        return job if self.caller.sees({owner} if isinstance(owner, str) else set()) else None
 
     def _owner_index(self, owner: str) -> str:
         return f"{self.kind.index}:owner:{owner}"
@@ -166,7 +168,9 @@ class Jobs:
         progress, started_at, error = meta.get("progress"), job.started_at, None
         if status in (JobStatus.DEFERRED, JobStatus.QUEUED) and "plan" in meta:  # queued: its stages are done
             status, progress, started_at, error = self._waiting(job, Plan.of(meta["plan"]))
-        state = "cancelled" if status == JobStatus.FAILED and meta.get("cancelled") else STATUS.get(status, "queued")
+        state: State = (
+            "cancelled" if status == JobStatus.FAILED and meta.get("cancelled") else STATUS.get(status, "queued")
+        )
         result = self.store.result(job.id) if state == "succeeded" else None
         progress = progress if state in ("running", "succeeded") else None
         return self.kind.body(
@@ -236,7 +240,8 @@ class Jobs:
         if after is not None:
             score = self.redis.zscore(index, after)
             top = f"({score}" if score is not None else "-inf"
-        ids = [i.decode() for i in self.redis.zrevrangebyscore(index, top, "-inf", start=0, num=limit + 1)]
+        found: list[bytes] = self.redis.zrevrangebyscore(index, top, "-inf", start=0, num=limit + 1)  # type: ignore[assignment]
+        ids = [i.decode() for i in found]
         page = [s for s in (self.get(i) for i in ids[:limit]) if s is not None]
         return page, ids[limit - 1] if len(ids) > limit else None
 
