@@ -17,7 +17,8 @@ class Caller:
     owner: str | None = None
     admin: bool = False
 
-    def sees(self, owners: Collection[str]) -> bool:
+    def sees(self, owners: Collection[str | None]) -> bool:
+        """Whether the caller may see what `owners` hold (None: made while the service was open)."""
         return self.owner is None or self.admin or self.owner in owners
 
 

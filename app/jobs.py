@@ -1,13 +1,12 @@
 """Jobs on RQ (selections, finetunes, comparisons): enqueue, read back as the API's job body, cancel, list.
 
 RQ's statuses map to the API's: queued (also deferred, scheduled), running (started), succeeded (finished),
-failed, cancelled (canceled, stopped, or failed after a cancellation request). A running job whose worker
-stopped refreshing its alive key (the worker was killed) is queued again once, then marked failed with code
-`worker_lost`, when read.
+failed, cancelled (canceled, stopped, or failed after a cancellation request). Reading never writes: a job
+whose worker was lost is queued again, then failed (`worker_lost`), by the monitor (fishersft.service.monitor).
 
 A selection spread over workers (protocol.Plan) waits, deferred in RQ, for its stage jobs (shards, GreeDi
-partitions): reading it settles them the same way (a lost shard is queued again alone), reads as running once one
-started with their progress summed, fails with the first stage's error, and cancelling it cancels them all.
+partitions): it reads as running once one started, with their progress summed, and as failed with the first
+stage's error once one failed (the monitor then fails it and stops the others); cancelling it cancels them all.
 """
 
 import time
@@ -21,16 +20,19 @@ from redis import Redis
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
-from rq.registry import DeferredJobRegistry, FailedJobRegistry, StartedJobRegistry
+from rq.registry import StartedJobRegistry
 
 from app.caller import OPEN, Caller
 from fishersft.contract.comparison import ComparisonResult
 from fishersft.contract.jobs import Comparison, Event, Finetune, JobBody, JobError, Progress, Selection
+from fishersft.contract.jobs import JobStatus as State
 from fishersft.contract.selection import SelectionResult
 from fishersft.contract.training import FinetuneResult
+from fishersft.service.monitor import failed_stage, job_error, stage_jobs, stop
 from fishersft.service.protocol import (
     ID_HEX,
     JOB_SERIALIZER,
+    KEEP_S,
     RUN_COMPARISON,
     RUN_FEATURES,
     RUN_FINETUNE,
@@ -39,19 +41,12 @@ from fishersft.service.protocol import (
     RUN_SHARD,
     Plan,
     Stage,
-    alive_key,
-    cancel_key,
     is_id,
 )
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
 
-MAX_ATTEMPTS = 2
-"""A job whose worker is lost is run again once, then failed (`worker_lost`)."""
-KEEP_S = 30 * 24 * 3600
-"""How long finished jobs stay in Redis (results stay in the artifact store)."""
-
-STATUS = {
+STATUS: dict[JobStatus, State] = {
     JobStatus.QUEUED: "queued",
     JobStatus.DEFERRED: "queued",
     JobStatus.SCHEDULED: "queued",
@@ -150,20 +145,24 @@ class Jobs:
             job = Job.fetch(job_id, connection=self.redis, serializer=JOB_SERIALIZER)
         except NoSuchJobError:
             return None
-        return job if self.caller.sees({job.meta.get("owner")} - {None}) else None
+        owner = job.meta.get("owner")
+        return job if self.caller.sees({owner} if isinstance(owner, str) else set()) else None
 
     def _owner_index(self, owner: str) -> str:
         return f"{self.kind.index}:owner:{owner}"
 
     def view(self, job: Job) -> JobBody:
         """The API body of a job as last read from Redis (status, timestamps and meta are read together). A job
-        waiting for its stage jobs reads as running once one started, with their progress summed."""
-        status = self._settle(job)
+        waiting for its stage jobs reads as running once one started, with their progress summed, and as failed
+        once one failed. It writes nothing."""
+        status = job.get_status(refresh=False)
         meta = job.meta
-        progress, started_at = meta.get("progress"), job.started_at
+        progress, started_at, error = meta.get("progress"), job.started_at, None
         if status in (JobStatus.DEFERRED, JobStatus.QUEUED) and "plan" in meta:  # queued: its stages are done
-            status, progress, started_at = self._waiting(job, Plan.of(meta["plan"]))
-        state = "cancelled" if status == JobStatus.FAILED and meta.get("cancelled") else STATUS.get(status, "queued")
+            status, progress, started_at, error = self._waiting(job, Plan.of(meta["plan"]))
+        state: State = (
+            "cancelled" if status == JobStatus.FAILED and meta.get("cancelled") else STATUS.get(status, "queued")
+        )
         result = self.store.result(job.id) if state == "succeeded" else None
         progress = progress if state in ("running", "succeeded") else None
         return self.kind.body(
@@ -173,7 +172,7 @@ class Jobs:
             started_at=_utc(started_at),
             finished_at=_utc(job.ended_at),
             progress=Progress(**progress) if progress else None,
-            error=self._error(job, meta) if state == "failed" else None,
+            error=(error or job_error(job)) if state == "failed" else None,
             result=self.kind.result.model_validate(result.result) if result else None,
             request=meta["request"],
             attempts=meta.get("attempts", 1),
@@ -184,7 +183,7 @@ class Jobs:
         caller may not see the job or it does not exist."""
         saved = self.store.result(job_id) if is_id(job_id, self.kind.prefix) else None
         if saved is not None:
-            return saved.events if self.caller.sees({saved.owner} - {None}) else None
+            return saved.events if self.caller.sees({saved.owner}) else None
         job = self._fetch(job_id)
         return [Event(**e) for e in job.meta.get("events", [])] if job else None
 
@@ -194,117 +193,50 @@ class Jobs:
         job = self._fetch(job_id)
         if job is None:
             return self.get(job_id)
-        stages = self._stage_jobs(job) if "plan" in job.meta else []
+        stages = stage_jobs(job) if "plan" in job.meta else []
         for each in [job, *(stage for _, stage in stages if stage is not None)]:
-            self._stop(each)
+            stop(self.redis, each)
         return self.get(job_id)
 
-    def _stop(self, job: Job) -> None:
-        status = job.get_status(refresh=False)
-        if status == JobStatus.STARTED:
-            self.redis.set(cancel_key(job.id), 1, ex=KEEP_S)
-        elif STATUS.get(status) == "queued":
-            job.cancel()
-
-    def _stage_jobs(self, job: Job) -> list[tuple[Stage, Job | None]]:
-        stages = Plan.of(job.meta["plan"]).stages(job.id, job.meta["request"])
-        found = Job.fetch_many([s.id for s in stages], connection=self.redis, serializer=JOB_SERIALIZER)
-        return list(zip(stages, found, strict=True))
-
-    def _waiting(self, job: Job, plan: Plan) -> tuple[JobStatus, dict[str, Any] | None, datetime | None]:
-        """A job waiting for its stages (or, once they are done, for a worker): failed once one failed (the
-        others are stopped), running once one started (progress: the shards' examples embedded, then the features
-        job's, then the partitions' budget spent, summed), else still queued. Stages whose worker was lost are
-        queued again here, as jobs are."""
-        stages = [(stage, each, self._settle(each)) for stage, each in self._stage_jobs(job) if each is not None]
-        for stage, each, status in stages:
-            if status == JobStatus.FAILED and not each.meta.get("cancelled"):
-                error = self._error(each, each.meta)
-                for _, other, _ in stages:
-                    self._stop(other)
-                self._fail(job, error.code, f"{stage.name}: {error.message}")
-                return JobStatus.FAILED, None, None
-        started = [_utc(each.started_at) for _, each, _ in stages if each.started_at]
+    def _waiting(
+        self, job: Job, plan: Plan
+    ) -> tuple[JobStatus, dict[str, Any] | None, datetime | None, JobError | None]:
+        """A job waiting for its stages (or, once they are done, for a worker), and its error: failed once one
+        failed (the monitor fails the job itself and stops the others), running once one started (progress: the
+        shards' examples embedded, then the features job's, then the partitions' budget spent, summed), else
+        still queued."""
+        found = [(stage, each) for stage, each in stage_jobs(job) if each is not None]
+        failed = failed_stage(found)
+        if failed is not None:
+            error = job_error(failed[1])
+            return (
+                JobStatus.FAILED,
+                None,
+                None,
+                JobError(code=error.code, message=f"{failed[0].name}: {error.message}"),
+            )
+        stages = [(stage, each, each.get_status(refresh=False)) for stage, each in found]
+        started = [at for _, each, _ in stages if (at := _utc(each.started_at)) is not None]
         if not started:
-            return job.get_status(refresh=False), None, None
-        return JobStatus.STARTED, _stage_progress(plan, stages), min(started)  # type: ignore[type-var]
-
-    def _settle(self, job: Job) -> JobStatus:
-        """The job's status, after queueing it again (or failing it: `worker_lost`) when its worker was lost."""
-        status = job.get_status(refresh=False)
-        if status != JobStatus.STARTED or not self._worker_lost(job):
-            return status
-        if job.meta.get("attempts", 1) < MAX_ATTEMPTS:
-            self._retry(job)
-            return JobStatus.QUEUED
-        message = f"the worker running this job stopped (killed or crashed) before it ended, {MAX_ATTEMPTS} times"
-        self._fail(job, "worker_lost", message)
-        return JobStatus.FAILED
+            return job.get_status(refresh=False), None, None, None
+        return JobStatus.STARTED, _stage_progress(plan, stages), min(started), None
 
     def list(self, limit: int, after: str | None) -> tuple[list[JobBody], str | None]:
-        scoped = self.caller.owner is not None and not self.caller.admin
-        index = self._owner_index(self.caller.owner) if scoped else self.kind.index  # type: ignore[arg-type]
+        owner = self.caller.owner
+        index = self._owner_index(owner) if owner is not None and not self.caller.admin else self.kind.index
         top = "+inf"
         if after is not None:
             score = self.redis.zscore(index, after)
             top = f"({score}" if score is not None else "-inf"
-        ids = [i.decode() for i in self.redis.zrevrangebyscore(index, top, "-inf", start=0, num=limit + 1)]
+        found = self.redis.zrevrangebyscore(index, top, "-inf", start=0, num=limit + 1)
+        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in found]
         page = [s for s in (self.get(i) for i in ids[:limit]) if s is not None]
         return page, ids[limit - 1] if len(ids) > limit else None
-
-    def _worker_lost(self, job: Job) -> bool:
-        """No alive key, and started longer ago than its TTL (a job just started may not have set it yet)."""
-        started = _utc(job.started_at)
-        if started is None or (datetime.now(UTC) - started).total_seconds() < self.settings.alive_ttl_s:
-            return False
-        return not self.redis.exists(alive_key(job.id))
-
-    def _retry(self, job: Job) -> None:
-        """Queue a job whose worker was lost again, once per attempt whoever notices first (jobs are idempotent:
-        a selection or a training run started over gives the same result)."""
-        attempt = job.meta.get("attempts", 1) + 1
-        if not self.redis.set(f"fishersft:retry:{job.id}:{attempt}", 1, nx=True, ex=KEEP_S):
-            job.refresh()
-            return
-        job.meta["attempts"] = attempt
-        job.meta.pop("progress", None)
-        job.meta.setdefault("events", []).append(
-            {
-                "created_at": datetime.now(UTC).isoformat(),
-                "level": "warning",
-                "type": "retried",
-                "message": f"its worker was lost; queued again (attempt {attempt} of {MAX_ATTEMPTS})",
-                "data": {"attempt": attempt},
-            }
-        )
-        job.save_meta()
-        with self.redis.pipeline() as pipe:
-            StartedJobRegistry(queue=self.queue).remove_executions(job, pipeline=pipe)
-            pipe.execute()
-        self.queue.enqueue_job(job)
-
-    def _fail(self, job: Job, code: str, message: str) -> None:
-        job.meta["error"] = {"code": code, "message": message}
-        job.save_meta()
-        with self.redis.pipeline() as pipe:
-            job.set_status(JobStatus.FAILED, pipeline=pipe)
-            StartedJobRegistry(queue=self.queue).remove_executions(job, pipeline=pipe)
-            DeferredJobRegistry(queue=self.queue).remove(job, pipeline=pipe)
-            FailedJobRegistry(queue=self.queue).add(job, ttl=KEEP_S, exc_string=message, pipeline=pipe)
-            pipe.execute()
-
-    def _error(self, job: Job, meta: dict[str, Any]) -> JobError:
-        if "error" in meta:
-            return JobError(**meta["error"])
-        latest = job.latest_result()
-        text = (latest.exc_string or "").strip() if latest else ""
-        last_line = text.splitlines()[-1] if text else "the job failed"
-        return JobError(code="internal_error", message=last_line)
 
     def _from_store(self, job_id: str) -> JobBody | None:
         """A job Redis no longer knows (expired or lost), from its saved result."""
         saved = self.store.result(job_id)
-        if saved is None or not self.caller.sees({saved.owner} - {None}):
+        if saved is None or not self.caller.sees({saved.owner}):
             return None
         return self.kind.body(
             id=job_id,

@@ -1,5 +1,8 @@
 """The FastAPI application: `uvicorn app.main:create_app --factory`."""
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import Depends, FastAPI
 from redis import Redis
 
@@ -8,6 +11,7 @@ from app.deps import authorize
 from app.errors import documented
 from app.routes import comparisons, datasets, finetunes, health, selections
 from app.upload_limit import UploadLimit
+from fishersft.service.monitor import Monitor
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
 
@@ -15,9 +19,20 @@ DESCRIPTION = """FisherSFT data selection: upload an SFT dataset, ask for the mo
 budget, poll the job, fetch the selected ids. Errors are `{"error": {"code", "message", "details"}}`."""
 
 
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """While the API serves, it also runs the job monitor (fishersft.service.monitor), beside the workers' own:
+    when the last worker dies, this one settles its job."""
+    monitor = Monitor(app.state.redis, app.state.settings).start()
+    try:
+        yield
+    finally:
+        monitor.stop()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
-    app = FastAPI(title="fishersft", version="0.1.0", description=DESCRIPTION)
+    app = FastAPI(title="fishersft", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.redis = Redis.from_url(settings.redis_url)
     app.state.store = ArtifactStore(settings.data_dir)

@@ -59,6 +59,7 @@ def service_settings(tmp_path: Path, redis_server, llama_dir: Path, **overrides)
 @pytest.fixture
 def service(tmp_path, redis_server, llama_dir):
     settings = service_settings(tmp_path, redis_server, llama_dir)
-    svc = Service(settings, TestClient(create_app(settings)))
-    yield svc
-    svc.stop_workers()
+    with TestClient(create_app(settings)) as client:  # the app's lifespan runs: its job monitor too
+        svc = Service(settings, client)
+        yield svc
+        svc.stop_workers()

@@ -29,11 +29,16 @@ class Service:
     def redis(self) -> Redis:
         return Redis.from_url(self.settings.redis_url)
 
-    def start_worker(self) -> subprocess.Popen:
+    def start_worker(self, *queues: str) -> subprocess.Popen:
+        """A worker on `queues` (default: both), once it has registered."""
         before = Worker.count(connection=self.redis)
         env = {**os.environ, **self.settings.to_env(), "PYTHONPATH": str(ROOT)}
         worker = subprocess.Popen(
-            [sys.executable, "-m", "workers"], env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [sys.executable, "-m", "workers", *queues],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         self.workers.append(worker)
         deadline = time.monotonic() + WAIT_S

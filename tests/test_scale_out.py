@@ -28,9 +28,10 @@ SHARD = 1024
 @pytest.fixture
 def sharded(tmp_path, redis_server, llama_dir):
     settings = service_settings(tmp_path, redis_server, llama_dir, shard_examples=SHARD)
-    svc = Service(settings, TestClient(create_app(settings)))
-    yield svc
-    svc.stop_workers()
+    with TestClient(create_app(settings)) as client:  # the app's lifespan runs: its job monitor too
+        svc = Service(settings, client)
+        yield svc
+        svc.stop_workers()
 
 
 def texts(path, n, words, seed=0):
@@ -59,7 +60,7 @@ def stages(service, job_id):
 
 
 def wait_for_stage(service, job_id, ready, what):
-    """Poll the selection (which settles its stages) until `ready(stage jobs)` returns something."""
+    """Poll the selection (it must stay queued or running) until `ready(stage jobs)` returns something."""
     deadline = time.monotonic() + WAIT_S
     while True:
         body = service.client.get(f"/v1/selections/{job_id}").json()

@@ -3,6 +3,9 @@ the selection queue and the training queue unless queues are named (GPU workers 
 
 It is a SimpleWorker: jobs run in the worker process itself, not in a forked work horse. A model loaded by
 one job stays cached for the next, and CUDA is never initialised in a parent that then forks.
+
+Each worker also runs the job monitor (fishersft.service.monitor) in a daemon thread: workers exist whenever
+jobs can run, so a job whose worker died is settled even with the API down; one monitor acts at a time.
 """
 
 import logging
@@ -20,6 +23,7 @@ from rq.job import Job
 import workers.finetune
 import workers.selection
 import workers.stages  # noqa: F401
+from fishersft.service.monitor import Monitor
 from fishersft.service.protocol import JOB_FUNCTIONS, JOB_SERIALIZER, WORKER_TTL_S
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
@@ -55,6 +59,7 @@ def main(queues: Sequence[str] = ()) -> None:
         serializer=JOB_SERIALIZER,
         worker_ttl=WORKER_TTL_S,
     )
+    Monitor(Redis.from_url(settings.redis_url), settings).start()  # a daemon thread: it ends with the process
     worker.work(with_scheduler=False, logging_level=level)
 
 

@@ -141,5 +141,5 @@ def _alive(redis: Redis, job_id: str, ttl: int) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
-        # the key is left to expire: RQ marks the job finished only after this returns, and a reader seeing it
-        # still started without its key would take the worker for lost and run the job again
+        # the key is left to expire: RQ marks the job finished only after this returns, and the monitor seeing
+        # it still started without its key would take the worker for lost and run the job again

@@ -84,7 +84,9 @@ def job_router(kind: JobKind) -> APIRouter:
     singular = kind.resource.removesuffix("s")
     KindJobs = Annotated[Jobs, Depends(deps.jobs(kind))]
 
-    @router.get("", response_model=Page[kind.body], summary=f"List {kind.resource}, newest first")
+    page = Page[kind.body]  # type: ignore[name-defined]  # a response model made per job kind, at run time
+
+    @router.get("", response_model=page, summary=f"List {kind.resource}, newest first")
     def list_jobs(
         jobs: KindJobs,
         limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 50,

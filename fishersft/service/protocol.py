@@ -22,6 +22,9 @@ RUN_PARTITION = "workers.stages.run_partition"
 JOB_FUNCTIONS = frozenset({RUN_SELECTION, RUN_FINETUNE, RUN_COMPARISON, RUN_SHARD, RUN_FEATURES, RUN_PARTITION})
 """The only functions a worker runs: a job naming anything else fails unrun."""
 
+KEEP_S = 30 * 24 * 3600
+"""How long finished jobs (and the keys kept beside them) stay in Redis; results stay in the artifact store."""
+
 ID_HEX = 24
 """Hex digits after an id's prefix: `ds_` + the upload's SHA-256, `sel_`/`ft_`/`cmp_` + a random UUID."""
 
