@@ -1,4 +1,4 @@
-"""The baselines against brute force: k-center greedy, written naively with python loops."""
+"""The baselines against brute force: k-center greedy and RDS+ similarity, written naively with python loops."""
 
 import itertools
 import math
@@ -6,8 +6,9 @@ import math
 import pytest
 import torch
 
-from fishersft.selection import kcenter
+from fishersft.selection import kcenter, similarity
 from fishersft.selection.kcenter import kcenter_greedy
+from fishersft.selection.similarity import similarity_order
 
 
 def random_points(seed: int, n: int = 40, d: int = 5, max_cost: int = 9):
@@ -47,6 +48,18 @@ def naive_kcenter(points, costs, limit, candidates, warm=()):
         left -= cost[-neg]
         centers = [vec[-neg]] if mean_only else [*centers, vec[-neg]]
         mean_only = False
+
+
+def naive_similarity(points, target, costs, limit, candidates):
+    vec, tgt, cost = [unit(p) for p in points.tolist()], [unit(t) for t in target.tolist()], costs.tolist()
+    score = {i: max(sum(a * b for a, b in zip(vec[i], t, strict=True)) for t in tgt) for i in candidates.tolist()}
+    order, gains, left = [], [], limit
+    for i in sorted(score, key=lambda i: (-score[i], i)):
+        if cost[i] <= left:
+            order.append(i)
+            gains.append(score[i])
+            left -= cost[i]
+    return order, gains
 
 
 BUDGETS = ["examples", "tokens"]
@@ -137,26 +150,91 @@ def test_kcenter_hits_every_cluster_first_where_random_does_not():
     assert not all(hits_random)
 
 
-def test_on_step_reports_spent_budget():
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("kind", BUDGETS)
+def test_similarity_equals_brute_force(seed, kind):
+    points, tokens = random_points(seed)
+    target = torch.randn(6, points.shape[1], generator=torch.Generator().manual_seed(100 + seed))
+    costs, limit = budget(kind, tokens)
+    candidates = torch.arange(0, len(points), 2)
+    result = similarity_order(points, target, costs, limit, candidates)
+    order, gains = naive_similarity(points, target, costs, limit, candidates)
+    assert result.order == order
+    assert result.gains == pytest.approx(gains, abs=1e-5)
+
+
+def test_similarity_in_small_chunks_is_the_same(monkeypatch):
+    points, tokens = random_points(5, n=31, d=4)
+    target = torch.randn(7, 4, generator=torch.Generator().manual_seed(1))
+    candidates = torch.arange(len(points))
+    whole = similarity_order(points, target, tokens, 35.0, candidates)
+    monkeypatch.setattr(similarity, "CHUNK_ELEMENTS", 3)
+    chunked = similarity_order(points, target, tokens, 35.0, candidates)
+    assert chunked.order == whole.order
+    assert chunked.gains == pytest.approx(whole.gains, abs=1e-6)  # float32 products round by their shape
+
+
+def test_a_copy_of_a_target_example_is_picked_first():
+    points, tokens = random_points(2)
+    target = torch.randn(5, points.shape[1], generator=torch.Generator().manual_seed(9))
+    points[21] = 3 * target[2]  # the same direction: cosine 1
+    result = similarity_order(points, target, tokens, 30.0, torch.arange(len(points)))
+    assert result.order[0] == 21
+    assert result.gains[0] == pytest.approx(1.0, abs=1e-6)
+    assert all(g < 0.999 for g in result.gains[1:])
+
+
+def test_similarity_respects_candidates_and_budget():
+    points, tokens = random_points(4, n=50)
+    target = points[:3].clone()  # the best matches are outside the candidates
+    candidates = torch.arange(10, 50, 2)
+    result = similarity_order(points, target, tokens, 20.0, candidates)
+    assert set(result.order) <= set(candidates.tolist())
+    spent = sum(tokens[result.order].tolist())
+    assert spent <= 20
+    assert all(tokens[i] > 20 - spent for i in candidates.tolist() if i not in result.order)
+    with pytest.raises(ValueError, match="empty"):
+        similarity_order(points, target[:0], tokens, 20.0, candidates)
+
+
+@pytest.mark.parametrize("method", ["kcenter", "similarity"])
+def test_on_step_reports_spent_budget(method):
     points, tokens = random_points(6)
+    candidates = torch.arange(len(points))
     spent: list[float] = []
-    result = kcenter_greedy(points, tokens, 40.0, torch.arange(len(points)), on_step=spent.append)
+    if method == "kcenter":
+        result = kcenter_greedy(points, tokens, 40.0, candidates, on_step=spent.append)
+    else:
+        result = similarity_order(points, points[:4], tokens, 40.0, candidates, on_step=spent.append)
     assert len(spent) == len(result.order) > 1
     assert spent == pytest.approx(torch.cumsum(tokens[result.order], 0).tolist())
     assert all(a < b for a, b in itertools.pairwise(spent)) and spent[-1] <= 40
 
 
 def copies(kind: str):
-    """Random points where 17, 25, 33 and 41 are exact copies."""
+    """Random points where 17, 25, 33 and 41 are exact copies, and a target whose best match they are."""
     points, tokens = random_points(8, n=60)
     for copy in (41, 17, 33):
         points[copy] = points[25]
-    return points, *budget(kind, tokens)
+    target = torch.randn(4, points.shape[1], generator=torch.Generator().manual_seed(3))
+    target[0] = points[25] + 0.1
+    return points, target, *budget(kind, tokens)
+
+
+@pytest.mark.parametrize("kind", BUDGETS)
+def test_similarity_ties_go_to_the_lowest_index(kind):
+    """Exact copies score the same: the lowest index is taken first, like the brute force."""
+    points, target, costs, limit = copies(kind)
+    candidates = torch.arange(len(points))
+    picked = similarity_order(points, target, costs, limit, candidates).order
+    assert picked == naive_similarity(points, target, costs, limit, candidates)[0]
+    if kind == "examples":
+        assert picked[:4] == [17, 25, 33, 41]
 
 
 @pytest.mark.parametrize("kind", BUDGETS)
 def test_kcenter_with_exact_copies_equals_brute_force(kind):
-    points, costs, limit = copies(kind)
+    points, _, costs, limit = copies(kind)
     candidates = torch.arange(len(points))
     order = kcenter_greedy(points, costs, limit, candidates).order
     assert order == naive_kcenter(points, costs, limit, candidates)[0]
