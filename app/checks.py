@@ -5,6 +5,7 @@ from app.caller import Datasets
 from app.errors import ApiError, invalid, shown
 from fishersft.contract.base import ExampleId
 from fishersft.contract.datasets import DatasetRecord
+from fishersft.contract.selection import SCORED_METHODS, Method
 from fishersft.contract.training import EvalRequest, LoraConfig
 from fishersft.data.dataset import DEFAULT_MAX_LENGTH, read_ids
 from fishersft.features.files import load_features
@@ -99,4 +100,34 @@ def check_training(
         raise invalid(
             "body.eval.holdout_fraction",
             f"{evaluation.holdout_fraction} of {dataset.n_examples} examples holds out none: nothing to evaluate",
+        )
+
+
+def known_target(
+    datasets: Datasets, dataset: DatasetRecord, method: Method, target_id: str | None, field: str
+) -> DatasetRecord | None:
+    """The target dataset of method `similarity` (required there, refused elsewhere), of the dataset's kind."""
+    if method != "similarity":
+        if target_id is not None:
+            raise invalid(field, f"method {method!r} selects for no target", "leave it out, or use method similarity")
+        return None
+    if target_id is None:
+        raise invalid(field, "method 'similarity' selects for a target set", "name a dataset from POST /v1/datasets")
+    target = dataset_for(datasets, target_id, field)
+    if target.is_text != dataset.is_text or (not dataset.is_text and target.dim != dataset.dim):
+        raise invalid(
+            field,
+            f"dataset {shown(target_id)} is not comparable with the dataset selected from",
+            "both JSONL (embedded by the same model), or both features files of the same width",
+        )
+    return target
+
+
+def scored_method(dataset: DatasetRecord, method: Method, field: str) -> None:
+    """A 422 for a method that ranks by the base model's loss on a features upload (which has no model)."""
+    if method in SCORED_METHODS and not dataset.is_text:
+        raise invalid(
+            field,
+            f"method {method!r} ranks examples by the base model's loss: a features file has no model",
+            "select from a JSONL dataset, or use another method",
         )

@@ -14,7 +14,15 @@ from pydantic import BaseModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fishersft.contract.compression import DEFAULT_COMPRESSION, Compression
-from fishersft.contract.selection import GroupCoverage, PartitionRound, Partitions, SelectionOptions, SelectionResult
+from fishersft.contract.selection import (
+    SCORED_METHODS,
+    GroupCoverage,
+    Method,
+    PartitionRound,
+    Partitions,
+    SelectionOptions,
+    SelectionResult,
+)
 from fishersft.data.dataset import DEFAULT_MAX_LENGTH, ENCODE_CHUNK, Example, iter_examples
 from fishersft.data.encoding import encode_all
 from fishersft.data.groups import group_coverage, group_field
@@ -22,9 +30,10 @@ from fishersft.errors import InputError
 from fishersft.features.embedding import embed
 from fishersft.features.files import load_features
 from fishersft.features.set import FeatureSet, feature_blocks
-from fishersft.features.store import FeatureStoreWriter
+from fishersft.features.store import FeatureStoreWriter, projection_matrix
 from fishersft.models.loading import Precision, embedding_autocast, load_model, resolve_device
 from fishersft.selection import greedi
+from fishersft.selection.baselines import BaselineInputs
 from fishersft.selection.selector import select_blocks
 
 Progress = Callable[[str, int, int], None]
@@ -132,12 +141,14 @@ def select_features(
     progress: Progress | None = None,
     model: str | None = None,
     device: str | None = None,
+    target: FeatureSet | None = None,
 ) -> SelectionResult:
     """Select from `features` as `options` say. `model` names the model the features came from (None for
     uploaded features); `exclude` are indices never selected; `candidates` (indices), when given, the only ones
     that may be: only their rows (and the warm start's) are read, so memory holds them alone (a GreeDi partition,
     see fishersft.selection.greedi). `labels` are the rows' string fields (None for features input): the result
-    counts the groups of `options.group_by` (default: `category` or `source`, whichever the rows carry)."""
+    counts the groups of `options.group_by` (default: `category` or `source`, whichever the rows carry).
+    `target`: the features of the set method `similarity` selects for."""
     start = time.perf_counter()
     budget, weighting = options.budget, options.resolved_weighting
     index = features.index
@@ -172,6 +183,7 @@ def select_features(
         epsilon=options.epsilon,
         device=resolve_device(device),
         on_step=on_step,
+        baselines=baseline_inputs(local, options.method, features, target),
     )
     chosen = read[selection.indices].tolist()
     if progress:  # a token budget often ends short of its total: the last report says the selection is done
@@ -208,6 +220,43 @@ def select_features(
         gain_evaluations=selection.evaluations,
         timings={"select_s": time.perf_counter() - start},
     )
+
+
+def baseline_inputs(
+    local: FeatureSet, method: Method, features: FeatureSet, target: FeatureSet | None
+) -> BaselineInputs | None:
+    """What a baseline method ranks `local`'s examples by (see fishersft.selection.baselines); None for fisher and
+    random. `features` is the store `local` was read from (its projection maps the target's means)."""
+    if method in ("fisher", "random"):
+        return None
+    if method in SCORED_METHODS:
+        scores = local.losses if method == "loss" else local.ifd
+        if scores is None:
+            raise InputError(
+                f"method {method!r} ranks examples by the base model's loss: these features carry none (uploaded "
+                "features have no model); select from a JSONL dataset"
+            )
+        return BaselineInputs(scores=torch.from_numpy(np.asarray(scores, dtype=np.float64)))
+    points = torch.from_numpy(np.asarray(local.mean_rows(), dtype=np.float32))
+    if method == "kcenter":
+        return BaselineInputs(points=points)
+    if target is None:
+        raise InputError("method 'similarity' selects for a target set: name one (target_dataset_id, --target)")
+    return BaselineInputs(points=points, target=target_means(features, target))
+
+
+def target_means(features: FeatureSet, target: FeatureSet) -> torch.Tensor:
+    """The target's mean features in the space of `features`: projected as `features` was, when it was."""
+    means = torch.from_numpy(np.asarray(target.mean_rows(), dtype=np.float32))
+    projection = projection_matrix(features)
+    if projection is not None and means.shape[1] == projection.shape[0]:
+        means = means @ projection
+    if means.shape[1] != features.features.shape[1]:
+        raise InputError(
+            f"the target's features are {means.shape[1]}-dimensional, the dataset's {features.features.shape[1]}: "
+            "embed both with the same model"
+        )
+    return means
 
 
 def _groups(

@@ -44,13 +44,18 @@ class FeatureCache:
         return options.compression(dataset.n_examples, source_dim, self.settings.selection_memory_bytes)
 
     def features(
-        self, dataset: DatasetRecord, options: FeatureOptions, progress: Progress, plan: Plan | None = None
+        self,
+        dataset: DatasetRecord,
+        options: FeatureOptions,
+        progress: Progress,
+        plan: Plan | None = None,
+        compression: Compression | None = None,
     ) -> tuple[FeatureSet, FeaturesCost]:
         """The dataset's features store: the JSONL embedded by `options.model` (or assembled from the parts its
-        `plan`'s shards embedded), or an uploaded features file compressed; at the plan's compression, else
-        `compression(dataset, options)`. Also what getting it cost."""
+        `plan`'s shards embedded), or an uploaded features file compressed; at `compression`, else the plan's,
+        else `compression(dataset, options)`. Also what getting it cost."""
         plan = plan or Plan()
-        compression = plan.compression or self.compression(dataset, options)
+        compression = compression or plan.compression or self.compression(dataset, options)
         model = self._model(options) if dataset.is_text else None
         features_dir = self.store.features_dir(dataset.sha256, model, options.max_length, compression.key)
         if features_dir.exists():

@@ -16,6 +16,7 @@ from typing import Any
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from fishersft.contract.comparison import ComparisonCreate, ComparisonResult
+from fishersft.contract.compression import TARGET_COMPRESSION
 from fishersft.contract.selection import Budget, FeatureOptions, Method, SelectionCreate, SelectionOptions
 from fishersft.contract.training import Adapter, EvalRequest, FinetuneCreate, FinetuneEval, FinetuneResult, Subset
 from fishersft.data.dataset import Example, ExampleId
@@ -211,6 +212,11 @@ def _compare(request: ComparisonCreate, context: JobContext) -> ComparisonResult
     features, cost = context.features.features(
         dataset, FeatureOptions(model=model, max_length=max_length), context.progress
     )
+    target = None
+    if request.target_dataset_id is not None:
+        target_set = context.features.dataset(request.target_dataset_id)
+        options = FeatureOptions(model=model, max_length=max_length)
+        target = context.features.features(target_set, options, context.progress, compression=TARGET_COMPRESSION)[0]
     evaluation = request.eval
     eval_data = None
     if evaluation.dataset_id is not None:
@@ -227,6 +233,8 @@ def _compare(request: ComparisonCreate, context: JobContext) -> ComparisonResult
             eval_data=eval_data,
             lam=request.lambda_,
             weightings=request.weightings,
+            methods=request.methods,
+            target=target,
             lora=request.lora,
             training=request.training,
             max_length=max_length,

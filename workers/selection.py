@@ -6,6 +6,7 @@ their parts into the features store; with partitions it runs GreeDi's merge roun
 
 from typing import Any
 
+from fishersft.contract.compression import TARGET_COMPRESSION
 from fishersft.contract.selection import FeaturesCost, SelectionCreate, SelectionResult, Shard
 from fishersft.data.dataset import read_labels
 from fishersft.features.set import FeatureSet
@@ -39,7 +40,17 @@ def request_features(request: SelectionCreate, context: JobContext, plan: Plan) 
 
 
 def selection_context(request: SelectionCreate, context: JobContext) -> dict[str, Any]:
-    """`select_features`'s keywords besides its options: the rows' labels, progress and the model's name."""
+    """`select_features`'s keywords besides its options: the rows' labels, progress, the model's name and the
+    target's features (method similarity)."""
     dataset = context.features.dataset(request.dataset_id)
     labels = read_labels(context.store.blob(dataset.sha256)) if dataset.is_text else None
-    return {"labels": labels, "progress": context.progress, "model": request.model if dataset.is_text else None}
+    model = request.model if dataset.is_text else None
+    return {"labels": labels, "progress": context.progress, "model": model, "target": target_features(request, context)}
+
+
+def target_features(request: SelectionCreate, context: JobContext) -> FeatureSet | None:
+    """The features of the set a similarity selection serves, embedded by the same model."""
+    if request.target_dataset_id is None:
+        return None
+    target = context.features.dataset(request.target_dataset_id)
+    return context.features.features(target, request, context.progress, compression=TARGET_COMPRESSION)[0]

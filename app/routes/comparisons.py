@@ -48,6 +48,8 @@ def create_comparison(
         raise invalid("body.training.max_length", "training.max_length must equal max_length (or be left out)")
     body.training.max_length = body.max_length
     check_training(settings, datasets, body.model, body.lora, body.eval, dataset)
+    if body.target_dataset_id is not None:
+        dataset_for(datasets, body.target_dataset_id, "body.target_dataset_id", jsonl=True)
     return create_job(jobs, redis, body, idempotency_key, response)
 
 

@@ -8,7 +8,15 @@ from redis import Redis
 
 from app import deps
 from app.caller import Datasets
-from app.checks import allowed_max_length, dataset_for, known_ids, known_label, known_model
+from app.checks import (
+    allowed_max_length,
+    dataset_for,
+    known_ids,
+    known_label,
+    known_model,
+    known_target,
+    scored_method,
+)
 from app.errors import ApiError, documented
 from app.jobs import SELECTIONS, Jobs
 from app.routes.jobs import IdempotencyKey, create_job, found, job_router
@@ -48,6 +56,8 @@ def create_selection(
     body.weighting = body.resolved_weighting
     if body.group_by is not None:
         known_label(dataset, body.group_by, "body.group_by")
+    scored_method(dataset, body.method, "body.method")
+    known_target(datasets, dataset, body.method, body.target_dataset_id, "body.target_dataset_id")
     if body.warm_start_ids:
         known_ids(store, dataset, body.warm_start_ids, "body.warm_start_ids")
     return create_job(jobs, redis, body, idempotency_key, response, plan(dataset, body, settings, store))

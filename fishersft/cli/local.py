@@ -4,6 +4,7 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fishersft.cli.common import (
@@ -23,8 +24,8 @@ from fishersft.cli.common import (
 from fishersft.cli.remote import run_remote_compare, run_remote_select
 from fishersft.client import ServiceClient
 from fishersft.contract.comparison import ComparisonResult
-from fishersft.contract.compression import PROJECTIONS
-from fishersft.contract.selection import DEFAULT_EPSILON, WEIGHTINGS, SelectionResult
+from fishersft.contract.compression import PROJECTIONS, TARGET_COMPRESSION
+from fishersft.contract.selection import DEFAULT_EPSILON, METHODS, WEIGHTINGS, SelectionResult
 from fishersft.data import corpora
 from fishersft.data.dataset import DEFAULT_MAX_LENGTH, read_labels
 from fishersft.errors import InputError
@@ -39,7 +40,7 @@ from fishersft.models.registry import (
     prepared_dir,
     resolve_model,
 )
-from fishersft.pipeline import count_lines, embed_dataset, select_features, select_partitioned
+from fishersft.pipeline import Progress, count_lines, embed_dataset, select_features, select_partitioned
 
 
 def run_select(args: argparse.Namespace) -> SelectionResult:
@@ -74,16 +75,44 @@ def run_select(args: argparse.Namespace) -> SelectionResult:
             features, truncated, embed_s = embedding.features, embedding.truncated, embedding.seconds
             labels = read_labels(data)
         options = selection_options(args, warm_start)
-        context = {"labels": labels, "progress": progress, "model": model, "device": args.device}
+        max_length = args.max_length or DEFAULT_MAX_LENGTH
+        similarity = args.method == "similarity"
+        target = target_features(args.target, similarity, model, max_length, Path(tmp) / "target", progress)
+        context = {"labels": labels, "progress": progress, "model": model, "device": args.device, "target": target}
         if options.partitions is not None:
             if options.method != "fisher":
-                raise InputError("--partitions: GreeDi partitions a greedy selection; --method random takes none")
+                raise InputError(
+                    f"--partitions: GreeDi partitions a greedy selection; --method {options.method} takes none"
+                )
             result = select_partitioned(features, options, options.partitions, **context)
         else:
             result = select_features(features, options, **context)
     result.truncated = truncated
     result.timings["embed_s"] = embed_s
     return result
+
+
+def target_features(
+    target: Path | None, similarity: bool, model: str | None, max_length: int, directory: Path, progress: Progress
+) -> FeatureSet | None:
+    """--target, which goes with method similarity: a JSONL file embedded by the same model, or a features file."""
+    if similarity != (target is not None):
+        raise InputError("--target goes with method similarity, and only with it")
+    if target is None:
+        return None
+    if is_features_path(target):
+        return compress_store(load_features(target), directory, TARGET_COMPRESSION)
+    if model is None:
+        raise InputError("--target: a JSONL target needs a model, so the data must be JSONL too")
+    embedding = embed_dataset(
+        target,
+        resolve_model(model),
+        directory,
+        max_length=max_length,
+        compression=TARGET_COMPRESSION,
+        progress=progress,
+    )
+    return embedding.features
 
 
 COMPRESSION_OPTIONS = ("rank", "dim", "projection")
@@ -138,6 +167,8 @@ def compare_command(args: argparse.Namespace) -> None:
     with ProgressBars() as progress, tempfile.TemporaryDirectory(prefix="fishersft-") as tmp:
         features_dir = Path(tmp) / "features"
         embedding = embed_dataset(args.data, model_dir, features_dir, max_length=max_length, progress=progress)
+        similarity = "similarity" in args.methods
+        target = target_features(args.target, similarity, model, max_length, Path(tmp) / "target", progress)
         result = compare(
             Path(args.data),
             model_dir,
@@ -149,6 +180,8 @@ def compare_command(args: argparse.Namespace) -> None:
             eval_data=args.eval_data,
             lam=args.lam,
             weightings=args.weightings,
+            methods=args.methods,
+            target=target,
             lora=lora_settings(args),
             training=training_settings(args),
             max_length=max_length,
@@ -161,13 +194,16 @@ def compare_command(args: argparse.Namespace) -> None:
     print_comparison(result)
 
 
-def weightings(text: str) -> list[str]:
-    """`--weightings tokens,mean`: known names, each once."""
-    names = [w.strip() for w in text.split(",")]
-    unknown = [w for w in names if w not in WEIGHTINGS]
-    if unknown or len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(f"{text!r}: name each of {', '.join(WEIGHTINGS)} at most once")
-    return names
+def comma_list(choices: Sequence[str]) -> Callable[[str], list[str]]:
+    """An argument type for `a,b`: names from `choices`, each once."""
+
+    def parse(text: str) -> list[str]:
+        names = [name.strip() for name in text.split(",")]
+        if any(name not in choices for name in names) or len(set(names)) != len(names):
+            raise argparse.ArgumentTypeError(f"{text!r}: name each of {', '.join(choices)} at most once")
+        return names
+
+    return parse
 
 
 def print_comparison(result: ComparisonResult) -> None:
@@ -224,11 +260,19 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     compare.add_argument("--max-length", type=positive_int, metavar="M", help="tokens per example (1024)")
     compare.add_argument(
         "--weightings",
-        type=weightings,
+        type=comma_list(WEIGHTINGS),
         default=["tokens"],
         metavar="W[,W]",
         help=f"fisher weightings to train, comma-separated, of {', '.join(WEIGHTINGS)} (default: tokens)",
     )
+    compare.add_argument(
+        "--methods",
+        type=comma_list(METHODS),
+        default=["fisher", "random"],
+        metavar="M[,M]",
+        help=f"methods to train, comma-separated, of {', '.join(METHODS)} (default: fisher,random; random is needed)",
+    )
+    compare.add_argument("--target", type=Path, metavar="FILE", help="with method similarity: the set to select for")
     compare.add_argument("--out-dir", type=Path, default=Path("comparison"), help="where the table and plot go")
     add_training_arguments(compare)
     add_server_arguments(compare, required=False)
@@ -262,7 +306,19 @@ def add_select_arguments(parser: argparse.ArgumentParser) -> None:
     budget_group = parser.add_mutually_exclusive_group(required=True)
     budget_group.add_argument("--budget", type=positive_int, metavar="K", help="select at most K examples")
     budget_group.add_argument("--budget-tokens", type=positive_int, metavar="T", help="select at most T loss tokens")
-    parser.add_argument("--method", choices=["fisher", "random"], default="fisher")
+    parser.add_argument(
+        "--method",
+        choices=METHODS,
+        default="fisher",
+        help="fisher (default), random, kcenter, similarity (with --target), loss or ifd: see the README",
+    )
+    parser.add_argument(
+        "--target",
+        type=Path,
+        metavar="FILE",
+        help="with --method similarity: the set to select for (JSONL embedded by the same model, or features; "
+        "with --server, a file to upload or a dataset id)",
+    )
     parser.add_argument(
         "--weighting",
         choices=WEIGHTINGS,

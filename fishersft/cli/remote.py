@@ -22,19 +22,27 @@ from fishersft.cli.common import (
 )
 from fishersft.client import ServiceClient
 from fishersft.contract.comparison import ComparisonBudget, ComparisonCreate, ComparisonResult
-from fishersft.contract.selection import SelectionCreate
+from fishersft.contract.selection import METHODS, SelectionCreate
 from fishersft.contract.training import FinetuneCreate
 from fishersft.errors import InputError
 
 
 def run_remote_select(args: argparse.Namespace, client: ServiceClient) -> dict:
     """Select on a service: upload DATA unless it is a dataset id, request the job, optionally wait for it."""
-    dataset_id = args.data if not Path(args.data).exists() else client.upload(Path(args.data))["id"]
+    dataset_id = dataset_ref(client, args.data)
     options = selection_options(args, read_ids(args.warm_start) if args.warm_start else [])
     features = feature_options(args, args.model)
-    body = SelectionCreate(dataset_id=dataset_id, **options.model_dump(), **features.model_dump())
+    target = None if args.target is None else dataset_ref(client, str(args.target))
+    body = SelectionCreate(
+        dataset_id=dataset_id, target_dataset_id=target, **options.model_dump(), **features.model_dump()
+    )
     job = client.create_selection(request_json(body))
     return follow(client, job) if args.wait else job
+
+
+def dataset_ref(client: ServiceClient, data: str) -> str:
+    """A dataset id: DATA itself, or the id of DATA uploaded when it is a file."""
+    return data if not Path(data).exists() else client.upload(Path(data))["id"]
 
 
 def request_json(body: BaseModel) -> dict:
@@ -79,7 +87,7 @@ def finetune_command(args: argparse.Namespace) -> None:
     else:
         if not args.data or (args.budget is None and args.budget_tokens is None):
             raise InputError("give --selection ID, or DATA with --budget K or --budget-tokens T")
-        dataset_id = args.data if not Path(args.data).exists() else client.upload(Path(args.data))["id"]
+        dataset_id = dataset_ref(client, args.data)
         source = {"dataset_id": dataset_id, "budget": budget(args), "method": args.method, "model": args.model}
     fields = training_body(args, client)
     if args.selection:  # a selection fixes the loss tokens, max_length included
@@ -102,7 +110,7 @@ def finetune_command(args: argparse.Namespace) -> None:
 def run_remote_compare(args: argparse.Namespace) -> ComparisonResult | None:
     """A comparison on a service; with --wait, its table and plot (saved in --out-dir)."""
     client = ServiceClient(args.server, args.api_key)
-    dataset_id = args.data if not Path(args.data).exists() else client.upload(Path(args.data))["id"]
+    dataset_id = dataset_ref(client, args.data)
     body = ComparisonCreate(
         dataset_id=dataset_id,
         budget=ComparisonBudget(examples=args.budget),
@@ -112,6 +120,8 @@ def run_remote_compare(args: argparse.Namespace) -> ComparisonResult | None:
         max_length=args.max_length,
         eval_points=args.eval_points,
         weightings=args.weightings,
+        methods=args.methods,
+        target_dataset_id=None if args.target is None else dataset_ref(client, str(args.target)),
         **training_body(args, client),
     )
     job = client.create("comparisons", request_json(body))
@@ -148,7 +158,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     choice = finetune.add_mutually_exclusive_group()
     choice.add_argument("--budget", type=positive_int, metavar="K", help="select at most K examples first")
     choice.add_argument("--budget-tokens", type=positive_int, metavar="T", help="or at most T loss tokens")
-    finetune.add_argument("--method", choices=["fisher", "random"], default="fisher")
+    finetune.add_argument("--method", choices=[m for m in METHODS if m != "similarity"], default="fisher")
     finetune.add_argument("--model", help="a model name from GET /v1/models (default: the service's)")
     finetune.add_argument("--max-length", type=positive_int, metavar="M", help="tokens per example (1024)")
     finetune.add_argument("--out-dir", type=Path, default=Path("finetune"), help="with --wait: result and adapter")

@@ -3,12 +3,14 @@ set, at equal examples and at equal loss tokens."""
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from fishersft.contract.base import RequestModel, Text
 from fishersft.contract.selection import (
     LAMBDA_DOC,
     MAX_LENGTH_DOC,
+    METHOD_DOC,
+    METHODS,
     WEIGHTING_DOC,
     WEIGHTINGS,
     Budget,
@@ -20,6 +22,7 @@ from fishersft.contract.training import EvalMetrics, EvalRequest, LoraConfig, Tr
 
 BudgetKind = Literal["examples", "tokens"]
 PAPER_WEIGHTING: tuple[Weighting, ...] = ("tokens",)
+DEFAULT_COMPARED: tuple[Method, ...] = ("fisher", "random")
 
 
 class ComparisonBudget(RequestModel):
@@ -50,17 +53,41 @@ class ComparisonCreate(RequestModel):
         max_length=len(WEIGHTINGS),
         description="Fisher runs once per weighting at each budget kind (the random runs are shared). " + WEIGHTING_DOC,
     )
+    methods: list[Method] = Field(
+        default_factory=lambda: list(DEFAULT_COMPARED),
+        min_length=1,
+        json_schema_extra={"uniqueItems": True},
+        max_length=len(METHODS),
+        description="The methods to train subsets of, each at equal examples and at the random subsets' mean loss "
+        "tokens; `random` (the yardstick, seeds 0..random_seeds-1) must be one of them. " + METHOD_DOC,
+    )
+    target_dataset_id: Text | None = Field(
+        None, description="The dataset method `similarity` selects for (required with it, refused without it)."
+    )
 
-    @field_validator("weightings")
+    @field_validator("weightings", "methods")
     @classmethod
-    def _distinct(cls, value: list[Weighting]) -> list[Weighting]:
+    def _distinct(cls, value: list[str]) -> list[str]:
         if len(set(value)) != len(value):
-            raise ValueError("list each weighting once")
+            raise ValueError("list each one once")
         return value
+
+    @field_validator("methods")
+    @classmethod
+    def _with_random(cls, value: list[Method]) -> list[Method]:
+        if "random" not in value:
+            raise ValueError("`random` is the comparison's yardstick: list it")
+        return value
+
+    @model_validator(mode="after")
+    def _target_with_similarity(self) -> "ComparisonCreate":
+        if ("similarity" in self.methods) != (self.target_dataset_id is not None):
+            raise ValueError("`target_dataset_id` goes with method `similarity`, and only with it")
+        return self
 
 
 class ComparisonRun(BaseModel):
-    method: Method = Field(description="fisher or random.")
+    method: Method = Field(description="The method that chose the subset.")
     weighting: Weighting | None = Field(description="The fisher run's weighting; null for random runs.")
     seed: int | None = Field(description="The random subset's seed.")
     budget_kind: BudgetKind = Field(description="Equal examples, or equal loss tokens.")
@@ -81,8 +108,10 @@ class ComparisonRun(BaseModel):
 
     @property
     def label(self) -> str:
-        """`fisher/tokens`, `random/1`: what the run is called in tables and plots."""
-        return f"fisher/{self.weighting}" if self.method == "fisher" else f"random/{self.seed}"
+        """`fisher/tokens`, `random/1`, `kcenter`: what the run is called in tables and plots."""
+        if self.method == "fisher":
+            return f"fisher/{self.weighting}"
+        return f"random/{self.seed}" if self.method == "random" else self.method
 
 
 class Spread(BaseModel):
@@ -92,9 +121,14 @@ class Spread(BaseModel):
 
 
 class KindSummary(BaseModel):
-    fisher: dict[str, float] = Field(description="Held-out loss after training, per weighting.")
+    fisher: dict[str, float] = Field(description="Fisher's held-out loss after training, per weighting.")
+    methods: dict[str, float] = Field(default_factory=dict, description="The other methods' held-out loss.")
     random: Spread = Field(description="The random runs' held-out loss after training.")
+    ranking: list[str] = Field(
+        default_factory=list, description="The non-random runs (`fisher/tokens`, `kcenter`, ...), lowest loss first."
+    )
     fisher_worst_group: dict[str, float] | None = Field(None, description="Worst-group loss per weighting.")
+    methods_worst_group: dict[str, float] | None = Field(None, description="Worst-group loss per other method.")
     random_worst_group: Spread | None = Field(None, description="The random runs' worst-group loss.")
 
 

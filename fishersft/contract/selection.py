@@ -23,7 +23,18 @@ from fishersft.contract.compression import (
     resolve_compression,
 )
 
-Method = Literal["fisher", "random"]
+Method = Literal["fisher", "random", "kcenter", "similarity", "loss", "ifd"]
+METHODS: tuple[Method, ...] = ("fisher", "random", "kcenter", "similarity", "loss", "ifd")
+SCORED_METHODS: tuple[Method, ...] = ("loss", "ifd")
+"""Methods that rank examples by the base model's loss: they need the model's pass, so text datasets only."""
+METHOD_DOC = (
+    "`fisher`: FisherSFT greedy on log det Sigma; `random`: the seeded baseline; `kcenter`: greedy k-center "
+    "(farthest first) on each example's normalised mean feature, the coverage baseline; `similarity`: closest to "
+    "the target dataset's examples by cosine similarity of mean features (RDS+; needs `target_dataset_id`); "
+    "`loss`: highest mean loss per loss token under the base model; `ifd`: highest instruction-following "
+    "difficulty, the response's loss after its prompt over its loss alone (Cherry LLM). Under a token budget each "
+    "takes examples in its own order while they fit (fisher: the most gain per token)."
+)
 Algorithm = Literal["lazy", "exact", "stochastic"]
 Weighting = Literal["tokens", "examples", "mean"]
 WEIGHTINGS: tuple[Weighting, ...] = ("tokens", "examples", "mean")
@@ -87,7 +98,7 @@ class SelectionOptions(RequestModel):
     """How to select, whatever the features came from: what the selection math and its bookkeeping take."""
 
     budget: Budget = Field(description="`{examples: K}` or `{tokens: T}`.")
-    method: Method = Field("fisher", description="FisherSFT greedy, or the seeded baseline.")
+    method: Method = Field("fisher", description=METHOD_DOC)
     weighting: Weighting | None = Field(None, description=WEIGHTING_DOC)
     group_by: Text | None = Field(
         None,
@@ -158,6 +169,11 @@ class SelectionCreate(FeatureOptions, SelectionOptions):
     """POST /v1/selections."""
 
     dataset_id: Text = Field(description="A dataset from POST /v1/datasets.")
+    target_dataset_id: Text | None = Field(
+        None,
+        description="A dataset the selection should serve (method `similarity`): the examples closest to its "
+        "examples are chosen. Embedded by the same model; required with `similarity`, refused by other methods.",
+    )
 
 
 class GroupCoverage(BaseModel):
@@ -211,7 +227,7 @@ class SelectionResult(BaseModel):
     selected: list[ExampleId] = Field(description="Chosen example ids, in pick order.")
     gains: list[float] = Field(description="Increase of log det Sigma from each pick.")
     objective: float = Field(description="log det Sigma of the warm start and the picks.")
-    method: Method = Field(description="fisher or random.")
+    method: Method = Field(description="The method that chose them.")
     weighting: Weighting = Field(description="tokens, examples or mean: the request's, or the budget's default.")
     model: str | None = Field(description="The model whose features were selected on; null for uploaded features.")
     dim: int = Field(description="Width of the features selected on (the model's hidden size unless projected).")

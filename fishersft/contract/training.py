@@ -126,7 +126,7 @@ class TrainingRun(BaseModel):
 
 class Subset(BaseModel):
     selection_id: str | None = Field(description="The selection trained on, when one was given.")
-    method: Method = Field(description="fisher or random.")
+    method: Method = Field(description="The method that chose the subset.")
     budget: Budget = Field(description="The selection's budget.")
     size: int = Field(description="Examples trained on.")
     n_loss_tokens: int = Field(description="Their loss tokens.")

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from fishersft.contract.selection import DEFAULT_EPSILON, Algorithm, Budget, Method, Weighting
+from fishersft.selection.baselines import BaselineInputs, baseline_order
 from fishersft.selection.blocks import FeatureBlocks
 from fishersft.selection.greedy import GreedyResult, StepCallback, exact_greedy, lazy_greedy, stochastic_greedy
 from fishersft.selection.logdet import LogDetObjective
@@ -54,12 +55,14 @@ def select_blocks(
     epsilon: float = DEFAULT_EPSILON,
     device: torch.device | str = "cpu",
     on_step: StepCallback | None = None,
+    baselines: BaselineInputs | None = None,
 ) -> Selection:
     """Select examples given their (weighted) feature blocks and loss tokens `lengths` (the costs of a token
     budget). Examples in `warm_start` (indices) are already in the design: they seed Sigma and are not chosen
     again. Examples in `exclude` (indices: a held-out set, say) are never chosen. Gains are computed on `device`.
     `algorithm`: `lazy` (exact greedy's picks), `exact` (every gain at every step: the reference) or
-    `stochastic` (approximate, see `stochastic_greedy`, with `epsilon`)."""
+    `stochastic` (approximate, see `stochastic_greedy`, with `epsilon`). Other methods take examples in their
+    own order (see `baselines`, whose inputs they need); their gains are measured on the same objective."""
     objective = LogDetObjective(blocks, lam, device)
     for i in warm_start:
         objective.add(i)
@@ -69,15 +72,14 @@ def select_blocks(
     candidates[list(exclude)] = False
     candidates = candidates.nonzero().flatten()
     costs, limit = budget_costs(budget, lengths)
-    if method == "random":
-        result = _random_order(objective, costs, limit, candidates, seed, on_step)
-    elif method == "fisher" and algorithm == "stochastic":
+    if method != "fisher":
+        order = baseline_order(method, baselines or BaselineInputs(), costs, limit, candidates, warm_start, seed)
+        result = _measured(objective, order, costs, on_step)
+    elif algorithm == "stochastic":
         size = stochastic_sample_size(len(candidates), expected_picks(costs[candidates], limit), epsilon)
         result = stochastic_greedy(objective, costs, limit, candidates, size, seed, on_step)
-    elif method == "fisher":
-        result = (lazy_greedy if algorithm == "lazy" else exact_greedy)(objective, costs, limit, candidates, on_step)
     else:
-        raise ValueError(f"unknown method {method!r}")
+        result = (lazy_greedy if algorithm == "lazy" else exact_greedy)(objective, costs, limit, candidates, on_step)
     return Selection(result.order, result.gains, start + sum(result.gains), objective.evaluations)
 
 
@@ -115,25 +117,15 @@ def weighted(features: Tensor, offsets: Tensor, weighting: Weighting) -> tuple[T
     raise ValueError(f"unknown weighting {weighting!r}")
 
 
-def _random_order(
-    objective: LogDetObjective,
-    costs: Tensor,
-    limit: float,
-    candidates: Tensor,
-    seed: int,
-    on_step: StepCallback | None,
+def _measured(
+    objective: LogDetObjective, order: Sequence[int], costs: Tensor, on_step: StepCallback | None
 ) -> GreedyResult:
-    """Candidates in a seeded random order, each taken if it still fits; gains are measured as they are added."""
-    generator = torch.Generator().manual_seed(seed)
-    order, gains = [], []
-    cost = costs.tolist()
-    left = limit
-    for i in candidates[torch.randperm(len(candidates), generator=generator)].tolist():
-        if cost[i] <= left:
-            gains.append(float(objective.gains(torch.tensor([i]))[0]))
-            objective.add(i)
-            order.append(i)
-            left -= cost[i]
-            if on_step:
-                on_step(limit - left)
-    return GreedyResult(order, gains)
+    """`order` added to the design one by one: what each pick adds to log det Sigma."""
+    gains, spent = [], 0.0
+    for i in order:
+        gains.append(float(objective.gains(torch.tensor([i]))[0]))
+        objective.add(i)
+        spent += float(costs[i])
+        if on_step:
+            on_step(spent)
+    return GreedyResult(list(order), gains)

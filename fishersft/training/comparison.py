@@ -18,7 +18,7 @@ from fishersft.data.dataset import Example
 from fishersft.data.encoding import Encoded, encode_file
 from fishersft.data.groups import group_coverage
 from fishersft.features.set import FeatureSet, feature_blocks
-from fishersft.pipeline import Progress
+from fishersft.pipeline import Progress, baseline_inputs
 from fishersft.selection.selector import select_blocks
 from fishersft.training.evaluation import finetune, held_out_file, held_out_split, ids_sha256
 
@@ -40,24 +40,32 @@ def comparison_runs(
     exclude: Sequence[int],
     lam: float,
     weightings: Sequence[Weighting] = ("tokens",),
+    methods: Sequence[Method] = ("fisher", "random"),
+    target: FeatureSet | None = None,
 ) -> list[Run]:
-    """The subsets a comparison trains: each seeded random subset at `budget_examples` examples, fisher under
-    each weighting at `budget_examples` examples and at the random subsets' mean loss tokens (equal cost: a
-    fisher subset of K examples can hold several times the tokens of a random one)."""
+    """The subsets a comparison trains: each seeded random subset at `budget_examples` examples; fisher under each
+    weighting, and each other method of `methods`, at `budget_examples` examples and at the random subsets' mean
+    loss tokens (equal cost: a fisher subset of K examples can hold several times the tokens of a random one).
+    `target`: the features method similarity selects for."""
     lengths = np.asarray(features.lengths)
     blocks = {w: feature_blocks(features, w) for w in {"tokens", *weightings}}
+    others = [m for m in methods if m not in ("fisher", "random")]
+    inputs = {m: baseline_inputs(features, m, features, target) for m in others}
 
     def pick(budget: Budget, method: Method, seed: int = 0, weighting: Weighting = "tokens") -> list[int]:
-        return select_blocks(*blocks[weighting], budget, method=method, lam=lam, seed=seed, exclude=exclude).indices
+        return select_blocks(
+            *blocks[weighting], budget, method=method, lam=lam, seed=seed, exclude=exclude, baselines=inputs.get(method)
+        ).indices
+
+    def chosen(budget: Budget) -> list[Run]:
+        fisher = [Run("fisher", None, budget, pick(budget, "fisher", weighting=w), w) for w in weightings]
+        return (fisher if "fisher" in methods else []) + [Run(m, None, budget, pick(budget, m)) for m in others]
 
     by_examples = Budget(examples=budget_examples)
     random = [Run("random", s, by_examples, pick(by_examples, "random", s)) for s in seeds]
-    fisher = [Run("fisher", None, by_examples, pick(by_examples, "fisher", weighting=w), w) for w in weightings]
+    runs = chosen(by_examples) + random
     tokens = round(statistics.mean(int(lengths[r.indices].sum()) for r in random)) if random else 0
-    if tokens:
-        by_tokens = Budget(tokens=tokens)
-        fisher += [Run("fisher", None, by_tokens, pick(by_tokens, "fisher", weighting=w), w) for w in weightings]
-    return fisher[: len(weightings)] + random + fisher[len(weightings) :]
+    return runs + (chosen(Budget(tokens=tokens)) if tokens else [])
 
 
 def run_row(
@@ -96,21 +104,26 @@ def run_row(
 
 
 def summarize(rows: Sequence[ComparisonRun]) -> dict[BudgetKind, KindSummary]:
-    """Per budget kind: each fisher weighting's held-out loss after training against the random runs' mean, min
-    and max (and the same for the worst group)."""
+    """Per budget kind: each fisher weighting's and each other method's held-out loss after training against the
+    random runs' mean, min and max (and the same for the worst group), and the runs ranked by that loss."""
     summary: dict[BudgetKind, KindSummary] = {}
     random = [r for r in rows if r.method == "random"]
     kinds: tuple[BudgetKind, ...] = ("examples", "tokens")
     for kind in kinds:
-        fisher = [r for r in rows if r.budget_kind == kind and r.method == "fisher"]
-        if not fisher or not random:
+        chosen = [r for r in rows if r.budget_kind == kind and r.method != "random"]
+        if not chosen or not random:
             continue
+        fisher = [r for r in chosen if r.method == "fisher"]
+        others = [r for r in chosen if r.method != "fisher"]
         entry = KindSummary(
             fisher={str(r.weighting): r.loss_after for r in fisher},
+            methods={r.method: r.loss_after for r in others},
             random=_spread([r.loss_after for r in random]),
+            ranking=[r.label for r in sorted(chosen, key=lambda r: r.loss_after)],
         )
-        if all(r.worst_group for r in fisher + random):
+        if all(r.worst_group for r in chosen + random):
             entry.fisher_worst_group = {str(r.weighting): r.worst_group.loss for r in fisher if r.worst_group}
+            entry.methods_worst_group = {r.method: r.worst_group.loss for r in others if r.worst_group}
             entry.random_worst_group = _spread([r.worst_group.loss for r in random if r.worst_group])
         summary[kind] = entry
     return summary
@@ -132,6 +145,8 @@ def compare(
     eval_data: Path | None = None,
     lam: float = 1.0,
     weightings: Sequence[Weighting] = ("tokens",),
+    methods: Sequence[Method] = ("fisher", "random"),
+    target: FeatureSet | None = None,
     lora: LoraConfig | None = None,
     training: TrainingConfig | None = None,
     max_length: int = 1024,
@@ -142,7 +157,8 @@ def compare(
     """Train the fisher subset and each seeded random subset of `data` (whose `features` are given, embedded by
     `model` from `model_dir`) with identical settings, evaluate all on the same held-out set (`eval_data`, the
     file of `evaluation.dataset_id`, or a stratified `evaluation.holdout_fraction` of `data` that is never
-    selected), at equal examples and at equal loss tokens, fisher under each of `weightings`."""
+    selected), at equal examples and at equal loss tokens, fisher under each of `weightings` and each other of
+    `methods` (method similarity selects for `target`)."""
     evaluation = evaluation or EvalRequest(holdout_fraction=0.1)
     lora, training = lora or LoraConfig(), training or TrainingConfig()
     device = device or torch.device("cpu")
@@ -155,7 +171,7 @@ def compare(
     else:
         held, exclude = held_out_split(examples, encoded, evaluation.holdout_fraction or 0.1, stratify_by)
     before = held.evaluate_base(model_dir, device)
-    runs = comparison_runs(features, budget_examples, seeds, exclude, lam, weightings)
+    runs = comparison_runs(features, budget_examples, seeds, exclude, lam, weightings, methods, target)
     pool = sorted(set(range(len(examples))) - set(exclude))
     prepared_s = time.perf_counter() - started
     totals = [training.total_steps(len(run.indices)) for run in runs]
