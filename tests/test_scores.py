@@ -1,5 +1,5 @@
-"""The embedder's per-example scores: loss and IFD equal a plain forward pass of the whole causal LM, and survive
-shards."""
+"""The embedder's per-example scores: loss and IFD equal a plain forward pass of the whole causal LM, survive
+shards, and a store written before them is not served as one that has them."""
 
 import json
 
@@ -12,7 +12,8 @@ from transformers import AutoTokenizer
 from fishersft import pipeline
 from fishersft.data.dataset import read_jsonl
 from fishersft.data.encoding import encode_all, response_alone
-from fishersft.features.set import IFD_FILE, LOSSES_FILE
+from fishersft.features.files import load_features
+from fishersft.features.set import IFD_FILE, LOSSES_FILE, STORE_VERSION
 from fishersft.features.store import assemble_store
 from fishersft.models.loading import load_model
 from fishersft.pipeline import embed_dataset
@@ -120,3 +121,20 @@ def test_shards_assembled_have_the_scores_of_one_pass(llama_dir, tmp_path, monke
     assert assembled.ifd is not None and (assembled.ifd != 1).all()
     subset = assembled.subset([2, 9, 20])
     assert subset.losses is not None and subset.losses.tolist() == single.losses[[2, 9, 20]].tolist()
+
+
+def test_a_store_written_before_scores_is_not_served_for_one(service):
+    service.start_worker()
+    dataset = service.upload(SAMPLE)
+    body = {"dataset_id": dataset["id"], "budget": {"examples": 3}, "max_length": 64}
+    assert service.wait(service.select(**body)["id"])["status"] == "succeeded"
+    (store,) = (service.settings.data_dir / "features").iterdir()
+    assert load_features(store).losses is not None
+    # the same store as the embedder wrote it before scores: no scores, and a name without the store's version
+    old = store.rename(store.with_name(store.name.replace(f"-v{STORE_VERSION}-", "-")))
+    (old / LOSSES_FILE).unlink()
+    (old / IFD_FILE).unlink()
+    assert load_features(old).losses is None and load_features(old).ifd is None
+    again = service.wait(service.select(**body)["id"])
+    assert again["status"] == "succeeded" and not again["result"]["features_cached"]
+    assert load_features(store).losses is not None

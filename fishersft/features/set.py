@@ -28,6 +28,10 @@ STAGING_FILE, STAGING_MEANS_FILE = "staging.npy", "staging-means.npy"
 LOSSES_FILE, IFD_FILE = "losses.npy", "ifd.npy"
 
 
+STORE_VERSION = 2
+"""The embedder's store layout: 2 adds the scores (losses.npy, ifd.npy). Cached stores are keyed by it."""
+
+
 FEATURE_SUFFIXES = (".npz", ".safetensors")
 
 
