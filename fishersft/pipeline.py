@@ -24,7 +24,7 @@ from fishersft.contract.selection import (
     SelectionResult,
 )
 from fishersft.data.dataset import DEFAULT_MAX_LENGTH, ENCODE_CHUNK, Example, iter_examples
-from fishersft.data.encoding import encode_all
+from fishersft.data.encoding import encode_all, response_alone
 from fishersft.data.groups import group_coverage, group_field
 from fishersft.errors import InputError
 from fishersft.features.embedding import embed
@@ -70,8 +70,9 @@ def embed_dataset(
     load: ModelLoader = load_model,
     examples: tuple[int, int] | None = None,
 ) -> Embedding:
-    """Read a JSONL dataset a chunk at a time, run the model over it and write its compressed features store to
-    `out_dir`. `precision`: see `embedding_autocast`. `load` loads the model (a worker passes a cached loader).
+    """Read a JSONL dataset a chunk at a time, run the model over it and write its compressed features store, with
+    each example's scores (see `features.scores`), to `out_dir`. `precision`: see `embedding_autocast`. `load`
+    loads the model (a worker passes a cached loader).
 
     `examples=(first, stop)`: embed only those examples, as one shard's part of the store (see
     `features.assemble_store`); `first` a multiple of ENCODE_CHUNK, so batches are the ones a single run makes."""
@@ -97,7 +98,9 @@ def embed_dataset(
                 if progress:
                     progress("embedding", done + in_chunk, max(total, done + in_chunk))
 
-            embed(model, encoded, writer, batch_size, on_batch, embedding_autocast(resolved, precision), first)
+            alone = [response_alone(ex, enc, tokenizer) for ex, enc in zip(chunk, encoded, strict=True)]
+            dtype = embedding_autocast(resolved, precision)
+            embed(model, encoded, writer, batch_size, on_batch, dtype, first, alone)
             done += len(chunk)
         writer.meta["truncated"] = truncated
         features = load_features(writer.commit())

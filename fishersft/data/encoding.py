@@ -13,6 +13,8 @@ Pieces are tokenized one by one, as SFT trainers do, so that loss boundaries fal
 
 Longer than `max_length`: tokens are dropped from the left of the prompt first (keeping one token of context
 before the first loss token), then from the right.
+
+`response_alone`: an example's loss tokens without their prompt, for IFD's denominator (fishersft.features.scores).
 """
 
 from collections.abc import Sequence
@@ -23,7 +25,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from fishersft.data.dataset import Example, read_jsonl
-from fishersft.errors import DatasetError, LineError
+from fishersft.errors import DatasetError, InputError, LineError
 
 Piece = tuple[str | list[int], bool]
 
@@ -66,6 +68,20 @@ def encode(example: Example, tokenizer: PreTrainedTokenizerBase, max_length: int
         ids, loss = ids[drop : drop + max_length], loss[drop : drop + max_length]
     targets = np.flatnonzero(np.asarray(loss[1:], dtype=bool)).astype(np.int32)
     return Encoded(np.asarray(ids, dtype=np.int32), targets, truncated)
+
+
+def response_alone(example: Example, encoded: Encoded, tokenizer: PreTrainedTokenizerBase) -> Encoded | None:
+    """The loss tokens `encoded` kept, after a start token alone, all of them loss: the same tokens, scored without
+    their prompt. For a chat, every assistant turn as the template rendered it (end-of-turn markup included), one
+    after the other. The start token is the BOS, else the EOS (GPT-2-style models see documents after one), so
+    every loss token is scored. None for an example with no prompt (text, or an empty prompt)."""
+    if example.shape == "text" or (example.shape == "prompt_response" and not example.prompt):
+        return None
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if start is None:
+        raise InputError("the tokenizer has neither a BOS nor an EOS token to start a response alone with (IFD)")
+    ids = np.concatenate([[start], encoded.input_ids[encoded.targets + 1]]).astype(np.int32)
+    return Encoded(ids, np.arange(len(ids) - 1, dtype=np.int32), encoded.truncated)
 
 
 def pieces(example: Example, tokenizer: PreTrainedTokenizerBase) -> list[Piece]:

@@ -2,9 +2,9 @@
 positions that predict loss tokens.
 
 Only the model's body runs (`model.base_model`): the LM head, a d x vocabulary product at every position, is not
-needed for the features and would dominate the cost for large vocabularies. Examples are batched in order of
-length so padding stays small, and rows go to the features store's writer (which compresses them) as soon as a
-batch is done.
+needed for the features and would dominate the cost for large vocabularies; the scores (fishersft.features.scores)
+apply it at the loss positions alone. Examples are batched in order of length so padding stays small, and rows go
+to the features store's writer (which compresses them) as soon as a batch is done.
 """
 
 from collections.abc import Callable, Sequence
@@ -13,6 +13,7 @@ import torch
 from transformers import PreTrainedModel
 
 from fishersft.data.encoding import Encoded
+from fishersft.features.scores import LossHead, ifd
 from fishersft.features.store import FeatureStoreWriter
 from fishersft.models.forward import length_sorted_batches, pre_logits
 
@@ -26,13 +27,25 @@ def embed(
     on_batch: Callable[[int], None] | None = None,
     dtype: torch.dtype | None = None,
     first: int = 0,
+    alone: Sequence[Encoded | None] | None = None,
 ) -> None:
     """Give `writer` the pre-logit vectors of every example's targets, `encoded[k]` being example `first + k`;
-    `on_batch(examples done)`. The forward pass runs under `autocast(dtype)`."""
+    `on_batch(examples done)`. The forward pass runs under `autocast(dtype)`. With `alone` (each example's
+    response alone, `data.encoding.response_alone`), also each example's loss and IFD: the responses alone, shorter,
+    are batched by padded tokens, as many as in the largest batch of the first pass (fewer, fuller batches)."""
+    head = None if alone is None else LossHead(model)
+    losses = torch.zeros(len(encoded), dtype=torch.float64)
     done = 0
     for batch in length_sorted_batches(encoded, batch_size):
-        vectors = pre_logits(model, encoded, batch, dtype)[0]
-        writer.write([first + i for i in batch], vectors.split([len(encoded[i].targets) for i in batch]))
+        vectors, labels = pre_logits(model, encoded, batch, dtype)
+        counts = [len(encoded[i].targets) for i in batch]
+        writer.write([first + i for i in batch], vectors.split(counts))
+        if head is not None:
+            losses[batch] = head.mean_losses(vectors, labels, counts)
         done += len(batch)
         if on_batch:
             on_batch(done)
+    if head is not None and alone is not None:
+        max_tokens = batch_size * max(len(e.input_ids) for e in encoded)
+        difficulty = ifd(model, head, losses, alone, max_tokens, dtype)
+        writer.score(range(first, first + len(encoded)), losses.numpy(), difficulty.numpy())

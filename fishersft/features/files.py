@@ -13,7 +13,9 @@ from fishersft.features.set import (
     FEATURE_SUFFIXES,
     FEATURES_FILE,
     IDS_FILE,
+    IFD_FILE,
     LENGTHS_FILE,
+    LOSSES_FILE,
     MEANS_FILE,
     META_FILE,
     OFFSETS_FILE,
@@ -46,6 +48,10 @@ def load_features(path: str | Path, suffix: str | None = None) -> FeatureSet:
                 store.meta = store_meta(path)
                 if len(store.lengths) != len(ids) or (store.lengths < np.diff(offsets)).any():
                     raise FeaturesError(f"{path.name}: lengths.npy does not match the rows")
+                if (path / LOSSES_FILE).exists():
+                    store.losses, store.ifd = np.load(path / LOSSES_FILE), np.load(path / IFD_FILE)
+                    if not len(store.losses) == len(store.ifd) == len(ids):
+                        raise FeaturesError(f"{path.name}: {LOSSES_FILE} or {IFD_FILE} does not match the examples")
                 return store
         elif suffix == ".npz":
             _check_inflation(path)

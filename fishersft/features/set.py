@@ -1,5 +1,6 @@
 """A features set: one flat [rows x d] array, `offsets` [N+1] (example i owns rows
-offsets[i]:offsets[i+1]), the example ids and, for a compressed store, loss tokens and means per example."""
+offsets[i]:offsets[i+1]), the example ids and, for a compressed store, loss tokens and means per example, and the
+embedder's scores (fishersft.features.scores)."""
 
 import functools
 from collections.abc import Sequence
@@ -24,6 +25,13 @@ LENGTHS_FILE, MEANS_FILE, PROJECTION_FILE, GRAM_FILE = "lengths.npy", "means.npy
 STAGING_FILE, STAGING_MEANS_FILE = "staging.npy", "staging-means.npy"
 
 
+LOSSES_FILE, IFD_FILE = "losses.npy", "ifd.npy"
+
+
+STORE_VERSION = 2
+"""The embedder's store layout: 2 adds the scores (losses.npy, ifd.npy). Cached stores are keyed by it."""
+
+
 FEATURE_SUFFIXES = (".npz", ".safetensors")
 
 
@@ -45,6 +53,11 @@ class FeatureSet:
     """int64 [N]: loss tokens per example (the rows of a compressed store are fewer); offsets.diff() if not given."""
     means: np.ndarray | None
     """[N x d]: each example's mean feature (a compressed store keeps it; its rows cannot give it back)."""
+    losses: np.ndarray | None
+    """float64 [N]: each example's mean loss per loss token under the model; None without a model (uploaded
+    features) or from a store written before scores."""
+    ifd: np.ndarray | None
+    """float64 [N]: each example's Instruction-Following Difficulty; None where `losses` is."""
     meta: dict[str, Any]
     """What the writer recorded: `compression`, `truncated`, `max_length`."""
 
@@ -56,11 +69,13 @@ class FeatureSet:
         lengths: np.ndarray | None = None,
         means: np.ndarray | None = None,
         meta: dict[str, Any] | None = None,
+        losses: np.ndarray | None = None,
+        ifd: np.ndarray | None = None,
     ) -> None:
         """Written out rather than generated: `lengths` may be left out, yet is always set."""
         self.features, self.offsets, self.ids = features, offsets, ids
         self.lengths = np.diff(offsets) if lengths is None else lengths
-        self.means = means
+        self.means, self.losses, self.ifd = means, losses, ifd
         self.meta = {} if meta is None else meta
 
     @functools.cached_property
@@ -108,7 +123,8 @@ class FeatureSet:
             rows[offsets[lo] : offsets[hi]] = chunk[taken]
         means = None if self.means is None else np.asarray(self.means[keep])
         ids = [self.ids[i] for i in keep]
-        return FeatureSet(rows, offsets, ids, self.lengths[keep], means, dict(self.meta))
+        scores = [None if a is None else a[keep] for a in (self.losses, self.ifd)]
+        return FeatureSet(rows, offsets, ids, self.lengths[keep], means, dict(self.meta), *scores)
 
     def mean_rows(self) -> np.ndarray:
         """[N x d] each example's mean feature: kept by a compressed store, computed for raw features."""

@@ -1,6 +1,7 @@
 """The compressed features store: written by the embedder (or from an uploaded file) a chunk at a time,
 assembled from shards' parts, renamed into place when complete."""
 
+import array
 import contextlib
 import io
 import itertools
@@ -24,7 +25,9 @@ from fishersft.features.set import (
     FLOAT16_MAX,
     GRAM_FILE,
     IDS_FILE,
+    IFD_FILE,
     LENGTHS_FILE,
+    LOSSES_FILE,
     MEANS_FILE,
     META_FILE,
     OFFSETS_FILE,
@@ -82,7 +85,9 @@ class FeatureStoreWriter:
     and at most `compression.rank` rows (see fishersft.features.compression), projected to `compression.dim`
     dimensions. A seeded Gaussian projection is applied as rows arrive; principal directions need the total
     Gram of every row first, so rows are staged in full dimension and projected in one pass over the staged
-    file at `commit()`. Rows go to files as they come: memory grows only by an id and two integers an example.
+    file at `commit()`. Rows go to files as they come: memory grows only by an id, two integers and two floats an
+    example. The embedder also gives each example's scores to `score()` (fishersft.features.scores); a store
+    given any has them for every example (losses.npy, ifd.npy).
 
     `part=True` writes one shard's part of a store instead (see `assemble_store`): rows that principal directions
     will project stay in full dimension, and the part keeps their Gram (gram.npy) for the total.
@@ -104,6 +109,7 @@ class FeatureStoreWriter:
         self.ids: list[ExampleId] = []
         self.lengths: list[int] = []
         self.offsets: list[int] = [0]
+        self.losses, self.ifd, self.scored = array.array("d"), array.array("d"), 0
         self.dim = compression.output_dim(source_dim)
         self.projection: torch.Tensor | None = None
         self.gram: torch.Tensor | None = None
@@ -125,6 +131,8 @@ class FeatureStoreWriter:
         for n in lengths:
             self.lengths.append(int(n))
             self.offsets.append(self.offsets[-1] + min(int(n), self.compression.rank))
+        self.losses.extend([np.nan] * len(lengths))
+        self.ifd.extend([np.nan] * len(lengths))
 
     def write(self, indices: Sequence[int], examples: Sequence[torch.Tensor]) -> None:
         """Every loss token's row [n_i x source_dim] of the examples `indices` (added before), on any device."""
@@ -142,6 +150,12 @@ class FeatureStoreWriter:
             self.rows.write(self.offsets[i], rows.cpu().numpy())
             self.means.write(i, mean[None])
 
+    def score(self, indices: Sequence[int], losses: np.ndarray, ifd: np.ndarray) -> None:
+        """The mean loss and IFD of the examples `indices` (added before)."""
+        for i, loss, difficulty in zip(indices, losses.tolist(), ifd.tolist(), strict=True):
+            self.losses[i], self.ifd[i] = loss, difficulty
+        self.scored += len(indices)
+
     def commit(self) -> Path:
         """Project staged rows (principal directions) and move the finished store into place. If another writer
         put the same store there first (two jobs embedding one dataset at once), keep theirs: it is complete and
@@ -154,6 +168,11 @@ class FeatureStoreWriter:
         self.means.finish(len(self.ids))
         np.save(self.partial / OFFSETS_FILE, np.asarray(self.offsets, dtype=np.int64))
         np.save(self.partial / LENGTHS_FILE, np.asarray(self.lengths, dtype=np.int64))
+        if self.scored:
+            if self.scored != len(self.ids):
+                raise ValueError(f"scores for {self.scored} of {len(self.ids)} examples")
+            np.save(self.partial / LOSSES_FILE, np.asarray(self.losses, dtype=np.float64))
+            np.save(self.partial / IFD_FILE, np.asarray(self.ifd, dtype=np.float64))
         (self.partial / IDS_FILE).write_text(json.dumps(self.ids))
         recorded = RecordedCompression(**{**self.compression.model_dump(), "dim": self.dim}, source_dim=self.source_dim)
         (self.partial / META_FILE).write_text(json.dumps({**self.meta, "compression": recorded.model_dump()}))
@@ -166,10 +185,12 @@ class FeatureStoreWriter:
         return self.directory
 
     def append(self, part: FeatureSet, gram: torch.Tensor | None) -> None:
-        """The next examples: a part written with `part=True` (its rows in this writer's staging dimension), and
-        its Gram when this writer projects onto principal directions."""
+        """The next examples: a part written with `part=True` (its rows in this writer's staging dimension, its
+        scores if any), and its Gram when this writer projects onto principal directions."""
         first = len(self.ids)
         self.add(part.ids, part.lengths.tolist())
+        if part.losses is not None and part.ifd is not None:
+            self.score(range(first, len(self.ids)), part.losses, part.ifd)
         for a, b in row_ranges(torch.from_numpy(part.offsets), STAGED_CHUNK_ROWS):
             self.rows.write(self.offsets[first + a], part.read_rows(int(part.offsets[a]), int(part.offsets[b])))
         assert part.means is not None  # a part is a compressed store: load_features read its means

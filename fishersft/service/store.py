@@ -2,7 +2,7 @@
 
     blobs/<sha256>                          uploaded files, content-addressed
     datasets/<id>.json                      dataset metadata
-    features/<sha256>-<model>-<max_length>-<compression>/ features stores computed from a dataset (see
+    features/<sha256>-<model>-<max_length>-v<version>-<compression>/ features stores computed from a dataset (see
         fishersft.features.store); <sha256>-upload-<compression>/ for an uploaded features file; <store>.part-<a>-<b>/
         one shard's part (examples a:b) until the store is assembled
     results/<job id>.json                   job results (selections, finetunes, comparisons)
@@ -22,6 +22,7 @@ from typing import Any
 
 from fishersft.contract.datasets import DatasetRecord
 from fishersft.contract.jobs import SavedJob
+from fishersft.features.set import STORE_VERSION
 from fishersft.service.protocol import is_id
 
 
@@ -113,8 +114,9 @@ class ArtifactStore:
 
     def features_dir(self, sha256: str, model: str | None, max_length: int | None, compression: str) -> Path:
         """The compressed features store of a dataset: embedded by `model` at `max_length`, or (model None) an
-        uploaded features file; `compression`: its key (e.g. `r16`)."""
-        source = f"{_safe(model)}-{max_length}" if model is not None else "upload"
+        uploaded features file; `compression`: its key (e.g. `r16`). An embedded store's name carries the
+        embedder's STORE_VERSION: stores an older embedder wrote (without scores) are never found, only evicted."""
+        source = f"{_safe(model)}-{max_length}-v{STORE_VERSION}" if model is not None else "upload"
         return self.root / "features" / f"{sha256}-{source}-{compression}"
 
     def part_dir(self, features_dir: Path, start: int, stop: int) -> Path:

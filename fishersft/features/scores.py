@@ -1,0 +1,67 @@
+"""Per-example difficulty scores, computed in the embedder's pass and kept by the features store.
+
+- loss: the mean cross-entropy of an example's loss tokens under the model: the LM head, in float32, applied to
+  the pre-logit vectors the embedder already has, a bounded chunk of rows at a time.
+- IFD, Instruction-Following Difficulty (Li et al. 2023, arXiv 2308.12032, Cherry LLM's `data_by_IFD.py`): the
+  mean cross-entropy of the response given its prompt over that of the same tokens without the prompt
+  (`data.encoding.response_alone`), one more forward pass over the responses alone. A ratio of mean losses, as
+  the paper and Cherry LLM define it (Superfiltering's code divides perplexities, exp of the losses: another
+  order). Below 1 the prompt helps predict the response. An example with no prompt (text, an empty prompt) has
+  IFD 1 by definition and no second pass. Cherry LLM drops examples above 1 before ranking: left to the method.
+"""
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel
+
+from fishersft.data.encoding import Encoded
+from fishersft.models.forward import pre_logits, token_batches
+
+LOGITS_BYTES = 64 << 20
+"""float32 logits computed at a time: rows x vocabulary x 4 bytes."""
+
+
+class LossHead:
+    """The model's LM head in float32 (a copy only where the weights are in another dtype)."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        head = model.get_output_embeddings()
+        weight, bias = head.weight, getattr(head, "bias", None)
+        assert isinstance(weight, torch.Tensor) and (bias is None or isinstance(bias, torch.Tensor))
+        self.weight, self.bias = weight.float(), None if bias is None else bias.float()
+        self.rows = max(1, LOGITS_BYTES // (4 * self.weight.shape[0]))
+
+    def mean_losses(self, vectors: torch.Tensor, labels: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
+        """The mean cross-entropy [b] (float64, CPU) of each example's `counts` consecutive rows of `vectors`
+        [n x d], which predict `labels` [n]."""
+        losses = [
+            F.cross_entropy(F.linear(v.float(), self.weight, self.bias), y, reduction="none")
+            for v, y in zip(vectors.split(self.rows), labels.split(self.rows), strict=True)
+        ]
+        counts_t = torch.tensor(counts)
+        owner = torch.repeat_interleave(torch.arange(len(counts)), counts_t)
+        sums = torch.zeros(len(counts), dtype=torch.float64).index_add_(0, owner, torch.cat(losses).double().cpu())
+        return sums / counts_t
+
+
+def ifd(
+    model: PreTrainedModel,
+    head: LossHead,
+    losses: torch.Tensor,
+    alone: Sequence[Encoded | None],
+    max_tokens: int,
+    dtype: torch.dtype | None,
+) -> torch.Tensor:
+    """Each example's IFD [N] (float64): its mean loss in context `losses` [N] over that of `alone[k]`, its
+    response alone, run under `autocast(dtype)` in length-sorted batches of at most `max_tokens` padded tokens;
+    1 where `alone[k]` is None."""
+    scored = [k for k, a in enumerate(alone) if a is not None]
+    sequences = [a for a in alone if a is not None]
+    out = torch.ones(len(alone), dtype=torch.float64)
+    for batch in token_batches(sequences, max_tokens):
+        vectors, labels = pre_logits(model, sequences, batch, dtype)
+        rows = [scored[j] for j in batch]
+        out[rows] = losses[rows] / head.mean_losses(vectors, labels, [len(sequences[j].targets) for j in batch])
+    return out
