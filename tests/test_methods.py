@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from fishersft.contract.compression import Compression
 from fishersft.contract.selection import Budget, SelectionOptions
 from fishersft.features.set import FeatureSet
-from fishersft.pipeline import embed_dataset, select_features
+from fishersft.features.store import compress_store, projection_matrix
+from fishersft.pipeline import embed_dataset, select_features, target_means
 from fishersft.selection.kcenter import kcenter_greedy
 from fishersft.selection.selector import budget_costs
 from fishersft.selection.similarity import similarity_order
@@ -88,3 +90,17 @@ def test_requests_a_method_cannot_serve_are_a_422_naming_the_field(service, tmp_
         response = service.client.post(route, json={"budget": {"examples": 5}, **body})
         assert response.status_code == 422, (body, response.text)
         assert field in [d["field"] for d in response.json()["error"]["details"]], (body, response.json())
+
+
+@pytest.mark.parametrize("projection", ["principal", "gaussian"])
+def test_a_target_is_compared_in_the_space_the_store_was_projected_into(tmp_path, projection):
+    raw = random_set(n=40, dim=16)
+    store = compress_store(raw, tmp_path / "store", Compression(rank=4, dim=6, projection=projection))
+    matrix = projection_matrix(store)
+    assert matrix is not None and matrix.shape == (16, 6)
+    # the matrix is the one the store's own means went through (stored as float16)
+    assert np.allclose(store.mean_rows(), raw.mean_rows() @ matrix.numpy(), atol=2e-2)
+    target = random_set(n=3, dim=16, seed=5)
+    expected = torch.from_numpy(target.mean_rows().astype(np.float32)) @ matrix
+    assert torch.allclose(target_means(store, target), expected)
+    assert projection_matrix(compress_store(raw, tmp_path / "whole", Compression(rank=4))) is None

@@ -19,6 +19,7 @@ from fishersft.features.set import (
     MEANS_FILE,
     META_FILE,
     OFFSETS_FILE,
+    PROJECTION_FILE,
     FeaturesError,
     FeatureSet,
 )
@@ -45,6 +46,8 @@ def load_features(path: str | Path, suffix: str | None = None) -> FeatureSet:
                 store = validate(features, offsets, ids, path.name)
                 store.lengths = np.load(path / LENGTHS_FILE)
                 store.means = np.load(path / MEANS_FILE, mmap_mode="r")
+                if (path / PROJECTION_FILE).exists():
+                    store.principal = np.load(path / PROJECTION_FILE)
                 store.meta = store_meta(path)
                 if len(store.lengths) != len(ids) or (store.lengths < np.diff(offsets)).any():
                     raise FeaturesError(f"{path.name}: lengths.npy does not match the rows")

@@ -60,6 +60,8 @@ class FeatureSet:
     """float64 [N]: each example's Instruction-Following Difficulty; None where `losses` is."""
     meta: dict[str, Any]
     """What the writer recorded: `compression`, `truncated`, `max_length`."""
+    principal: np.ndarray | None
+    """[source_dim x dim]: the principal directions a store's rows and means were projected onto, when they were."""
 
     def __init__(
         self,
@@ -77,6 +79,7 @@ class FeatureSet:
         self.lengths = np.diff(offsets) if lengths is None else lengths
         self.means, self.losses, self.ifd = means, losses, ifd
         self.meta = {} if meta is None else meta
+        self.principal = None
 
     @functools.cached_property
     def index(self) -> dict[str, int]:

@@ -263,3 +263,15 @@ def compress_store(features: FeatureSet, directory: str | Path, compression: Com
         writer.abort()
         raise
     return load_features(writer.commit())
+
+
+def projection_matrix(features: FeatureSet) -> torch.Tensor | None:
+    """The [source_dim x dim] matrix a store's rows and means were projected with; None when they were not."""
+    recorded = features.recorded_compression
+    if recorded is None or recorded.dim is None or recorded.dim >= recorded.source_dim:
+        return None
+    if recorded.projection == "gaussian":
+        return gaussian_projection(recorded.source_dim, recorded.dim, recorded.seed).to(torch.float32)
+    if features.principal is None:
+        raise FeaturesError("this store was projected onto principal directions, but has no projection.npy")
+    return torch.from_numpy(np.asarray(features.principal, dtype=np.float32))
