@@ -31,8 +31,7 @@ def embed(
 ) -> None:
     """Give `writer` the pre-logit vectors of every example's targets, `encoded[k]` being example `first + k`;
     `on_batch(examples done)`. The forward pass runs under `autocast(dtype)`. With `alone` (each example's
-    response alone, `data.encoding.response_alone`), also each example's loss and IFD: the responses alone, shorter,
-    are batched by padded tokens, as many as in the largest batch of the first pass (fewer, fuller batches)."""
+    response alone, `data.encoding.response_alone`), also each example's loss and IFD."""
     head = None if alone is None else LossHead(model)
     losses = torch.zeros(len(encoded), dtype=torch.float64)
     done = 0
@@ -46,6 +45,5 @@ def embed(
         if on_batch:
             on_batch(done)
     if head is not None and alone is not None:
-        max_tokens = batch_size * max(len(e.input_ids) for e in encoded)
-        difficulty = ifd(model, head, losses, alone, max_tokens, dtype)
+        difficulty = ifd(model, head, losses, alone, batch_size, dtype)
         writer.score(range(first, first + len(encoded)), losses.numpy(), difficulty.numpy())

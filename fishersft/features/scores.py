@@ -1,7 +1,8 @@
 """Per-example difficulty scores, computed in the embedder's pass and kept by the features store.
 
 - loss: the mean cross-entropy of an example's loss tokens under the model: the LM head, in float32, applied to
-  the pre-logit vectors the embedder already has, a bounded chunk of rows at a time.
+  the pre-logit vectors the embedder already has (its body runs at the embedder's precision), a bounded chunk of
+  rows at a time.
 - IFD, Instruction-Following Difficulty (Li et al. 2023, arXiv 2308.12032, Cherry LLM's `data_by_IFD.py`): the
   mean cross-entropy of the response given its prompt over that of the same tokens without the prompt
   (`data.encoding.response_alone`), one more forward pass over the responses alone. A ratio of mean losses, as
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from fishersft.data.encoding import Encoded
-from fishersft.models.forward import pre_logits, token_batches
+from fishersft.models.forward import length_sorted_batches, pre_logits
 
 LOGITS_BYTES = 64 << 20
 """float32 logits computed at a time: rows x vocabulary x 4 bytes."""
@@ -51,16 +52,15 @@ def ifd(
     head: LossHead,
     losses: torch.Tensor,
     alone: Sequence[Encoded | None],
-    max_tokens: int,
+    batch_size: int,
     dtype: torch.dtype | None,
 ) -> torch.Tensor:
     """Each example's IFD [N] (float64): its mean loss in context `losses` [N] over that of `alone[k]`, its
-    response alone, run under `autocast(dtype)` in length-sorted batches of at most `max_tokens` padded tokens;
-    1 where `alone[k]` is None."""
+    response alone, run in length-sorted batches under `autocast(dtype)`; 1 where `alone[k]` is None."""
     scored = [k for k, a in enumerate(alone) if a is not None]
     sequences = [a for a in alone if a is not None]
     out = torch.ones(len(alone), dtype=torch.float64)
-    for batch in token_batches(sequences, max_tokens):
+    for batch in length_sorted_batches(sequences, batch_size):
         vectors, labels = pre_logits(model, sequences, batch, dtype)
         rows = [scored[j] for j in batch]
         out[rows] = losses[rows] / head.mean_losses(vectors, labels, [len(sequences[j].targets) for j in batch])

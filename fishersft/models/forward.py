@@ -17,18 +17,6 @@ def length_sorted_batches(encoded: Sequence[Encoded], batch_size: int) -> Iterat
         yield order[start : start + batch_size]
 
 
-def token_batches(encoded: Sequence[Encoded], max_tokens: int) -> Iterator[list[int]]:
-    """Batches in order of length, each of at most `max_tokens` tokens once padded (or a single example)."""
-    batch: list[int] = []
-    for i in sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids)):
-        if batch and (len(batch) + 1) * len(encoded[i].input_ids) > max_tokens:
-            yield batch
-            batch = []
-        batch.append(i)
-    if batch:
-        yield batch
-
-
 def pad_batch(encoded: Sequence[Encoded], batch: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded input ids and attention mask for the examples `batch`."""
     width = max(len(encoded[i].input_ids) for i in batch)
