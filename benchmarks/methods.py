@@ -94,7 +94,8 @@ def table(results: list[dict]) -> list[dict]:
 
 
 def plot(results: list[dict], out: Path) -> None:
-    """Held-out loss (top) and worst-group loss (bottom) against loss tokens at equal tokens, per dataset."""
+    """Held-out loss (top) and worst-group loss (bottom) at equal loss tokens, per dataset and budget: a line per
+    method, the random runs as mean and range."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,6 +105,8 @@ def plot(results: list[dict], out: Path) -> None:
     figure, axes = plt.subplots(2, len(datasets), figsize=(5 * len(datasets), 7), squeeze=False)
     for column, dataset in enumerate(datasets):
         chosen = sorted((r for r in results if r["dataset"] == dataset), key=lambda r: r["fraction"])
+        tokens = [statistics.mean(r["loss_tokens"] for r in c["runs"] if r["method"] == "random") for c in chosen]
+        ticks = [f"{c['fraction']:.0%}\n{n:,.0f} tok" for c, n in zip(chosen, tokens, strict=True)]
         for row, metric in enumerate(("loss_after", "worst")):
             axis = axes[row][column]
 
@@ -111,28 +114,29 @@ def plot(results: list[dict], out: Path) -> None:
                 return run["worst_group"]["loss"] if metric == "worst" else run["loss_after"]
 
             random = [[value(r) for r in c["runs"] if r["method"] == "random"] for c in chosen]
-            tokens = [statistics.mean(r["loss_tokens"] for r in c["runs"] if r["method"] == "random") for c in chosen]
-            axis.fill_between(
-                tokens,
-                [min(v) for v in random],
-                [max(v) for v in random],
+            means = [statistics.mean(v) for v in random]
+            spread = [
+                [m - min(v) for m, v in zip(means, random, strict=True)],
+                [max(v) - m for m, v in zip(means, random, strict=True)],
+            ]
+            axis.errorbar(
+                range(len(chosen)),
+                means,
+                yerr=spread,
                 color="grey",
-                alpha=0.3,
-                label="random (range)",
+                capsize=6,
+                linewidth=2,
+                label="random (mean, range)",
             )
-            labels = sorted(
-                {r["method"] for c in chosen for r in c["runs"] if r["budget_kind"] == "tokens"} - {"random"}
-            )
-            for label in labels:
-                points = [
-                    (r["loss_tokens"], value(r))
+            methods = sorted({r["method"] for c in chosen for r in c["runs"]} - {"random"})
+            for method in methods:
+                values = [
+                    next(value(r) for r in c["runs"] if r["budget_kind"] == "tokens" and r["method"] == method)
                     for c in chosen
-                    for r in c["runs"]
-                    if r["budget_kind"] == "tokens" and r["method"] == label
                 ]
-                axis.plot(*zip(*points, strict=True), marker="o", label=label)
-            axis.set_xscale("log")
-            axis.set_xlabel("loss tokens trained on (equal-token budget)")
+                axis.plot(range(len(chosen)), values, marker="o", label=method)
+            axis.set_xticks(range(len(chosen)), ticks)
+            axis.set_xlabel("budget: share of the pool, loss tokens (equal for every method)")
             axis.set_ylabel("worst-group held-out loss" if metric == "worst" else "held-out loss")
             axis.set_title(dataset, fontsize=9)
             axis.grid(alpha=0.3)
