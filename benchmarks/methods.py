@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fishersft.contract.comparison import ComparisonResult
+from fishersft.contract.comparison import ComparisonBudget, ComparisonOptions, ComparisonResult
 from fishersft.contract.selection import METHODS, Method
 from fishersft.contract.training import EvalRequest, TrainingConfig
 from fishersft.data import corpora
@@ -48,19 +48,15 @@ def run(name: str, fractions: list[float], methods: list[Method], args: argparse
             if out.exists() or time.monotonic() > args.deadline:
                 continue
             started = time.perf_counter()
-            result = compare(
-                data,
-                model_dir,
-                args.model,
-                max(1, round(fraction * pool)),
-                features,
-                seeds=range(args.seeds),
-                evaluation=EvalRequest(holdout_fraction=HOLDOUT, stratify_by=stratify_by),
+            options = ComparisonOptions(
+                budget=ComparisonBudget(examples=max(1, round(fraction * pool))),
+                random_seeds=args.seeds,
                 methods=methods,
                 training=TrainingConfig(epochs=args.epochs),
+                eval=EvalRequest(holdout_fraction=HOLDOUT, stratify_by=stratify_by),
                 eval_points=1,
-                device=device,
             )
+            result = compare(data, model_dir, args.model, features, options, device=device)
             record = {"dataset": title, "fraction": fraction, **result.model_dump(mode="json", by_alias=True)}
             out.write_text(json.dumps(record, indent=1) + "\n")
             print(f"{name} K={fraction:g}: {time.perf_counter() - started:.0f}s " + summary(result), flush=True)

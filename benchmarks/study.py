@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fishersft.contract.comparison import ComparisonRun
+from fishersft.contract.comparison import ComparisonBudget, ComparisonOptions, ComparisonRun
 from fishersft.contract.training import EvalRequest, TrainingConfig
 from fishersft.data import corpora
 from fishersft.models.registry import DEFAULT_MODEL, resolve_model
@@ -67,17 +67,14 @@ def run_study(study: Study, out: Path, model: str) -> dict:
         data = Path(tmp) / f"{study.name}.jsonl"
         corpora.write_jsonl(study.rows(), data)
         embedding = embed_dataset(data, model_dir, Path(tmp) / "features")
-        compared = compare(
-            data,
-            model_dir,
-            model,
-            study.budget,
-            embedding.features,
-            evaluation=EvalRequest(holdout_fraction=HOLDOUT, stratify_by=study.stratify_by),
-            weightings=WEIGHTINGS,
+        options = ComparisonOptions(
+            budget=ComparisonBudget(examples=study.budget),
+            weightings=list(WEIGHTINGS),
             training=TrainingConfig(epochs=study.epochs),
+            eval=EvalRequest(holdout_fraction=HOLDOUT, stratify_by=study.stratify_by),
             eval_points=study.eval_points,
         )
+        compared = compare(data, model_dir, model, embedding.features, options)
     compared.timings["embed_s"] = embedding.seconds
     plot_curves(compared.runs, out / "comparison.png", f"{study.title}, {model}")
     result = {"dataset": study.title, **compared.model_dump(mode="json", by_alias=True)}

@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from fishersft.contract.base import ExampleId
+from fishersft.contract.comparison import ComparisonBudget, ComparisonOptions
 from fishersft.contract.jobs import Progress as JobProgress
 from fishersft.contract.selection import Budget, FeatureOptions, SelectionOptions
 from fishersft.contract.training import EvalRequest, LoraConfig, TrainingConfig
@@ -201,4 +202,20 @@ def feature_options(args: argparse.Namespace, model: str | None = None) -> Featu
     """How features are made, from the command's flags."""
     return FeatureOptions(
         model=model, max_length=args.max_length, rank=args.rank, dim=args.dim, projection=args.projection or "principal"
+    )
+
+
+def comparison_options(args: argparse.Namespace, eval_dataset_id: str | None = None) -> ComparisonOptions:
+    """A comparison's options from the `compare` command's flags (`eval_dataset_id`: --eval-data uploaded)."""
+    return ComparisonOptions(
+        budget=ComparisonBudget(examples=args.budget),
+        random_seeds=args.random_seeds,
+        lambda_=args.lam,
+        max_length=args.max_length,
+        eval_points=args.eval_points,
+        weightings=args.weightings,
+        methods=args.methods,
+        lora=lora_settings(args),
+        training=training_settings(args).model_copy(update={"max_length": args.max_length}),
+        eval=evaluation_request(args, eval_dataset_id),
     )

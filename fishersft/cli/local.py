@@ -11,15 +11,13 @@ from fishersft.cli.common import (
     ProgressBars,
     add_server_arguments,
     add_training_arguments,
-    evaluation_request,
+    comparison_options,
     feature_options,
-    lora_settings,
     positive_float,
     positive_int,
     print_json,
     read_ids,
     selection_options,
-    training_settings,
 )
 from fishersft.cli.remote import run_remote_compare, run_remote_select
 from fishersft.client import ServiceClient
@@ -169,24 +167,9 @@ def compare_command(args: argparse.Namespace) -> None:
         embedding = embed_dataset(args.data, model_dir, features_dir, max_length=max_length, progress=progress)
         similarity = "similarity" in args.methods
         target = target_features(args.target, similarity, model, max_length, Path(tmp) / "target", progress)
+        options = comparison_options(args)
         result = compare(
-            Path(args.data),
-            model_dir,
-            model,
-            args.budget,
-            embedding.features,
-            seeds=range(args.random_seeds),
-            evaluation=evaluation_request(args),
-            eval_data=args.eval_data,
-            lam=args.lam,
-            weightings=args.weightings,
-            methods=args.methods,
-            target=target,
-            lora=lora_settings(args),
-            training=training_settings(args),
-            max_length=max_length,
-            eval_points=args.eval_points,
-            progress=progress,
+            Path(args.data), model_dir, model, embedding.features, options, eval_data=args.eval_data, target=target
         )
     result.timings["embed_s"] = embedding.seconds
     print_json(result, args.out_dir / "comparison.json")

@@ -10,6 +10,7 @@ from fishersft.cli.common import (
     add_server_arguments,
     add_training_arguments,
     budget,
+    comparison_options,
     evaluation_request,
     feature_options,
     job_progress,
@@ -21,7 +22,7 @@ from fishersft.cli.common import (
     training_settings,
 )
 from fishersft.client import ServiceClient
-from fishersft.contract.comparison import ComparisonBudget, ComparisonCreate, ComparisonResult
+from fishersft.contract.comparison import ComparisonCreate, ComparisonResult
 from fishersft.contract.selection import METHODS, SelectionCreate
 from fishersft.contract.training import FinetuneCreate
 from fishersft.errors import InputError
@@ -111,19 +112,10 @@ def run_remote_compare(args: argparse.Namespace) -> ComparisonResult | None:
     """A comparison on a service; with --wait, its table and plot (saved in --out-dir)."""
     client = ServiceClient(args.server, args.api_key)
     dataset_id = dataset_ref(client, args.data)
-    body = ComparisonCreate(
-        dataset_id=dataset_id,
-        budget=ComparisonBudget(examples=args.budget),
-        random_seeds=args.random_seeds,
-        model=args.model,
-        lambda_=args.lam,
-        max_length=args.max_length,
-        eval_points=args.eval_points,
-        weightings=args.weightings,
-        methods=args.methods,
-        target_dataset_id=None if args.target is None else dataset_ref(client, str(args.target)),
-        **training_body(args, client),
-    )
+    eval_id = dataset_ref(client, str(args.eval_data)) if args.eval_data else None
+    target = None if args.target is None else dataset_ref(client, str(args.target))
+    options = comparison_options(args, eval_id)
+    body = ComparisonCreate(dataset_id=dataset_id, model=args.model, target_dataset_id=target, **dict(options))
     job = client.create("comparisons", request_json(body))
     if not args.wait:
         print_json(job)

@@ -31,13 +31,11 @@ class ComparisonBudget(RequestModel):
     )
 
 
-class ComparisonCreate(RequestModel):
-    """POST /v1/comparisons."""
+class ComparisonOptions(RequestModel):
+    """How to compare, whatever the data: what `training.comparison.compare` takes."""
 
-    dataset_id: Text = Field(description="A JSONL dataset from POST /v1/datasets.")
     budget: ComparisonBudget = Field(description="`{examples: K}`.")
     random_seeds: int = Field(3, ge=1, le=20, description="How many seeded random subsets (seeds 0..N-1).")
-    model: Text | None = Field(None, description="A name from GET /v1/models; default: the default.")
     lambda_: float = Field(1.0, alias="lambda", ge=1e-6, le=1e6, description=LAMBDA_DOC)
     max_length: int | None = Field(None, ge=2, le=32768, description=MAX_LENGTH_DOC)
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings, the same for every run.")
@@ -61,9 +59,6 @@ class ComparisonCreate(RequestModel):
         description="The methods to train subsets of, each at equal examples and at the random subsets' mean loss "
         "tokens; `random` (the yardstick, seeds 0..random_seeds-1) must be one of them. " + METHOD_DOC,
     )
-    target_dataset_id: Text | None = Field(
-        None, description="The dataset method `similarity` selects for (required with it, refused without it)."
-    )
 
     @field_validator("weightings", "methods")
     @classmethod
@@ -78,6 +73,16 @@ class ComparisonCreate(RequestModel):
         if "random" not in value:
             raise ValueError("`random` is the comparison's yardstick: list it")
         return value
+
+
+class ComparisonCreate(ComparisonOptions):
+    """POST /v1/comparisons."""
+
+    dataset_id: Text = Field(description="A JSONL dataset from POST /v1/datasets.")
+    model: Text | None = Field(None, description="A name from GET /v1/models; default: the default.")
+    target_dataset_id: Text | None = Field(
+        None, description="The dataset method `similarity` selects for (required with it, refused without it)."
+    )
 
     @model_validator(mode="after")
     def _target_with_similarity(self) -> "ComparisonCreate":

@@ -11,10 +11,18 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer
 
-from fishersft.contract.comparison import BudgetKind, ComparisonResult, ComparisonRun, HeldOutSet, KindSummary, Spread
+from fishersft.contract.comparison import (
+    BudgetKind,
+    ComparisonOptions,
+    ComparisonResult,
+    ComparisonRun,
+    HeldOutSet,
+    KindSummary,
+    Spread,
+)
 from fishersft.contract.selection import Budget, Method, Weighting
-from fishersft.contract.training import EvalRequest, LoraConfig, TrainingConfig, TrainingRun
-from fishersft.data.dataset import Example
+from fishersft.contract.training import TrainingRun
+from fishersft.data.dataset import DEFAULT_MAX_LENGTH, Example
 from fishersft.data.encoding import Encoded, encode_file
 from fishersft.data.groups import group_coverage
 from fishersft.features.set import FeatureSet, feature_blocks
@@ -137,30 +145,19 @@ def compare(
     data: Path,
     model_dir: Path,
     model: str,
-    budget_examples: int,
     features: FeatureSet,
+    options: ComparisonOptions,
     *,
-    seeds: Sequence[int] = (0, 1, 2),
-    evaluation: EvalRequest | None = None,
     eval_data: Path | None = None,
-    lam: float = 1.0,
-    weightings: Sequence[Weighting] = ("tokens",),
-    methods: Sequence[Method] = ("fisher", "random"),
     target: FeatureSet | None = None,
-    lora: LoraConfig | None = None,
-    training: TrainingConfig | None = None,
-    max_length: int = 1024,
-    eval_points: int = 4,
     device: torch.device | None = None,
     progress: Progress | None = None,
 ) -> ComparisonResult:
-    """Train the fisher subset and each seeded random subset of `data` (whose `features` are given, embedded by
-    `model` from `model_dir`) with identical settings, evaluate all on the same held-out set (`eval_data`, the
-    file of `evaluation.dataset_id`, or a stratified `evaluation.holdout_fraction` of `data` that is never
-    selected), at equal examples and at equal loss tokens, fisher under each of `weightings` and each other of
-    `methods` (method similarity selects for `target`)."""
-    evaluation = evaluation or EvalRequest(holdout_fraction=0.1)
-    lora, training = lora or LoraConfig(), training or TrainingConfig()
+    """Train the subsets `options` name of `data` (whose `features` are given, embedded by `model` from
+    `model_dir`) with identical settings and evaluate all on the same held-out set (`eval_data`, or a stratified
+    `options.eval.holdout_fraction` of `data` that is never selected): each method at `options.budget` examples
+    and at the random subsets' mean loss tokens (method similarity selects for `target`)."""
+    evaluation, training, max_length = options.eval, options.training, options.max_length or DEFAULT_MAX_LENGTH
     device = device or torch.device("cpu")
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
@@ -171,7 +168,10 @@ def compare(
     else:
         held, exclude = held_out_split(examples, encoded, evaluation.holdout_fraction or 0.1, stratify_by)
     before = held.evaluate_base(model_dir, device)
-    runs = comparison_runs(features, budget_examples, seeds, exclude, lam, weightings, methods, target)
+    seeds = range(options.random_seeds)
+    runs = comparison_runs(
+        features, options.budget.examples, seeds, exclude, options.lambda_, options.weightings, options.methods, target
+    )
     pool = sorted(set(range(len(examples))) - set(exclude))
     prepared_s = time.perf_counter() - started
     totals = [training.total_steps(len(run.indices)) for run in runs]
@@ -187,11 +187,11 @@ def compare(
             model_dir,
             [encoded[i] for i in run.indices],
             held,
-            lora,
+            options.lora,
             training,
             device=device,
             before=before,
-            eval_points=eval_points,
+            eval_points=options.eval_points,
             on_step=on_step,
         )
         rows.append(run_row(run, examples, encoded, pool, stratify_by, trained))
@@ -205,7 +205,7 @@ def compare(
     )
     return ComparisonResult(
         model=model,
-        budget=Budget(examples=budget_examples),
+        budget=Budget(examples=options.budget.examples),
         n_examples=len(examples),
         held_out=held_out,
         runs=rows,
