@@ -30,7 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except ValidationError as e:  # an option outside what the contract allows (the same limits as the API's)
-        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'options'}: {err['msg']}" for err in e.errors())
+        fields = [".".join(str(part).rstrip("_") for part in err["loc"]) or "options" for err in e.errors()]
+        problems = "; ".join(f"{field}: {err['msg']}" for field, err in zip(fields, e.errors(), strict=True))
         print(f"error: {problems}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

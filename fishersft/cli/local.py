@@ -45,6 +45,7 @@ def run_select(args: argparse.Namespace) -> SelectionResult:
     """Select on this machine: embed a JSONL dataset with a model (the default one unless --model), or read
     features, then select."""
     data = Path(args.data)
+    check_target(args.method == "similarity", args.target)
     warm_start = read_ids(args.warm_start) if args.warm_start else []
     with ProgressBars() as progress, tempfile.TemporaryDirectory(prefix="fishersft-") as tmp:
         if is_features_path(data):
@@ -74,8 +75,7 @@ def run_select(args: argparse.Namespace) -> SelectionResult:
             labels = read_labels(data)
         options = selection_options(args, warm_start)
         max_length = args.max_length or DEFAULT_MAX_LENGTH
-        similarity = args.method == "similarity"
-        target = target_features(args.target, similarity, model, max_length, Path(tmp) / "target", progress)
+        target = target_features(args.target, model, max_length, Path(tmp) / "target", progress)
         context = {"labels": labels, "progress": progress, "model": model, "device": args.device, "target": target}
         if options.partitions is not None:
             if options.method != "fisher":
@@ -90,12 +90,16 @@ def run_select(args: argparse.Namespace) -> SelectionResult:
     return result
 
 
-def target_features(
-    target: Path | None, similarity: bool, model: str | None, max_length: int, directory: Path, progress: Progress
-) -> FeatureSet | None:
-    """--target, which goes with method similarity: a JSONL file embedded by the same model, or a features file."""
+def check_target(similarity: bool, target: Path | None) -> None:
+    """--target goes with method similarity, and only with it: said before anything is embedded."""
     if similarity != (target is not None):
         raise InputError("--target goes with method similarity, and only with it")
+
+
+def target_features(
+    target: Path | None, model: str | None, max_length: int, directory: Path, progress: Progress
+) -> FeatureSet | None:
+    """--target (see `check_target`): a JSONL file embedded by the same model, or a features file."""
     if target is None:
         return None
     if is_features_path(target):
@@ -159,14 +163,14 @@ def compare_command(args: argparse.Namespace) -> None:
     from fishersft.training.comparison import compare
     from fishersft.training.plots import plot_curves
 
+    check_target("similarity" in args.methods, args.target)
     model = args.model or DEFAULT_MODEL
     model_dir = resolve_model(model)
     max_length = args.max_length or DEFAULT_MAX_LENGTH
     with ProgressBars() as progress, tempfile.TemporaryDirectory(prefix="fishersft-") as tmp:
         features_dir = Path(tmp) / "features"
         embedding = embed_dataset(args.data, model_dir, features_dir, max_length=max_length, progress=progress)
-        similarity = "similarity" in args.methods
-        target = target_features(args.target, similarity, model, max_length, Path(tmp) / "target", progress)
+        target = target_features(args.target, model, max_length, Path(tmp) / "target", progress)
         options = comparison_options(args)
         result = compare(
             Path(args.data), model_dir, model, embedding.features, options, eval_data=args.eval_data, target=target
