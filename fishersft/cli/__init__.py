@@ -1,5 +1,6 @@
-"""`fishersft` command line. Three groups of commands, a module each: `local` (select on this machine, sample
-data, models), `service` (serve, api, worker, demo) and `remote` (the HTTP client)."""
+"""`fishersft` command line. Four groups of commands, a module each: `local` (select on this machine, sample
+data, models), `compare` (methods fine-tuned against random subsets), `service` (serve, api, worker, demo) and
+`remote` (the HTTP client)."""
 
 import argparse
 import sys
@@ -7,14 +8,14 @@ from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from fishersft.cli import local, remote, service
+from fishersft.cli import compare, local, remote, service
 from fishersft.errors import InputError
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fishersft", description="FisherSFT data selection for fine-tuning.")
     commands = parser.add_subparsers(dest="command", required=True)
-    for group in (local, service, remote):
+    for group in (local, compare, service, remote):
         group.add_commands(commands)
     return parser
 

@@ -4,14 +4,11 @@ import argparse
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fishersft.cli.common import (
     ProgressBars,
     add_server_arguments,
-    add_training_arguments,
-    comparison_options,
     feature_options,
     positive_float,
     positive_int,
@@ -19,9 +16,8 @@ from fishersft.cli.common import (
     read_ids,
     selection_options,
 )
-from fishersft.cli.remote import run_remote_compare, run_remote_select
+from fishersft.cli.remote import run_remote_select
 from fishersft.client import ServiceClient
-from fishersft.contract.comparison import ComparisonResult
 from fishersft.contract.compression import PROJECTIONS, TARGET_COMPRESSION
 from fishersft.contract.selection import DEFAULT_EPSILON, METHODS, WEIGHTINGS, SelectionResult
 from fishersft.data import corpora
@@ -148,66 +144,6 @@ def select_command(args: argparse.Namespace) -> None:
         print(f"selected {len(result.selected)} examples in {elapsed:.1f}s -> {args.out}", file=sys.stderr)
 
 
-def compare_command(args: argparse.Namespace) -> None:
-    """Fisher against seeded random subsets, fine-tuned and judged on one held-out set: the table (JSON) and the
-    plot (PNG) go to --out-dir."""
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    if args.server:
-        result = run_remote_compare(args)
-        if result is not None:
-            print_json(result, args.out_dir / "comparison.json")
-            print_comparison(result)
-        return
-    if args.wait:
-        raise InputError("--wait is for --server; a local comparison always waits")
-    from fishersft.training.comparison import compare
-    from fishersft.training.plots import plot_curves
-
-    check_target("similarity" in args.methods, args.target)
-    model = args.model or DEFAULT_MODEL
-    model_dir = resolve_model(model)
-    max_length = args.max_length or DEFAULT_MAX_LENGTH
-    with ProgressBars() as progress, tempfile.TemporaryDirectory(prefix="fishersft-") as tmp:
-        features_dir = Path(tmp) / "features"
-        embedding = embed_dataset(args.data, model_dir, features_dir, max_length=max_length, progress=progress)
-        target = target_features(args.target, model, max_length, Path(tmp) / "target", progress)
-        options = comparison_options(args)
-        result = compare(
-            Path(args.data), model_dir, model, embedding.features, options, eval_data=args.eval_data, target=target
-        )
-    result.timings["embed_s"] = embedding.seconds
-    print_json(result, args.out_dir / "comparison.json")
-    plot_curves(result.runs, args.out_dir / "comparison.png", f"{Path(args.data).name}, {model}")
-    print_comparison(result)
-
-
-def comma_list(choices: Sequence[str]) -> Callable[[str], list[str]]:
-    """An argument type for `a,b`: names from `choices`, each once."""
-
-    def parse(text: str) -> list[str]:
-        names = [name.strip() for name in text.split(",")]
-        if any(name not in choices for name in names) or len(set(names)) != len(names):
-            raise argparse.ArgumentTypeError(f"{text!r}: name each of {', '.join(choices)} at most once")
-        return names
-
-    return parse
-
-
-def print_comparison(result: ComparisonResult) -> None:
-    print(
-        f"{'run':<16} {'budget':>16} {'examples':>8} {'loss tok':>8} {'groups':>7} {'before':>7} {'after':>7} "
-        "worst group"
-    )
-    for r in result.runs:
-        worst, groups = r.worst_group, r.groups
-        budget = " ".join(f"{v} {k}" for k, v in r.budget.model_dump().items())
-        print(
-            f"{r.label:<16} {budget:>16} {r.examples:>8} {r.loss_tokens:>8,} "
-            f"{groups.covered:>3}/{groups.total:<3} {r.loss_before:>7.3f} {r.loss_after:>7.3f} "
-            + (f"{worst.group} {worst.loss:.3f}" if worst else "")
-        )
-
-
 def sample_data_command(args: argparse.Namespace) -> None:
     if args.corpus == "humaneval":
         rows = corpora.humaneval()
@@ -236,35 +172,6 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     select = commands.add_parser("select", help="select the most informative examples of a dataset")
     add_select_arguments(select)
     select.set_defaults(run=select_command)
-    compare = commands.add_parser(
-        "compare", help="fine-tune fisher and seeded random subsets with LoRA and compare their held-out loss"
-    )
-    compare.add_argument("data", help="a JSONL dataset")
-    compare.add_argument("--model", help=f"a built-in model or a model directory (default: {DEFAULT_MODEL})")
-    compare.add_argument("--budget", type=positive_int, required=True, metavar="K", help="examples per subset")
-    compare.add_argument("--random-seeds", type=positive_int, default=3, metavar="N", help="random subsets (3)")
-    compare.add_argument("--lambda", dest="lam", type=positive_float, default=1.0, metavar="L", help="ridge (1.0)")
-    compare.add_argument("--max-length", type=positive_int, metavar="M", help="tokens per example (1024)")
-    compare.add_argument(
-        "--weightings",
-        type=comma_list(WEIGHTINGS),
-        default=["tokens"],
-        metavar="W[,W]",
-        help=f"fisher weightings to train, comma-separated, of {', '.join(WEIGHTINGS)} (default: tokens)",
-    )
-    compare.add_argument(
-        "--methods",
-        type=comma_list(METHODS),
-        default=["fisher", "random"],
-        metavar="M[,M]",
-        help=f"methods to train, comma-separated, of {', '.join(METHODS)} (default: fisher,random; random is needed)",
-    )
-    compare.add_argument("--target", type=Path, metavar="FILE", help="with method similarity: the set to select for")
-    compare.add_argument("--out-dir", type=Path, default=Path("comparison"), help="where the table and plot go")
-    add_training_arguments(compare)
-    add_server_arguments(compare, required=False)
-    compare.add_argument("--wait", action="store_true", help="with --server: wait for the job")
-    compare.set_defaults(run=compare_command)
     sample = commands.add_parser(
         "sample-data", help="write real instruction data from installed packages as a JSONL dataset"
     )
