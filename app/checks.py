@@ -104,12 +104,12 @@ def check_training(
 
 
 def known_target(
-    datasets: Datasets, dataset: DatasetRecord, method: Method, target_id: str | None, field: str
+    datasets: Datasets, dataset: DatasetRecord, similarity: bool, target_id: str | None, field: str
 ) -> DatasetRecord | None:
-    """The target dataset of method `similarity` (required there, refused elsewhere), of the dataset's kind."""
-    if method != "similarity":
+    """The target dataset of method `similarity` (required with it, refused without it), of the dataset's kind."""
+    if not similarity:
         if target_id is not None:
-            raise invalid(field, f"method {method!r} selects for no target", "leave it out, or use method similarity")
+            raise invalid(field, "only method 'similarity' selects for a target", "leave it out, or use similarity")
         return None
     if target_id is None:
         raise invalid(field, "method 'similarity' selects for a target set", "name a dataset from POST /v1/datasets")

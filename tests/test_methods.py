@@ -84,7 +84,8 @@ def test_requests_a_method_cannot_serve_are_a_422_naming_the_field(service, tmp_
         ),
         ({"dataset_id": text["id"], "method": "similarity"}, "/v1/finetunes", "body.method"),
         ({"dataset_id": text["id"], "methods": ["fisher", "kcenter"]}, "/v1/comparisons", "body.methods"),
-        ({"dataset_id": text["id"], "methods": ["random", "similarity"]}, "/v1/comparisons", "body"),
+        ({"dataset_id": text["id"], "methods": ["random", "similarity"]}, "/v1/comparisons", "body.target_dataset_id"),
+        ({"dataset_id": text["id"], "target_dataset_id": text["id"]}, "/v1/comparisons", "body.target_dataset_id"),
     ]
     for body, route, field in cases:
         response = service.client.post(route, json={"budget": {"examples": 5}, **body})

@@ -9,7 +9,7 @@ from redis import Redis
 
 from app import deps
 from app.caller import Datasets
-from app.checks import allowed_max_length, check_training, dataset_for, known_model
+from app.checks import allowed_max_length, check_training, dataset_for, known_model, known_target
 from app.errors import ApiError, documented, invalid
 from app.jobs import COMPARISONS, Jobs
 from app.routes.jobs import IdempotencyKey, create_job, found, job_router
@@ -48,8 +48,8 @@ def create_comparison(
         raise invalid("body.training.max_length", "training.max_length must equal max_length (or be left out)")
     body.training.max_length = body.max_length
     check_training(settings, datasets, body.model, body.lora, body.eval, dataset)
-    if body.target_dataset_id is not None:
-        dataset_for(datasets, body.target_dataset_id, "body.target_dataset_id", jsonl=True)
+    similarity = "similarity" in body.methods
+    known_target(datasets, dataset, similarity, body.target_dataset_id, "body.target_dataset_id")
     return create_job(jobs, redis, body, idempotency_key, response)
 
 

@@ -59,13 +59,13 @@ def create_finetune(
         body.model, body.training.max_length = selection.request.model, selection.request.max_length
     else:
         assert body.dataset_id is not None, "FinetuneCreate: exactly one of selection_id and dataset_id"
+        dataset = dataset_for(datasets, body.dataset_id, "body.dataset_id", jsonl=True)
         if body.method == "similarity":
             raise invalid(
                 "body.method",
                 "a finetune that selects names no target set, which method 'similarity' needs",
                 "make a selection with method similarity and target_dataset_id, then finetune on its selection_id",
             )
-        dataset = dataset_for(datasets, body.dataset_id, "body.dataset_id", jsonl=True)
         body.model = known_model(settings, body.model, "body.model")
         body.training.max_length = allowed_max_length(
             settings, body.model, body.training.max_length, "body.training.max_length"

@@ -57,7 +57,7 @@ def create_selection(
     if body.group_by is not None:
         known_label(dataset, body.group_by, "body.group_by")
     scored_method(dataset, body.method, "body.method")
-    known_target(datasets, dataset, body.method, body.target_dataset_id, "body.target_dataset_id")
+    known_target(datasets, dataset, body.method == "similarity", body.target_dataset_id, "body.target_dataset_id")
     if body.warm_start_ids:
         known_ids(store, dataset, body.warm_start_ids, "body.warm_start_ids")
     return create_job(jobs, redis, body, idempotency_key, response, plan(dataset, body, settings, store))

@@ -3,7 +3,7 @@ set, at equal examples and at equal loss tokens."""
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator
 
 from fishersft.contract.base import RequestModel, Text
 from fishersft.contract.selection import (
@@ -54,7 +54,7 @@ class ComparisonOptions(RequestModel):
     methods: list[Method] = Field(
         default_factory=lambda: list(DEFAULT_COMPARED),
         min_length=1,
-        json_schema_extra={"uniqueItems": True},
+        json_schema_extra={"uniqueItems": True, "contains": {"const": "random"}},
         max_length=len(METHODS),
         description="The methods to train subsets of, each at equal examples and at the random subsets' mean loss "
         "tokens; `random` (the yardstick, seeds 0..random_seeds-1) must be one of them. " + METHOD_DOC,
@@ -83,12 +83,6 @@ class ComparisonCreate(ComparisonOptions):
     target_dataset_id: Text | None = Field(
         None, description="The dataset method `similarity` selects for (required with it, refused without it)."
     )
-
-    @model_validator(mode="after")
-    def _target_with_similarity(self) -> "ComparisonCreate":
-        if ("similarity" in self.methods) != (self.target_dataset_id is not None):
-            raise ValueError("`target_dataset_id` goes with method `similarity`, and only with it")
-        return self
 
 
 class ComparisonRun(BaseModel):
