@@ -218,7 +218,7 @@ def select_features(
         n_loss_tokens=features.n_tokens,
         n_selected_loss_tokens=n_selected_tokens,
         length_ratio=length_ratio,
-        groups=_groups(labels, options.group_by, chosen, np.setdiff1d(every, excluded).tolist()),
+        groups=_groups(labels, options.group_by, len(features.ids), chosen, np.setdiff1d(every, excluded).tolist()),
         warnings=warnings,
         gain_evaluations=selection.evaluations,
         timings={"select_s": time.perf_counter() - start},
@@ -263,15 +263,16 @@ def target_means(features: FeatureSet, target: FeatureSet) -> torch.Tensor:
 
 
 def _groups(
-    labels: Sequence[Mapping[str, str]] | None, group_by: str | None, chosen: list[int], pool: list[int]
+    labels: Sequence[Mapping[str, str]] | None, group_by: str | None, n: int, chosen: list[int], pool: list[int]
 ) -> GroupCoverage | None:
-    """How many groups of `group_by` (or the default field) the chosen examples cover; None without labels."""
-    if labels is None:
-        if group_by is not None:
-            raise InputError(f"group_by: no row of the dataset has a string field {group_by!r}")
-        return None
-    if group_by is not None and not any(group_by in row for row in labels):
+    """How many groups of `group_by` (or the default field) the chosen examples of `n` cover; None without
+    labels."""
+    if labels is not None and len(labels) != n:
+        raise ValueError(f"{len(labels)} label rows for {n} examples")
+    if group_by is not None and not any(group_by in row for row in labels or ()):
         raise InputError(f"group_by: no row of the dataset has a string field {group_by!r}")
+    if labels is None:
+        return None
     field = group_field(labels, group_by)
     return None if field is None else group_coverage([row.get(field) for row in labels], chosen, field, pool)
 
