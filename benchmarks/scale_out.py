@@ -67,7 +67,8 @@ def greedi_rows(n: int, k: int, partitions: list[int], work: Path) -> dict:
         rounds, walls = [], []
         for part in greedi.partition(n, m, seed=0):
             started = time.perf_counter()
-            rounds.append(PartitionPicks.of(select_features(features, options, candidates=part), len(part), None))
+            picked = select_features(features, options, candidates=part)
+            rounds.append(PartitionPicks(result=picked, candidates=len(part), worker=None))
             walls.append(time.perf_counter() - started)
         started = time.perf_counter()
         merged = merge_partitions(features, options, rounds)

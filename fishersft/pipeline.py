@@ -285,7 +285,9 @@ def select_partitioned(
     partitions)."""
     parts = partition_candidates(features, options, partitions, context.get("exclude", ()))
     rounds = [
-        PartitionPicks.of(select_features(features, options, candidates=part, **context), len(part), None)
+        PartitionPicks(
+            result=select_features(features, options, candidates=part, **context), candidates=len(part), worker=None
+        )
         for part in parts
     ]
     return merge_partitions(features, options, rounds, **context)
@@ -305,10 +307,6 @@ class PartitionPicks(BaseModel):
     result: SelectionResult
     candidates: int
     worker: str | None
-
-    @classmethod
-    def of(cls, result: SelectionResult, candidates: int, worker: str | None) -> "PartitionPicks":
-        return cls(result=result, candidates=candidates, worker=worker)
 
 
 def merge_partitions(

@@ -48,4 +48,4 @@ def _partition(request: SelectionCreate, context: JobContext, plan: Plan, partit
     assert plan.partitions is not None, "a partition job belongs to a plan with partitions"
     candidates = partition_candidates(features, request, plan.partitions)[partition]
     result = select_features(features, request, candidates=candidates, **selection_context(request, context))
-    return PartitionPicks.of(result, len(candidates), context.job.worker_name)
+    return PartitionPicks(result=result, candidates=len(candidates), worker=context.job.worker_name)
