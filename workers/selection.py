@@ -7,6 +7,7 @@ their parts into the features store; with partitions it runs GreeDi's merge roun
 from typing import Any
 
 from fishersft.contract.compression import TARGET_COMPRESSION
+from fishersft.contract.datasets import DatasetRecord
 from fishersft.contract.selection import FeaturesCost, SelectionCreate, SelectionResult, Shard
 from fishersft.data.dataset import read_labels
 from fishersft.features.set import FeatureSet
@@ -20,29 +21,31 @@ def run_selection(request: dict[str, Any], plan: dict[str, Any] | None = None) -
 
 
 def _select(request: SelectionCreate, context: JobContext, plan: Plan) -> SelectionResult:
-    features, cost = request_features(request, context, plan)
+    dataset, features, cost = request_features(request, context, plan)
     job_id = context.job.id
     if plan.partitions:
         rounds = [picks for picks, _ in stage_results(plan.partition_ids(job_id), context.job, PartitionPicks)]
-        result = merge_partitions(features, request, rounds, **selection_context(request, context))
+        result = merge_partitions(features, request, rounds, **selection_context(request, dataset, context))
         cost = stage_results([plan.features_id(job_id)], context.job, FeaturesCost)[0][0]  # the features job's
     else:
-        result = select_features(features, request, **selection_context(request, context))
+        result = select_features(features, request, **selection_context(request, dataset, context))
     if plan.shards:
         shards = stage_results(plan.shard_ids(job_id), context.job, Shard)
         result.shards = [shard.model_copy(update={"attempts": attempts}) for shard, attempts in shards]
     return result.with_cost(cost)
 
 
-def request_features(request: SelectionCreate, context: JobContext, plan: Plan) -> tuple[FeatureSet, FeaturesCost]:
-    """The features store of the dataset a selection request names, and what getting it cost."""
-    return context.features.features(context.features.dataset(request.dataset_id), request, context.progress, plan)
+def request_features(
+    request: SelectionCreate, context: JobContext, plan: Plan
+) -> tuple[DatasetRecord, FeatureSet, FeaturesCost]:
+    """The dataset a selection request names, its features store and what getting it cost."""
+    dataset = context.features.dataset(request.dataset_id)
+    return dataset, *context.features.features(dataset, request, context.progress, plan)
 
 
-def selection_context(request: SelectionCreate, context: JobContext) -> dict[str, Any]:
+def selection_context(request: SelectionCreate, dataset: DatasetRecord, context: JobContext) -> dict[str, Any]:
     """`select_features`'s keywords besides its options: the rows' labels, progress, the model's name and the
     target's features (method similarity)."""
-    dataset = context.features.dataset(request.dataset_id)
     labels = read_labels(context.store.blob(dataset.sha256)) if dataset.is_text else None
     model = request.model if dataset.is_text else None
     return {"labels": labels, "progress": context.progress, "model": model, "target": target_features(request, context)}

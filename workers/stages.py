@@ -40,12 +40,12 @@ def _shard(shard: ShardRequest, context: JobContext) -> Shard:
 
 
 def _features(request: SelectionCreate, context: JobContext, plan: Plan) -> FeaturesCost:
-    return request_features(request, context, plan)[1]
+    return request_features(request, context, plan)[2]
 
 
 def _partition(request: SelectionCreate, context: JobContext, plan: Plan, partition: int) -> PartitionPicks:
-    features, _ = request_features(request, context, plan)
+    dataset, features, _ = request_features(request, context, plan)
     assert plan.partitions is not None, "a partition job belongs to a plan with partitions"
     candidates = partition_candidates(features, request, plan.partitions)[partition]
-    result = select_features(features, request, candidates=candidates, **selection_context(request, context))
+    result = select_features(features, request, candidates=candidates, **selection_context(request, dataset, context))
     return PartitionPicks(result=result, candidates=len(candidates), worker=context.job.worker_name)
