@@ -148,6 +148,38 @@ def test_a_comparison_makes_its_table_and_plot(service, task):
     assert image.shape[0] > 200 and image.shape[1] > 400
 
 
+def test_a_comparison_with_a_target_holds_out_half_the_target_and_selects_from_the_whole_pool(service, task, tmp_path):
+    service.start_worker()
+    dataset = service.upload(task)
+    target_rows = [
+        {"id": f"g{i}", "category": "colors", "prompt": f"{w} {w} {w} =", "response": f"{w} {w} {w}"}
+        for i, w in enumerate(WORDS[:3] * 2)
+    ]
+    target = service.upload(write_jsonl(tmp_path / "target.jsonl", target_rows))
+    body = {
+        "dataset_id": dataset["id"],
+        "target_dataset_id": target["id"],
+        "methods": ["similarity", "random"],
+        "budget": {"examples": 60},  # the whole pool: nothing of the dataset is held out
+        "random_seeds": 1,
+        "max_length": 64,
+        "lora": LORA,
+        "training": {**TRAINING, "epochs": 1},
+        "eval_points": 1,
+    }
+    created = service.client.post("/v1/comparisons", json=body)
+    assert created.status_code == 202, created.text
+    done = service.wait(created.json()["id"])
+    assert done["status"] == "succeeded", done
+    held_out = done["result"]["held_out"]
+    assert (held_out["source"], held_out["fraction"], held_out["n_examples"]) == ("target", 0.5, 3)
+    assert {r["examples"] for r in done["result"]["runs"] if r["budget_kind"] == "examples"} == {60}
+    tiny = {**body, "target_dataset_id": service.upload(write_jsonl(tmp_path / "one.jsonl", target_rows[:1]))["id"]}
+    refused = service.client.post("/v1/comparisons", json=tiny)
+    assert refused.status_code == 422, refused.text
+    assert "body.target_dataset_id" in [d["field"] for d in refused.json()["error"]["details"]]
+
+
 def test_bad_training_settings_get_a_422_naming_the_field(service, task, tmp_path):
     dataset = service.upload(task)
     features = service.upload(_features_file(tmp_path))

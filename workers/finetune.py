@@ -212,14 +212,15 @@ def _compare(request: ComparisonCreate, context: JobContext) -> ComparisonResult
     features, cost = context.features.features(
         dataset, FeatureOptions(model=model, max_length=max_length), context.progress
     )
-    target = None
+    target = target_data = None
     if request.target_dataset_id is not None:
         target_set = context.features.dataset(request.target_dataset_id)
         options = FeatureOptions(model=model, max_length=max_length)
         target = context.features.features(target_set, options, context.progress, compression=TARGET_COMPRESSION)[0]
+        target_data = store.blob(target_set.sha256)
     evaluation = request.eval
     eval_data = None
-    if evaluation.dataset_id is not None:
+    if evaluation is not None and evaluation.dataset_id is not None:
         eval_data = store.blob(context.features.dataset(evaluation.dataset_id).sha256)
     try:
         result = compare(
@@ -230,6 +231,7 @@ def _compare(request: ComparisonCreate, context: JobContext) -> ComparisonResult
             request,
             eval_data=eval_data,
             target=target,
+            target_data=target_data,
             device=resolve_device(None),
             progress=context.progress,
         )

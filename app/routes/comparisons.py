@@ -37,7 +37,8 @@ def create_comparison(
     redis: Annotated[Redis, Depends(deps.redis)],
     idempotency_key: IdempotencyKey = None,
 ) -> JobBody:
-    """One job: embeds the dataset, holds out the eval set, selects the fisher subset and `random_seeds` random
+    """One job: embeds the dataset, holds out the eval set (by default 10% of the dataset; with a target, half of
+    the target), selects the fisher subset and `random_seeds` random
     subsets of `budget.examples`, and fisher again at the random subsets' mean loss tokens; trains each with the
     same LoRA and training settings from the same base model; evaluates all on the same held-out set. The table
     is the result; GET .../plot.png draws held-out loss against step."""
@@ -49,7 +50,14 @@ def create_comparison(
     body.training.max_length = body.max_length
     check_training(settings, datasets, body.model, body.lora, body.eval, dataset)
     similarity = "similarity" in body.methods
-    known_target(datasets, dataset, similarity, body.target_dataset_id, "body.target_dataset_id")
+    target = known_target(datasets, dataset, similarity, body.target_dataset_id, "body.target_dataset_id")
+    if target is not None and body.eval is None and target.n_examples < 2:
+        raise invalid(
+            "body.target_dataset_id",
+            f"without `eval`, half the target is held out and the methods select for the rest: "
+            f"{target.n_examples} example is too few",
+            "name a target of 2 or more examples, or give `eval`",
+        )
     return create_job(jobs, redis, body, idempotency_key, response)
 
 

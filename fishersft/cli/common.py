@@ -11,7 +11,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from fishersft.contract.base import ExampleId
-from fishersft.contract.comparison import ComparisonBudget, ComparisonOptions
+from fishersft.contract.comparison import DEFAULT_HOLDOUT, TARGET_HOLDOUT, ComparisonBudget, ComparisonOptions
 from fishersft.contract.jobs import Progress as JobProgress
 from fishersft.contract.selection import Budget, FeatureOptions, SelectionOptions
 from fishersft.contract.training import EvalRequest, LoraConfig, TrainingConfig
@@ -151,7 +151,11 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     training.add_argument("--train-seed", type=int, default=training_defaults.seed, metavar="S", help="(0)")
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument(
-        "--holdout", type=float, default=0.1, metavar="F", help="held-out fraction, never selected (default 0.1)"
+        "--holdout",
+        type=float,
+        metavar="F",
+        help=f"held-out fraction, never selected (default {DEFAULT_HOLDOUT:g}; compare --target: "
+        f"{TARGET_HOLDOUT:g} of the target, stratified by category)",
     )
     evaluation.add_argument("--stratify-by", default="category", metavar="FIELD", help="label to stratify by")
     evaluation.add_argument("--eval-data", type=Path, metavar="FILE", help="a separate JSONL held-out set")
@@ -179,7 +183,8 @@ def evaluation_request(args: argparse.Namespace, dataset_id: str | None = None) 
     """The held-out set: a dataset uploaded from --eval-data (`dataset_id`), else the --holdout fraction."""
     if dataset_id is not None:
         return EvalRequest(dataset_id=dataset_id, stratify_by=args.stratify_by)
-    return EvalRequest(holdout_fraction=args.holdout, stratify_by=args.stratify_by)
+    fraction = DEFAULT_HOLDOUT if args.holdout is None else args.holdout
+    return EvalRequest(holdout_fraction=fraction, stratify_by=args.stratify_by)
 
 
 def selection_options(args: argparse.Namespace, warm_start: list[ExampleId]) -> SelectionOptions:
@@ -217,5 +222,7 @@ def comparison_options(args: argparse.Namespace, eval_dataset_id: str | None = N
         methods=args.methods,
         lora=lora_settings(args),
         training=training_settings(args).model_copy(update={"max_length": args.max_length}),
-        eval=evaluation_request(args, eval_dataset_id),
+        eval=None
+        if args.target is not None and args.eval_data is None and args.holdout is None
+        else evaluation_request(args, eval_dataset_id),
     )

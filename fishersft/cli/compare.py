@@ -21,6 +21,7 @@ from fishersft.contract.comparison import ComparisonResult
 from fishersft.contract.selection import METHODS, WEIGHTINGS
 from fishersft.data.dataset import DEFAULT_MAX_LENGTH
 from fishersft.errors import InputError
+from fishersft.features.files import is_features_path
 from fishersft.models.registry import (
     DEFAULT_MODEL,
     resolve_model,
@@ -44,6 +45,8 @@ def compare_command(args: argparse.Namespace) -> None:
     from fishersft.training.plots import plot_curves
 
     check_target("similarity" in args.methods, args.target)
+    if args.target is not None and is_features_path(args.target):
+        raise InputError("--target: a comparison's target is a JSONL file (its held-out half is trained text)")
     model = args.model or DEFAULT_MODEL
     model_dir = resolve_model(model)
     max_length = args.max_length or DEFAULT_MAX_LENGTH
@@ -53,7 +56,14 @@ def compare_command(args: argparse.Namespace) -> None:
         target = target_features(args.target, model, max_length, Path(tmp) / "target", progress)
         options = comparison_options(args)
         result = compare(
-            Path(args.data), model_dir, model, embedding.features, options, eval_data=args.eval_data, target=target
+            Path(args.data),
+            model_dir,
+            model,
+            embedding.features,
+            options,
+            eval_data=args.eval_data,
+            target=target,
+            target_data=args.target,
         )
     result.timings["embed_s"] = embedding.seconds
     print_json(result, args.out_dir / "comparison.json")
@@ -112,7 +122,12 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         metavar="M[,M]",
         help=f"methods to train, comma-separated, of {', '.join(METHODS)} (default: fisher,random; random is needed)",
     )
-    compare.add_argument("--target", type=Path, metavar="FILE", help="with method similarity: the set to select for")
+    compare.add_argument(
+        "--target",
+        type=Path,
+        metavar="FILE",
+        help="with method similarity: the JSONL set to select for (half of it held out unless --holdout/--eval-data)",
+    )
     compare.add_argument("--out-dir", type=Path, default=Path("comparison"), help="where the table and plot go")
     add_training_arguments(compare)
     add_server_arguments(compare, required=False)

@@ -22,6 +22,10 @@ from fishersft.contract.training import EvalMetrics, EvalRequest, LoraConfig, Tr
 
 BudgetKind = Literal["examples", "tokens"]
 PAPER_WEIGHTING: tuple[Weighting, ...] = ("tokens",)
+DEFAULT_HOLDOUT = 0.1
+"""Without `eval` and without a target: this fraction of the dataset is held out."""
+TARGET_HOLDOUT = 0.5
+"""Without `eval`, with a target: this fraction of the target is held out; the methods select for the rest."""
 DEFAULT_COMPARED: tuple[Method, ...] = ("fisher", "random")
 
 
@@ -40,8 +44,10 @@ class ComparisonOptions(RequestModel):
     max_length: int | None = Field(None, ge=2, le=32768, description=MAX_LENGTH_DOC)
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings, the same for every run.")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Training settings, the same.")
-    eval: EvalRequest = Field(
-        default_factory=lambda: EvalRequest(holdout_fraction=0.1), description="The held-out set all runs share."
+    eval: EvalRequest | None = Field(
+        None,
+        description=f"The held-out set all runs share. Default: {DEFAULT_HOLDOUT:g} of the dataset, stratified by "
+        f"category; with `target_dataset_id`, {TARGET_HOLDOUT:g} of the target (the methods select for the rest).",
     )
     eval_points: int = Field(4, ge=1, le=50, description="Held-out evaluations per run (the curve's points).")
     weightings: list[Weighting] = Field(
@@ -132,7 +138,9 @@ class KindSummary(BaseModel):
 
 
 class HeldOutSet(BaseModel):
-    source: Literal["eval_data", "holdout"] = Field(description="A separate dataset, or held out of this one.")
+    source: Literal["eval_data", "holdout", "target"] = Field(
+        description="A separate dataset, held out of this one, or held out of the target."
+    )
     fraction: float | None = Field(description="The held-out fraction; null with a separate dataset.")
     stratified_by: str = Field(description="The label the split is stratified by (and groups are counted by).")
     n_examples: int = Field(description="Held-out examples.")

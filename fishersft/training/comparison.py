@@ -6,12 +6,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from fishersft.contract.comparison import (
+    DEFAULT_HOLDOUT,
+    TARGET_HOLDOUT,
     BudgetKind,
     ComparisonOptions,
     ComparisonResult,
@@ -21,14 +24,14 @@ from fishersft.contract.comparison import (
     Spread,
 )
 from fishersft.contract.selection import Budget, Method, Weighting
-from fishersft.contract.training import TrainingRun
+from fishersft.contract.training import EvalMetrics, EvalRequest, TrainingRun
 from fishersft.data.dataset import DEFAULT_MAX_LENGTH, Example
 from fishersft.data.encoding import Encoded, encode_file
 from fishersft.data.groups import group_coverage
 from fishersft.features.set import FeatureSet, feature_blocks
 from fishersft.pipeline import Progress, baseline_inputs
 from fishersft.selection.selector import select_blocks
-from fishersft.training.evaluation import finetune, held_out_file, held_out_split, ids_sha256
+from fishersft.training.evaluation import HeldOut, finetune, held_out_file, held_out_split, ids_sha256
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,56 @@ def _spread(values: list[float]) -> Spread:
     return Spread(mean=statistics.mean(values), min=min(values), max=max(values))
 
 
+@dataclass(frozen=True)
+class HeldOutChoice:
+    """The held-out set a comparison judges on, where it came from, and what selection must leave out for it."""
+
+    held: HeldOut
+    exclude: list[int]
+    """Indices of the dataset that are held out: never selected."""
+    target_held: list[int]
+    """Indices of the target that are held out: the methods select for the rest."""
+    source: Literal["eval_data", "holdout", "target"]
+    fraction: float | None
+    stratify_by: str
+
+    def described(self, before: EvalMetrics) -> HeldOutSet:
+        return HeldOutSet(
+            source=self.source,
+            fraction=self.fraction,
+            stratified_by=self.stratify_by,
+            n_examples=len(self.held.encoded),
+            n_loss_tokens=self.held.n_loss_tokens,
+            before=before,
+        )
+
+
+def held_out_set(
+    request: EvalRequest | None,
+    examples: Sequence[Example],
+    encoded: Sequence[Encoded],
+    eval_data: Path | None,
+    target_data: Path | None,
+    tokenizer: PreTrainedTokenizerBase,
+    max_length: int,
+) -> HeldOutChoice:
+    """`eval_data` (the request's separate dataset) if given; else the request's fraction of the dataset; without
+    a request, TARGET_HOLDOUT of the target if there is one (the shift a target stands for is what matters), else
+    DEFAULT_HOLDOUT of the dataset. Stratified by the request's label, or category."""
+    stratify_by = request.stratify_by if request else "category"
+    if eval_data is not None:
+        return HeldOutChoice(
+            held_out_file(eval_data, tokenizer, max_length, stratify_by), [], [], "eval_data", None, stratify_by
+        )
+    if request is None and target_data is not None:
+        target_examples, target_encoded = encode_file(target_data, tokenizer, max_length)
+        held, target_held = held_out_split(target_examples, target_encoded, TARGET_HOLDOUT, stratify_by)
+        return HeldOutChoice(held, [], target_held, "target", TARGET_HOLDOUT, stratify_by)
+    fraction = (request.holdout_fraction if request else None) or DEFAULT_HOLDOUT
+    held, exclude = held_out_split(examples, encoded, fraction, stratify_by)
+    return HeldOutChoice(held, exclude, [], "holdout", fraction, stratify_by)
+
+
 def compare(
     data: Path,
     model_dir: Path,
@@ -150,23 +203,24 @@ def compare(
     *,
     eval_data: Path | None = None,
     target: FeatureSet | None = None,
+    target_data: Path | None = None,
     device: torch.device | None = None,
     progress: Progress | None = None,
 ) -> ComparisonResult:
     """Train the subsets `options` name of `data` (whose `features` are given, embedded by `model` from
-    `model_dir`) with identical settings and evaluate all on the same held-out set (`eval_data`, or a stratified
-    `options.eval.holdout_fraction` of `data` that is never selected): each method at `options.budget` examples
-    and at the random subsets' mean loss tokens (method similarity selects for `target`)."""
-    evaluation, training, max_length = options.eval, options.training, options.max_length or DEFAULT_MAX_LENGTH
+    `model_dir`) with identical settings and evaluate all on the same held-out set (see `held_out_set`; held-out
+    examples of `data` are never selected): each method at `options.budget` examples and at the random subsets'
+    mean loss tokens. Methods with a target select for `target` (the features of `target_data`), less its
+    held-out part when the held-out set comes from it."""
+    training, max_length = options.training, options.max_length or DEFAULT_MAX_LENGTH
     device = device or torch.device("cpu")
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
     examples, encoded = encode_file(data, tokenizer, max_length)
-    stratify_by = evaluation.stratify_by
-    if eval_data is not None:
-        held, exclude = held_out_file(eval_data, tokenizer, max_length, stratify_by), list[int]()
-    else:
-        held, exclude = held_out_split(examples, encoded, evaluation.holdout_fraction or 0.1, stratify_by)
+    chosen = held_out_set(options.eval, examples, encoded, eval_data, target_data, tokenizer, max_length)
+    held, exclude = chosen.held, chosen.exclude
+    if target is not None and chosen.target_held:
+        target = target.subset(sorted(set(range(len(target.ids))) - set(chosen.target_held)))
     before = held.evaluate_base(model_dir, device)
     seeds = range(options.random_seeds)
     runs = comparison_runs(
@@ -194,20 +248,12 @@ def compare(
             eval_points=options.eval_points,
             on_step=on_step,
         )
-        rows.append(run_row(run, examples, encoded, pool, stratify_by, trained))
-    held_out = HeldOutSet(
-        source="eval_data" if eval_data is not None else "holdout",
-        fraction=None if eval_data is not None else evaluation.holdout_fraction,
-        stratified_by=stratify_by,
-        n_examples=len(held.encoded),
-        n_loss_tokens=held.n_loss_tokens,
-        before=before,
-    )
+        rows.append(run_row(run, examples, encoded, pool, chosen.stratify_by, trained))
     return ComparisonResult(
         model=model,
         budget=Budget(examples=options.budget.examples),
         n_examples=len(examples),
-        held_out=held_out,
+        held_out=chosen.described(before),
         runs=rows,
         summary=summarize(rows),
         timings={"prepare_s": prepared_s, "train_s": sum(r.train_s for r in rows)},
