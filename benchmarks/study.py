@@ -1,209 +1,278 @@
-"""The real-data study: fisher (three weightings of the objective) against seeded random subsets, fine-tuned with
-LoRA on the default model and judged on one held-out set per dataset, at equal examples and at equal loss tokens.
+"""The selection study: each method's subset, fine-tuned with LoRA on the default model, against seeded random
+subsets of the same loss tokens, from small to realistic budgets, overall and on the worst group, on several
+datasets, one of them a distribution shift (the pool from some languages, the target and held-out set another).
 
-    python benchmarks/study.py [--only english,humaneval,...] [--out benchmarks/results/study]
+    python benchmarks/study.py [--only english,humaneval,all,shift] [--fractions 0.02,0.1,0.3] [--device cuda]
+                               [--methods fisher,random,kcenter,loss,ifd,similarity] [--weightings tokens]
+                               [--budget-kinds tokens] [--epochs 2] [--deadline-s 3000] [--out DIR]
 
-Each dataset runs `fishersft.training.comparison.compare`, the function behind POST /v1/comparisons and `fishersft
-compare`, with weightings tokens (the paper's), examples (1/n_i) and mean (mean-pooled, rank 1): per dataset a
-`comparison.json` and `comparison.png`; then `study.json` (the table) and `study.png` (held-out loss per variant
-against the random spread, overall and worst group). A dataset whose comparison.json exists is not run again.
+Per dataset and budget K (a fraction of the pool's examples; its random subsets hold about that fraction of the
+pool's loss tokens) it runs `fishersft.training.comparison.compare`, the function behind POST /v1/comparisons:
+each method at the random subsets' mean loss tokens (equal cost, the primary axis) and, with `--budget-kinds
+examples,tokens`, at K examples too. Held out: 15% of the dataset stratified by its group label, or for a dataset
+with a target, half of the target (the methods with a target select for the other half). Each comparison is
+written as it finishes (`<dataset>-<K>.json`) and not run again, so a run stopped at its deadline keeps what it
+measured; then `study.json` (one row per run), `study.md` (the table) and `study.png` (held-out loss against
+budget, a line per method, the random runs as a band; overall and worst group).
 """
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from fishersft.contract.comparison import ComparisonBudget, ComparisonOptions, ComparisonRun
+from fishersft.contract.comparison import (
+    BUDGET_KINDS,
+    ComparisonBudget,
+    ComparisonOptions,
+    ComparisonResult,
+    ComparisonRun,
+)
+from fishersft.contract.compression import TARGET_COMPRESSION
+from fishersft.contract.selection import METHODS, TARGET_METHODS, WEIGHTINGS
 from fishersft.contract.training import EvalRequest, TrainingConfig
 from fishersft.data import corpora
+from fishersft.models.loading import resolve_device
 from fishersft.models.registry import DEFAULT_MODEL, resolve_model
 from fishersft.pipeline import embed_dataset
 from fishersft.training.comparison import compare
-from fishersft.training.plots import plot_curves
+
+Rows = Callable[[], list[dict]]
 
 
 @dataclass(frozen=True)
-class Study:
-    name: str
+class Dataset:
     title: str
-    budget: int
     stratify_by: str
-    epochs: int
-    eval_points: int
-
-    def rows(self) -> list[dict]:
-        if self.name == "english":
-            return corpora.chatterbot(["english"])
-        if self.name == "humaneval":
-            return corpora.humaneval()
-        if self.name == "mixed":  # one shape per file: HumanEval as two-turn chats
-            return corpora.chatterbot(["english"]) + [as_chat(row) for row in corpora.humaneval()]
-        return corpora.chatterbot(corpora.chatterbot_languages())
+    pool: Rows
+    target: Rows | None = None
+    """Rows of the target distribution: half is held out, the methods with a target select for the rest."""
 
 
 def as_chat(row: dict) -> dict:
-    """A prompt/response row as a user/assistant chat row, its other fields kept."""
+    """A prompt/response row as a user/assistant chat row, its other fields kept (one row shape per file)."""
     turns = [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": row["response"]}]
     return {k: v for k, v in row.items() if k not in ("prompt", "response")} | {"messages": turns}
 
 
-STUDIES = [
-    Study("english", "chatterbot English", 30, "category", 3, 2),
-    Study("mixed", "chatterbot English + HumanEval", 30, "category", 3, 2),
-    Study("humaneval", "HumanEval", 20, "category", 3, 2),
-    Study("all", "chatterbot, 28 languages", 200, "language", 2, 1),
-]
-WEIGHTINGS = ("tokens", "examples", "mean")
+SHIFT_POOL = ("portuguese", "dutch", "german", "french")
+SHIFT_TARGET = ("spanish",)
+DATASETS = {
+    "english": Dataset("chatterbot English", "category", lambda: corpora.chatterbot(["english"])),
+    "humaneval": Dataset("HumanEval", "category", corpora.humaneval),
+    "mixed": Dataset(
+        "chatterbot English + HumanEval",
+        "category",
+        lambda: corpora.chatterbot(["english"]) + [as_chat(r) for r in corpora.humaneval()],
+    ),
+    "all": Dataset("chatterbot, 28 languages", "language", lambda: corpora.chatterbot(corpora.chatterbot_languages())),
+    "shift": Dataset(
+        f"shift: pool {'+'.join(SHIFT_POOL)}, target {'+'.join(SHIFT_TARGET)}",
+        "category",
+        lambda: corpora.chatterbot(SHIFT_POOL),
+        lambda: corpora.chatterbot(SHIFT_TARGET),
+    ),
+}
 HOLDOUT = 0.15
 
 
-def run_study(study: Study, out: Path, model: str) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    model_dir = resolve_model(model)
+def run(name: str, args: argparse.Namespace) -> None:
+    dataset = DATASETS[name]
+    model_dir, device = resolve_model(args.model), resolve_device(args.device)
+    methods = [m for m in args.methods if dataset.target is not None or m not in TARGET_METHODS]
     with tempfile.TemporaryDirectory(prefix="fishersft-study-") as tmp:
-        data = Path(tmp) / f"{study.name}.jsonl"
-        corpora.write_jsonl(study.rows(), data)
-        embedding = embed_dataset(data, model_dir, Path(tmp) / "features")
-        options = ComparisonOptions(
-            budget=ComparisonBudget(examples=study.budget),
-            weightings=list(WEIGHTINGS),
-            training=TrainingConfig(epochs=study.epochs),
-            eval=EvalRequest(holdout_fraction=HOLDOUT, stratify_by=study.stratify_by),
-            eval_points=study.eval_points,
-        )
-        compared = compare(data, model_dir, model, embedding.features, options)
-    compared.timings["embed_s"] = embedding.seconds
-    plot_curves(compared.runs, out / "comparison.png", f"{study.title}, {model}")
-    result = {"dataset": study.title, **compared.model_dump(mode="json", by_alias=True)}
-    (out / "comparison.json").write_text(json.dumps(result, indent=1) + "\n")
-    return result
+        data, target_data = Path(tmp) / f"{name}.jsonl", Path(tmp) / f"{name}-target.jsonl"
+        n = corpora.write_jsonl(dataset.pool(), data)
+        features = embed_dataset(data, model_dir, Path(tmp) / "features", device=args.device).features
+        target = None
+        if dataset.target is not None:
+            corpora.write_jsonl(dataset.target(), target_data)
+            target = embed_dataset(
+                target_data, model_dir, Path(tmp) / "target", device=args.device, compression=TARGET_COMPRESSION
+            ).features
+        pool = n if target is not None else round(n * (1 - HOLDOUT))
+        held_out = EvalRequest(holdout_fraction=HOLDOUT, stratify_by=dataset.stratify_by) if target is None else None
+        for fraction in args.fractions:
+            out = args.out / f"{name}-{fraction:g}.json"
+            if out.exists() or time.monotonic() > args.deadline:
+                continue
+            started = time.perf_counter()
+            options = ComparisonOptions(
+                budget=ComparisonBudget(examples=max(1, round(fraction * pool))),
+                random_seeds=args.seeds,
+                methods=methods,
+                weightings=args.weightings,
+                budget_kinds=args.budget_kinds,
+                training=TrainingConfig(epochs=args.epochs),
+                eval=held_out,
+                eval_points=1,
+            )
+            result = compare(
+                data,
+                model_dir,
+                args.model,
+                features,
+                options,
+                target=target,
+                target_data=target_data if target is not None else None,
+                device=device,
+            )
+            record = {"dataset": dataset.title, "fraction": fraction, **result.model_dump(mode="json", by_alias=True)}
+            out.write_text(json.dumps(record, indent=1) + "\n")
+            print(f"{name} K={fraction:g}: {time.perf_counter() - started:.0f}s " + summary(result), flush=True)
 
 
-def label(row: dict) -> str:
-    return ComparisonRun.model_validate(row).label
+def summary(result: ComparisonResult) -> str:
+    tokens = result.summary.get("tokens")
+    return json.dumps(tokens.model_dump() if tokens else None)
 
 
-def table(results: dict[str, dict]) -> list[dict]:
-    """One row per (dataset, run): the study's table."""
+def label(run: dict) -> str:
+    return ComparisonRun.model_validate(run).label
+
+
+def table(results: list[dict]) -> list[dict]:
+    """One row per run: dataset, budget fraction, run (`fisher/tokens`, `random/0`, `loss`), cost and losses."""
     return [
         {
-            "dataset": name,
+            "dataset": result["dataset"],
+            "fraction": result["fraction"],
             "run": label(r),
             "budget_kind": r["budget_kind"],
             "examples": r["examples"],
             "loss_tokens": r["loss_tokens"],
-            "length_ratio": round(r["length_ratio"], 2),
-            "groups": f"{r['groups']['covered']}/{r['groups']['total']}",
-            "loss_after": round(r["loss_after"], 4),
-            "worst_group": r["worst_group"],
+            "loss_after": r["loss_after"],
+            "worst_group": r["worst_group"]["loss"] if r["worst_group"] else None,
         }
-        for name, result in results.items()
+        for result in results
         for r in result["runs"]
     ]
 
 
-def markdown(results: dict[str, dict]) -> str:
-    """The README's table: per dataset, each fisher run and the random runs' mean [min, max]."""
-    lines = [
-        "| data (K, held out) | run | budget | examples | loss tokens | length ratio | groups | held-out loss "
-        "| worst group |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for result in results.values():
-        runs, held = result["runs"], result["held_out"]
-        name = f"{result['dataset']} (K={result['budget']['examples']}, {held['n_examples']} held out)"
-        random = [r for r in runs if r["method"] == "random"]
+def value(run: dict, metric: str) -> float:
+    return run["worst_group"]["loss"] if metric == "worst" else run["loss_after"]
 
-        def spread(values: list[float]) -> str:
-            return f"{sum(values) / len(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
+
+def verdict(loss: float, random: list[float]) -> str:
+    """`win` below every random seed, `loss` above every one, else `tie` (inside the seeds' spread)."""
+    return "win" if loss < min(random) else "loss" if loss > max(random) else "tie"
+
+
+def markdown(results: list[dict]) -> str:
+    """Per dataset and budget, at equal loss tokens: the random runs' mean [min, max], then each method's held-out
+    loss and worst-group loss with its verdict against the random seeds."""
+    lines = [
+        "| data | budget (loss tokens) | run | held-out loss | | worst group | |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for result in sorted(results, key=lambda r: (r["dataset"], r["fraction"])):
+        runs = result["runs"]
+        random = [r for r in runs if r["method"] == "random"]
+        tokens = round(statistics.mean(r["loss_tokens"] for r in random))
+        spread = {m: [value(r, m) for r in random] for m in ("loss_after", "worst")}
+
+        def shown(values: list[float]) -> str:
+            return f"{statistics.mean(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
 
         lines.append(
-            f"| {name} | random, {len(random)} seeds | {random[0]['budget']['examples']} examples "
-            f"| {random[0]['examples']} | {round(sum(r['loss_tokens'] for r in random) / len(random)):,} "
-            f"| {sum(r['length_ratio'] for r in random) / len(random):.2f} "
-            f"| {sum(r['groups']['covered'] for r in random) / len(random):.1f}/{random[0]['groups']['total']} "
-            f"| {spread([r['loss_after'] for r in random])} | {spread([r['worst_group']['loss'] for r in random])} |"
+            f"| {result['dataset']} | {result['fraction']:.0%} ({tokens:,}) | random, {len(random)} seeds "
+            f"| {shown(spread['loss_after'])} | | {shown(spread['worst'])} | |"
         )
-        for r in runs:
-            if r["method"] != "fisher":
-                continue
-            budget = " ".join(f"{v:,} {k}" for k, v in r["budget"].items())
+        for r in sorted((r for r in runs if r["method"] != "random" and r["budget_kind"] == "tokens"), key=label):
+            loss, worst = value(r, "loss_after"), value(r, "worst")
             lines.append(
-                f"| | {label(r)} | {budget} | {r['examples']} | {r['loss_tokens']:,} | {r['length_ratio']:.2f} "
-                f"| {r['groups']['covered']}/{r['groups']['total']} | {r['loss_after']:.3f} "
-                f"| {r['worst_group']['loss']:.3f} ({r['worst_group']['group']}) |"
+                f"| | | {label(r)} | {loss:.3f} | {verdict(loss, spread['loss_after'])} "
+                f"| {worst:.3f} | {verdict(worst, spread['worst'])} |"
             )
     return "\n".join(lines) + "\n"
 
 
-def plot_study(results: dict[str, dict], out: Path) -> None:
-    """Per dataset, held-out loss (and worst-group loss) of each fisher variant at equal examples and at equal
-    tokens, against the random runs' range (band) and mean (line)."""
+def plot(results: list[dict], out: Path) -> None:
+    """Held-out loss (top) and worst-group loss (bottom) at equal loss tokens against the budget, per dataset: a
+    line per method, the random runs as mean and range."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [("loss_after", "held-out loss"), ("worst", "worst-group loss")]
-    figure, axes = plt.subplots(
-        len(metrics), len(results), figsize=(4.2 * len(results), 7), squeeze=False, constrained_layout=True
-    )
-    for column, result in enumerate(results.values()):
-        runs = result["runs"]
-        for row, (metric, ylabel) in enumerate(metrics):
+    datasets = sorted({r["dataset"] for r in results})
+    figure, axes = plt.subplots(2, len(datasets), figsize=(5 * len(datasets), 7), squeeze=False)
+    for column, dataset in enumerate(datasets):
+        chosen = sorted((r for r in results if r["dataset"] == dataset), key=lambda r: r["fraction"])
+        tokens = [statistics.mean(r["loss_tokens"] for r in c["runs"] if r["method"] == "random") for c in chosen]
+        ticks = [f"{c['fraction']:.0%}\n{n:,.0f} tok" for c, n in zip(chosen, tokens, strict=True)]
+        for row, metric in enumerate(("loss_after", "worst")):
             axis = axes[row][column]
-
-            def value(r: dict, metric: str = metric) -> float:
-                return r["worst_group"]["loss"] if metric == "worst" else r["loss_after"]
-
-            random = [value(r) for r in runs if r["method"] == "random"]
-            axis.axhspan(min(random), max(random), color="grey", alpha=0.25, label="random (range)")
-            axis.axhline(sum(random) / len(random), color="grey", linewidth=1)
-            for offset, kind in ((-0.18, "examples"), (0.18, "tokens")):
-                fisher = [r for r in runs if r["method"] == "fisher" and r["budget_kind"] == kind]
-                axis.bar(
-                    [k + offset for k in range(len(fisher))],
-                    [value(r) for r in fisher],
-                    width=0.34,
-                    label=f"fisher, equal {kind}",
-                )
-            axis.set_xticks(range(len(WEIGHTINGS)), WEIGHTINGS)
-            low = min([*random, *(value(r) for r in runs)])
-            high = max([*random, *(value(r) for r in runs)])
-            axis.set_ylim(low - 0.3 * (high - low) - 0.01, high + 0.15 * (high - low) + 0.01)
-            axis.set_title(f"{result['dataset']}, K={result['budget']['examples']}", fontsize=9)
-            if column == 0:
-                axis.set_ylabel(ylabel)
-            axis.grid(axis="y", alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+            random = [[value(r, metric) for r in c["runs"] if r["method"] == "random"] for c in chosen]
+            means = [statistics.mean(v) for v in random]
+            axis.fill_between(
+                range(len(chosen)),
+                [min(v) for v in random],
+                [max(v) for v in random],
+                color="grey",
+                alpha=0.3,
+                label="random (range)",
+            )
+            axis.plot(range(len(chosen)), means, color="grey", linewidth=2, label="random (mean)")
+            labels = sorted({label(r) for c in chosen for r in c["runs"] if r["method"] != "random"})
+            for name in labels:
+                points = [
+                    (x, value(r, metric))
+                    for x, c in enumerate(chosen)
+                    for r in c["runs"]
+                    if r["budget_kind"] == "tokens" and label(r) == name
+                ]
+                axis.plot(*zip(*points, strict=True), marker="o", label=name)
+            axis.set_xticks(range(len(chosen)), ticks)
+            axis.set_xlabel("budget: share of the pool, loss tokens (equal for every method)")
+            axis.set_ylabel("worst-group held-out loss" if metric == "worst" else "held-out loss")
+            axis.set_title(dataset, fontsize=9)
+            axis.grid(alpha=0.3)
+            axis.legend(fontsize=7)
+    figure.tight_layout()
     figure.savefig(out, dpi=110)
     plt.close(figure)
 
 
+def names(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        chosen = text.split(",")
+        unknown = sorted(set(chosen) - set(choices))
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {', '.join(unknown)}: of {', '.join(choices)}")
+        return [c for c in choices if c in chosen]
+
+    return parse
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", help="comma-separated study names: " + ", ".join(s.name for s in STUDIES))
+    parser.add_argument("--only", type=names(tuple(DATASETS)), default=["english", "humaneval", "all", "shift"])
+    parser.add_argument("--fractions", default="0.02,0.1,0.3", help="budgets K as fractions of the pool's examples")
+    parser.add_argument("--methods", type=names(METHODS), default=list(METHODS), help="of " + ", ".join(METHODS))
+    parser.add_argument("--weightings", type=names(WEIGHTINGS), default=["tokens"], help="fisher's weightings")
+    parser.add_argument("--budget-kinds", type=names(BUDGET_KINDS), default=["tokens"])
+    parser.add_argument("--seeds", type=int, default=3, help="random subsets per budget")
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    parser.add_argument("--deadline-s", type=float, default=float("inf"), help="start no comparison after this")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/study"))
     args = parser.parse_args()
-    chosen = args.only.split(",") if args.only else [s.name for s in STUDIES]
-    results = {}
-    for study in STUDIES:
-        path = args.out / study.name / "comparison.json"
-        if study.name in chosen and not path.exists():
-            started = time.perf_counter()
-            run_study(study, args.out / study.name, args.model)
-            print(f"{study.name}: {time.perf_counter() - started:.0f}s", flush=True)
-        if path.exists():
-            results[study.name] = json.loads(path.read_text())
+    args.deadline = time.monotonic() + args.deadline_s
+    args.fractions = [float(f) for f in args.fractions.split(",")]
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name in args.only:
+        run(name, args)
+    results = [json.loads(p.read_text()) for p in sorted(args.out.glob("*-*.json"))]
     (args.out / "study.json").write_text(json.dumps(table(results), indent=1) + "\n")
     (args.out / "study.md").write_text(markdown(results))
-    plot_study(results, args.out / "study.png")
-    for row in table(results):
-        print(json.dumps(row))
+    if results:
+        plot(results, args.out / "study.png")
 
 
 if __name__ == "__main__":

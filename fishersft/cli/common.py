@@ -220,6 +220,7 @@ def comparison_options(args: argparse.Namespace, eval_dataset_id: str | None = N
         eval_points=args.eval_points,
         weightings=args.weightings,
         methods=args.methods,
+        budget_kinds=args.budget_kinds,
         lora=lora_settings(args),
         training=training_settings(args).model_copy(update={"max_length": args.max_length}),
         eval=None

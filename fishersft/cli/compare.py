@@ -17,7 +17,7 @@ from fishersft.cli.common import (
 )
 from fishersft.cli.local import check_target, target_features
 from fishersft.cli.remote import run_remote_compare
-from fishersft.contract.comparison import ComparisonResult
+from fishersft.contract.comparison import BUDGET_KINDS, ComparisonResult
 from fishersft.contract.selection import METHODS, WEIGHTINGS
 from fishersft.data.dataset import DEFAULT_MAX_LENGTH
 from fishersft.errors import InputError
@@ -121,6 +121,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         default=["fisher", "random"],
         metavar="M[,M]",
         help=f"methods to train, comma-separated, of {', '.join(METHODS)} (default: fisher,random; random is needed)",
+    )
+    compare.add_argument(
+        "--budget-kinds",
+        type=comma_list(BUDGET_KINDS),
+        default=list(BUDGET_KINDS),
+        metavar="KIND[,KIND]",
+        help="budgets the methods run at: examples (K), tokens (the random subsets' mean loss tokens); default both",
     )
     compare.add_argument(
         "--target",

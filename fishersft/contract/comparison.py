@@ -21,6 +21,7 @@ from fishersft.contract.selection import (
 from fishersft.contract.training import EvalMetrics, EvalRequest, LoraConfig, TrainingConfig, WorstGroup
 
 BudgetKind = Literal["examples", "tokens"]
+BUDGET_KINDS: tuple[BudgetKind, ...] = ("examples", "tokens")
 PAPER_WEIGHTING: tuple[Weighting, ...] = ("tokens",)
 DEFAULT_HOLDOUT = 0.1
 """Without `eval` and without a target: this fraction of the dataset is held out."""
@@ -66,7 +67,15 @@ class ComparisonOptions(RequestModel):
         "tokens; `random` (the yardstick, seeds 0..random_seeds-1) must be one of them. " + METHOD_DOC,
     )
 
-    @field_validator("weightings", "methods")
+    budget_kinds: list[BudgetKind] = Field(
+        default_factory=lambda: list(BUDGET_KINDS),
+        min_length=1,
+        json_schema_extra={"uniqueItems": True},
+        description="Which budgets the methods other than random run at: `examples` (K, as the random subsets) "
+        "and `tokens` (the random subsets' mean loss tokens: equal training cost, the fairer axis).",
+    )
+
+    @field_validator("weightings", "methods", "budget_kinds")
     @classmethod
     def _distinct(cls, value: list[str]) -> list[str]:
         if len(set(value)) != len(value):

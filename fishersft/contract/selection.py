@@ -27,6 +27,8 @@ Method = Literal["fisher", "random", "kcenter", "similarity", "loss", "ifd"]
 METHODS: tuple[Method, ...] = ("fisher", "random", "kcenter", "similarity", "loss", "ifd")
 SCORED_METHODS: tuple[Method, ...] = ("loss", "ifd")
 """Methods that rank examples by the base model's loss: they need the model's pass, so text datasets only."""
+TARGET_METHODS: tuple[Method, ...] = ("similarity",)
+"""Methods that select for a target dataset: they need `target_dataset_id`."""
 METHOD_DOC = (
     "`fisher`: FisherSFT greedy on log det Sigma; `random`: the seeded baseline; `kcenter`: greedy k-center "
     "(farthest first) on each example's normalised mean feature, the coverage baseline; `similarity`: closest to "

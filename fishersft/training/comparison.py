@@ -45,19 +45,13 @@ class Run:
 
 
 def comparison_runs(
-    features: FeatureSet,
-    budget_examples: int,
-    seeds: Sequence[int],
-    exclude: Sequence[int],
-    lam: float,
-    weightings: Sequence[Weighting] = ("tokens",),
-    methods: Sequence[Method] = ("fisher", "random"),
-    target: FeatureSet | None = None,
+    features: FeatureSet, options: ComparisonOptions, exclude: Sequence[int], target: FeatureSet | None = None
 ) -> list[Run]:
-    """The subsets a comparison trains: each seeded random subset at `budget_examples` examples; fisher under each
-    weighting, and each other method of `methods`, at `budget_examples` examples and at the random subsets' mean
-    loss tokens (equal cost: a fisher subset of K examples can hold several times the tokens of a random one).
-    `target`: the features method similarity selects for."""
+    """The subsets a comparison trains: each seeded random subset at K examples; fisher under each weighting, and
+    each other method, at K examples and at the random subsets' mean loss tokens (equal cost: a fisher subset of K
+    examples can hold several times the tokens of a random one), of those two the options' `budget_kinds`.
+    `exclude`: never selected; `target`: the features the methods with a target select for."""
+    weightings, methods, lam = options.weightings, options.methods, options.lambda_
     lengths = np.asarray(features.lengths)
     blocks = {w: feature_blocks(features, w) for w in {"tokens", *weightings}}
     others = [m for m in methods if m not in ("fisher", "random")]
@@ -72,11 +66,12 @@ def comparison_runs(
         fisher = [Run("fisher", None, budget, pick(budget, "fisher", weighting=w), w) for w in weightings]
         return (fisher if "fisher" in methods else []) + [Run(m, None, budget, pick(budget, m)) for m in others]
 
-    by_examples = Budget(examples=budget_examples)
-    random = [Run("random", s, by_examples, pick(by_examples, "random", s)) for s in seeds]
-    runs = chosen(by_examples) + random
+    by_examples = Budget(examples=options.budget.examples)
+    random = [Run("random", s, by_examples, pick(by_examples, "random", s)) for s in range(options.random_seeds)]
+    kinds = options.budget_kinds
+    runs = (chosen(by_examples) if "examples" in kinds else []) + random
     tokens = round(statistics.mean(int(lengths[r.indices].sum()) for r in random)) if random else 0
-    return runs + (chosen(Budget(tokens=tokens)) if tokens else [])
+    return runs + (chosen(Budget(tokens=tokens)) if tokens and "tokens" in kinds else [])
 
 
 def run_row(
@@ -222,10 +217,7 @@ def compare(
     if target is not None and chosen.target_held:
         target = target.subset(sorted(set(range(len(target.ids))) - set(chosen.target_held)))
     before = held.evaluate_base(model_dir, device)
-    seeds = range(options.random_seeds)
-    runs = comparison_runs(
-        features, options.budget.examples, seeds, exclude, options.lambda_, options.weightings, options.methods, target
-    )
+    runs = comparison_runs(features, options, exclude, target)
     pool = sorted(set(range(len(examples))) - set(exclude))
     prepared_s = time.perf_counter() - started
     totals = [training.total_steps(len(run.indices)) for run in runs]
