@@ -34,6 +34,7 @@ from fishersft.features.store import FeatureStoreWriter, projection_matrix
 from fishersft.models.loading import Precision, embedding_autocast, load_model, resolve_device
 from fishersft.selection import greedi
 from fishersft.selection.baselines import BaselineInputs
+from fishersft.selection.regimes import regime_warnings
 from fishersft.selection.selector import select_blocks
 
 Progress = Callable[[str, int, int], None]
@@ -201,6 +202,7 @@ def select_features(
             "under an example budget the objective favours long examples, and fine-tuning cost grows with tokens; "
             "a token budget (budget.tokens, --budget-tokens) compares subsets at equal cost"
         )
+    warnings += regime_warnings(options.method, budget, int(lengths[pool].sum()))
     return SelectionResult(
         selected=[features.ids[i] for i in chosen],
         gains=selection.gains,

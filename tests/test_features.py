@@ -115,15 +115,35 @@ def test_length_ratio_and_the_long_examples_warning():
     )  # the paper's
     assert by_examples.selected == ["long"] and by_examples.weighting == "tokens"
     assert by_examples.length_ratio == pytest.approx(20 / 4.8)
-    assert len(by_examples.warnings) == 1 and "4.2x the loss tokens" in by_examples.warnings[0]
+    assert "4.2x the loss tokens" in by_examples.warnings[0]
     assert (
         select_features(features, SelectionOptions(budget=Budget(examples=1))).weighting == "mean"
     )  # the example budget's default
     by_tokens = select_features(features, SelectionOptions(budget=Budget(tokens=4)))
     assert by_tokens.weighting == "tokens"  # the token budget's default
-    assert by_tokens.length_ratio == pytest.approx(1 / 4.8) and by_tokens.warnings == []
+    assert by_tokens.length_ratio == pytest.approx(1 / 4.8)
+    assert not any("loss tokens of a random subset" in w for w in by_tokens.warnings)
     short = select_features(features, SelectionOptions(budget=Budget(examples=2), method="random", seed=0), exclude=[4])
     assert short.length_ratio == pytest.approx(1 / 4.8) and short.warnings == []
+
+
+def test_a_selection_in_a_regime_the_study_says_another_method_won_says_so():
+    """Fisher under an example budget, or at a realistic share of the pool's loss tokens, warns and names the
+    method the study found ahead; a small token budget and random selections do not."""
+    lengths = [10] * 100
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    rng = np.random.default_rng(0)
+    features = FeatureSet(rng.standard_normal((1000, 8)).astype(np.float32), offsets, [str(i) for i in range(100)])
+
+    def warned(**options: object) -> list[str]:
+        return select_features(features, SelectionOptions.model_validate(options)).warnings
+
+    assert warned(budget={"tokens": 20}) == []  # 2% of the pool's loss tokens: small
+    (realistic,) = warned(budget={"tokens": 100})
+    assert "10% of the pool's loss tokens" in realistic and "`loss`" in realistic
+    (by_examples,) = warned(budget={"examples": 5})
+    assert "example budget" in by_examples
+    assert warned(budget={"tokens": 100}, method="random") == []
 
 
 def test_groups_covered_are_counted_on_the_rows_grouping_field():
