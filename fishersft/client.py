@@ -51,9 +51,11 @@ class ApiError(ClientError):
     """The service answered an error: its HTTP status and its error body (code, message, details)."""
 
     def __init__(self, status: int, error: ErrorInfo) -> None:
+        super().__init__(error.message, [_detail_line(d) for d in error.details])
         self.status, self.code, self.error = status, error.code, error
-        shown = [_detail_line(d) for d in error.details]
-        super().__init__(f"{error.message} ({error.code}, HTTP {status})", shown)
+
+    def __str__(self) -> str:
+        return "\n".join([f"{self.message} ({self.code}, HTTP {self.status})", *(f"  {d}" for d in self.details)])
 
     @property
     def param(self) -> str | None:

@@ -124,7 +124,8 @@ def test_an_invalid_request_raises_api_error_naming_the_param(service, served):
             client.create_selection(SelectionCreate(dataset_id=dataset.id, budget=Budget(examples=3), group_by="nope"))
         error = unknown_label.value
         assert (error.status, error.code, error.param) == (422, "invalid_request", "body.group_by")
-        assert "no string field 'nope'" in error.message and "body.group_by: name a field" in str(error)
+        assert error.message == f"the rows of dataset {dataset.id!r} have no string field 'nope'"
+        assert str(error).startswith(f"{error.message} (invalid_request, HTTP 422)\n  body.group_by: name a field")
         missing = SelectionCreate(dataset_id="ds_0123456789abcdef0123", budget=Budget(examples=3))
         with pytest.raises(ApiError) as not_found:
             client.create_selection(missing)
