@@ -9,9 +9,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException
+
+from fishersft.contract.errors import ErrorBody
 
 
 class ApiError(Exception):
@@ -63,22 +64,6 @@ HTTP_CODES = {
     503: "unavailable",
     507: "insufficient_storage",
 }
-
-
-class ErrorDetail(BaseModel):
-    field: str | None = Field(None, description="The request field, e.g. `body.budget.examples`.")
-    line: int | None = Field(None, description="The dataset line (1-based), for upload errors.")
-    message: str = Field(description="What is wrong there.")
-
-
-class ErrorInfo(BaseModel):
-    code: str = Field(description="Machine-readable reason, snake_case.")
-    message: str = Field(description="What went wrong, for people.")
-    details: list[ErrorDetail] = Field(description="Per field or line, when the error has parts.")
-
-
-class ErrorBody(BaseModel):
-    error: ErrorInfo = Field(description="Every error answers this shape.")
 
 
 ERROR_DESCRIPTIONS = {

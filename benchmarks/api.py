@@ -21,7 +21,8 @@ import time
 
 import httpx
 
-from fishersft.client import ServiceClient
+from fishersft.client import Client
+from fishersft.contract.selection import Budget, SelectionCreate
 from fishersft.models.registry import sample_dataset
 from fishersft.service.redis_server import free_port
 
@@ -56,17 +57,18 @@ def main() -> None:
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            client = ServiceClient(url)
-            client.wait_ready(alive=lambda: server.poll() is None)
-            dataset = client.upload(sample_dataset())
-            job = client.wait(client.create_selection({"dataset_id": dataset["id"], "budget": {"examples": 20}})["id"])
+            with Client(url) as client:
+                client.wait_ready(alive=lambda: server.poll() is None)
+                dataset = client.upload_dataset(sample_dataset())
+                request = SelectionCreate(dataset_id=dataset.id, budget=Budget(examples=20))
+                job = client.wait(client.create_selection(request))
             start = time.perf_counter()
-            latencies = asyncio.run(hammer(url, job["id"], args.clients, args.requests))
+            latencies = asyncio.run(hammer(url, job.id, args.clients, args.requests))
             elapsed = time.perf_counter() - start
             wrk = (
                 shutil.which("wrk")
                 and subprocess.run(
-                    ["wrk", "-t2", f"-c{args.clients}", "-d10s", "--latency", f"{url}/v1/selections/{job['id']}"],
+                    ["wrk", "-t2", f"-c{args.clients}", "-d10s", "--latency", f"{url}/v1/selections/{job.id}"],
                     capture_output=True,
                     text=True,
                     check=True,

@@ -1,27 +1,106 @@
-"""A small HTTP client for a running fishersft service (the CLI's `datasets`, `jobs` and `select --server`)."""
+"""A typed client of a running fishersft service, used by the CLI's remote commands and by scripts (CI jobs).
+
+It takes and returns the contract's models (fishersft.contract): requests are SelectionCreate, FinetuneCreate and
+ComparisonCreate, jobs come back as Selection, Finetune and Comparison, datasets as DatasetRecord. Every error
+the service answers is raised as one ApiError carrying the service's error shape."""
 
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from fishersft.contract.comparison import ComparisonCreate
+from fishersft.contract.datasets import DatasetRecord
+from fishersft.contract.errors import ErrorBody, ErrorDetail, ErrorInfo
+from fishersft.contract.jobs import Comparison, Event, Finetune, JobBody, Selection
+from fishersft.contract.selection import SelectionCreate
+from fishersft.contract.training import FinetuneCreate
 from fishersft.errors import InputError
 
+AnyJob = Selection | Finetune | Comparison
+JobT = TypeVar("JobT", bound=AnyJob)
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+RESOURCES: dict[type[JobBody], str] = {Selection: "selections", Finetune: "finetunes", Comparison: "comparisons"}
+"""Each job kind's URL segment under /v1."""
+KINDS: dict[str, type[AnyJob]] = {"sel": Selection, "ft": Finetune, "cmp": Comparison}
+"""Job id prefix to its kind."""
+ARTIFACTS: dict[type[JobBody], str] = {Selection: "ids", Finetune: "adapter", Comparison: "plot.png"}
+"""What `download` fetches of each kind: the selected ids (text), the adapter (.tar.gz), the plot (PNG)."""
 FINAL = ("succeeded", "failed", "cancelled")
-RESOURCES = {"sel": "selections", "ft": "finetunes", "cmp": "comparisons"}
-"""Job id prefix to its resource."""
+POLL_FIRST_S, POLL_GROWTH, POLL_MAX_S = 0.2, 1.5, 5.0
+"""`wait` polls after 0.2 s, then 1.5 times later each time, at most every 5 s."""
 
 
-class ServiceError(InputError):
-    """The service answered with an error body."""
+def kind_of(job_id: str) -> type[AnyJob]:
+    """The kind of a job from its id's prefix (`sel_`, `ft_`, `cmp_`)."""
+    kind = KINDS.get(job_id.split("_", 1)[0])
+    if kind is None:
+        raise InputError(f"{job_id!r} is not a job id: one starts with sel_, ft_ or cmp_")
+    return kind
 
 
-class ServiceClient:
-    def __init__(self, url: str, api_key: str | None = None, timeout: float = 300) -> None:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
+class ClientError(InputError):
+    """The service could not be reached, did not answer as the contract says, or a job outlasted `wait`."""
+
+
+class ApiError(ClientError):
+    """The service answered an error: its HTTP status and its error body (code, message, details)."""
+
+    def __init__(self, status: int, error: ErrorInfo) -> None:
+        super().__init__(error.message, [_detail_line(d) for d in error.details])
+        self.status, self.code, self.error = status, error.code, error
+
+    def __str__(self) -> str:
+        return "\n".join([f"{self.message} ({self.code}, HTTP {self.status})", *(f"  {d}" for d in self.details)])
+
+    @property
+    def param(self) -> str | None:
+        """The first request field the error names (`body.budget.examples`), if it names one."""
+        return next((d.field for d in self.error.details if d.field), None)
+
+
+def _detail_line(detail: ErrorDetail) -> str:
+    where = detail.field if detail.field else f"line {detail.line}" if detail.line else ""
+    return f"{where}: {detail.message}" if where else detail.message
+
+
+class _Page(BaseModel, Generic[T]):
+    """A list endpoint's page (what the client reads of it)."""
+
+    data: list[T]
+    next_after: str | None = None
+
+
+EVENTS = TypeAdapter(list[Event] | _Page[Event])
+"""GET .../events answers a page `{"object": "list", "data": [...]}`; the service before it a bare array: both read."""
+
+
+class Client:
+    """`Client(base_url, token)`: `token` is an API key, sent as `Authorization: Bearer`. `transport` replaces the
+    network (an app in process, a mock). Use it as a context manager, or `close()` it."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None = None,
+        timeout: float = 300.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
 
     def wait_ready(self, timeout: float = 120, alive: Callable[[], bool] = lambda: True) -> None:
         """Wait until GET /readyz answers 200 (Redis reachable, a worker registered); give up after `timeout`
@@ -34,66 +113,128 @@ class ServiceClient:
             except httpx.HTTPError:
                 pass
             if not alive() or time.monotonic() > deadline:
-                raise ServiceError(f"the service at {self.http.base_url} did not become ready")
+                raise ClientError(f"the service at {self.http.base_url} did not become ready")
             time.sleep(0.2)
 
-    def upload(self, path: Path, name: str | None = None) -> dict[str, Any]:
+    # datasets
+
+    def upload_dataset(self, path: Path, name: str | None = None) -> DatasetRecord:
+        """Upload a JSONL dataset or a features file (.npz, .safetensors); the same bytes give the same id."""
         with open(path, "rb") as f:
-            return self._call("POST", "/v1/datasets", files={"file": (path.name, f)}, data={"name": name or path.name})
+            files = {"file": (path.name, f)}
+            response = self._request("POST", "/v1/datasets", files=files, data={"name": name or path.name})
+        return self._parse(DatasetRecord, response)
 
-    def datasets(self) -> list[dict[str, Any]]:
-        return self._call("GET", "/v1/datasets")["data"]
+    def list_datasets(self) -> list[DatasetRecord]:
+        """Every dataset the caller may use, newest first (all pages)."""
+        records: list[DatasetRecord] = []
+        after: str | None = None
+        while True:
+            params = {"limit": 1000, **({"after": after} if after else {})}
+            page = self._parse(_Page[DatasetRecord], self._request("GET", "/v1/datasets", params=params))
+            records += page.data
+            if page.next_after is None:
+                return records
+            after = page.next_after
 
-    def create_selection(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self.create("selections", body)
+    def get_dataset(self, dataset_id: str) -> DatasetRecord:
+        return self._parse(DatasetRecord, self._request("GET", f"/v1/datasets/{dataset_id}"))
 
-    def create(self, resource: str, body: dict[str, Any]) -> dict[str, Any]:
-        """POST /v1/<resource>: a selection, finetune or comparison job."""
-        return self._call("POST", f"/v1/{resource}", json=body)
+    def delete_dataset(self, dataset_id: str) -> None:
+        self._request("DELETE", f"/v1/datasets/{dataset_id}")
 
-    def job(self, job_id: str) -> dict[str, Any]:
-        """Any job by id (its prefix names its resource)."""
-        resource = RESOURCES.get(job_id.split("_")[0], "selections")
-        return self._call("GET", f"/v1/{resource}/{job_id}")
+    # jobs
 
-    def download(self, path: str, out: Path) -> Path:
-        """GET a file (an adapter archive, a plot) to `out`."""
+    def create_selection(self, body: SelectionCreate, idempotency_key: str | None = None) -> Selection:
+        return self._create(Selection, body, idempotency_key)
+
+    def create_finetune(self, body: FinetuneCreate, idempotency_key: str | None = None) -> Finetune:
+        return self._create(Finetune, body, idempotency_key)
+
+    def create_comparison(self, body: ComparisonCreate, idempotency_key: str | None = None) -> Comparison:
+        return self._create(Comparison, body, idempotency_key)
+
+    def get(self, kind: type[JobT], job_id: str) -> JobT:
+        """A job as it is now: `client.get(Selection, "sel_...")` (`kind_of(job_id)` names the kind of an id)."""
+        return self._parse(kind, self._request("GET", f"/v1/{RESOURCES[kind]}/{job_id}"))
+
+    def wait(self, job: JobT, timeout: float | None = None, on_progress: Callable[[JobT], None] | None = None) -> JobT:
+        """Poll until the job has ended (succeeded, failed or cancelled) and return it as it ended: a failed job is
+        returned, not raised. `on_progress(job)` after each read; ClientError after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = POLL_FIRST_S
+        while True:
+            job = self.get(type(job), job.id)
+            if on_progress is not None:
+                on_progress(job)
+            if job.status in FINAL:
+                return job
+            if deadline is not None and time.monotonic() + pause > deadline:
+                raise ClientError(f"{job.id} is still {job.status} after {timeout} s")
+            time.sleep(pause)
+            pause = min(pause * POLL_GROWTH, POLL_MAX_S)
+
+    def events(self, job: AnyJob) -> list[Event]:
+        """The job's events, oldest first (finetunes: started, selected, evaluated, step, saved, and how it ended)."""
+        response = self._request("GET", f"/v1/{RESOURCES[type(job)]}/{job.id}/events")
+        try:
+            events = EVENTS.validate_json(response.content)
+        except ValidationError as e:
+            raise ClientError(f"{response.request.url}: not the events the contract describes: {e}") from None
+        return events if isinstance(events, list) else events.data
+
+    def cancel(self, job: JobT) -> JobT:
+        """Cancel a queued job at once, a running one at its next batch, pick or step; ApiError 409 if it ended."""
+        return self._parse(type(job), self._request("POST", f"/v1/{RESOURCES[type(job)]}/{job.id}/cancel"))
+
+    def download(self, job: AnyJob, out: Path) -> Path:
+        """A succeeded job's artifact to `out`: a selection's ids (one a line), a finetune's adapter (.tar.gz), a
+        comparison's plot (PNG). Written beside `out` and renamed into place: `out` is whole or absent."""
+        path = f"/v1/{RESOURCES[type(job)]}/{job.id}/{ARTIFACTS[type(job)]}"
+        partial = out.with_name(out.name + ".part")
         try:
             with self.http.stream("GET", path) as response:
                 if not response.is_success:
                     response.read()
-                    self._raise(response, "GET", path)
-                with open(out, "wb") as f:
+                    raise _api_error(response)
+                with open(partial, "wb") as f:
                     for chunk in response.iter_bytes():
                         f.write(chunk)
+            partial.replace(out)
         except httpx.HTTPError as e:
-            raise ServiceError(f"cannot reach the service at {self.http.base_url}: {e}") from None
+            raise ClientError(f"cannot reach the service at {self.http.base_url}: {e}") from None
+        finally:
+            partial.unlink(missing_ok=True)
         return out
 
-    def wait(self, job_id: str, on_progress: Callable[[dict], None] | None = None, poll_s: float = 0.3) -> dict:
-        """Poll until the job ends; `on_progress(job)` after each poll."""
-        while True:
-            job = self.job(job_id)
-            if on_progress:
-                on_progress(job)
-            if job["status"] in FINAL:
-                return job
-            time.sleep(poll_s)
+    # plumbing
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _create(self, kind: type[JobT], body: BaseModel, idempotency_key: str | None) -> JobT:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        json = body.model_dump(mode="json", by_alias=True, exclude_none=True)  # left out: the service's default
+        return self._parse(kind, self._request("POST", f"/v1/{RESOURCES[kind]}", json=json, headers=headers))
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as e:
-            raise ServiceError(f"cannot reach the service at {self.http.base_url}: {e}") from None
-        if response.is_success:
-            return response.json()
-        self._raise(response, method, path)
+            raise ClientError(f"cannot reach the service at {self.http.base_url}: {e}") from None
+        if not response.is_success:
+            raise _api_error(response)
+        return response
 
     @staticmethod
-    def _raise(response: httpx.Response, method: str, path: str) -> None:
+    def _parse(model: type[M], response: httpx.Response) -> M:
         try:
-            error = response.json()["error"]
-        except (ValueError, KeyError, TypeError):
-            raise ServiceError(f"{method} {path}: HTTP {response.status_code}") from None
-        details = [d if isinstance(d, str) else ", ".join(f"{k}: {v}" for k, v in d.items()) for d in error["details"]]
-        raise ServiceError(f"{error['message']} ({error['code']}, HTTP {response.status_code})", details)
+            return model.model_validate_json(response.content)
+        except ValidationError as e:
+            raise ClientError(f"{response.request.url}: not the {model.__name__} the contract describes: {e}") from None
+
+
+def _api_error(response: httpx.Response) -> ApiError:
+    """The service's error body as an ApiError; a body of another shape (a proxy's page) by its status alone."""
+    try:
+        error = ErrorBody.model_validate_json(response.content).error
+    except ValidationError:
+        error = ErrorInfo(code=f"http_{response.status_code}", message=response.reason_phrase or "error", details=[])
+    return ApiError(response.status_code, error)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from fishersft.client import ServiceClient, ServiceError
+from fishersft.client import Client, ClientError
 from fishersft.models.registry import DEFAULT_MODEL, builtin_model_dir
 from fishersft.service.redis_server import free_port
 from tests.conftest import SAMPLE
@@ -114,8 +114,8 @@ def test_serve_and_the_client_commands(tmp_path):
     server, url = start_serve(env)
     try:
         try:
-            ServiceClient(url).wait_ready(timeout=600, alive=lambda: server.poll() is None)
-        except ServiceError:
+            Client(url).wait_ready(timeout=600, alive=lambda: server.poll() is None)
+        except ClientError:
             raise AssertionError(server.stderr.read()) from None
         remote = fishersft("select", SAMPLE, "--server", url, "--budget", 5, "--wait", "--max-length", 64, env=env)
         assert remote.returncode == 0, remote.stderr
@@ -166,7 +166,7 @@ def children(pid: int) -> dict[int, str]:
 def test_serve_restarts_a_killed_worker_and_stops_everything_on_sigterm(tmp_path):
     env = {**isolated_env(tmp_path), "FISHERSFT_DEFAULT_MODEL": "tiny-llama"}
     server, url = start_serve(env)
-    client = ServiceClient(url)
+    client = Client(url)
     try:
         client.wait_ready(timeout=600, alive=lambda: server.poll() is None)
         (first,) = [p for p, cmd in children(server.pid).items() if "-m workers" in cmd]

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fishersft.client import ServiceClient
+from fishersft.client import Client
 from tests.test_embedded import isolated_env, start_serve
 
 ROOT = Path(__file__).parents[1]
@@ -16,7 +16,7 @@ def test_schemathesis_finds_nothing_across_all_checks(tmp_path):
     env = {**isolated_env(tmp_path), "FISHERSFT_DEFAULT_MODEL": "tiny-llama", "FISHERSFT_API_KEYS": "st-key"}
     server, url = start_serve(env)
     try:
-        ServiceClient(url, "st-key").wait_ready(timeout=600, alive=lambda: server.poll() is None)
+        Client(url, "st-key").wait_ready(timeout=600, alive=lambda: server.poll() is None)
         run = subprocess.run(
             [
                 str(Path(sys.executable).parent / "st"),

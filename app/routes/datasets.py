@@ -167,7 +167,8 @@ def _validated(check: Callable[[], T], temp: Path, filename: str | None) -> T:
         details = [{"line": err.line, "message": err.message} for err in e.errors]
         raise ApiError(422, "invalid_dataset", e.message, details) from None
     except InputError as e:
-        raise ApiError(422, "invalid_features", e.message.replace(temp.name, filename or "file"), e.details) from None
+        details = [{"field": "file", "message": d} for d in e.details]  # the one error shape: objects, not strings
+        raise ApiError(422, "invalid_features", e.message.replace(temp.name, filename or "file"), details) from None
 
 
 @router.get("", response_model=Page[DatasetRecord], summary="List datasets, newest first")

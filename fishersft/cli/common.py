@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from fishersft.contract.base import ExampleId
 from fishersft.contract.comparison import DEFAULT_HOLDOUT, TARGET_HOLDOUT, ComparisonBudget, ComparisonOptions
-from fishersft.contract.jobs import Progress as JobProgress
+from fishersft.contract.jobs import JobBody
 from fishersft.contract.selection import Budget, FeatureOptions, SelectionOptions
 from fishersft.contract.training import EvalRequest, LoraConfig, TrainingConfig
 from fishersft.errors import InputError
@@ -63,8 +63,10 @@ def read_ids(path: Path) -> list[str | int]:
 
 
 def print_json(value: object, out: Path | None = None) -> None:
-    """JSON to `out` or stdout; a contract model as the API writes it."""
-    if isinstance(value, BaseModel):
+    """JSON to `out` or stdout; a contract model (or a list of them) as the API writes it."""
+    if isinstance(value, list):
+        value = [v.model_dump(mode="json", by_alias=True) if isinstance(v, BaseModel) else v for v in value]
+    elif isinstance(value, BaseModel):
         value = value.model_dump(mode="json", by_alias=True)
     text = json.dumps(value, indent=2)
     if out:
@@ -73,13 +75,12 @@ def print_json(value: object, out: Path | None = None) -> None:
         print(text)
 
 
-def job_progress(progress: Progress) -> Callable[[dict], None]:
-    """A `ServiceClient.wait` callback that shows a job's reported progress."""
+def job_progress(progress: Progress) -> Callable[[JobBody], None]:
+    """A `Client.wait` callback that shows a job's reported progress."""
 
-    def show(job: dict) -> None:
-        if job["progress"]:
-            reported = JobProgress.model_validate(job["progress"])
-            progress(reported.phase, reported.done, reported.total)
+    def show(job: JobBody) -> None:
+        if job.progress:
+            progress(job.progress.phase, job.progress.done, job.progress.total)
 
     return show
 

@@ -17,8 +17,8 @@ from fishersft.cli.common import (
     selection_options,
 )
 from fishersft.cli.remote import run_remote_select
-from fishersft.client import ServiceClient
 from fishersft.contract.compression import PROJECTIONS, TARGET_COMPRESSION
+from fishersft.contract.jobs import Selection
 from fishersft.contract.selection import DEFAULT_EPSILON, METHODS, WEIGHTINGS, SelectionResult
 from fishersft.data import corpora
 from fishersft.data.dataset import DEFAULT_MAX_LENGTH, read_labels
@@ -133,7 +133,7 @@ def compressed(features: FeatureSet, directory: Path, args: argparse.Namespace) 
 def select_command(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     if args.server:
-        result: SelectionResult | dict = run_remote_select(args, ServiceClient(args.server, args.api_key))
+        result: SelectionResult | Selection = run_remote_select(args)
     elif args.wait:
         raise InputError("--wait is for --server; a local selection always waits")
     else:

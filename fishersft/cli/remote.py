@@ -1,9 +1,9 @@
-"""The HTTP client's commands: `select --server`, `datasets upload|list`, `jobs get`."""
+"""The remote commands, through fishersft.client: `select --server`, `datasets upload|list`, `jobs
+get|wait|cancel|events`, `finetune`, and `compare --server` (in compare.py)."""
 
 import argparse
 from pathlib import Path
-
-from pydantic import BaseModel
+from typing import Any
 
 from fishersft.cli.common import (
     ProgressBars,
@@ -21,48 +21,60 @@ from fishersft.cli.common import (
     selection_options,
     training_settings,
 )
-from fishersft.client import ServiceClient
+from fishersft.client import Client, JobT, kind_of
 from fishersft.contract.comparison import ComparisonCreate, ComparisonResult
-from fishersft.contract.selection import METHODS, SelectionCreate
-from fishersft.contract.training import FinetuneCreate
+from fishersft.contract.jobs import Comparison, Selection
+from fishersft.contract.selection import METHODS, SelectionCreate, SelectionResult
+from fishersft.contract.training import FinetuneCreate, FinetuneResult
 from fishersft.errors import InputError
 
 
-def run_remote_select(args: argparse.Namespace, client: ServiceClient) -> dict:
-    """Select on a service: upload DATA unless it is a dataset id, request the job, optionally wait for it."""
-    dataset_id = dataset_ref(client, args.data)
-    options = selection_options(args, read_ids(args.warm_start) if args.warm_start else [])
-    features = feature_options(args, args.model)
-    target = None if args.target is None else dataset_ref(client, str(args.target))
-    body = SelectionCreate(
-        dataset_id=dataset_id, target_dataset_id=target, **options.model_dump(), **features.model_dump()
-    )
-    job = client.create_selection(request_json(body))
-    return follow(client, job) if args.wait else job
+def client_for(args: argparse.Namespace) -> Client:
+    """A client of --server with --api-key."""
+    return Client(args.server, args.api_key)
 
 
-def dataset_ref(client: ServiceClient, data: str) -> str:
+def run_remote_select(args: argparse.Namespace) -> Selection | SelectionResult:
+    """Select on a service: upload DATA unless it is a dataset id, request the job; with --wait, its result."""
+    with client_for(args) as client:
+        dataset_id = dataset_ref(client, args.data)
+        options = selection_options(args, read_ids(args.warm_start) if args.warm_start else [])
+        features = feature_options(args, args.model)
+        target = None if args.target is None else dataset_ref(client, str(args.target))
+        body = SelectionCreate(
+            dataset_id=dataset_id, target_dataset_id=target, **options.model_dump(), **features.model_dump()
+        )
+        job = client.create_selection(body)
+        return follow(client, job) if args.wait else job
+
+
+def dataset_ref(client: Client, data: str) -> str:
     """A dataset id: DATA itself, or the id of DATA uploaded when it is a file."""
-    return data if not Path(data).exists() else client.upload(Path(data))["id"]
-
-
-def request_json(body: BaseModel) -> dict:
-    """A request as the API takes it: by the fields' JSON names, leaving out what is not given."""
-    return body.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return data if not Path(data).exists() else client.upload_dataset(Path(data)).id
 
 
 def datasets_command(args: argparse.Namespace) -> None:
-    client = ServiceClient(args.server, args.api_key)
-    print_json(client.upload(args.file, args.name) if args.action == "upload" else client.datasets())
+    with client_for(args) as client:
+        print_json(client.upload_dataset(args.file, args.name) if args.action == "upload" else client.list_datasets())
 
 
 def jobs_command(args: argparse.Namespace) -> None:
-    print_json(ServiceClient(args.server, args.api_key).job(args.id))
+    """`jobs get|wait|cancel|events ID`: `wait` ends non-zero unless the job succeeded (for scripts and CI)."""
+    with client_for(args) as client:
+        job = client.get(kind_of(args.id), args.id)
+        if args.action == "get":
+            print_json(job)
+        elif args.action == "cancel":
+            print_json(client.cancel(job))
+        elif args.action == "events":
+            print_json(client.events(job))
+        else:
+            print_json(ended(client, job))
 
 
-def training_body(args: argparse.Namespace, client: ServiceClient) -> dict:
+def training_body(args: argparse.Namespace, client: Client) -> dict:
     """The lora, training and eval fields of a finetune or comparison request, from the shared options."""
-    eval_id = client.upload(args.eval_data)["id"] if args.eval_data else None
+    eval_id = client.upload_dataset(args.eval_data).id if args.eval_data else None
     return {
         "lora": lora_settings(args),
         "training": training_settings(args).model_copy(update={"max_length": args.max_length}),
@@ -70,60 +82,65 @@ def training_body(args: argparse.Namespace, client: ServiceClient) -> dict:
     }
 
 
-def follow(client: ServiceClient, job: dict) -> dict:
-    """Wait for a job with progress bars; its result, or an InputError saying why it did not succeed."""
+def ended(client: Client, job: JobT) -> JobT:
+    """Wait for a job with progress bars; the job once it succeeded, else an InputError saying how it ended."""
     with ProgressBars() as progress:
-        job = client.wait(job["id"], job_progress(progress))
-    if job["status"] != "succeeded":
-        error = job["error"] or {"message": job["status"], "code": job["status"]}
-        raise InputError(f"{job['id']} {job['status']}: {error['message']} ({error['code']})")
-    return job["result"]
+        job = client.wait(job, on_progress=job_progress(progress))
+    if job.status != "succeeded":
+        code, message = (job.error.code, job.error.message) if job.error else (job.status, job.status)
+        raise InputError(f"{job.id} {job.status}: {message} ({code})")
+    return job
+
+
+def follow(client: Client, job: JobT) -> Any:
+    """The result of a job that succeeded (an InputError saying why not otherwise), waiting for it."""
+    result = ended(client, job).result
+    assert result is not None, "a succeeded job has its result"
+    return result
 
 
 def finetune_command(args: argparse.Namespace) -> None:
     """Fine-tune on a service: on --selection's subset, or select DATA under the budget first."""
-    client = ServiceClient(args.server, args.api_key)
-    if args.selection:
-        source: dict = {"selection_id": args.selection}
-    else:
-        if not args.data or (args.budget is None and args.budget_tokens is None):
-            raise InputError("give --selection ID, or DATA with --budget K or --budget-tokens T")
-        dataset_id = dataset_ref(client, args.data)
-        source = {"dataset_id": dataset_id, "budget": budget(args), "method": args.method, "model": args.model}
-    fields = training_body(args, client)
-    if args.selection:  # a selection fixes the loss tokens, max_length included
-        fields["training"] = fields["training"].model_copy(update={"max_length": None})
-    job = client.create("finetunes", request_json(FinetuneCreate(**source, **fields)))
-    if not args.wait:
-        print_json(job)
-        return
-    result = follow(client, job)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    print_json(result, args.out_dir / "finetune.json")
-    client.download(result["adapter"]["url"], args.out_dir / "adapter.tar.gz")
-    evaluation = result["eval"]
-    loss = (
-        f", held-out loss {evaluation['before']['loss']:.3f} -> {evaluation['after']['loss']:.3f}" if evaluation else ""
-    )
-    print(f"trained {result['subset']['size']} examples in {result['steps']} steps{loss} -> {args.out_dir}")
+    with client_for(args) as client:
+        if args.selection:
+            source: dict = {"selection_id": args.selection}
+        else:
+            if not args.data or (args.budget is None and args.budget_tokens is None):
+                raise InputError("give --selection ID, or DATA with --budget K or --budget-tokens T")
+            dataset_id = dataset_ref(client, args.data)
+            source = {"dataset_id": dataset_id, "budget": budget(args), "method": args.method, "model": args.model}
+        fields = training_body(args, client)
+        if args.selection:  # a selection fixes the loss tokens, max_length included
+            fields["training"] = fields["training"].model_copy(update={"max_length": None})
+        job = client.create_finetune(FinetuneCreate(**source, **fields))
+        if not args.wait:
+            print_json(job)
+            return
+        result: FinetuneResult = follow(client, job)
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        print_json(result, args.out_dir / "finetune.json")
+        client.download(job, args.out_dir / "adapter.tar.gz")
+    evaluation = result.eval
+    loss = f", held-out loss {evaluation.before.loss:.3f} -> {evaluation.after.loss:.3f}" if evaluation else ""
+    print(f"trained {result.subset.size} examples in {result.steps} steps{loss} -> {args.out_dir}")
 
 
 def run_remote_compare(args: argparse.Namespace) -> ComparisonResult | None:
     """A comparison on a service; with --wait, its table and plot (saved in --out-dir)."""
-    client = ServiceClient(args.server, args.api_key)
-    dataset_id = dataset_ref(client, args.data)
-    eval_id = dataset_ref(client, str(args.eval_data)) if args.eval_data else None
-    target = None if args.target is None else dataset_ref(client, str(args.target))
-    options = comparison_options(args, eval_id)
-    body = ComparisonCreate(dataset_id=dataset_id, model=args.model, target_dataset_id=target, **dict(options))
-    job = client.create("comparisons", request_json(body))
-    if not args.wait:
-        print_json(job)
-        return None
-    result = ComparisonResult.model_validate(follow(client, job))
-    if result.plot_url:
-        client.download(result.plot_url, args.out_dir / "comparison.png")
-    return result
+    with client_for(args) as client:
+        dataset_id = dataset_ref(client, args.data)
+        eval_id = dataset_ref(client, str(args.eval_data)) if args.eval_data else None
+        target = None if args.target is None else dataset_ref(client, str(args.target))
+        options = comparison_options(args, eval_id)
+        body = ComparisonCreate(dataset_id=dataset_id, model=args.model, target_dataset_id=target, **dict(options))
+        job: Comparison = client.create_comparison(body)
+        if not args.wait:
+            print_json(job)
+            return None
+        result: ComparisonResult = follow(client, job)
+        if result.plot_url:
+            client.download(job, args.out_dir / "comparison.png")
+        return result
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -136,12 +153,18 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     for action in (upload, listing):
         add_server_arguments(action)
         action.set_defaults(run=datasets_command)
-    jobs = commands.add_parser("jobs", help="selection jobs on a running service")
+    jobs = commands.add_parser("jobs", help="jobs on a running service (selections, finetunes, comparisons)")
     job_actions = jobs.add_subparsers(dest="action", required=True)
-    get = job_actions.add_parser("get", help="a job's status, progress and result (selection, finetune, comparison)")
-    get.add_argument("id")
-    add_server_arguments(get)
-    get.set_defaults(run=jobs_command)
+    for name, help_text in (
+        ("get", "a job's status, progress and result"),
+        ("wait", "wait until the job ends: its body, or exit 2 unless it succeeded"),
+        ("cancel", "cancel a queued or running job"),
+        ("events", "a job's events, oldest first (finetunes)"),
+    ):
+        action = job_actions.add_parser(name, help=help_text)
+        action.add_argument("id", help="a job id: sel_..., ft_... or cmp_...")
+        add_server_arguments(action)
+        action.set_defaults(run=jobs_command)
     finetune = commands.add_parser(
         "finetune", help="fine-tune a LoRA adapter on a service (select first, or a selection)"
     )

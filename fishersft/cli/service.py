@@ -8,7 +8,8 @@ from collections import Counter
 from pathlib import Path
 
 from fishersft.cli.common import ProgressBars, job_progress, positive_int
-from fishersft.client import ServiceClient
+from fishersft.client import Client
+from fishersft.contract.selection import Budget, Method, SelectionCreate, SelectionResult, Weighting
 from fishersft.data import corpora
 from fishersft.errors import InputError
 from fishersft.service.settings import Settings
@@ -30,50 +31,50 @@ def demo_command(args: argparse.Namespace) -> None:
         corpora.write_jsonl(rows, data)
         settings = Settings.from_env().model_copy(update={"data_dir": Path(tmp) / "data", "log_level": "WARNING"})
         started = time.perf_counter()
-        with EmbeddedService(settings, port=free_port()) as service:
+        with EmbeddedService(settings, port=free_port()) as service, Client(service.url) as client:
             service.serve_in_thread()
             print(f"service up at {service.url} in {time.perf_counter() - started:.1f}s", file=sys.stderr)
-            client = ServiceClient(service.url)
-            dataset = client.upload(data, name=data.name)
-            print(f"uploaded {dataset['n_examples']} conversations as {dataset['id']}", file=sys.stderr)
+            dataset = client.upload_dataset(data, name=data.name)
+            print(f"uploaded {dataset.n_examples} conversations as {dataset.id}", file=sys.stderr)
 
-            def run(budget: dict, method: str, **extra: str) -> dict:
-                body = {"dataset_id": dataset["id"], "budget": budget, "method": method, **extra}
-                job = client.create_selection(body)
+            def run(budget: Budget, method: Method, weighting: Weighting | None = None) -> SelectionResult:
+                body = SelectionCreate(dataset_id=dataset.id, budget=budget, method=method, weighting=weighting)
                 with ProgressBars() as progress:
-                    job = client.wait(job["id"], job_progress(progress))
-                if job["status"] != "succeeded":
-                    raise InputError(f"the demo selection {job['status']}: {job['error']}")
-                return job["result"]
+                    job = client.wait(client.create_selection(body), on_progress=job_progress(progress))
+                if job.result is None:
+                    raise InputError(f"the demo selection {job.status}: {job.error}")
+                return job.result
 
             fisher, paper, random = (
-                run({"examples": args.budget}, "fisher"),
-                run({"examples": args.budget}, "fisher", weighting="tokens"),
-                run({"examples": args.budget}, "random"),
+                run(Budget(examples=args.budget), "fisher"),
+                run(Budget(examples=args.budget), "fisher", weighting="tokens"),
+                run(Budget(examples=args.budget), "random"),
             )
-            tokens = random["n_selected_loss_tokens"]
-            by_tokens = [run({"tokens": tokens}, method) for method in ("fisher", "random")]
+            tokens = random.n_selected_loss_tokens
+            by_tokens = [run(Budget(tokens=tokens), method) for method in ("fisher", "random")]
+    groups = fisher.groups
+    assert groups is not None, "chatterbot-corpus rows carry a category"
     print(
-        f"chatterbot-corpus English: {fisher['n_candidates']} conversations in {fisher['groups']['total']} "
-        f"categories, {fisher['n_loss_tokens']:,} loss tokens; model {fisher['model']} (d={fisher['dim']}), "
-        f"embedded in {fisher['timings']['embed_s']:.1f}s\n"
+        f"chatterbot-corpus English: {fisher.n_candidates} conversations in {groups.total} "
+        f"categories, {fisher.n_loss_tokens:,} loss tokens; model {fisher.model} (d={fisher.dim}), "
+        f"embedded in {fisher.timings['embed_s']:.1f}s\n"
     )
     print(f"{'budget':<18} {'method':<7} {'weighting':<9} {'examples':>8} {'loss tokens':>11} {'categories':>10} ratio")
     for label, results in ((f"{args.budget} examples", [fisher, paper, random]), (f"{tokens} loss tokens", by_tokens)):
         for result in results:
-            weighting = result["weighting"] if result["method"] == "fisher" else ""
-            groups = f"{result['groups']['covered']}/{result['groups']['total']}"
+            weighting = result.weighting if result.method == "fisher" else ""
+            covered = f"{result.groups.covered}/{result.groups.total}" if result.groups else ""
             print(
-                f"{label:<18} {result['method']:<7} {weighting:<9} {len(result['selected']):>8} "
-                f"{result['n_selected_loss_tokens']:>11,} {groups:>10} {result['length_ratio']:5.1f}"
+                f"{label:<18} {result.method:<7} {weighting:<9} {len(result.selected):>8} "
+                f"{result.n_selected_loss_tokens:>11,} {covered:>10} {result.length_ratio:5.1f}"
             )
-    counts = Counter(category[i] for i in paper["selected"]).most_common(3)
+    counts = Counter(category[i] for i in paper.selected).most_common(3)
     print(
         f"\nthe paper's weighting under {args.budget} examples picks {', '.join(f'{c} {n}' for c, n in counts)}; first:"
     )
-    for example_id in paper["selected"][:3]:
+    for example_id in paper.selected[:3]:
         print(f"  {category[example_id]:<13} {first_turn[example_id][:70]!r}")
-    for warning in paper["warnings"]:
+    for warning in paper.warnings:
         print(f"warning: {warning}")
     print(
         "\nDefaults (weighting `mean` under an example budget, `tokens` under a token budget) were chosen by held-out "
