@@ -43,7 +43,7 @@ def compare_command(args: argparse.Namespace) -> None:
     from fishersft.training.comparison import compare
     from fishersft.training.plots import plot_curves
 
-    check_target("similarity" in args.methods, args.target)
+    check_target(args.methods, args.target)
     model = args.model or DEFAULT_MODEL
     model_dir = resolve_model(model)
     max_length = args.max_length or DEFAULT_MAX_LENGTH
@@ -112,7 +112,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         metavar="M[,M]",
         help=f"methods to train, comma-separated, of {', '.join(METHODS)} (default: fisher,random; random is needed)",
     )
-    compare.add_argument("--target", type=Path, metavar="FILE", help="with method similarity: the set to select for")
+    compare.add_argument(
+        "--target", type=Path, metavar="FILE", help="with methods similarity or fisher: the set to select for"
+    )
     compare.add_argument("--out-dir", type=Path, default=Path("comparison"), help="where the table and plot go")
     add_training_arguments(compare)
     add_server_arguments(compare, required=False)
