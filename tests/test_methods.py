@@ -17,6 +17,7 @@ from fishersft.selection.kcenter import kcenter_greedy
 from fishersft.selection.selector import budget_costs
 from fishersft.selection.similarity import similarity_order
 from fishersft.selection.targeted import TargetedObjective, predictive_variance
+from fishersft.training.comparison import comparison_runs
 from tests.conftest import SAMPLE, sample_texts, write_jsonl
 
 
@@ -188,3 +189,20 @@ def sum_outer(blocks: FeatureBlocks, chosen: list[int]) -> torch.Tensor:
     return sum(
         (blocks.block(i).T @ blocks.block(i) for i in chosen), torch.zeros(blocks.dim, blocks.dim, dtype=torch.float64)
     )
+
+
+def test_a_comparisons_fisher_runs_serve_its_target():
+    features, target = random_set(n=30, dim=6), random_set(n=4, seed=3)
+    runs = comparison_runs(features, 5, [0], [], 1.0, ["tokens"], ["fisher", "random"], target)
+    plain = comparison_runs(features, 5, [0], [], 1.0, ["tokens"], ["fisher", "random"])
+    blocks = FeatureBlocks.of(torch.from_numpy(features.features), torch.from_numpy(features.offsets))
+    moment = target_second_moment(features, target, "tokens")
+    lengths = torch.from_numpy(features.lengths)
+    fisher = [r for r in runs if r.method == "fisher"]
+    assert [r.budget.kind for r in fisher] == ["examples", "tokens"]
+    for run in fisher:
+        costs, limit = budget_costs(run.budget, lengths)
+        expected = exact_greedy(TargetedObjective(blocks, moment, 1.0), costs, limit, torch.arange(30)).order
+        assert run.indices == expected
+    assert [r.indices for r in runs if r.method == "random"] == [r.indices for r in plain if r.method == "random"]
+    assert fisher[0].indices != next(r.indices for r in plain if r.method == "fisher")
