@@ -33,7 +33,7 @@ from fishersft.contract.comparison import (
     ComparisonRun,
 )
 from fishersft.contract.compression import TARGET_COMPRESSION
-from fishersft.contract.selection import METHODS, TARGET_METHODS, WEIGHTINGS
+from fishersft.contract.selection import METHODS, WEIGHTINGS
 from fishersft.contract.training import EvalRequest, TrainingConfig
 from fishersft.data import corpora
 from fishersft.models.loading import resolve_device
@@ -83,7 +83,7 @@ HOLDOUT = 0.15
 def run(name: str, args: argparse.Namespace) -> None:
     dataset = DATASETS[name]
     model_dir, device = resolve_model(args.model), resolve_device(args.device)
-    methods = [m for m in args.methods if dataset.target is not None or m not in TARGET_METHODS]
+    methods = [m for m in args.methods if dataset.target is not None or m != "similarity"]  # it needs a target
     with tempfile.TemporaryDirectory(prefix="fishersft-study-") as tmp:
         data, target_data = Path(tmp) / f"{name}.jsonl", Path(tmp) / f"{name}-target.jsonl"
         n = corpora.write_jsonl(dataset.pool(), data)

@@ -22,6 +22,7 @@ from fishersft.contract.selection import (
     Partitions,
     SelectionOptions,
     SelectionResult,
+    TargetSummary,
 )
 from fishersft.data.dataset import DEFAULT_MAX_LENGTH, ENCODE_CHUNK, Example, iter_examples
 from fishersft.data.encoding import encode_all, response_alone
@@ -30,7 +31,8 @@ from fishersft.errors import InputError
 from fishersft.features.embedding import embed
 from fishersft.features.files import load_features
 from fishersft.features.set import FeatureSet, feature_blocks
-from fishersft.features.store import FeatureStoreWriter, projection_matrix
+from fishersft.features.store import FeatureStoreWriter
+from fishersft.features.target import TargetSet, target_means, target_second_moment
 from fishersft.models.loading import Precision, embedding_autocast, load_model, resolve_device
 from fishersft.selection import greedi
 from fishersft.selection.baselines import BaselineInputs
@@ -145,14 +147,15 @@ def select_features(
     progress: Progress | None = None,
     model: str | None = None,
     device: str | None = None,
-    target: FeatureSet | None = None,
+    target: TargetSet | None = None,
 ) -> SelectionResult:
     """Select from `features` as `options` say. `model` names the model the features came from (None for
     uploaded features); `exclude` are indices never selected; `candidates` (indices), when given, the only ones
     that may be: only their rows (and the warm start's) are read, so memory holds them alone (a GreeDi partition,
     see fishersft.selection.greedi). `labels` are the rows' string fields (None for features input): the result
     counts the groups of `options.group_by` (default: `category` or `source`, whichever the rows carry).
-    `target`: the features of the set method `similarity` selects for."""
+    `target`: the set method `similarity` selects for, or fisher serves (targeted design); the result reports its
+    predictive variance whatever the method."""
     start = time.perf_counter()
     budget, weighting = options.budget, options.resolved_weighting
     index = features.index
@@ -175,6 +178,7 @@ def select_features(
     local = features if candidates is None else features.subset(read)
     position = np.full(len(features.ids), -1)
     position[read] = np.arange(len(read))
+    moment = None if target is None else target_second_moment(features, target.features, weighting)
     selection = select_blocks(
         *feature_blocks(local, weighting),
         budget,
@@ -187,12 +191,14 @@ def select_features(
         epsilon=options.epsilon,
         device=resolve_device(device),
         on_step=on_step,
-        baselines=baseline_inputs(local, options.method, features, target),
+        baselines=baseline_inputs(local, options.method, features, None if target is None else target.features),
+        target=moment,
     )
     chosen = read[selection.indices].tolist()
     if progress:  # a token budget often ends short of its total: the last report says the selection is done
         progress("selecting", total, total)
     n_selected_tokens = int(lengths[chosen].sum())
+    targeted = options.method == "fisher" and target is not None
     # loss tokens per selected example against the dataset's mean: what a random subset of the same size holds
     length_ratio = float(n_selected_tokens / len(chosen) / lengths.mean()) if chosen else 0.0
     warnings = []
@@ -212,8 +218,8 @@ def select_features(
         model=model,
         dim=int(features.features.shape[1]),
         compression=features.recorded_compression,
-        algorithm=options.algorithm,
-        epsilon=options.epsilon if options.algorithm == "stochastic" else None,
+        algorithm="exact" if targeted else options.algorithm,
+        epsilon=options.epsilon if options.algorithm == "stochastic" and not targeted else None,
         budget=budget,
         lambda_=options.lambda_,
         n_candidates=len(features.ids),
@@ -224,6 +230,7 @@ def select_features(
         warnings=warnings,
         gain_evaluations=selection.evaluations,
         timings={"select_s": time.perf_counter() - start},
+        target=_target_summary(target, selection.variance),
     )
 
 
@@ -250,18 +257,13 @@ def baseline_inputs(
     return BaselineInputs(points=points, target=target_means(features, target))
 
 
-def target_means(features: FeatureSet, target: FeatureSet) -> torch.Tensor:
-    """The target's mean features in the space of `features`: projected as `features` was, when it was."""
-    means = torch.from_numpy(np.asarray(target.mean_rows(), dtype=np.float32))
-    projection = projection_matrix(features)
-    if projection is not None and means.shape[1] == projection.shape[0]:
-        means = means @ projection
-    if means.shape[1] != features.features.shape[1]:
-        raise InputError(
-            f"the target's features are {means.shape[1]}-dimensional, the dataset's {features.features.shape[1]}: "
-            "embed both with the same model"
-        )
-    return means
+def _target_summary(target: TargetSet | None, variance: tuple[float, float] | None) -> TargetSummary | None:
+    if target is None or variance is None:
+        return None
+    before, after = variance
+    return TargetSummary(
+        dataset_id=target.name, n_examples=len(target.features.ids), variance_before=before, variance=after
+    )
 
 
 def _groups(

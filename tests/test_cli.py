@@ -80,7 +80,14 @@ def test_select_on_a_features_file_with_token_budget_random_and_warm_start(tmp_p
         (["select", "{data}", "--budget", "3", "--budget-tokens", "9"], "not allowed with argument"),
         (["select", "{data}", "--model", "{model}", "--budget", "3", "--features-out", "{tmp}"], "already exists"),
         (["select", "{data}", "--model", "{model}", "--budget", "3", "--method", "similarity"], "--target goes with"),
-        (["select", "{data}", "--model", "{model}", "--budget", "3", "--target", "{data}"], "--target goes with"),
+        (
+            ["select", "{data}", "--model", "{model}", "--budget", "3", "--method", "kcenter", "--target", "{data}"],
+            "--target goes with",
+        ),
+        (
+            ["select", "{data}", "--model", "{model}", "--budget", "3", "--target", "{data}", "--partitions", "2"],
+            "exact greedy",
+        ),
         (["select", "{data}", "--model", "{model}", "--budget", "3", "--lambda", "1e9"], "lambda: Input should be"),
     ],
 )
@@ -95,10 +102,17 @@ def test_bad_input_exits_with_a_message_not_a_traceback(tmp_path, llama_dir, arg
 
 def test_every_method_selects_from_the_command_line(tmp_path, llama_dir):
     target = write_jsonl(tmp_path / "target.jsonl", SAMPLE.read_text().splitlines()[:10])
-    for method in ("kcenter", "similarity", "loss", "ifd"):
-        extra = ["--target", target] if method == "similarity" else []
+    for method, targeted in [
+        ("kcenter", False),
+        ("similarity", True),
+        ("fisher", True),
+        ("loss", False),
+        ("ifd", False),
+    ]:
+        extra = ["--target", target] if targeted else []
         done = run("select", SAMPLE, "--model", llama_dir, "--budget-tokens", 150, "--method", method, *extra)
         assert done.returncode == 0, done.stderr
         result = json.loads(done.stdout)
         assert result["method"] == method and 0 < result["n_selected_loss_tokens"] <= 150
+        assert (result["target"] or {}).get("dataset_id") == (str(target) if targeted else None)
         assert len(result["selected"]) == len(set(result["selected"])) == len(result["gains"])

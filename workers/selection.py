@@ -11,6 +11,7 @@ from fishersft.contract.datasets import DatasetRecord
 from fishersft.contract.selection import FeaturesCost, SelectionCreate, SelectionResult, Shard
 from fishersft.data.dataset import read_labels
 from fishersft.features.set import FeatureSet
+from fishersft.features.target import TargetSet
 from fishersft.pipeline import PartitionPicks, merge_partitions, select_features
 from fishersft.service.protocol import Plan
 from workers.runtime import JobContext, run_job, stage_results
@@ -45,15 +46,16 @@ def request_features(
 
 def selection_context(request: SelectionCreate, dataset: DatasetRecord, context: JobContext) -> dict[str, Any]:
     """`select_features`'s keywords besides its options: the rows' labels, progress, the model's name and the
-    target's features (method similarity)."""
+    target set (methods similarity and fisher)."""
     labels = read_labels(context.store.blob(dataset.sha256)) if dataset.is_text else None
     model = request.model if dataset.is_text else None
     return {"labels": labels, "progress": context.progress, "model": model, "target": target_features(request, context)}
 
 
-def target_features(request: SelectionCreate, context: JobContext) -> FeatureSet | None:
-    """The features of the set a similarity selection serves, embedded by the same model."""
+def target_features(request: SelectionCreate, context: JobContext) -> TargetSet | None:
+    """The set a selection serves, embedded by the same model."""
     if request.target_dataset_id is None:
         return None
     target = context.features.dataset(request.target_dataset_id)
-    return context.features.features(target, request, context.progress, compression=TARGET_COMPRESSION)[0]
+    features = context.features.features(target, request, context.progress, compression=TARGET_COMPRESSION)[0]
+    return TargetSet(request.target_dataset_id, features)

@@ -17,7 +17,7 @@ from app.checks import (
     known_target,
     scored_method,
 )
-from app.errors import ApiError, documented
+from app.errors import ApiError, documented, invalid
 from app.jobs import SELECTIONS, Jobs
 from app.routes.jobs import IdempotencyKey, create_job, found, job_router
 from fishersft.contract.datasets import DatasetRecord
@@ -57,7 +57,13 @@ def create_selection(
     if body.group_by is not None:
         known_label(dataset, body.group_by, "body.group_by")
     scored_method(dataset, body.method, "body.method")
-    known_target(datasets, dataset, body.method == "similarity", body.target_dataset_id, "body.target_dataset_id")
+    known_target(datasets, dataset, [body.method], body.target_dataset_id, "body.target_dataset_id")
+    if body.target_dataset_id is not None and body.partitions is not None:
+        raise invalid(
+            "body.partitions",
+            "GreeDi's guarantee needs log det: a selection for a target runs exact greedy on one worker",
+            "leave partitions out",
+        )
     if body.warm_start_ids:
         known_ids(store, dataset, body.warm_start_ids, "body.warm_start_ids")
     return create_job(jobs, redis, body, idempotency_key, response, plan(dataset, body, settings, store))

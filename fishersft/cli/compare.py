@@ -44,7 +44,7 @@ def compare_command(args: argparse.Namespace) -> None:
     from fishersft.training.comparison import compare
     from fishersft.training.plots import plot_curves
 
-    check_target("similarity" in args.methods, args.target)
+    check_target(args.methods, args.target)
     if args.target is not None and is_features_path(args.target):
         raise InputError("--target: a comparison's target is a JSONL file (its held-out half is trained text)")
     model = args.model or DEFAULT_MODEL
@@ -133,7 +133,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--target",
         type=Path,
         metavar="FILE",
-        help="with method similarity: the JSONL set to select for (half of it held out unless --holdout/--eval-data)",
+        help="with methods similarity or fisher: the JSONL set to select for (half of it held out unless "
+        "--holdout/--eval-data)",
     )
     compare.add_argument("--out-dir", type=Path, default=Path("comparison"), help="where the table and plot go")
     add_training_arguments(compare)

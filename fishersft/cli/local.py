@@ -4,6 +4,7 @@ import argparse
 import sys
 import tempfile
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 from fishersft.cli.common import (
@@ -19,13 +20,14 @@ from fishersft.cli.common import (
 from fishersft.cli.remote import run_remote_select
 from fishersft.contract.compression import PROJECTIONS, TARGET_COMPRESSION
 from fishersft.contract.jobs import Selection
-from fishersft.contract.selection import DEFAULT_EPSILON, METHODS, WEIGHTINGS, SelectionResult
+from fishersft.contract.selection import DEFAULT_EPSILON, METHODS, TARGET_METHODS, WEIGHTINGS, Method, SelectionResult
 from fishersft.data import corpora
 from fishersft.data.dataset import DEFAULT_MAX_LENGTH, read_labels
 from fishersft.errors import InputError
 from fishersft.features.files import is_features_path, load_features
 from fishersft.features.set import FeatureSet
 from fishersft.features.store import compress_store
+from fishersft.features.target import TargetSet
 from fishersft.models.registry import (
     BUILTIN_MODELS,
     DEFAULT_MODEL,
@@ -41,7 +43,9 @@ def run_select(args: argparse.Namespace) -> SelectionResult:
     """Select on this machine: embed a JSONL dataset with a model (the default one unless --model), or read
     features, then select."""
     data = Path(args.data)
-    check_target(args.method == "similarity", args.target)
+    check_target([args.method], args.target)
+    if args.target is not None and args.partitions is not None:
+        raise InputError("--partitions: GreeDi's guarantee needs log det; a selection for a --target runs exact greedy")
     warm_start = read_ids(args.warm_start) if args.warm_start else []
     with ProgressBars() as progress, tempfile.TemporaryDirectory(prefix="fishersft-") as tmp:
         if is_features_path(data):
@@ -72,7 +76,8 @@ def run_select(args: argparse.Namespace) -> SelectionResult:
         options = selection_options(args, warm_start)
         max_length = args.max_length or DEFAULT_MAX_LENGTH
         target = target_features(args.target, model, max_length, Path(tmp) / "target", progress)
-        context = {"labels": labels, "progress": progress, "model": model, "device": args.device, "target": target}
+        served = None if target is None else TargetSet(str(args.target), target)
+        context = {"labels": labels, "progress": progress, "model": model, "device": args.device, "target": served}
         if options.partitions is not None:
             if options.method != "fisher":
                 raise InputError(
@@ -86,10 +91,11 @@ def run_select(args: argparse.Namespace) -> SelectionResult:
     return result
 
 
-def check_target(similarity: bool, target: Path | None) -> None:
-    """--target goes with method similarity, and only with it: said before anything is embedded."""
-    if similarity != (target is not None):
-        raise InputError("--target goes with method similarity, and only with it")
+def check_target(methods: Collection[Method], target: Path | None) -> None:
+    """--target: method similarity needs it, fisher takes it (targeted design), the others refuse it; said before
+    anything is embedded."""
+    if ("similarity" in methods and target is None) or (target is not None and not set(methods) & set(TARGET_METHODS)):
+        raise InputError("--target goes with methods fisher and similarity, and similarity needs it")
 
 
 def target_features(
@@ -204,14 +210,15 @@ def add_select_arguments(parser: argparse.ArgumentParser) -> None:
         "--method",
         choices=METHODS,
         default="fisher",
-        help="fisher (default), random, kcenter, similarity (with --target), loss or ifd: see the README",
+        help="fisher (default; with --target, targeted design), random, kcenter, similarity (with --target), loss "
+        "or ifd: see the README",
     )
     parser.add_argument(
         "--target",
         type=Path,
         metavar="FILE",
-        help="with --method similarity: the set to select for (JSONL embedded by the same model, or features; "
-        "with --server, a file to upload or a dataset id)",
+        help="with --method similarity or fisher: the set to select for (JSONL embedded by the same model, or "
+        "features; with --server, a file to upload or a dataset id)",
     )
     parser.add_argument(
         "--weighting",

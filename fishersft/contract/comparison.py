@@ -96,7 +96,9 @@ class ComparisonCreate(ComparisonOptions):
     dataset_id: Text = Field(description="A JSONL dataset from POST /v1/datasets.")
     model: Text | None = Field(None, description="A name from GET /v1/models; default: the default.")
     target_dataset_id: Text | None = Field(
-        None, description="The dataset method `similarity` selects for (required with it, refused without it)."
+        None,
+        description="The dataset method `similarity` selects for (required with it) and `fisher` serves (targeted "
+        "design: every fisher subset is picked for it); refused when `methods` holds neither.",
     )
 
 

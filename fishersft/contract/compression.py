@@ -51,9 +51,10 @@ COMPRESSION_LADDER: tuple[Compression, ...] = (
 full-feature objective on every dataset and budget tried, down to 30-example budgets, where truncation costs most;
 the steps below trade fidelity at small budgets for memory on large datasets, where the budget is large too."""
 DEFAULT_COMPRESSION = COMPRESSION_LADDER[0]
-TARGET_COMPRESSION = Compression(rank=1)
-"""A target set (method similarity) is used through its examples' mean features alone, kept in every dimension:
-one row each is all its store needs."""
+TARGET_COMPRESSION = DEFAULT_COMPRESSION
+"""A target set is used through its examples' mean features (method similarity) and its second moment (fisher
+with a target), kept in every dimension (projected onto the dataset's when the dataset's were): rank 64 keeps
+the second moment as faithfully as a dataset's, and the store's means are exact at any rank."""
 
 
 def default_compression(n_examples: int, source_dim: int, memory_bytes: int = DEFAULT_SELECTION_MEMORY) -> Compression:

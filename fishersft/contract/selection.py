@@ -27,15 +27,18 @@ Method = Literal["fisher", "random", "kcenter", "similarity", "loss", "ifd"]
 METHODS: tuple[Method, ...] = ("fisher", "random", "kcenter", "similarity", "loss", "ifd")
 SCORED_METHODS: tuple[Method, ...] = ("loss", "ifd")
 """Methods that rank examples by the base model's loss: they need the model's pass, so text datasets only."""
-TARGET_METHODS: tuple[Method, ...] = ("similarity",)
-"""Methods that select for a target dataset: they need `target_dataset_id`."""
+TARGET_METHODS: tuple[Method, ...] = ("fisher", "similarity")
+"""Methods that take a target set (`target_dataset_id`, `--target`): similarity needs one; fisher with one is
+targeted design."""
 METHOD_DOC = (
-    "`fisher`: FisherSFT greedy on log det Sigma; `random`: the seeded baseline; `kcenter`: greedy k-center "
-    "(farthest first) on each example's normalised mean feature, the coverage baseline; `similarity`: closest to "
-    "the target dataset's examples by cosine similarity of mean features (RDS+; needs `target_dataset_id`); "
-    "`loss`: highest mean loss per loss token under the base model; `ifd`: highest instruction-following "
-    "difficulty, the response's loss after its prompt over its loss alone (Cherry LLM). Under a token budget each "
-    "takes examples in its own order while they fit (fisher: the most gain per token)."
+    "`fisher`: FisherSFT greedy on log det Sigma; with `target_dataset_id`, targeted (V-optimal) design instead: "
+    "exact greedy on the target's predictive variance tr(A Sigma^-1), A the mean outer product of the target's "
+    "feature rows, so the examples that most inform the target's features are picked; `random`: the seeded "
+    "baseline; `kcenter`: greedy k-center (farthest first) on each example's normalised mean feature, the coverage "
+    "baseline; `similarity`: closest to the target dataset's examples by cosine similarity of mean features (RDS+; "
+    "needs `target_dataset_id`); `loss`: highest mean loss per loss token under the base model; `ifd`: highest "
+    "instruction-following difficulty, the response's loss after its prompt over its loss alone (Cherry LLM). Under "
+    "a token budget each takes examples in its own order while they fit (fisher: the most gain per token)."
 )
 Algorithm = Literal["lazy", "exact", "stochastic"]
 Weighting = Literal["tokens", "examples", "mean"]
@@ -46,7 +49,8 @@ LAMBDA_DOC = "Ridge term of Sigma = lambda*I + sum x x^T."
 ALGORITHM_DOC = (
     "How fisher greedy runs. `lazy` (default): cached upper bounds, the same picks as `exact` (every gain at every "
     "step, the reference: slow); `stochastic`: each pick looks at a seeded random sample of (N/K) ln(1/epsilon) "
-    "candidates (Mirzasoleiman et al. 2015), approximate and much faster for very large N."
+    "candidates (Mirzasoleiman et al. 2015), approximate and much faster for very large N. With a target, fisher "
+    "runs exact greedy whatever this says (the targeted objective is not submodular: lazy bounds would not hold)."
 )
 WEIGHTING_DOC = (
     "How an example's loss tokens add to Sigma. `tokens`: the paper's sum of x x^T over every loss token; "
@@ -173,8 +177,10 @@ class SelectionCreate(FeatureOptions, SelectionOptions):
     dataset_id: Text = Field(description="A dataset from POST /v1/datasets.")
     target_dataset_id: Text | None = Field(
         None,
-        description="A dataset the selection should serve (method `similarity`): the examples closest to its "
-        "examples are chosen. Embedded by the same model; required with `similarity`, refused by other methods.",
+        description="A dataset the selection should serve: `similarity` picks the examples closest to its examples "
+        "(required there); `fisher` picks those that most lower the predictive variance on its features (targeted "
+        "design). Embedded by the same model (or a features file of the same width); refused by other methods and "
+        "with `partitions`. The result's `target` names it and reports its variance before and after the picks.",
     )
 
 
@@ -182,6 +188,18 @@ class GroupCoverage(BaseModel):
     field: str = Field(description="The grouping field: the request's `group_by`, else `category` or `source`.")
     covered: int = Field(description="Distinct values of the field among the selected examples.")
     total: int = Field(description="Distinct values among the examples selection could choose from.")
+
+
+class TargetSummary(BaseModel):
+    dataset_id: str = Field(description="The target set: its dataset id (its file, from the command line).")
+    n_examples: int = Field(description="Examples in the target set.")
+    variance_before: float = Field(
+        description="tr(A Sigma^-1) before the picks (lambda*I and the warm start): the target's mean predictive "
+        "variance, A the mean outer product of its feature rows under the selection's weighting."
+    )
+    variance: float = Field(
+        description="tr(A Sigma^-1) after the picks: lower serves the target better; methods compare on it."
+    )
 
 
 class Shard(BaseModel):
@@ -236,7 +254,9 @@ class SelectionResult(BaseModel):
     compression: RecordedCompression | None = Field(
         None, description="How the features were compressed: rank, dim, projection, seed, source_dim."
     )
-    algorithm: Algorithm = Field("lazy", description="The greedy that ran: lazy, exact or stochastic.")
+    algorithm: Algorithm = Field(
+        "lazy", description="The greedy that ran: lazy, exact or stochastic (exact for fisher with a target)."
+    )
     epsilon: float | None = Field(None, description="Stochastic greedy's epsilon; null for the other algorithms.")
     budget: Budget = Field(description="The budget asked for.")
     lambda_: float = Field(1.0, alias="lambda", description=LAMBDA_DOC)
@@ -266,6 +286,9 @@ class SelectionResult(BaseModel):
         "shard size whose features were not cached); null when one worker embedded it, or nothing was embedded.",
     )
     partitions: Partitions | None = Field(None, description="GreeDi's rounds, when the request asked for partitions.")
+    target: TargetSummary | None = Field(
+        None, description="The target set the selection served (`target_dataset_id`); null without one."
+    )
 
     def with_cost(self, cost: FeaturesCost) -> "SelectionResult":
         """This result with what getting the features cost."""

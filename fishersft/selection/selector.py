@@ -1,4 +1,5 @@
-"""Choose examples under a budget: FisherSFT greedy (lazy, exact or stochastic) or the seeded random baseline."""
+"""Choose examples under a budget: FisherSFT greedy (lazy, exact or stochastic; exact greedy on a target's
+predictive variance when a target is given) or a baseline's order."""
 
 import math
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from fishersft.selection.baselines import BaselineInputs, baseline_order
 from fishersft.selection.blocks import FeatureBlocks
 from fishersft.selection.greedy import GreedyResult, StepCallback, exact_greedy, lazy_greedy, stochastic_greedy
 from fishersft.selection.logdet import LogDetObjective
+from fishersft.selection.targeted import TargetedObjective, predictive_variance
 
 
 @dataclass
@@ -25,6 +27,8 @@ class Selection:
     """f(S) = log det(lambda*I + sum of X_i^T X_i over the warm start and the picks)."""
     evaluations: int
     """How many single-example gains were computed."""
+    variance: tuple[float, float] | None = None
+    """With a target: its predictive variance tr(A Sigma^-1) before the picks (after the warm start) and after."""
 
 
 def select(
@@ -56,23 +60,34 @@ def select_blocks(
     device: torch.device | str = "cpu",
     on_step: StepCallback | None = None,
     baselines: BaselineInputs | None = None,
+    target: Tensor | None = None,
 ) -> Selection:
     """Select examples given their (weighted) feature blocks and loss tokens `lengths` (the costs of a token
     budget). Examples in `warm_start` (indices) are already in the design: they seed Sigma and are not chosen
     again. Examples in `exclude` (indices: a held-out set, say) are never chosen. Gains are computed on `device`.
     `algorithm`: `lazy` (exact greedy's picks), `exact` (every gain at every step: the reference) or
     `stochastic` (approximate, see `stochastic_greedy`, with `epsilon`). Other methods take examples in their
-    own order (see `baselines`, whose inputs they need); their gains are measured on the same objective."""
+    own order (see `baselines`, whose inputs they need); their gains are measured on the same objective.
+    `target`: a target set's second moment A [d x d] (see fishersft.selection.targeted); with it, fisher is exact
+    greedy on the target's predictive variance (whatever `algorithm`), and every method reports that variance."""
     objective = LogDetObjective(blocks, lam, device)
     for i in warm_start:
         objective.add(i)
     start = objective.value()
+    before = 0.0 if target is None else predictive_variance(objective.sigma, target)
     candidates = torch.ones(len(blocks), dtype=torch.bool)
     candidates[list(warm_start)] = False
     candidates[list(exclude)] = False
     candidates = candidates.nonzero().flatten()
     costs, limit = budget_costs(budget, lengths)
-    if method != "fisher":
+    evaluations = 0
+    if method == "fisher" and target is not None:
+        targeted = TargetedObjective(blocks, target, lam, device)
+        for i in warm_start:
+            targeted.add(i)
+        result = _measured(objective, exact_greedy(targeted, costs, limit, candidates, on_step).order, costs, None)
+        evaluations = targeted.evaluations
+    elif method != "fisher":
         order = baseline_order(method, baselines or BaselineInputs(), costs, limit, candidates, warm_start, seed)
         result = _measured(objective, order, costs, on_step)
     elif algorithm == "stochastic":
@@ -80,7 +95,10 @@ def select_blocks(
         result = stochastic_greedy(objective, costs, limit, candidates, size, seed, on_step)
     else:
         result = (lazy_greedy if algorithm == "lazy" else exact_greedy)(objective, costs, limit, candidates, on_step)
-    return Selection(result.order, result.gains, start + sum(result.gains), objective.evaluations)
+    variance = None if target is None else (before, predictive_variance(objective.sigma, target))
+    return Selection(
+        result.order, result.gains, start + sum(result.gains), objective.evaluations + evaluations, variance
+    )
 
 
 def budget_costs(budget: Budget, lengths: Tensor) -> tuple[Tensor, float]:

@@ -29,6 +29,7 @@ from fishersft.data.dataset import DEFAULT_MAX_LENGTH, Example
 from fishersft.data.encoding import Encoded, encode_file
 from fishersft.data.groups import group_coverage
 from fishersft.features.set import FeatureSet, feature_blocks
+from fishersft.features.target import target_second_moment
 from fishersft.pipeline import Progress, baseline_inputs
 from fishersft.selection.selector import select_blocks
 from fishersft.training.evaluation import HeldOut, finetune, held_out_file, held_out_split, ids_sha256
@@ -50,16 +51,25 @@ def comparison_runs(
     """The subsets a comparison trains: each seeded random subset at K examples; fisher under each weighting, and
     each other method, at K examples and at the random subsets' mean loss tokens (equal cost: a fisher subset of K
     examples can hold several times the tokens of a random one), of those two the options' `budget_kinds`.
-    `exclude`: never selected; `target`: the features the methods with a target select for."""
+    `exclude`: never selected; `target`: the features method similarity selects for, and fisher serves (targeted
+    design)."""
     weightings, methods, lam = options.weightings, options.methods, options.lambda_
     lengths = np.asarray(features.lengths)
     blocks = {w: feature_blocks(features, w) for w in {"tokens", *weightings}}
     others = [m for m in methods if m not in ("fisher", "random")]
     inputs = {m: baseline_inputs(features, m, features, target) for m in others}
+    moments = {w: target_second_moment(features, target, w) for w in weightings} if target is not None else {}
 
     def pick(budget: Budget, method: Method, seed: int = 0, weighting: Weighting = "tokens") -> list[int]:
         return select_blocks(
-            *blocks[weighting], budget, method=method, lam=lam, seed=seed, exclude=exclude, baselines=inputs.get(method)
+            *blocks[weighting],
+            budget,
+            method=method,
+            lam=lam,
+            seed=seed,
+            exclude=exclude,
+            baselines=inputs.get(method),
+            target=moments.get(weighting) if method == "fisher" else None,
         ).indices
 
     def chosen(budget: Budget) -> list[Run]:
