@@ -208,7 +208,8 @@ def select_features(
             "under an example budget the objective favours long examples, and fine-tuning cost grows with tokens; "
             "a token budget (budget.tokens, --budget-tokens) compares subsets at equal cost"
         )
-    warnings += regime_warnings(options.method, budget, int(lengths[pool].sum()))
+    if target is None:  # the study measured methods without a target
+        warnings += regime_warnings(options.method, budget, int(lengths[pool].sum()))
     return SelectionResult(
         selected=[features.ids[i] for i in chosen],
         gains=selection.gains,
