@@ -10,6 +10,7 @@ from torch import Tensor
 
 from fishersft.contract.selection import DEFAULT_EPSILON, Algorithm, Budget, Method, Weighting
 from fishersft.selection.baselines import BaselineInputs, baseline_order
+from fishersft.selection.batched import batched_greedy
 from fishersft.selection.blocks import FeatureBlocks
 from fishersft.selection.greedy import GreedyResult, StepCallback, exact_greedy, lazy_greedy, stochastic_greedy
 from fishersft.selection.logdet import LogDetObjective
@@ -60,8 +61,9 @@ def select_blocks(
     """Select examples given their (weighted) feature blocks and loss tokens `lengths` (the costs of a token
     budget). Examples in `warm_start` (indices) are already in the design: they seed Sigma and are not chosen
     again. Examples in `exclude` (indices: a held-out set, say) are never chosen. Gains are computed on `device`.
-    `algorithm`: `lazy` (exact greedy's picks), `exact` (every gain at every step: the reference) or
-    `stochastic` (approximate, see `stochastic_greedy`, with `epsilon`). Other methods take examples in their
+    `algorithm`: `lazy` (exact greedy's picks), `exact` (every gain at every step: the reference), `batched`
+    (exact greedy's picks without a host round trip per pick: for GPUs, see `batched_greedy`) or `stochastic`
+    (approximate, see `stochastic_greedy`, with `epsilon`). Other methods take examples in their
     own order (see `baselines`, whose inputs they need); their gains are measured on the same objective."""
     objective = LogDetObjective(blocks, lam, device)
     for i in warm_start:
@@ -75,6 +77,8 @@ def select_blocks(
     if method != "fisher":
         order = baseline_order(method, baselines or BaselineInputs(), costs, limit, candidates, warm_start, seed)
         result = _measured(objective, order, costs, on_step)
+    elif algorithm == "batched":
+        result = batched_greedy(objective, costs, limit, candidates, on_step)
     elif algorithm == "stochastic":
         size = stochastic_sample_size(len(candidates), expected_picks(costs[candidates], limit), epsilon)
         result = stochastic_greedy(objective, costs, limit, candidates, size, seed, on_step)
