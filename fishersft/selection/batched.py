@@ -13,10 +13,10 @@ an argmax on the device, masked by the budget; nothing is read back inside a win
 Which candidates are active: gains only decrease, so every candidate's last computed gain per unit cost bounds
 its current one, as in lazy greedy. The candidates with the best bounds are active (8 per expected pick at
 first); a pick is taken only when no inactive bound reaches it (less ROUNDING_TOLERANCE): that is exact greedy's
-pick. When one does, that step and the rest of its window do nothing, and the host, at the window's end,
-activates at least as many candidates again (the best bounds, every one that reached the pick among them): at
-most log2(N) activations, and data where every candidate stays close (isotropic features) costs the Woodbury
-update of all of them per pick, without changing a pick.
+pick. When one does (or some C_i may have drifted, see DRIFT), that step and the rest of its window do nothing,
+and the host, at the window's end, activates at least as many candidates again (the best bounds, every one that
+reached the pick among them): at most log2(N) activations, and data where every candidate stays close
+(isotropic features) costs the Woodbury update of all of them per pick, without changing a pick.
 
 Precision: Sigma, Sigma^-1 and the picked example's gain in float64; the products over candidates in `dtype`
 (float32 unless asked: TF32 is switched off for them, since downdates subtract nearly equal numbers). Every
