@@ -20,7 +20,15 @@ from fishersft.cli.common import (
 from fishersft.cli.remote import run_remote_select
 from fishersft.contract.compression import PROJECTIONS, TARGET_COMPRESSION
 from fishersft.contract.jobs import Selection
-from fishersft.contract.selection import DEFAULT_EPSILON, METHODS, TARGET_METHODS, WEIGHTINGS, Method, SelectionResult
+from fishersft.contract.selection import (
+    ALGORITHMS,
+    DEFAULT_EPSILON,
+    METHODS,
+    TARGET_METHODS,
+    WEIGHTINGS,
+    Method,
+    SelectionResult,
+)
 from fishersft.data import corpora
 from fishersft.data.dataset import DEFAULT_MAX_LENGTH, read_labels
 from fishersft.errors import InputError
@@ -266,10 +274,10 @@ def add_select_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--algorithm",
-        choices=["lazy", "exact", "stochastic"],
+        choices=ALGORITHMS,
         default="lazy",
         help="fisher greedy: lazy (default; exact greedy's picks), exact (reference, slow), stochastic "
-        "(approximate, for very large datasets)",
+        "(approximate, for very large datasets), batched (exact greedy's picks, for a GPU)",
     )
     parser.add_argument(
         "--epsilon",

@@ -111,6 +111,18 @@ class FeatureBlocks:
         rows = self.padded[int(self.buckets[i])][self.slots[i], : self.counts[i]].to(torch.float64)
         return rows if self.scale is None else rows * float(self.scale[i])
 
+    def stored_rows(self, idx: Tensor, rows: int) -> Tensor:
+        """The stored rows of the examples `idx`, unscaled and in the stored dtype, zero-padded to `rows` (at
+        least each one's row count): [len(idx) x rows x d], in one tensor whatever their buckets."""
+        dtype = next(iter(self.padded.values())).dtype if self.padded else torch.float32
+        out = torch.zeros(len(idx), rows, self.dim, dtype=dtype)
+        buckets = self.buckets[idx]
+        for size in torch.unique(buckets).tolist():
+            positions = (buckets == size).nonzero().flatten()
+            kept = min(size, rows)
+            out[positions, :kept] = self.padded[size][self.slots[idx[positions]], :kept]
+        return out
+
     def by_bucket(
         self, idx: Tensor, scratch: Callable[[str, tuple[int, ...], torch.dtype], Tensor], max_elements: int = 1 << 24
     ) -> Iterator[tuple[Tensor, Tensor]]:

@@ -68,7 +68,7 @@ def exact_greedy(
         left -= float(costs[order[-1]])
         if on_step:
             on_step(limit - left)
-    return _better_than_best_single(GreedyResult(order, gains), singles)
+    return better_than_best_single(GreedyResult(order, gains), singles)
 
 
 def lazy_greedy(
@@ -128,7 +128,7 @@ def lazy_greedy(
         fresh = []
         if on_step:
             on_step(limit - left)
-    return _better_than_best_single(GreedyResult(order, gains), singles)
+    return better_than_best_single(GreedyResult(order, gains), singles)
 
 
 def stochastic_greedy(
@@ -210,7 +210,7 @@ def _pick(objective: Objective, i: int, gain: float, order: list[int], gains: li
     gains.append(gain)
 
 
-def _better_than_best_single(result: GreedyResult, singles: tuple[Tensor, Tensor] | None) -> GreedyResult:
+def better_than_best_single(result: GreedyResult, singles: tuple[Tensor, Tensor] | None) -> GreedyResult:
     """The greedy set, or the best single affordable candidate when that alone is worth more (never the case
     with unit costs, where greedy's first pick is that candidate)."""
     if singles is None:

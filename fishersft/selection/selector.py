@@ -11,6 +11,7 @@ from torch import Tensor
 
 from fishersft.contract.selection import DEFAULT_EPSILON, Algorithm, Budget, Method, Weighting
 from fishersft.selection.baselines import BaselineInputs, baseline_order
+from fishersft.selection.batched import batched_greedy
 from fishersft.selection.blocks import FeatureBlocks
 from fishersft.selection.greedy import GreedyResult, StepCallback, exact_greedy, lazy_greedy, stochastic_greedy
 from fishersft.selection.logdet import LogDetObjective
@@ -65,9 +66,10 @@ def select_blocks(
     """Select examples given their (weighted) feature blocks and loss tokens `lengths` (the costs of a token
     budget). Examples in `warm_start` (indices) are already in the design: they seed Sigma and are not chosen
     again. Examples in `exclude` (indices: a held-out set, say) are never chosen. Gains are computed on `device`.
-    `algorithm`: `lazy` (exact greedy's picks), `exact` (every gain at every step: the reference) or
-    `stochastic` (approximate, see `stochastic_greedy`, with `epsilon`). Other methods take examples in their
-    own order (see `baselines`, whose inputs they need); their gains are measured on the same objective.
+    `algorithm`: `lazy` (exact greedy's picks), `exact` (every gain at every step: the reference), `batched`
+    (exact greedy's picks without a host round trip per pick: for GPUs, see `batched_greedy`) or `stochastic`
+    (approximate, see `stochastic_greedy`, with `epsilon`). Other methods take examples in their own order (see
+    `baselines`, whose inputs they need); their gains are measured on the same objective.
     `target`: a target set's second moment A [d x d] (see fishersft.selection.targeted); with it, fisher is exact
     greedy on the target's predictive variance (whatever `algorithm`), and every method reports that variance."""
     objective = LogDetObjective(blocks, lam, device)
@@ -90,6 +92,8 @@ def select_blocks(
     elif method != "fisher":
         order = baseline_order(method, baselines or BaselineInputs(), costs, limit, candidates, warm_start, seed)
         result = _measured(objective, order, costs, on_step)
+    elif algorithm == "batched":
+        result = batched_greedy(objective, costs, limit, candidates, on_step)
     elif algorithm == "stochastic":
         size = stochastic_sample_size(len(candidates), expected_picks(costs[candidates], limit), epsilon)
         result = stochastic_greedy(objective, costs, limit, candidates, size, seed, on_step)
