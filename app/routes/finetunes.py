@@ -10,10 +10,11 @@ from app import deps
 from app.caller import Datasets
 from app.checks import allowed_max_length, check_training, dataset_for, known_model
 from app.errors import ApiError, documented, invalid, shown
-from app.jobs import FINETUNES, SELECTIONS, Jobs
+from app.jobs import Jobs
 from app.routes.jobs import IdempotencyKey, create_job, found, job_router
 from fishersft.contract.jobs import Event, Finetune, JobBody
 from fishersft.contract.training import FinetuneCreate
+from fishersft.service.job_body import FINETUNES, SELECTIONS
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
 

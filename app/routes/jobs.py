@@ -11,10 +11,11 @@ from redis import Redis
 
 from app import deps
 from app.errors import ApiError, documented, shown
-from app.jobs import KEEP_S, JobKind, Jobs
+from app.jobs import Jobs
 from app.schemas import Page
 from fishersft.contract.jobs import JobBody
-from fishersft.service.protocol import Plan
+from fishersft.service.job_body import JobKind
+from fishersft.service.protocol import KEEP_S, Plan
 
 BUSY_RETRY_AFTER_S = 30
 
