@@ -1,0 +1,45 @@
+"""`webhook_url` on every job request: where the service POSTs the job once it ends (README, Webhooks)."""
+
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, Field, WithJsonSchema
+
+from fishersft.contract.base import RequestModel, Text
+
+MAX_URL = 2000
+
+
+def _http_url(value: str) -> str:
+    """An absolute http(s) URL with a host and no credentials: the host is what the allow-list checks."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  # raises on a port that is not a number in range
+    except ValueError as e:
+        raise ValueError(f"not a URL: {e}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("an absolute http:// or https:// URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("credentials in the URL are not sent: leave out `user:password@`")
+    return value
+
+
+WebhookUrl = Annotated[
+    Text,
+    Field(max_length=MAX_URL),
+    AfterValidator(_http_url),
+    WithJsonSchema({"type": "string", "maxLength": MAX_URL, "pattern": r"^https?://"}, mode="validation"),
+]
+
+
+class WebhookOptions(RequestModel):
+    """Where to be told that the job ended."""
+
+    webhook_url: WebhookUrl | None = Field(
+        None,
+        description="On a terminal state (succeeded, failed, cancelled) the service POSTs "
+        '`{"type": "job.succeeded" | "job.failed" | "job.cancelled", "job": <this job\'s body>}` here, signed in '
+        "the `Fishersft-Signature` header (README, Webhooks); a non-2xx answer or a timeout is retried with "
+        "backoff, redirects are not followed. Its host must be one the service allows (FISHERSFT_WEBHOOK_HOSTS), "
+        "else 422. Default: no webhook.",
+    )
