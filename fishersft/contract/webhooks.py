@@ -3,9 +3,9 @@
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, Field, WithJsonSchema
+from pydantic import AfterValidator, Field, StringConstraints, WithJsonSchema
 
-from fishersft.contract.base import RequestModel, Text
+from fishersft.contract.base import RequestModel, no_surrogates
 
 MAX_URL = 2000
 
@@ -24,11 +24,18 @@ def _http_url(value: str) -> str:
     return value
 
 
+PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
+URL_PATTERN = rf"^https?://[^\s/?#@:\[\]]+(:{PORT})?([/?#]\S*)?$"
+"""What the schema says a webhook_url is: an http(s) URL with a host and no credentials (IPv6 literals aside,
+which `_http_url` takes too). Every string it matches is accepted by `_http_url`, so a client generated from the
+schema is not refused on the URL's form."""
+
 WebhookUrl = Annotated[
-    Text,
-    Field(max_length=MAX_URL),
+    str,
+    StringConstraints(max_length=MAX_URL),
+    AfterValidator(no_surrogates),
     AfterValidator(_http_url),
-    WithJsonSchema({"type": "string", "maxLength": MAX_URL, "pattern": r"^https?://"}, mode="validation"),
+    WithJsonSchema({"type": "string", "maxLength": MAX_URL, "pattern": URL_PATTERN}, mode="validation"),
 ]
 
 
