@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from rq.job import Job, JobStatus
 
 from app.main import create_app
 from fishersft.errors import InputError
+from fishersft.service.protocol import JOB_SERIALIZER
 from fishersft.service.settings import Settings
 from fishersft.service.webhooks import signature
-from tests.conftest import SAMPLE, service_settings
+from tests.conftest import SAMPLE, sample_texts, service_settings, write_jsonl
 from tests.service import WAIT_S, Service
 
 SECRET = "test-webhook-secret"
@@ -69,7 +71,8 @@ class Receiver:
 
 @pytest.fixture
 def hooked(tmp_path, redis_server, llama_dir):
-    """A service that POSTs webhooks to 127.0.0.1, retrying after half a second (twice)."""
+    """A service that POSTs webhooks to 127.0.0.1, retrying after half a second (twice); it embeds datasets above
+    1,024 examples in shards."""
     settings = service_settings(
         tmp_path,
         redis_server,
@@ -77,6 +80,7 @@ def hooked(tmp_path, redis_server, llama_dir):
         webhook_secret=SECRET,
         webhook_hosts=frozenset({"127.0.0.1"}),
         webhook_retry_s=(0.5, 0.5),
+        shard_examples=1024,
     )
     with TestClient(create_app(settings)) as client:
         svc = Service(settings, client)
@@ -131,6 +135,30 @@ def test_a_cancelled_job_posts_job_cancelled_and_delivery_gives_up_after_its_ret
     assert [e["data"]["status_code"] for e in events] == [500, 503, 502]
     assert [e["level"] for e in events] == ["warning", "warning", "error"]
     assert events[-1]["data"]["retry_in_s"] is None and events[-1]["message"].endswith("giving up")
+
+
+def test_a_selection_the_monitor_fails_posts_job_failed(hooked, tmp_path):
+    """No worker runs while shard 1 of three is failed by hand, as a worker would: the API's monitor fails the
+    selection, and the first worker to start delivers its webhook."""
+    receiver = Receiver([])
+    rows = [{"text": t} for t in (sample_texts() * 13)[:2600]]
+    dataset = hooked.upload(write_jsonl(tmp_path / "three.jsonl", rows))
+    job = hooked.select(dataset_id=dataset["id"], budget={"examples": 5}, max_length=64, webhook_url=receiver.url)
+    shard = Job.fetch(f"{job['id']}-shard-1", hooked.redis, serializer=JOB_SERIALIZER)
+    shard.meta["error"] = {"code": "invalid_input", "message": "boom"}
+    shard.save_meta()
+    shard.set_status(JobStatus.FAILED)
+    deadline = time.monotonic() + WAIT_S
+    while Job.fetch(job["id"], hooked.redis, serializer=JOB_SERIALIZER).get_status() != JobStatus.FAILED:
+        assert time.monotonic() < deadline, "the monitor did not fail the selection"
+        time.sleep(0.1)
+    hooked.start_worker()
+    [received] = receiver.wait(1)
+    failed = hooked.client.get(f"/v1/selections/{job['id']}").json()
+    assert failed["error"] == {"code": "invalid_input", "message": "shard 1: boom"}
+    assert received["valid"] and received["body"] == {"type": "job.failed", "job": failed}
+    [delivered] = webhook_events(hooked, job["id"], 1)
+    assert delivered["type"] == "webhook.delivered" and delivered["data"]["attempt"] == 1
 
 
 def test_the_receivers_check_refuses_a_tampered_body_or_another_secret():
