@@ -13,6 +13,7 @@ from fishersft.data.dataset import DEFAULT_MAX_LENGTH, read_ids
 from fishersft.features.files import load_features
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
+from fishersft.service.webhooks import allowed_host
 
 
 def dataset_for(datasets: Datasets, dataset_id: str, field: str, jsonl: bool = False) -> DatasetRecord:
@@ -137,4 +138,20 @@ def scored_method(dataset: DatasetRecord, method: Method, field: str) -> None:
             field,
             f"method {method!r} ranks examples by the base model's loss: a features file has no model",
             "select from a JSONL dataset, or use another method",
+        )
+
+
+def allowed_webhook(settings: Settings, url: str, field: str) -> None:
+    """A 422 naming the field unless the URL's host is one the service may POST to (FISHERSFT_WEBHOOK_HOSTS)."""
+    if not settings.webhook_hosts:
+        raise invalid(
+            field,
+            "this service sends no webhooks: FISHERSFT_WEBHOOK_HOSTS is empty",
+            "leave webhook_url out, or ask the operator to allow its host in FISHERSFT_WEBHOOK_HOSTS",
+        )
+    if not allowed_host(url, settings.webhook_hosts):
+        raise invalid(
+            field,
+            f"the host of {shown(url)} is not one this service sends webhooks to",
+            "ask the operator to add it to FISHERSFT_WEBHOOK_HOSTS",
         )

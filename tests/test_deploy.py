@@ -12,7 +12,7 @@ from fishersft.models.registry import DEFAULT_MODEL
 from fishersft.service.settings import Settings
 
 ROOT = Path(__file__).parents[1]
-SETTINGS_ENV = set(Settings().to_env()) | {"FISHERSFT_HOME"}
+SETTINGS_ENV = {Settings.env_name(name) for name in Settings.model_fields} | {"FISHERSFT_HOME"}
 
 
 def manifests() -> list[dict]:

@@ -1,5 +1,7 @@
 """`python -m workers [QUEUE ...]` (or `fishersft worker [--queue QUEUE]`): an RQ worker for fishersft jobs, on
-the selection queue and the training queue unless queues are named (GPU workers may take only training).
+the selection queue and the training queue unless queues are named (GPU workers may take only training), and
+always first on the webhook queue: every worker delivers webhooks (fishersft.service.webhooks), and queues them
+when a job it ran ends.
 
 It is a SimpleWorker: jobs run in the worker process itself, not in a forked work horse. A model loaded by
 one job stays cached for the next, and CUDA is never initialised in a parent that then forks.
@@ -17,16 +19,19 @@ import transformers
 from redis import Redis
 from rq import Queue, SimpleWorker
 from rq.executions import Execution
-from rq.job import Job
+from rq.job import Job, JobStatus
+from rq.registry import StartedJobRegistry
 
 # the job modules are imported now, not inside the first job: torch takes seconds to load
 import workers.finetune
 import workers.selection
-import workers.stages  # noqa: F401
+import workers.stages
+import workers.webhooks  # noqa: F401
 from fishersft.service.monitor import Monitor
-from fishersft.service.protocol import JOB_FUNCTIONS, JOB_SERIALIZER, WORKER_TTL_S
+from fishersft.service.protocol import JOB_FUNCTIONS, JOB_SERIALIZER, WEBHOOK_QUEUE, WORKER_TTL_S
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
+from fishersft.service.webhooks import notify
 
 
 class FishersftWorker(SimpleWorker):
@@ -42,10 +47,37 @@ class FishersftWorker(SimpleWorker):
             return False
         return super().perform_job(job, queue, execution)
 
+    def handle_job_success(
+        self, job: Job, queue: Queue, started_job_registry: StartedJobRegistry, execution: Execution
+    ) -> None:
+        super().handle_job_success(job, queue, started_job_registry, execution)
+        _notify(self.connection, job)
+
+    def handle_job_failure(
+        self,
+        job: Job,
+        queue: Queue,
+        started_job_registry: StartedJobRegistry | None = None,
+        exc_string: str = "",
+        execution: Execution | None = None,
+    ) -> None:
+        super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
+        _notify(self.connection, job)
+
+
+def _notify(redis: Redis, job: Job) -> None:
+    """Queue the job's webhook once RQ has recorded how it ended (the webhook's body is read from there); a
+    failure here is logged, never the job's."""
+    try:
+        if job.get_status(refresh=True) in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED):
+            notify(redis, job)
+    except Exception:
+        logging.getLogger(__name__).exception("queueing the webhook of %s failed", job.id)
+
 
 def main(queues: Sequence[str] = ()) -> None:
     settings = Settings.from_env()
-    queues = list(queues) or [settings.queue, settings.training_queue]
+    queues = [WEBHOOK_QUEUE, *(queues or [settings.queue, settings.training_queue])]
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     level = settings.log_level

@@ -11,10 +11,11 @@ from app import deps
 from app.caller import Datasets
 from app.checks import allowed_max_length, check_training, dataset_for, known_model, known_target
 from app.errors import ApiError, documented, invalid
-from app.jobs import COMPARISONS, Jobs
+from app.jobs import Jobs
 from app.routes.jobs import IdempotencyKey, create_job, found, job_router
 from fishersft.contract.comparison import ComparisonCreate
 from fishersft.contract.jobs import Comparison, JobBody
+from fishersft.service.job_body import COMPARISONS
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
 

@@ -10,10 +10,11 @@ from app import deps
 from app.caller import Datasets
 from app.checks import allowed_max_length, check_training, dataset_for, known_model
 from app.errors import ApiError, documented, invalid, shown
-from app.jobs import FINETUNES, SELECTIONS, Jobs
+from app.jobs import Jobs
 from app.routes.jobs import IdempotencyKey, create_job, found, job_router
-from fishersft.contract.jobs import Event, Finetune, JobBody
+from fishersft.contract.jobs import Finetune, JobBody
 from fishersft.contract.training import FinetuneCreate
+from fishersft.service.job_body import FINETUNES, SELECTIONS
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
 
@@ -72,19 +73,6 @@ def create_finetune(
         )
     check_training(settings, datasets, body.model, body.lora, body.eval, dataset)
     return create_job(jobs, redis, body, idempotency_key, response)
-
-
-@router.get(
-    "/{job_id}/events",
-    response_model=list[Event],
-    summary="A finetune's events, oldest first",
-    responses=documented(404),
-)
-def get_events(job_id: str, jobs: Annotated[Jobs, Depends(deps.jobs(FINETUNES))]) -> list[Event]:
-    """Like the hosted fine-tuning APIs: started, selected, evaluated, step (sampled training losses), saved,
-    succeeded / failed / cancelled."""
-    found(jobs.get(job_id), FINETUNES, job_id)
-    return jobs.events(job_id) or []
 
 
 @router.get(

@@ -10,11 +10,14 @@ from pydantic import BaseModel
 from redis import Redis
 
 from app import deps
+from app.checks import allowed_webhook
 from app.errors import ApiError, documented, shown
-from app.jobs import KEEP_S, JobKind, Jobs
+from app.jobs import Jobs
 from app.schemas import Page
-from fishersft.contract.jobs import JobBody
-from fishersft.service.protocol import Plan
+from fishersft.contract.jobs import Event, JobBody
+from fishersft.contract.webhooks import WebhookOptions
+from fishersft.service.job_body import JobKind
+from fishersft.service.protocol import KEEP_S, Plan
 
 BUSY_RETRY_AFTER_S = 30
 
@@ -38,7 +41,10 @@ def create_job(
     plan: Plan | None = None,
 ) -> JobBody:
     """Enqueue `body` (once per Idempotency-Key and body), after the stage jobs of its `plan`, and point Location
-    at the job; 429 when the service already holds its limit of queued and running jobs."""
+    at the job; 422 for a webhook_url the service may not POST to; 429 when the service already holds its limit
+    of queued and running jobs."""
+    if isinstance(body, WebhookOptions) and body.webhook_url is not None:
+        allowed_webhook(jobs.settings, body.webhook_url, "body.webhook_url")
     if jobs.active() >= jobs.settings.max_active_jobs:
         raise ApiError(
             429,
@@ -103,6 +109,19 @@ def job_router(kind: JobKind) -> APIRouter:
     )
     def get_job(job_id: str, jobs: KindJobs) -> JobBody:
         return found(jobs.get(job_id), kind, job_id)
+
+    @router.get(
+        "/{job_id}/events",
+        response_model=list[Event],
+        summary=f"A {singular}'s events, oldest first",
+        responses=documented(404),
+    )
+    def get_events(job_id: str, jobs: KindJobs) -> list[Event]:
+        """started, then what the job reports on its way (finetunes: selected, evaluated, step with the sampled
+        training loss, saved), succeeded / failed / cancelled, and each webhook attempt (webhook.delivered,
+        webhook.failed with the status code)."""
+        found(jobs.get(job_id), kind, job_id)
+        return jobs.events(job_id) or []
 
     @router.post(
         "/{job_id}/cancel",

@@ -18,11 +18,12 @@ from app.checks import (
     scored_method,
 )
 from app.errors import ApiError, documented, invalid
-from app.jobs import SELECTIONS, Jobs
+from app.jobs import Jobs
 from app.routes.jobs import IdempotencyKey, create_job, found, job_router
 from fishersft.contract.datasets import DatasetRecord
 from fishersft.contract.jobs import JobBody, Selection
 from fishersft.contract.selection import SelectionCreate
+from fishersft.service.job_body import SELECTIONS
 from fishersft.service.protocol import Plan, shard_ranges
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore

@@ -129,6 +129,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--queue",
         action="append",
         metavar="NAME",
-        help="take jobs from this queue only (repeatable; default: FISHERSFT_QUEUE and FISHERSFT_TRAINING_QUEUE)",
+        help="take jobs from this queue only (repeatable; default: FISHERSFT_QUEUE and FISHERSFT_TRAINING_QUEUE); "
+        "webhook deliveries are always taken",
     )
     worker.set_defaults(run=worker_command)

@@ -19,6 +19,7 @@ from fishersft.contract.selection import (
     Weighting,
 )
 from fishersft.contract.training import EvalMetrics, EvalRequest, LoraConfig, TrainingConfig, WorstGroup
+from fishersft.contract.webhooks import WebhookOptions
 
 BudgetKind = Literal["examples", "tokens"]
 BUDGET_KINDS: tuple[BudgetKind, ...] = ("examples", "tokens")
@@ -90,7 +91,7 @@ class ComparisonOptions(RequestModel):
         return value
 
 
-class ComparisonCreate(ComparisonOptions):
+class ComparisonCreate(ComparisonOptions, WebhookOptions):
     """POST /v1/comparisons."""
 
     dataset_id: Text = Field(description="A JSONL dataset from POST /v1/datasets.")

@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SerializeAsAny
 
 from fishersft.contract.comparison import ComparisonCreate, ComparisonResult
 from fishersft.contract.selection import SelectionCreate, SelectionResult
@@ -30,7 +30,10 @@ class JobError(BaseModel):
 class Event(BaseModel):
     created_at: datetime = Field(description="When it happened (UTC).")
     level: Literal["info", "warning", "error"] = Field(description="Severity.")
-    type: str = Field(description="started, selected, evaluated, step, saved, succeeded, failed or cancelled.")
+    type: str = Field(
+        description="started, selected, evaluated, step, saved, succeeded, failed or cancelled; then, with a "
+        "webhook_url, webhook.delivered or webhook.failed for each attempt to deliver the webhook."
+    )
     message: str = Field(description="For people.")
     data: dict[str, Any] = Field(default_factory=dict, description="For machines: step, loss, ...")
 
@@ -80,3 +83,21 @@ class SavedJob(BaseModel):
     events: list[Event] = Field(default_factory=list)
     owner: str | None = None
     attempts: int = 1
+
+
+WebhookType = Literal["job.succeeded", "job.failed", "job.cancelled"]
+WEBHOOK_TYPES: dict[JobStatus, WebhookType] = {
+    "succeeded": "job.succeeded",
+    "failed": "job.failed",
+    "cancelled": "job.cancelled",
+}
+"""The webhook's type for each terminal status."""
+
+
+class WebhookPayload(BaseModel):
+    """What a webhook POSTs when a job ends (README, Webhooks)."""
+
+    type: WebhookType = Field(description="How the job ended.")
+    job: SerializeAsAny[JobBody[Any, Any]] = Field(
+        description="The job's body, exactly as GET /v1/<kind>/{id} answers it."
+    )

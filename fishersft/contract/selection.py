@@ -22,6 +22,7 @@ from fishersft.contract.compression import (
     RecordedCompression,
     resolve_compression,
 )
+from fishersft.contract.webhooks import WebhookOptions
 
 Method = Literal["fisher", "random", "kcenter", "similarity", "loss", "ifd"]
 METHODS: tuple[Method, ...] = ("fisher", "random", "kcenter", "similarity", "loss", "ifd")
@@ -174,7 +175,7 @@ class FeatureOptions(RequestModel):
         return resolve_compression(self.rank, self.dim, self.projection, n_examples, source_dim, memory_bytes)
 
 
-class SelectionCreate(FeatureOptions, SelectionOptions):
+class SelectionCreate(FeatureOptions, SelectionOptions, WebhookOptions):
     """POST /v1/selections."""
 
     dataset_id: Text = Field(description="A dataset from POST /v1/datasets.")

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fishersft.contract.base import MAX_ID, NULL, REQUEST, TEXT_SCHEMA, RequestModel, Text, exactly_one, one_of
 from fishersft.contract.selection import LAMBDA_DOC, MAX_LENGTH_DOC, Budget, Method
+from fishersft.contract.webhooks import WebhookOptions
 
 Precision = Literal["auto", "float32", "bfloat16"]
 """`auto`: bfloat16 autocast on CUDA and on CPUs with native bfloat16, float32 elsewhere."""
@@ -66,7 +67,7 @@ class EvalRequest(RequestModel):
         return exactly_one(self, "dataset_id", "holdout_fraction")
 
 
-class FinetuneCreate(RequestModel):
+class FinetuneCreate(WebhookOptions):
     """POST /v1/finetunes."""
 
     model_config = ConfigDict(

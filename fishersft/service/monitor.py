@@ -5,7 +5,9 @@ Every few seconds (a quarter of FISHERSFT_ALIVE_TTL_S, at least 0.5 s) it scans 
 queues: a running job whose worker stopped refreshing its alive key is queued again once (attempts 2, a
 `retried` event), then failed with `worker_lost`. It scans the deferred selections with a plan (protocol.Plan):
 one whose stage job failed (not on request) is failed with `<stage name>: <message>` and its other stages are
-stopped. A lost job is thus settled within FISHERSFT_ALIVE_TTL_S plus a few seconds.
+stopped. A lost job is thus settled within FISHERSFT_ALIVE_TTL_S plus a few seconds. A job it fails (and one
+`stop` cancels while queued) gets its webhook (fishersft.service.webhooks), and each pass queues the webhook
+deliveries due to be tried again.
 
 Where it runs: in every worker process and in the API process, as a daemon thread (`Monitor.start`). Workers
 exist whenever jobs can run, so one is running while the API is down; the API's covers the moment the last
@@ -43,6 +45,7 @@ from rq.registry import DeferredJobRegistry, FailedJobRegistry, StartedJobRegist
 from fishersft.contract.jobs import JobError
 from fishersft.service.protocol import JOB_SERIALIZER, KEEP_S, Plan, Stage, alive_key, cancel_key
 from fishersft.service.settings import Settings
+from fishersft.service.webhooks import enqueue_due, notify
 
 MAX_ATTEMPTS = 2
 """A job whose worker is lost is run again once, then failed (`worker_lost`)."""
@@ -97,8 +100,8 @@ class Monitor:
 
 
 def settle(redis: Redis, settings: Settings) -> None:
-    """One pass: queue again (or fail) running jobs whose worker was lost, then fail the selections waiting for
-    a stage job that failed."""
+    """One pass: queue again (or fail) running jobs whose worker was lost, fail the selections waiting for a
+    stage job that failed, then queue the webhook deliveries due to be tried again."""
     queues = [
         Queue(name, connection=redis, serializer=JOB_SERIALIZER) for name in (settings.queue, settings.training_queue)
     ]
@@ -109,6 +112,7 @@ def settle(redis: Redis, settings: Settings) -> None:
         for job in _fetch(redis, DeferredJobRegistry(queue=queue).get_job_ids(cleanup=False)):
             if "plan" in job.meta and job.get_status(refresh=False) in QUEUED:
                 settle_stages(redis, job)
+    enqueue_due(redis)
 
 
 def settle_lost(redis: Redis, job: Job, alive_ttl_s: float) -> None:
@@ -181,6 +185,7 @@ def stop(redis: Redis, job: Job) -> None:
         redis.set(cancel_key(job.id), 1, ex=KEEP_S)
     elif status in QUEUED:
         job.cancel()
+        notify(redis, job)
 
 
 def _fetch(redis: Redis, ids: list[str]) -> list[Job]:
@@ -224,3 +229,4 @@ def _fail(redis: Redis, job: Job, code: str, message: str) -> None:
         DeferredJobRegistry(queue=queue).remove(job, pipeline=pipe)
         FailedJobRegistry(queue=queue).add(job, ttl=KEEP_S, exc_string=message, pipeline=pipe)
         pipe.execute()
+    notify(redis, job)

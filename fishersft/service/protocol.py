@@ -19,8 +19,14 @@ RUN_COMPARISON = "workers.finetune.run_comparison"
 RUN_SHARD = "workers.stages.run_shard"
 RUN_FEATURES = "workers.stages.run_features"
 RUN_PARTITION = "workers.stages.run_partition"
-JOB_FUNCTIONS = frozenset({RUN_SELECTION, RUN_FINETUNE, RUN_COMPARISON, RUN_SHARD, RUN_FEATURES, RUN_PARTITION})
+RUN_WEBHOOK = "workers.webhooks.deliver_webhook"
+JOB_FUNCTIONS = frozenset(
+    {RUN_SELECTION, RUN_FINETUNE, RUN_COMPARISON, RUN_SHARD, RUN_FEATURES, RUN_PARTITION, RUN_WEBHOOK}
+)
 """The only functions a worker runs: a job naming anything else fails unrun."""
+
+WEBHOOK_QUEUE = "fishersft-webhooks"
+"""Webhook deliveries (fishersft.service.webhooks): every worker takes them, before its other queues."""
 
 KEEP_S = 30 * 24 * 3600
 """How long finished jobs (and the keys kept beside them) stay in Redis; results stay in the artifact store."""

@@ -5,7 +5,17 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, NonNegativeInt, PositiveInt, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from fishersft.contract.compression import DEFAULT_SELECTION_MEMORY
@@ -14,6 +24,8 @@ from fishersft.errors import InputError
 from fishersft.models.registry import BUILTIN_MODELS, DEFAULT_MODEL, ModelRegistry, home
 
 DEFAULT_SHARD_EXAMPLES = 20 * ENCODE_CHUNK
+DEFAULT_WEBHOOK_RETRY_S = (10.0, 30.0, 60.0)
+"""A webhook that fails is tried again after 10, 30 and 60 s: 4 attempts over 100 s."""
 
 
 class Settings(BaseSettings):
@@ -81,6 +93,23 @@ class Settings(BaseSettings):
         "with both cores each embedded 2.2 times slower than one (README, Scale-out).",
     )
 
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="Key of the HMAC-SHA256 signature of every webhook (README, Webhooks); required with "
+        "FISHERSFT_WEBHOOK_HOSTS.",
+    )
+    webhook_hosts: Annotated[frozenset[str], NoDecode] = Field(
+        frozenset(),
+        description="Comma-separated host names a job's webhook_url may name (any port); none: webhooks are "
+        "refused (422). Against SSRF: the service POSTs only to hosts named here.",
+    )
+    webhook_retry_s: Annotated[tuple[PositiveFloat, ...], NoDecode] = Field(
+        DEFAULT_WEBHOOK_RETRY_S,
+        min_length=1,
+        description="Comma-separated seconds between a webhook's failed attempt and the next: one retry each, so "
+        "the default makes 4 attempts over 100 s.",
+    )
+
     @field_validator("shard_examples")
     @classmethod
     def _whole_chunks(cls, value: int) -> int:
@@ -88,10 +117,27 @@ class Settings(BaseSettings):
             raise ValueError(f"must be a multiple of {ENCODE_CHUNK:,} (the embedder's chunk), got {value:,}")
         return value
 
-    @field_validator("api_keys", "admin_api_keys", mode="before")
+    @field_validator("api_keys", "admin_api_keys", "webhook_hosts", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return frozenset(k.strip() for k in value.split(",") if k.strip()) if isinstance(value, str) else value
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("webhook_hosts")
+    @classmethod
+    def _signed(cls, value: frozenset[str], info: ValidationInfo) -> frozenset[str]:
+        if value and info.data.get("webhook_secret") is None:
+            raise ValueError("webhooks are signed: set FISHERSFT_WEBHOOK_SECRET too (e.g. `openssl rand -hex 32`)")
+        return frozenset(host.lower() for host in value)
+
+    @field_validator("webhook_retry_s", mode="before")
+    @classmethod
+    def _seconds(cls, value: object) -> object:
+        return tuple(s.strip() for s in value.split(",")) if isinstance(value, str) else value
 
     @field_validator("models", mode="before")
     @classmethod
@@ -139,8 +185,12 @@ class Settings(BaseSettings):
                 continue
             if name == "models":
                 value = json.dumps({k: str(v) for k, v in value.items()})
-            elif name in ("api_keys", "admin_api_keys"):
+            elif name in ("api_keys", "admin_api_keys", "webhook_hosts"):
                 value = ",".join(sorted(value))
+            elif name == "webhook_retry_s":
+                value = ",".join(map(str, value))
+            elif name == "webhook_secret":
+                value = value.get_secret_value()
             env[self.env_name(name)] = str(value)
         return env
 

@@ -1,0 +1,52 @@
+"""`webhook_url` on every job request: where the service POSTs the job once it ends (README, Webhooks)."""
+
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, Field, StringConstraints, WithJsonSchema
+
+from fishersft.contract.base import RequestModel, no_surrogates
+
+MAX_URL = 2000
+
+
+def _http_url(value: str) -> str:
+    """An absolute http(s) URL with a host and no credentials: the host is what the allow-list checks."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  # raises on a port that is not a number in range
+    except ValueError as e:
+        raise ValueError(f"not a URL: {e}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("an absolute http:// or https:// URL with a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("credentials in the URL are not sent: leave out `user:password@`")
+    return value
+
+
+PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
+URL_PATTERN = rf"^https?://[^\s/?#@:\[\]]+(:{PORT})?([/?#]\S*)?$"
+"""What the schema says a webhook_url is: an http(s) URL with a host and no credentials (IPv6 literals aside,
+which `_http_url` takes too). Every string it matches is accepted by `_http_url`, so a client generated from the
+schema is not refused on the URL's form."""
+
+WebhookUrl = Annotated[
+    str,
+    StringConstraints(max_length=MAX_URL),
+    AfterValidator(no_surrogates),
+    AfterValidator(_http_url),
+    WithJsonSchema({"type": "string", "maxLength": MAX_URL, "pattern": URL_PATTERN}, mode="validation"),
+]
+
+
+class WebhookOptions(RequestModel):
+    """Where to be told that the job ended."""
+
+    webhook_url: WebhookUrl | None = Field(
+        None,
+        description="On a terminal state (succeeded, failed, cancelled) the service POSTs "
+        '`{"type": "job.succeeded" | "job.failed" | "job.cancelled", "job": <this job\'s body>}` here, signed in '
+        "the `Fishersft-Signature` header (README, Webhooks); a non-2xx answer or a timeout is retried with "
+        "backoff, redirects are not followed. Its host must be one the service allows (FISHERSFT_WEBHOOK_HOSTS), "
+        "else 422. Default: no webhook.",
+    )

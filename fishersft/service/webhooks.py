@@ -1,0 +1,112 @@
+"""Webhooks: when a job with a `webhook_url` ends (succeeded, failed, cancelled), the service POSTs
+`{"type": "job.<status>", "job": <its GET body>}` there, signed with FISHERSFT_WEBHOOK_SECRET.
+
+- `notify` is called wherever a job reaches a terminal state (the worker once RQ recorded it, the API's cancel
+  of a queued job, the monitor failing a lost job or a selection whose stage failed); it queues one delivery
+  job (workers.webhooks) on WEBHOOK_QUEUE, once per job, and returns: delivery never delays or fails the job.
+- A delivery that gets no 2xx answer (or none within TIMEOUT_S) is tried again after each of
+  FISHERSFT_WEBHOOK_RETRY_S: `retry_later` files it in a Redis sorted set by due time, and the monitor's pass
+  (`enqueue_due`) queues it when due. RQ's own retry intervals would need RQ's scheduler, a process forked from
+  the worker (which may hold CUDA).
+- Against SSRF, only hosts in FISHERSFT_WEBHOOK_HOSTS are accepted (checked when the job is requested, and again
+  before each attempt) and redirects are never followed.
+"""
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import cast
+from urllib.parse import urlsplit
+
+import httpx
+from redis import Redis
+from rq import Queue
+from rq.job import Job
+
+from fishersft.contract.jobs import WebhookPayload
+from fishersft.service.protocol import JOB_SERIALIZER, KEEP_S, RUN_WEBHOOK, WEBHOOK_QUEUE
+
+SIGNATURE_HEADER = "Fishersft-Signature"
+TIMEOUT_S = 10.0
+"""An attempt that gets no answer within this long failed (and is retried)."""
+DUE_KEY = "fishersft:webhooks:due"
+"""Sorted set of deliveries to try again, `[job id, attempt]` as JSON, scored by the time they are due."""
+
+log = logging.getLogger(__name__)
+
+
+def allowed_host(url: str, hosts: frozenset[str]) -> bool:
+    """Whether the URL's host is one of `hosts` (lower-case names; any port)."""
+    host = urlsplit(url).hostname
+    return host is not None and host.lower() in hosts
+
+
+def signature(secret: str, timestamp: int, body: bytes) -> str:
+    """The Fishersft-Signature header: `t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`."""
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One POST's outcome: the status code answered (None without an answer) and, unless 2xx, why it failed."""
+
+    status_code: int | None
+    error: str | None
+
+    @property
+    def delivered(self) -> bool:
+        return self.error is None
+
+
+def post(url: str, payload: WebhookPayload, secret: str) -> Attempt:
+    """POST the payload, signed now; redirects are not followed (a 3xx is a failed attempt)."""
+    body = payload.model_dump_json(by_alias=True).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "fishersft-webhooks",
+        SIGNATURE_HEADER: signature(secret, int(time.time()), body),
+    }
+    try:
+        response = httpx.post(url, content=body, headers=headers, timeout=TIMEOUT_S, follow_redirects=False)
+    except httpx.HTTPError as e:
+        return Attempt(None, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+    if response.is_success:
+        return Attempt(response.status_code, None)
+    return Attempt(response.status_code, f"answered {response.status_code}")
+
+
+def notify(redis: Redis, job: Job) -> None:
+    """Queue the first delivery of the job's webhook, if its request has one, once per job."""
+    url = (job.meta.get("request") or {}).get("webhook_url")  # stage and delivery jobs carry no request in meta
+    if url and redis.set(f"fishersft:webhook:{job.id}", 1, nx=True, ex=KEEP_S):
+        _enqueue(redis, job.id, 1)
+
+
+def retry_later(redis: Redis, job_id: str, attempt: int, delay_s: float) -> None:
+    """File delivery attempt `attempt` to be queued by the monitor in `delay_s` seconds."""
+    redis.zadd(DUE_KEY, {json.dumps([job_id, attempt]): time.time() + delay_s})
+
+
+def enqueue_due(redis: Redis) -> None:
+    """Queue the deliveries due by now (the monitor's pass; each is taken by the one monitor that removes it)."""
+    for member in cast(list[bytes], redis.zrangebyscore(DUE_KEY, "-inf", time.time())):
+        if redis.zrem(DUE_KEY, member):
+            job_id, attempt = json.loads(member)
+            _enqueue(redis, job_id, attempt)
+
+
+def _enqueue(redis: Redis, job_id: str, attempt: int) -> None:
+    queue = Queue(WEBHOOK_QUEUE, connection=redis, serializer=JOB_SERIALIZER)
+    queue.enqueue(
+        RUN_WEBHOOK,
+        kwargs={"job_id": job_id, "attempt": attempt},
+        job_id=f"{job_id}-webhook-{attempt}",
+        job_timeout=int(3 * TIMEOUT_S),
+        result_ttl=0,
+        failure_ttl=KEEP_S,
+    )
+    log.debug("queued webhook delivery %d of %s", attempt, job_id)
