@@ -6,7 +6,8 @@
 
 `id` (a string or an integer) defaults to the 0-based line number. Other keys with string values are kept as
 `labels` (`category`, `language`, `source`: what held-out splits are stratified by); the rest are ignored. Every
-line of a file must have the same shape. Blank lines are skipped.
+line of a file must have the same shape. Blank lines are skipped. `.jsonl.gz` and Parquet files are validated by
+the same code (`iter_records`) as they are converted into JSONL: see fishersft.data.formats.
 """
 
 import json
@@ -44,7 +45,7 @@ class Message:
 class Example:
     id: ExampleId
     line: int
-    """1-based line number in the source file."""
+    """1-based line number in the source file (the row, in a Parquet file)."""
     shape: Shape
     prompt: str = ""
     response: str = ""
