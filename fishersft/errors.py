@@ -18,17 +18,19 @@ class InputError(ValueError):
 @dataclass(frozen=True)
 class LineError:
     line: int
-    """1-based line number in the file."""
+    """1-based line number in the file (the row number, for a Parquet file)."""
     message: str
+    unit: str = "line"
+    """What `line` counts: "line", or "row" for a Parquet file."""
 
     def __str__(self) -> str:
-        return f"line {self.line}: {self.message}"
+        return f"{self.unit} {self.line}: {self.message}"
 
 
 class DatasetError(InputError):
-    """One or more bad lines in a JSONL dataset."""
+    """One or more bad lines (rows) in a dataset."""
 
     def __init__(self, errors: list[LineError], more: bool = False) -> None:
         self.errors = errors
         count = f"{len(errors)}{'+' if more else ''}"
-        super().__init__(f"invalid dataset: {count} bad line(s)", [str(e) for e in errors])
+        super().__init__(f"invalid dataset: {count} bad {errors[0].unit}(s)", [str(e) for e in errors])

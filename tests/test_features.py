@@ -177,3 +177,49 @@ def test_groups_covered_are_counted_on_the_rows_grouping_field():
     assert select_features(features, SelectionOptions(budget=Budget(examples=1)), labels=no_field).groups is None
     with pytest.raises(InputError, match="no row of the dataset has a string field 'topic'"):
         select_features(features, SelectionOptions(budget=Budget(examples=1), group_by="topic"), labels=labels)
+
+
+@pytest.mark.parametrize("kind", ["npz", "npz_compressed", "safetensors"])
+@pytest.mark.parametrize("compression", [Compression(rank=3), Compression(rank=2, dim=5, projection="principal")])
+def test_uploaded_files_are_validated_and_compressed_a_chunk_at_a_time_into_the_same_store(
+    tmp_path, monkeypatch, kind, compression
+):
+    """An uploaded file's rows are read a chunk at a time (from the .npz's zip member, or memory-mapped from the
+    .safetensors), never whole; the store they compress into is, file for file, the one in-memory arrays give."""
+    from fishersft.features import files, store
+    from fishersft.features.set import NpyMember
+
+    monkeypatch.setattr(files, "FINITE_CHECK_ROWS", 7)
+    monkeypatch.setattr(store, "STAGED_CHUNK_ROWS", 16)
+    rng = np.random.default_rng(3)
+    offsets = np.concatenate([[0], np.cumsum(rng.integers(1, 6, 40))]).astype(np.int64)
+    features = rng.standard_normal((int(offsets[-1]), 8)).astype(np.float32)
+    ids = [f"ex-{i}" for i in range(40)]
+    path = tmp_path / ("f.safetensors" if kind == "safetensors" else "f.npz")
+    if kind == "safetensors":
+        save_file({"features": features, "offsets": offsets}, str(path), metadata={"ids": json.dumps(ids)})
+    else:
+        (np.savez_compressed if kind == "npz_compressed" else np.savez)(
+            path, features=features, offsets=offsets, ids=np.array(ids)
+        )
+    loaded = load_features(path)
+    assert isinstance(loaded.features, NpyMember if kind != "safetensors" else np.memmap)
+    in_memory = FeatureSet(features, offsets, ids)
+    chunked = store.compress_store(loaded, tmp_path / "chunked", compression)
+    whole = store.compress_store(in_memory, tmp_path / "whole", compression)
+    names = sorted(p.name for p in (tmp_path / "whole").iterdir())
+    assert sorted(p.name for p in (tmp_path / "chunked").iterdir()) == names and "features.npy" in names
+    for name in names:
+        assert (tmp_path / "chunked" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+    assert chunked.ids == whole.ids == ids
+
+
+def test_a_non_finite_row_deep_in_a_deflated_npz_is_found_by_the_chunked_check(tmp_path, monkeypatch):
+    from fishersft.features import files
+
+    monkeypatch.setattr(files, "FINITE_CHECK_ROWS", 4)
+    features, offsets = arrays(n=10, d=4)
+    features[-1, 2] = np.inf
+    np.savez_compressed(tmp_path / "f.npz", features=features, offsets=offsets)
+    with pytest.raises(FeaturesError, match="NaN or infinite"):
+        load_features(tmp_path / "f.npz")

@@ -1,7 +1,8 @@
 """/v1/datasets: upload (multipart), read, list, delete."""
 
+import functools
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, TypeVar
@@ -14,7 +15,8 @@ from app.errors import ApiError, documented, shown
 from app.schemas import Page
 from fishersft.contract.base import Text
 from fishersft.contract.datasets import DatasetFormat, DatasetRecord
-from fishersft.data.dataset import iter_examples
+from fishersft.data.dataset import Example, iter_examples
+from fishersft.data.formats import CONVERTED, MAX_LINE_BYTES, SUFFIXES, TEXT_FORMATS, TooLarge, dataset_format, to_jsonl
 from fishersft.data.groups import LabelCounter
 from fishersft.errors import DatasetError, InputError, LineError
 from fishersft.features.files import load_features
@@ -24,7 +26,8 @@ from fishersft.service.store import ArtifactStore
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 T = TypeVar("T")
-FORMATS: dict[str, DatasetFormat] = {".jsonl": "jsonl", ".json": "jsonl", ".npz": "npz", ".safetensors": "safetensors"}
+Counts = tuple[int, int | None, int | None, dict[str, int]]
+"""Examples, loss tokens, feature width and label fields of an upload."""
 
 
 @router.post(
@@ -39,23 +42,29 @@ def create_dataset(
     store: Annotated[ArtifactStore, Depends(deps.store)],
     datasets: Annotated[Datasets, Depends(deps.datasets)],
     settings: Annotated[Settings, Depends(deps.settings)],
-    file: Annotated[UploadFile, File(description="JSONL dataset (.jsonl), or features (.npz, .safetensors).")],
+    file: Annotated[
+        UploadFile,
+        File(description="Examples (.jsonl, .jsonl.gz, .parquet), or features (.npz, .safetensors)."),
+    ],
     name: Annotated[
         Text | None, Form(description="A name to show (at most 1,000 characters); default: the file name.")
     ] = None,
 ) -> DatasetRecord:
     """Stored content-addressed: the same bytes always give the same dataset id. Bad rows: 422 naming the first
-    20 bad lines, and nothing is stored."""
-    suffix = Path(file.filename or "").suffix.lower()
-    if suffix not in FORMATS:
-        message = f"expected a .jsonl, .npz or .safetensors file, got {shown(file.filename or '')}"
-        detail = {"field": "file", "message": "the file name must end in .jsonl, .npz or .safetensors"}
+    20 bad lines (rows, for Parquet), and nothing is stored. A .jsonl.gz or .parquet upload is stored as the JSONL
+    it converts to (see fishersft.data.formats), which may not pass the upload size limit either."""
+    fmt = dataset_format(file.filename or "")
+    if fmt is None:
+        endings = ", ".join(SUFFIXES)
+        message = f"expected one of {endings} files, got {shown(file.filename or '')}"
+        detail = {"field": "file", "message": f"the file name must end in one of {endings}"}
         raise ApiError(422, "unsupported_format", message, [detail])
-    fmt = FORMATS[suffix]
-    temp = store.temp_file(suffix)
+    temp = store.temp_file(f".{fmt}")
+    converted = store.temp_file(".jsonl")
     try:
         with _Upload(file, temp) as upload:
-            n_examples, n_loss_tokens, dim, labels = _validated(lambda: _counts(upload, fmt), temp, file.filename)
+            counts = functools.partial(_counts, upload, fmt, converted, settings.max_upload_bytes)
+            n_examples, n_loss_tokens, dim, labels = _validated(counts, fmt, temp, file.filename)
             upload.finish()
         dataset_id = f"ds_{upload.sha256[:ID_HEX]}"
         existing = store.dataset(dataset_id)
@@ -77,17 +86,14 @@ def create_dataset(
                 bytes=upload.size,
                 created_at=datetime.now(UTC),
             )
-            store.put_blob(temp, upload.sha256)
+            store.put_blob(converted if fmt in CONVERTED else temp, upload.sha256)
             existing = store.put_dataset_once(record)  # concurrent identical uploads: the first record wins
         datasets.claim(dataset_id)
     finally:
         temp.unlink(missing_ok=True)
+        converted.unlink(missing_ok=True)
     response.headers["Location"] = f"/v1/datasets/{dataset_id}"
     return existing
-
-
-MAX_LINE_BYTES = 64 << 20
-"""One JSONL example may take up to 64 MiB; a longer line is refused (it would be parsed into memory whole)."""
 
 
 class _Upload:
@@ -145,30 +151,41 @@ class _Upload:
         return self.digest.hexdigest()
 
 
-def _counts(upload: _Upload, fmt: str) -> tuple[int, int | None, int | None, dict[str, int]]:
-    """Examples, loss tokens, feature width and label fields: JSONL is validated line by line as it is copied
-    (only ids and label values are kept), a features file is read whole once copied."""
+def _counts(upload: _Upload, fmt: DatasetFormat, converted: Path, max_bytes: int) -> Counts:
+    """JSONL is validated line by line as it is copied; .jsonl.gz and .parquet are copied, then converted into
+    JSONL at `converted` and validated a line or row group at a time (only ids and label values are kept); a
+    features file is read whole once copied."""
     if fmt == "jsonl":
-        labels, n = LabelCounter(), 0
-        for example in iter_examples(upload.lines()):
-            labels.add(example.labels)
-            n += 1
-        return n, None, None, labels.counts()
+        return _text_counts(iter_examples(upload.lines()))
     upload.finish()
+    if fmt in CONVERTED:
+        return _text_counts(to_jsonl(upload.target, fmt, converted, max_bytes))
     features = load_features(upload.target)
     return len(features.ids), features.n_tokens, int(features.features.shape[1]), {}
 
 
-def _validated(check: Callable[[], T], temp: Path, filename: str | None) -> T:
-    """`check()`, with its input errors as 422s that name the uploaded file, not our temporary copy."""
+def _text_counts(examples: Iterable[Example]) -> Counts:
+    labels, n = LabelCounter(), 0
+    for example in examples:
+        labels.add(example.labels)
+        n += 1
+    return n, None, None, labels.counts()
+
+
+def _validated(check: Callable[[], T], fmt: DatasetFormat, temp: Path, filename: str | None) -> T:
+    """`check()`, with its input errors as 422s (413 past the size limit) that name the uploaded file, not our
+    temporary copy."""
     try:
         return check()
     except DatasetError as e:
-        details = [{"line": err.line, "message": err.message} for err in e.errors]
+        details = [{err.unit: err.line, "message": err.message} for err in e.errors]
         raise ApiError(422, "invalid_dataset", e.message, details) from None
+    except TooLarge as e:
+        raise ApiError(413, "too_large", e.message) from None
     except InputError as e:
+        code = "invalid_dataset" if fmt in TEXT_FORMATS else "invalid_features"
         details = [{"field": "file", "message": d} for d in e.details]  # the one error shape: objects, not strings
-        raise ApiError(422, "invalid_features", e.message.replace(temp.name, filename or "file"), details) from None
+        raise ApiError(422, code, e.message.replace(temp.name, filename or "file"), details) from None
 
 
 @router.get("", response_model=Page[DatasetRecord], summary="List datasets, newest first")

@@ -20,6 +20,7 @@ from fishersft.cli.remote import run_remote_compare
 from fishersft.contract.comparison import BUDGET_KINDS, ComparisonResult
 from fishersft.contract.selection import METHODS, WEIGHTINGS
 from fishersft.data.dataset import DEFAULT_MAX_LENGTH
+from fishersft.data.formats import as_jsonl
 from fishersft.errors import InputError
 from fishersft.features.files import is_features_path
 from fishersft.models.registry import (
@@ -52,18 +53,19 @@ def compare_command(args: argparse.Namespace) -> None:
     max_length = args.max_length or DEFAULT_MAX_LENGTH
     with ProgressBars() as progress, tempfile.TemporaryDirectory(prefix="fishersft-") as tmp:
         features_dir = Path(tmp) / "features"
-        embedding = embed_dataset(args.data, model_dir, features_dir, max_length=max_length, progress=progress)
+        data = as_jsonl(Path(args.data), Path(tmp))
+        embedding = embed_dataset(data, model_dir, features_dir, max_length=max_length, progress=progress)
         target = target_features(args.target, model, max_length, Path(tmp) / "target", progress)
         options = comparison_options(args)
         result = compare(
-            Path(args.data),
+            data,
             model_dir,
             model,
             embedding.features,
             options,
-            eval_data=args.eval_data,
+            eval_data=args.eval_data and as_jsonl(args.eval_data, Path(tmp)),
             target=target,
-            target_data=args.target,
+            target_data=args.target and as_jsonl(args.target, Path(tmp)),
         )
     result.timings["embed_s"] = embedding.seconds
     print_json(result, args.out_dir / "comparison.json")
@@ -102,7 +104,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     compare = commands.add_parser(
         "compare", help="fine-tune fisher and seeded random subsets with LoRA and compare their held-out loss"
     )
-    compare.add_argument("data", help="a JSONL dataset")
+    compare.add_argument("data", help="a dataset: .jsonl, .jsonl.gz or .parquet")
     compare.add_argument("--model", help=f"a built-in model or a model directory (default: {DEFAULT_MODEL})")
     compare.add_argument("--budget", type=positive_int, required=True, metavar="K", help="examples per subset")
     compare.add_argument("--random-seeds", type=positive_int, default=3, metavar="N", help="random subsets (3)")

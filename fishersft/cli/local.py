@@ -31,6 +31,7 @@ from fishersft.contract.selection import (
 )
 from fishersft.data import corpora
 from fishersft.data.dataset import DEFAULT_MAX_LENGTH, read_labels
+from fishersft.data.formats import as_jsonl
 from fishersft.errors import InputError
 from fishersft.features.files import is_features_path, load_features
 from fishersft.features.set import FeatureSet
@@ -48,8 +49,8 @@ from fishersft.pipeline import Progress, count_lines, embed_dataset, select_feat
 
 
 def run_select(args: argparse.Namespace) -> SelectionResult:
-    """Select on this machine: embed a JSONL dataset with a model (the default one unless --model), or read
-    features, then select."""
+    """Select on this machine: embed a dataset (.jsonl, .jsonl.gz, .parquet) with a model (the default one
+    unless --model), or read features, then select."""
     data = Path(args.data)
     check_target([args.method], args.target)
     if args.target is not None and args.partitions is not None:
@@ -68,6 +69,7 @@ def run_select(args: argparse.Namespace) -> SelectionResult:
                 raise InputError(f"--features-out {args.features_out} already exists; remove it or pick another")
             model = args.model or DEFAULT_MODEL
             model_dir = resolve_model(model)
+            data = as_jsonl(data, Path(tmp))
             embedding = embed_dataset(
                 data,
                 model_dir,
@@ -109,7 +111,7 @@ def check_target(methods: Collection[Method], target: Path | None) -> None:
 def target_features(
     target: Path | None, model: str | None, max_length: int, directory: Path, progress: Progress
 ) -> FeatureSet | None:
-    """--target (see `check_target`): a JSONL file embedded by the same model, or a features file."""
+    """--target (see `check_target`): examples embedded by the same model, or a features file."""
     if target is None:
         return None
     if is_features_path(target):
@@ -117,7 +119,7 @@ def target_features(
     if model is None:
         raise InputError("--target: a JSONL target needs a model, so the data must be JSONL too")
     embedding = embed_dataset(
-        target,
+        as_jsonl(target, directory.parent),
         resolve_model(model),
         directory,
         max_length=max_length,
@@ -204,7 +206,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 def add_select_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "data", help="JSONL dataset or features (.npz, .safetensors, store); with --server also a dataset id"
+        "data",
+        help="a dataset (.jsonl, .jsonl.gz, .parquet) or features (.npz, .safetensors, store); with --server also a "
+        "dataset id",
     )
     parser.add_argument(
         "--model",

@@ -1,19 +1,25 @@
 """A dataset's record: what an upload stored, as the API answers it and the workers read it."""
 
 from datetime import datetime
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, Field
 
 MAX_LABEL_VALUES = 10_000
 """Distinct values counted per label field at upload; beyond that a field is reported as having this many."""
-DatasetFormat = Literal["jsonl", "npz", "safetensors"]
+TextFormat = Literal["jsonl", "jsonl.gz", "parquet"]
+"""Examples, in the file formats an upload may take (stored as JSONL: see fishersft.data.formats)."""
+FeaturesFormat = Literal["npz", "safetensors"]
+DatasetFormat = TextFormat | FeaturesFormat
 
 
 class DatasetRecord(BaseModel):
     id: str = Field(description="Dataset id, derived from the content hash: the same file always gets the same id.")
     name: str | None = Field(description="Name given at upload, else the file name.")
-    format: DatasetFormat = Field(description="jsonl: examples; npz/safetensors: features.")
+    format: DatasetFormat = Field(
+        description="The uploaded file's format. jsonl, jsonl.gz, parquet: examples (stored as JSONL); "
+        "npz/safetensors: features."
+    )
     n_examples: int = Field(description="Number of examples.")
     n_loss_tokens: int | None = Field(
         description="Loss tokens, known for features files; for JSONL it depends on the model's tokenizer: null."
@@ -30,5 +36,5 @@ class DatasetRecord(BaseModel):
 
     @property
     def is_text(self) -> bool:
-        """JSONL examples (embedded by a model), not an uploaded features file."""
-        return self.format == "jsonl"
+        """Examples (embedded by a model; stored as JSONL whatever the upload's format), not a features file."""
+        return self.format in get_args(TextFormat)

@@ -6,6 +6,7 @@ from pydantic import BaseModel, Field
 class ErrorDetail(BaseModel):
     field: str | None = Field(None, description="The request field, e.g. `body.budget.examples`.")
     line: int | None = Field(None, description="The dataset line (1-based), for upload errors.")
+    row: int | None = Field(None, description="The Parquet row (1-based), for errors in a `.parquet` upload.")
     message: str = Field(description="What is wrong there.")
 
 

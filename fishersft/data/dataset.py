@@ -6,18 +6,20 @@
 
 `id` (a string or an integer) defaults to the 0-based line number. Other keys with string values are kept as
 `labels` (`category`, `language`, `source`: what held-out splits are stratified by); the rest are ignored. Every
-line of a file must have the same shape. Blank lines are skipped.
+line of a file must have the same shape. Blank lines are skipped. `.jsonl.gz` and Parquet files are validated by
+the same code (`iter_records`) as they are converted into JSONL: see fishersft.data.formats.
 """
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from fishersft.contract.base import ExampleId
 from fishersft.errors import DatasetError, LineError
 
+T = TypeVar("T")
 Shape = Literal["prompt_response", "messages", "text"]
 SHAPE_KEYS: dict[Shape, tuple[str, ...]] = {
     "prompt_response": ("prompt", "response"),
@@ -43,7 +45,7 @@ class Message:
 class Example:
     id: ExampleId
     line: int
-    """1-based line number in the source file."""
+    """1-based line number in the source file (the row, in a Parquet file)."""
     shape: Shape
     prompt: str = ""
     response: str = ""
@@ -73,14 +75,26 @@ def iter_examples(
     """Yield the examples as the lines come, keeping only their ids (for duplicates); at the end, or once more
     than `max_errors` lines are bad, raise DatasetError listing the first `max_errors` problems. `lines`: the
     file's lines, or (1-based line number, line) pairs from further into it."""
+    return iter_records(((number, _parse, line) for number, line in _numbered(lines)), max_errors)
+
+
+Record = dict[str, Any]
+"""One example's fields, as a JSON object or a Parquet row holds them."""
+
+
+def iter_records(
+    records: Iterable[tuple[int, Callable[[T], Record | None], T]], max_errors: int = 20, unit: str = "line"
+) -> Iterator[Example]:
+    """`iter_examples` over (1-based number, parse, raw) triples: `parse(raw)` gives the record (None: skip it)
+    or raises _BadLine. Every format's rows are validated here, and errors name the `unit` ("line", "row")."""
     errors: list[LineError] = []
     seen: dict[str, int] = {}
     shape: tuple[Shape, int] | None = None  # the dataset's shape and the line that set it
-    for number, raw in _numbered(lines):
+    for number, parse, raw in records:
         if len(errors) > max_errors:
             raise DatasetError(errors[:max_errors], more=True)
         try:
-            record = _parse(raw)
+            record = parse(raw)
             if record is None:
                 continue
             example = _example(record, number)
@@ -88,21 +102,21 @@ def iter_examples(
                 shape = (example.shape, number)
             elif example.shape != shape[0]:
                 raise _BadLine(
-                    f"mixed shapes: this line is {SHAPE_NAMES[example.shape]} but line {shape[1]} is "
+                    f"mixed shapes: this {unit} is {SHAPE_NAMES[example.shape]} but {unit} {shape[1]} is "
                     f"{SHAPE_NAMES[shape[0]]}; use one shape per file"
                 )
             key = str(example.id)
             if key in seen:
-                raise _BadLine(f"duplicate id {example.id!r} (first used on line {seen[key]})")
+                raise _BadLine(f"duplicate id {example.id!r} (first used on {unit} {seen[key]})")
             seen[key] = number
         except _BadLine as e:
-            errors.append(LineError(number, str(e)))
+            errors.append(LineError(number, str(e), unit))
             continue
         yield example
     if errors:
         raise DatasetError(errors[:max_errors], more=len(errors) > max_errors)
     if not seen:
-        raise DatasetError([LineError(1, "the dataset is empty: no examples found")])
+        raise DatasetError([LineError(1, "the dataset is empty: no examples found", unit)])
 
 
 def _numbered(lines: Iterable[bytes | str] | Iterable[tuple[int, bytes | str]]) -> Iterator[tuple[int, bytes | str]]:
@@ -121,6 +135,8 @@ def _parse(raw: bytes | str) -> dict[str, Any] | None:
         record = json.loads(text)
     except json.JSONDecodeError as e:
         raise _BadLine(f"not valid JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise _BadLine("JSON nested too deeply to read (arrays or objects within each other)") from None
     if not isinstance(record, dict):
         raise _BadLine(f"expected a JSON object, got {type(record).__name__}")
     if "\\u" in text:  # only a \uXXXX escape can smuggle a lone surrogate past UTF-8 decoding
@@ -143,7 +159,7 @@ def _example(record: dict[str, Any], number: int) -> Example:
         raise _BadLine(f"ambiguous shape: the object has fields of both {names}")
     example_id = record.get("id", number - 1)
     if isinstance(example_id, bool) or not isinstance(example_id, str | int):
-        raise _BadLine(f'"id" must be a string or an integer, got {json.dumps(example_id)}')
+        raise _BadLine(f'"id" must be a string or an integer, got {_shown(example_id)}')
     shape = present[0]
     labels = _labels(record)
     if shape == "prompt_response":
@@ -158,6 +174,27 @@ def _example(record: dict[str, Any], number: int) -> Example:
     if shape == "text":
         return Example(example_id, number, shape, text=_string(record, "text"), labels=labels)
     return Example(example_id, number, shape, messages=_messages(record["messages"]), labels=labels)
+
+
+def _shown(value: Any) -> str:
+    """A value as an error quotes it: its JSON, or its type where it has none (a Parquet timestamp, bytes)."""
+    try:
+        return json.dumps(value)[:80]
+    except (TypeError, ValueError, RecursionError):
+        return type(value).__name__
+
+
+def example_record(example: Example) -> Record:
+    """The record that reads back as `example`, with its id: a dataset's canonical JSONL line (see
+    fishersft.data.formats)."""
+    fields: Record
+    if example.shape == "prompt_response":
+        fields = {"prompt": example.prompt, "response": example.response}
+    elif example.shape == "text":
+        fields = {"text": example.text}
+    else:
+        fields = {"messages": [{"role": m.role, "content": m.content} for m in example.messages]}
+    return {"id": example.id, **fields, **example.labels}
 
 
 def _labels(record: dict[str, Any]) -> dict[str, str]:

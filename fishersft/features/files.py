@@ -22,6 +22,9 @@ from fishersft.features.set import (
     PROJECTION_FILE,
     FeaturesError,
     FeatureSet,
+    NpyMember,
+    Rows,
+    read_rows,
 )
 
 
@@ -43,7 +46,7 @@ def load_features(path: str | Path, suffix: str | None = None) -> FeatureSet:
             offsets = np.load(path / OFFSETS_FILE)
             ids = json.loads((path / IDS_FILE).read_text())
             if (path / LENGTHS_FILE).exists():  # a compressed store
-                store = validate(features, offsets, ids, path.name)
+                store = validate(features, offsets, ids, path.name, rows_checked=True)
                 store.lengths = np.load(path / LENGTHS_FILE)
                 store.means = np.load(path / MEANS_FILE, mmap_mode="r")
                 if (path / PROJECTION_FILE).exists():
@@ -62,8 +65,9 @@ def load_features(path: str | Path, suffix: str | None = None) -> FeatureSet:
                 missing = {"features", "offsets"} - set(data.files)
                 if missing:
                     raise FeaturesError(f"{path.name}: missing array(s) {', '.join(sorted(missing))}")
-                features, offsets = data["features"], data["offsets"]
+                offsets = data["offsets"]
                 ids = data["ids"].tolist() if "ids" in data.files else None
+            features = NpyMember(path, "features.npy")
         elif suffix == ".safetensors":
             features, offsets, ids = _read_safetensors(path)
         else:
@@ -96,7 +100,11 @@ def _check_inflation(path: Path) -> None:
         )
 
 
+SAFETENSORS_FLOATS = {"F16": "<f2", "F32": "<f4", "F64": "<f8"}
+
+
 def _read_safetensors(path: Path) -> tuple[np.ndarray, np.ndarray, list[ExampleId] | None]:
+    """`features` memory-mapped (read a chunk at a time by `read_rows`), once safetensors checked the header."""
     with safe_open(str(path), framework="np") as f:
         keys = set(f.keys())
         missing = {"features", "offsets"} - keys
@@ -106,13 +114,28 @@ def _read_safetensors(path: Path) -> tuple[np.ndarray, np.ndarray, list[ExampleI
         metadata = f.metadata() or {}
         if ids is None and "ids" in metadata:
             ids = json.loads(metadata["ids"])
-        return f.get_tensor("features"), f.get_tensor("offsets"), ids
+        offsets = f.get_tensor("offsets")
+    with open(path, "rb") as raw:
+        header_bytes = int.from_bytes(raw.read(8), "little")
+        info = json.loads(raw.read(header_bytes))["features"]
+    if info["dtype"] not in SAFETENSORS_FLOATS or len(info["shape"]) != 2:
+        raise FeaturesError(
+            f"{path.name}: `features` must be a 2-D float array (F16, F32, F64), got {info['dtype']} {info['shape']}"
+        )
+    shape, begin = tuple(info["shape"]), 8 + header_bytes + info["data_offsets"][0]
+    features = np.memmap(path, SAFETENSORS_FLOATS[info["dtype"]], "r", offset=begin, shape=shape)
+    return features, offsets, ids
 
 
 FINITE_CHECK_ROWS = 1 << 14
 
 
-def validate(features: np.ndarray, offsets: np.ndarray, ids: list | None, name: str) -> FeatureSet:
+def validate(
+    features: Rows, offsets: np.ndarray, ids: list | None, name: str, rows_checked: bool = False
+) -> FeatureSet:
+    """Check the arrays of a features file (the rows a chunk at a time, unless `rows_checked`: a store's rows were
+    checked as they were written)."""
+
     def fail(message: str) -> FeaturesError:
         return FeaturesError(f"{name}: {message}")
 
@@ -129,9 +152,9 @@ def validate(features: np.ndarray, offsets: np.ndarray, ids: list | None, name: 
         )
     if (lengths <= 0).any():
         raise fail(f"example {int(np.argmax(lengths <= 0))} has no rows: offsets must strictly increase")
-    if not isinstance(features, np.memmap):  # a store's rows were checked as they were written
+    if not rows_checked:
         for start in range(0, len(features), FINITE_CHECK_ROWS):
-            if not np.isfinite(features[start : start + FINITE_CHECK_ROWS]).all():
+            if not np.isfinite(read_rows(features, start, min(len(features), start + FINITE_CHECK_ROWS))).all():
                 raise fail(f"`features` has NaN or infinite values (rows {start} to {start + FINITE_CHECK_ROWS})")
     n = len(lengths)
     if ids is None:

@@ -3,9 +3,12 @@ offsets[i]:offsets[i+1]), the example ids and, for a compressed store, loss toke
 embedder's scores (fishersft.features.scores)."""
 
 import functools
+import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -42,10 +45,60 @@ class FeaturesError(InputError):
     pass
 
 
+class NpyMember:
+    """A 2-D array in an .npz (a zip member, perhaps deflated), read a chunk of rows at a time, in order, and
+    never whole unless asked (`np.asarray`): an uploaded features file needs no memory for its rows."""
+
+    def __init__(self, path: Path, member: str) -> None:
+        self.path, self.member = path, member
+        self._file: IO[bytes] | None = None
+        with zipfile.ZipFile(path) as archive, archive.open(member) as f:
+            version = np.lib.format.read_magic(f)
+            readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            if version not in readers:
+                raise FeaturesError(f"{path.name}: {member} is an .npy of version {version}, not 1.0 or 2.0")
+            shape, fortran_order, self.dtype = readers[version](f)
+            self.start = f.tell()
+        if self.dtype.hasobject:
+            raise FeaturesError(f"{path.name}: {member} holds Python objects, not numbers")
+        if fortran_order and len(shape) > 1:
+            raise FeaturesError(f"{path.name}: {member} is in Fortran order; save it in C order (the default)")
+        self.shape: tuple[int, ...] = tuple(shape)
+        self.ndim = len(shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, step = rows.indices(len(self))
+        if step != 1:
+            raise ValueError("rows are read a contiguous range at a time")
+        row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        try:
+            if self._file is None:
+                # kept open between reads, so rows read in order are inflated once: closed with this object
+                self._file = zipfile.ZipFile(self.path).open(self.member)  # noqa: SIM115
+            self._file.seek(self.start + start * row_bytes)  # reading in order, the file is where it should be
+            data = self._file.read(max(0, stop - start) * row_bytes)
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as e:
+            raise FeaturesError(f"{self.path.name}: cannot read {self.member} ({e})") from None
+        if len(data) != max(0, stop - start) * row_bytes:
+            raise FeaturesError(f"{self.path.name}: {self.member} is shorter than its shape says")
+        return np.frombuffer(bytearray(data), self.dtype).reshape(-1, *self.shape[1:])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        whole = self[:]
+        return whole if dtype is None else whole.astype(dtype)
+
+
+Rows = np.ndarray | NpyMember
+"""[rows x d]: in memory, memory-mapped (a features store, an uploaded .safetensors) or in an .npz."""
+
+
 @dataclass(init=False)
 class FeatureSet:
-    features: np.ndarray
-    """[rows x d], any float dtype; memory-mapped for a features store."""
+    features: Rows
+    """[rows x d], any float dtype; memory-mapped for a features store, read in chunks from an uploaded file."""
     offsets: np.ndarray
     """int64 [N+1]: example i owns rows offsets[i]:offsets[i+1]."""
     ids: list[ExampleId]
@@ -65,7 +118,7 @@ class FeatureSet:
 
     def __init__(
         self,
-        features: np.ndarray,
+        features: Rows,
         offsets: np.ndarray,
         ids: list[ExampleId],
         lengths: np.ndarray | None = None,
@@ -139,7 +192,7 @@ class FeatureSet:
         return sums / self.lengths[:, None]
 
 
-def read_rows(array: np.ndarray, start: int, stop: int) -> np.ndarray:
+def read_rows(array: Rows, start: int, stop: int) -> np.ndarray:
     """Rows start:stop of a 2-D array as a fresh array. From a memory-mapped file they are read from the file:
     pages of the map would stay mapped and count against the process (a 1M-example store is many GiB)."""
     if isinstance(array, np.memmap) and array.filename:
@@ -153,6 +206,7 @@ def feature_blocks(features: FeatureSet, weighting: Weighting) -> tuple[FeatureB
     """The blocks selection runs on under `weighting`, read from `features` a chunk at a time (float16 stays
     float16), and the loss tokens per example."""
     lengths = torch.from_numpy(np.asarray(features.lengths))
+    rows: Rows
     if weighting == "mean":
         rows, offsets, scale = features.mean_rows(), torch.arange(len(lengths) + 1), None
     else:
