@@ -29,6 +29,10 @@ from fishersft.features.set import FeatureSet, feature_blocks
 from fishersft.pipeline import Progress, baseline_inputs
 from fishersft.selection.selector import select_blocks
 from fishersft.training.evaluation import finetune, held_out_file, held_out_split, ids_sha256
+from fishersft.training.lora import training_plan
+
+PROGRESS_POINTS = 50
+"""Training progress reports per run: each reads the loss back from the device, so not at every step."""
 
 
 @dataclass(frozen=True)
@@ -174,7 +178,8 @@ def compare(
     )
     pool = sorted(set(range(len(examples))) - set(exclude))
     prepared_s = time.perf_counter() - started
-    totals = [training.total_steps(len(run.indices)) for run in runs]
+    trains = [[encoded[i] for i in run.indices] for run in runs]
+    totals = [len(training_plan(train, training)) for train in trains]
     rows = []
     for k, run in enumerate(runs):
         done = sum(totals[:k])
@@ -185,7 +190,7 @@ def compare(
 
         _, trained = finetune(
             model_dir,
-            [encoded[i] for i in run.indices],
+            trains[k],
             held,
             options.lora,
             training,
@@ -193,6 +198,7 @@ def compare(
             before=before,
             eval_points=options.eval_points,
             on_step=on_step,
+            on_step_every=max(1, totals[k] // PROGRESS_POINTS),
         )
         rows.append(run_row(run, examples, encoded, pool, stratify_by, trained))
     held_out = HeldOutSet(
