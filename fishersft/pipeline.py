@@ -3,7 +3,8 @@ store, then select from features."""
 
 import itertools
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from fishersft.contract.selection import (
     SelectionResult,
 )
 from fishersft.data.dataset import DEFAULT_MAX_LENGTH, ENCODE_CHUNK, Example, iter_examples
-from fishersft.data.encoding import encode_all, response_alone
+from fishersft.data.encoding import Encoded, encode_all, response_alone
 from fishersft.data.groups import group_coverage, group_field
 from fishersft.errors import InputError
 from fishersft.features.embedding import PassCost, embed
@@ -95,8 +96,8 @@ def embed_dataset(
     cost = PassCost()
     batch_tokens = batch_tokens or default_batch_tokens(resolved.type)
     try:
-        for chunk in example_chunks(data, ENCODE_CHUNK, from_example, to_example):
-            encoded = encode_all(chunk, tokenizer, max_length)
+        chunks = example_chunks(data, ENCODE_CHUNK, from_example, to_example)
+        for chunk, encoded, alone in encoded_ahead(chunks, tokenizer, max_length):
             first = len(writer.ids)
             writer.add([ex.id for ex in chunk], [len(e.targets) for e in encoded])
             truncated += sum(e.truncated for e in encoded)
@@ -105,7 +106,6 @@ def embed_dataset(
                 if progress:
                     progress("embedding", done + in_chunk, max(total, done + in_chunk))
 
-            alone = [response_alone(ex, enc, tokenizer) for ex, enc in zip(chunk, encoded, strict=True)]
             dtype = embedding_autocast(resolved, precision)
             chunk_cost = embed(model, encoded, writer, batch_tokens, on_batch, dtype, first, alone, batch_size)
             cost.add(chunk_cost.computed, chunk_cost.tokens)
@@ -116,6 +116,31 @@ def embed_dataset(
         writer.abort()
         raise
     return Embedding(features, truncated, time.perf_counter() - start, load_seconds, cost.padding)
+
+
+EncodedChunk = tuple[list[Example], list[Encoded], list[Encoded | None]]
+"""A chunk's examples, their encodings and their responses alone (`data.encoding.response_alone`)."""
+
+
+def encoded_ahead(
+    chunks: Iterable[list[Example]], tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> Iterator[EncodedChunk]:
+    """Each chunk encoded on a thread of its own, one chunk ahead of the caller: the tokenizer works while the
+    model runs over the chunk before (else a GPU waits for it at every chunk)."""
+
+    def encode(chunk: list[Example]) -> EncodedChunk:
+        encoded = encode_all(chunk, tokenizer, max_length)
+        return chunk, encoded, [response_alone(ex, enc, tokenizer) for ex, enc in zip(chunk, encoded, strict=True)]
+
+    with ThreadPoolExecutor(1, thread_name_prefix="encoder") as pool:
+        ahead: Future[EncodedChunk] | None = None
+        for chunk in chunks:
+            following = pool.submit(encode, chunk)
+            if ahead is not None:
+                yield ahead.result()
+            ahead = following
+        if ahead is not None:
+            yield ahead.result()
 
 
 def example_chunks(data: str | Path, size: int, first: int = 0, stop: int | None = None) -> Iterator[list[Example]]:

@@ -34,7 +34,7 @@ def test_batches_respect_the_budget_and_pad_less_than_unsorted(seed, budget, max
     sizes = mixed_lengths(500, seed)
     batches = length_sorted_batches(sizes, budget, max_examples)
     assert sorted(i for b in batches for i in b) == list(range(len(sizes)))  # each example once
-    for batch, following in zip(batches, batches[1:] + [None], strict=True):
+    for batch, following in zip(batches, [*batches[1:], None], strict=True):
         cost = len(batch) * max(sizes[i] for i in batch)
         assert cost <= budget or len(batch) == 1  # an example over the budget goes alone
         assert max_examples is None or len(batch) <= max_examples
@@ -99,6 +99,6 @@ def test_a_write_that_fails_is_raised_in_the_caller(tmp_path):
     writer.add(["a", "b"], [2, 3])
     bad = torch.ones(3, 4)
     bad[1, 2] = 1e6  # beyond float16
-    with pytest.raises(FeaturesError, match="example 1: .*float16"), BackgroundWrites(writer) as writes:
+    with pytest.raises(FeaturesError, match=r"example 1: .*float16"), BackgroundWrites(writer) as writes:
         writes.write([0, 1], (torch.ones(2, 4), bad))
     writer.abort()

@@ -62,7 +62,8 @@ def ifd(
 ) -> tuple[torch.Tensor, int]:
     """Each example's IFD [N] (float64, on `losses`' device): its mean loss in context `losses` [N] over that of
     `alone[k]`, its response alone, run in length-sorted batches of at most `batch_tokens` padded tokens (and
-    `max_examples` examples) under `autocast(dtype)`; 1 where `alone[k]` is None. And the tokens computed, padding included."""
+    `max_examples` examples) under `autocast(dtype)`; 1 where `alone[k]` is None. And the tokens computed,
+    padding included."""
     scored = [k for k, a in enumerate(alone) if a is not None]
     sequences = [a for a in alone if a is not None]
     out = torch.ones_like(losses)

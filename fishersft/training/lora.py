@@ -24,6 +24,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from fishersft.contract.batching import default_batch_tokens
 from fishersft.contract.training import LoraConfig, Precision, TrainingConfig
 from fishersft.data.encoding import Encoded
+from fishersft.features.scores import LOGITS_BYTES
 from fishersft.models.batching import cut_by_tokens, length_sorted_batches
 from fishersft.models.forward import lengths, pre_logits, to_device
 from fishersft.models.loading import autocast, embedding_autocast
@@ -52,14 +53,22 @@ def batch_loss(
 def example_losses(model: PreTrainedModel, encoded: Sequence[Encoded], batch_tokens: int | None = None) -> torch.Tensor:
     """Summed cross-entropy of each example's loss tokens [N], float64, in eval mode (no dropout) and in
     float32: this is the judge of every comparison, so it does not take bfloat16's rounding. Batches of at most
-    `batch_tokens` padded tokens (default: by device); one copy to the host at the end."""
+    `batch_tokens` padded tokens (default: by device), logits a bounded chunk of rows at a time; one copy to the
+    host at the end."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     sums = torch.zeros(len(encoded), dtype=torch.float64, device=device)
+    head = model.get_output_embeddings()  # LoRA's too, when the run trained it
+    rows = max(1, LOGITS_BYTES // (4 * head.weight.shape[0]))
     for batch in length_sorted_batches(lengths(encoded), batch_tokens or default_batch_tokens(device.type)):
         vectors, labels = pre_logits(model, encoded, batch, None)
-        losses = F.cross_entropy(model.get_output_embeddings()(vectors).float(), labels, reduction="none")
+        losses = torch.cat(
+            [
+                F.cross_entropy(head(v).float(), y, reduction="none")
+                for v, y in zip(vectors.split(rows), labels.split(rows), strict=True)
+            ]
+        )
         owner = to_device(
             np.repeat(np.asarray(batch, dtype=np.int64), [len(encoded[i].targets) for i in batch]), device
         )
