@@ -14,7 +14,7 @@ from fishersft.data.encoding import encode_all
 from fishersft.features.embedding import BackgroundWrites
 from fishersft.features.set import FeaturesError
 from fishersft.features.store import FeatureStoreWriter
-from fishersft.models.batching import cut_by_tokens, length_sorted_batches, padded_tokens
+from fishersft.models.batching import MAX_PADDING, cut_by_tokens, length_sorted_batches, padded_tokens
 from fishersft.models.forward import lengths
 from fishersft.models.loading import load_model
 from fishersft.pipeline import embed_dataset
@@ -38,9 +38,15 @@ def test_batches_respect_the_budget_and_pad_less_than_unsorted(seed, budget, max
         cost = len(batch) * max(sizes[i] for i in batch)
         assert cost <= budget or len(batch) == 1  # an example over the budget goes alone
         assert max_examples is None or len(batch) <= max_examples
-        if following:  # cut only where the next example would break the budget or the count
+        assert sum(sizes[i] for i in batch) >= (1 - MAX_PADDING) * cost  # padding stays under 10%
+        if following:  # cut only where the next example would break the budget, the count or the padding
             wider = max(sizes[i] for i in [*batch, following[0]])
-            assert (len(batch) + 1) * wider > budget or len(batch) == max_examples
+            grown = sum(sizes[i] for i in [*batch, following[0]])
+            assert (
+                (len(batch) + 1) * wider > budget
+                or len(batch) == max_examples
+                or grown < (1 - MAX_PADDING) * (len(batch) + 1) * wider
+            )
     unsorted = cut_by_tokens(range(len(sizes)), sizes, budget, max_examples)
     assert all(len(b) * max(sizes[i] for i in b) <= budget or len(b) == 1 for b in unsorted)
     sorted_padding = 1 - sum(sizes) / padded_tokens(sizes, batches)
