@@ -1,13 +1,15 @@
 """Embedding on the real default model: throughput against a bare forward pass, and float32 vs bfloat16.
 
-    python benchmarks/embedding.py [--model smollm2-135m-instruct] [--data FILE.jsonl] [--batch-size 16]
+    python benchmarks/embedding.py [--model smollm2-135m-instruct] [--data FILE.jsonl] [--batch-tokens 2048]
                                    [--out benchmarks/results/embedding.json]
 
 Data: chatterbot-corpus English (from the installed package) unless --data names a JSONL file. Reported in loss
 tokens per second, each run twice, alternating, the faster counting:
 - embedder: `embed()`, i.e. padding, the body's forward pass, the gather of the loss positions, float16
-  conversion and the write to the memory-mapped features store;
+  conversion and the write to the features store (on the writer's thread);
 - bare forward: the body's forward pass alone on the same padded, length-sorted batches (the floor);
+batches cut at --batch-tokens padded tokens (default: the CPU's), or at --batch-size examples (the embedder
+before token budgets) when that is given instead.
 each in float32 and under bfloat16 autocast. Then the selection agreement of the two precisions: fisher under
 an example budget and under a loss-token budget from each precision's features, the overlap of the selected
 ids, and the objective of each subset evaluated on the float32 features.
@@ -22,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fishersft.contract.batching import default_batch_tokens
 from fishersft.contract.compression import Compression
 from fishersft.contract.selection import Budget
 from fishersft.data import corpora
@@ -30,7 +33,8 @@ from fishersft.data.encoding import encode_all
 from fishersft.features.embedding import embed
 from fishersft.features.files import load_features
 from fishersft.features.store import FeatureStoreWriter
-from fishersft.models.forward import length_sorted_batches, pad_batch
+from fishersft.models.batching import length_sorted_batches, padded_tokens
+from fishersft.models.forward import lengths, pad_batch
 from fishersft.models.loading import autocast, load_model
 from fishersft.models.registry import DEFAULT_MODEL, resolve_model
 from fishersft.selection import select
@@ -41,8 +45,8 @@ PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 
 
 @torch.inference_mode()
-def bare_forward(model, encoded, batch_size: int, dtype: torch.dtype | None) -> None:
-    for batch in length_sorted_batches(encoded, batch_size):
+def bare_forward(model, encoded, batch_tokens: int, max_examples: int | None, dtype: torch.dtype | None) -> None:
+    for batch in length_sorted_batches(lengths(encoded), batch_tokens, max_examples):
         ids, mask = pad_batch(encoded, batch, torch.device("cpu"))
         with autocast(torch.device("cpu"), dtype):
             model.base_model(input_ids=ids, attention_mask=mask)
@@ -59,7 +63,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--data", type=Path, help="a JSONL dataset (default: chatterbot-corpus English)")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-tokens", type=int, default=default_batch_tokens("cpu"))
+    parser.add_argument("--batch-size", type=int, help="examples per batch, with no token budget (the old embedder)")
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--budget", type=int, default=30, help="examples, for the agreement check")
     parser.add_argument("--budget-tokens", type=int, default=600, help="loss tokens, for the agreement check")
@@ -77,19 +82,25 @@ def main() -> None:
         loss_tokens = sum(len(e.targets) for e in encoded)
         all_tokens = sum(len(e.input_ids) for e in encoded)
         stores = {}
+        # --batch-size alone: batches of that many examples, whatever their tokens
+        batch_tokens, max_examples = (1 << 40, args.batch_size) if args.batch_size else (args.batch_tokens, None)
+        batches = length_sorted_batches(lengths(encoded), batch_tokens, max_examples)
+        padding = 1 - all_tokens / padded_tokens(lengths(encoded), batches)
 
         def embedder(precision: str) -> None:
             writer = FeatureStoreWriter(Path(tmp) / precision, dim, Compression(rank=args.max_length))  # every row
             writer.add(list(range(len(encoded))), [len(e.targets) for e in encoded])
-            embed(model, encoded, writer, args.batch_size, dtype=PRECISIONS[precision])
+            embed(model, encoded, writer, batch_tokens, dtype=PRECISIONS[precision], max_examples=max_examples)
             stores[precision] = writer.commit()
 
         runs = {}
         for precision, dtype in PRECISIONS.items():
             runs[f"embedder {precision}"] = lambda p=precision: embedder(p)
-            runs[f"bare forward {precision}"] = lambda d=dtype: bare_forward(model, encoded, args.batch_size, d)
+            runs[f"bare forward {precision}"] = lambda d=dtype: bare_forward(
+                model, encoded, batch_tokens, max_examples, d
+            )
         best = dict.fromkeys(runs, float("inf"))
-        bare_forward(model, encoded[:64], args.batch_size, None)  # warm up
+        bare_forward(model, encoded[:64], batch_tokens, max_examples, None)  # warm up
         for _ in range(2):
             for name, fn in runs.items():
                 start = time.perf_counter()
@@ -121,6 +132,9 @@ def main() -> None:
         "tokens": all_tokens,
         "loss_tokens": loss_tokens,
         "batch_size": args.batch_size,
+        "batch_tokens": None if args.batch_size else args.batch_tokens,
+        "batches": len(batches),
+        "padding": padding,
         "seconds": best,
         "loss_tokens_per_s": {name: loss_tokens / s for name, s in best.items()},
         "embedder_over_bare": {p: best[f"bare forward {p}"] / best[f"embedder {p}"] for p in PRECISIONS},
@@ -132,7 +146,9 @@ def main() -> None:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(
         f"{args.model}, torch {torch.__version__}, {torch.get_num_threads()} threads; {len(examples)} examples, "
-        f"{all_tokens:,} tokens, {loss_tokens:,} loss tokens, batch size {args.batch_size}"
+        f"{all_tokens:,} tokens, {loss_tokens:,} loss tokens, "
+        + (f"batches of {args.batch_size} examples" if args.batch_size else f"batches of {args.batch_tokens:,} tokens")
+        + f": {len(batches)} batches, padding {padding:.1%}"
     )
     for name, seconds in best.items():
         print(f"{name:>22}: {seconds:6.2f} s, {loss_tokens / seconds:7,.0f} loss tokens/s")

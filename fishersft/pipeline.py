@@ -3,7 +3,8 @@ store, then select from features."""
 
 import itertools
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import torch
 from pydantic import BaseModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from fishersft.contract.batching import default_batch_tokens
 from fishersft.contract.compression import DEFAULT_COMPRESSION, Compression
 from fishersft.contract.selection import (
     SCORED_METHODS,
@@ -25,10 +27,10 @@ from fishersft.contract.selection import (
     TargetSummary,
 )
 from fishersft.data.dataset import DEFAULT_MAX_LENGTH, ENCODE_CHUNK, Example, iter_examples
-from fishersft.data.encoding import encode_all, response_alone
+from fishersft.data.encoding import Encoded, encode_all, response_alone
 from fishersft.data.groups import group_coverage, group_field
 from fishersft.errors import InputError
-from fishersft.features.embedding import embed
+from fishersft.features.embedding import PassCost, embed
 from fishersft.features.files import load_features
 from fishersft.features.set import FeatureSet, feature_blocks
 from fishersft.features.store import FeatureStoreWriter
@@ -57,6 +59,8 @@ class Embedding:
     seconds: float
     load_seconds: float
     """Of which loading the model."""
+    padding: float = 0.0
+    """Of the tokens the model computed, the share that was padding."""
 
 
 def embed_dataset(
@@ -65,17 +69,19 @@ def embed_dataset(
     out_dir: str | Path,
     *,
     max_length: int = DEFAULT_MAX_LENGTH,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     device: str | None = None,
     precision: Precision = "auto",
     compression: Compression = DEFAULT_COMPRESSION,
     progress: Progress | None = None,
     load: ModelLoader = load_model,
     examples: tuple[int, int] | None = None,
+    batch_tokens: int | None = None,
 ) -> Embedding:
     """Read a JSONL dataset a chunk at a time, run the model over it and write its compressed features store, with
     each example's scores (see `features.scores`), to `out_dir`. `precision`: see `embedding_autocast`. `load`
-    loads the model (a worker passes a cached loader).
+    loads the model (a worker passes a cached loader). A batch holds at most `batch_tokens` padded tokens (default:
+    `default_batch_tokens` of the device) and, when given, `batch_size` examples.
 
     `examples=(first, stop)`: embed only those examples, as one shard's part of the store (see
     `features.assemble_store`); `first` a multiple of ENCODE_CHUNK, so batches are the ones a single run makes."""
@@ -90,9 +96,11 @@ def embed_dataset(
     total = (to_example if to_example is not None else count_lines(data)) - from_example
     writer = FeatureStoreWriter(out_dir, dim, compression, {"max_length": max_length}, part=examples is not None)
     truncated = done = 0
+    cost = PassCost()
+    batch_tokens = batch_tokens or default_batch_tokens(resolved.type)
     try:
-        for chunk in example_chunks(data, ENCODE_CHUNK, from_example, to_example):
-            encoded = encode_all(chunk, tokenizer, max_length)
+        chunks = example_chunks(data, ENCODE_CHUNK, from_example, to_example)
+        for chunk, encoded, alone in encoded_ahead(chunks, tokenizer, max_length):
             first = len(writer.ids)
             writer.add([ex.id for ex in chunk], [len(e.targets) for e in encoded])
             truncated += sum(e.truncated for e in encoded)
@@ -101,16 +109,41 @@ def embed_dataset(
                 if progress:
                     progress("embedding", done + in_chunk, max(total, done + in_chunk))
 
-            alone = [response_alone(ex, enc, tokenizer) for ex, enc in zip(chunk, encoded, strict=True)]
             dtype = embedding_autocast(resolved, precision)
-            embed(model, encoded, writer, batch_size, on_batch, dtype, first, alone)
+            chunk_cost = embed(model, encoded, writer, batch_tokens, on_batch, dtype, first, alone, batch_size)
+            cost.add(chunk_cost.computed, chunk_cost.tokens)
             done += len(chunk)
         writer.meta["truncated"] = truncated
         features = load_features(writer.commit())
     except BaseException:
         writer.abort()
         raise
-    return Embedding(features, truncated, time.perf_counter() - start, load_seconds)
+    return Embedding(features, truncated, time.perf_counter() - start, load_seconds, cost.padding)
+
+
+EncodedChunk = tuple[list[Example], list[Encoded], list[Encoded | None]]
+"""A chunk's examples, their encodings and their responses alone (`data.encoding.response_alone`)."""
+
+
+def encoded_ahead(
+    chunks: Iterable[list[Example]], tokenizer: PreTrainedTokenizerBase, max_length: int
+) -> Iterator[EncodedChunk]:
+    """Each chunk encoded on a thread of its own, one chunk ahead of the caller: the tokenizer works while the
+    model runs over the chunk before (else a GPU waits for it at every chunk)."""
+
+    def encode(chunk: list[Example]) -> EncodedChunk:
+        encoded = encode_all(chunk, tokenizer, max_length)
+        return chunk, encoded, [response_alone(ex, enc, tokenizer) for ex, enc in zip(chunk, encoded, strict=True)]
+
+    with ThreadPoolExecutor(1, thread_name_prefix="encoder") as pool:
+        ahead: Future[EncodedChunk] | None = None
+        for chunk in chunks:
+            following = pool.submit(encode, chunk)
+            if ahead is not None:
+                yield ahead.result()
+            ahead = following
+        if ahead is not None:
+            yield ahead.result()
 
 
 def example_chunks(data: str | Path, size: int, first: int = 0, stop: int | None = None) -> Iterator[list[Example]]:

@@ -61,7 +61,7 @@ def test_real_features_through_the_lm_head_reproduce_the_models_logits(smollm2, 
     for precision, dtype in (("float32", None), ("bfloat16", torch.bfloat16)):
         writer = FeatureStoreWriter(tmp_path / precision, 576, Compression(rank=1024))  # every row kept
         writer.add(list(range(len(encoded))), [len(e.targets) for e in encoded])
-        embed(model, encoded, writer, batch_size=4, dtype=dtype)  # padded, length-sorted batches
+        embed(model, encoded, writer, batch_tokens=512, dtype=dtype)  # padded, length-sorted batches
         stores[precision] = load_features(writer.commit())
     head = model.get_output_embeddings()
     agree = total = 0

@@ -18,6 +18,7 @@ from fishersft.training.lora import (
     save_adapter,
     shuffled_batches,
     train_lora,
+    training_plan,
 )
 
 WORDS = ["red", "green", "blue", "cat", "dog", "fish", "one", "two", "three", "sun", "moon", "star"]
@@ -60,7 +61,7 @@ def test_training_lowers_the_held_out_loss_and_reports_its_curve(tiny, llama_dir
         eval_points=3,
         on_step=lambda step, total, loss: steps.append((step, total, loss)),
     )
-    assert trained.steps == settings.total_steps(96) == 60 == len(trained.train_loss) == len(steps)
+    assert trained.steps == len(training_plan(train, settings)) == 60 == len(trained.train_loss) == len(steps)
     assert [s[0] for s in steps] == list(range(1, 61)) and {s[1] for s in steps} == {60}
     assert [step for step, _ in trained.eval_loss] == [20, 40, 60]
     before, after = mean_loss(load_model(llama_dir, torch.device("cpu"))[0], held), trained.eval_loss[-1][1]

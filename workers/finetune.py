@@ -26,7 +26,7 @@ from fishersft.pipeline import select_features
 from fishersft.service.protocol import JobInputError
 from fishersft.training.comparison import compare
 from fishersft.training.evaluation import HeldOut, finetune, held_out_file, held_out_split, ids_sha256
-from fishersft.training.lora import save_adapter
+from fishersft.training.lora import save_adapter, training_plan
 from fishersft.training.plots import plot_curves
 from workers.runtime import JobContext, run_job
 
@@ -85,16 +85,23 @@ def _finetune(request: FinetuneCreate, context: JobContext) -> FinetuneResult:
         progress("evaluating", 1, 1)
         timings["evaluate_s"] = time.perf_counter() - start
         progress.event("evaluated", f"held-out loss before training {before.loss:.4f}", loss=before.loss)
-    every = max(1, request.training.total_steps(len(train)) // STEP_EVENTS)
+    every = max(1, len(training_plan(train, request.training)) // STEP_EVENTS)
 
     def on_step(step: int, total: int, loss: float) -> None:
         progress("training", step, total)
-        if step % every == 0 or step == total:
-            progress.event("step", f"step {step}/{total}: training loss {loss:.4f}", step=step, loss=loss)
+        progress.event("step", f"step {step}/{total}: training loss {loss:.4f}", step=step, loss=loss)
 
     try:
         trained, run = finetune(
-            model_dir, train, held, request.lora, request.training, device=device, before=before, on_step=on_step
+            model_dir,
+            train,
+            held,
+            request.lora,
+            request.training,
+            device=device,
+            before=before,
+            on_step=on_step,
+            on_step_every=every,
         )
     except ValueError as e:  # peft: a target module the model lacks (when the API could not check it)
         raise JobInputError("invalid_settings", f"LoRA: {e}") from None

@@ -149,6 +149,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     training.add_argument(
         "--train-batch-size", type=positive_int, default=training_defaults.batch_size, metavar="B", help="(8)"
     )
+    training.add_argument(
+        "--train-batch-tokens", type=positive_int, metavar="T", help="padded tokens per step at most (default: none)"
+    )
     training.add_argument("--train-seed", type=int, default=training_defaults.seed, metavar="S", help="(0)")
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument(
@@ -176,6 +179,7 @@ def training_settings(args: argparse.Namespace) -> TrainingConfig:
         max_steps=args.max_steps,
         learning_rate=args.learning_rate,
         batch_size=args.train_batch_size,
+        batch_tokens=args.train_batch_tokens,
         seed=args.train_seed,
     )
 

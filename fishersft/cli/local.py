@@ -18,6 +18,7 @@ from fishersft.cli.common import (
     selection_options,
 )
 from fishersft.cli.remote import run_remote_select
+from fishersft.contract.batching import DEFAULT_BATCH_TOKENS
 from fishersft.contract.compression import PROJECTIONS, TARGET_COMPRESSION
 from fishersft.contract.jobs import Selection
 from fishersft.contract.selection import (
@@ -76,6 +77,7 @@ def run_select(args: argparse.Namespace) -> SelectionResult:
                 args.features_out or Path(tmp) / "features",
                 max_length=args.max_length or DEFAULT_MAX_LENGTH,
                 batch_size=args.batch_size,
+                batch_tokens=args.batch_tokens,
                 device=args.device,
                 precision=args.precision,
                 compression=feature_options(args).compression(count_lines(data), model_dim(model_dir)),
@@ -296,7 +298,17 @@ def add_select_arguments(parser: argparse.ArgumentParser) -> None:
         help="GreeDi: greedy on M seeded random partitions, then over the union of their picks (approximate; with "
         "--server the partitions run as parallel jobs on the service's workers; default: centralized greedy)",
     )
-    parser.add_argument("--batch-size", type=positive_int, default=16, metavar="B", help="examples per forward pass")
+    parser.add_argument(
+        "--batch-tokens",
+        type=positive_int,
+        metavar="T",
+        help="padded tokens per forward pass (default: by device, "
+        + ", ".join(f"{kind} {tokens:,}" for kind, tokens in DEFAULT_BATCH_TOKENS.items())
+        + ")",
+    )
+    parser.add_argument(
+        "--batch-size", type=positive_int, metavar="B", help="at most this many examples per forward pass"
+    )
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda:0 (default: cuda if available)")
     parser.add_argument(
         "--precision",

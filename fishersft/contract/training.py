@@ -1,7 +1,6 @@
 """Fine-tuning: LoRA and training settings (one source of defaults, as peft's LoraConfig is), held-out
 evaluation, the finetune request and its result."""
 
-import math
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -29,7 +28,16 @@ class TrainingConfig(RequestModel):
     epochs: int = Field(3, ge=1, le=1000, description="Passes over the subset.")
     max_steps: int | None = Field(None, gt=0, description="Stop after this many optimizer steps; null: all epochs.")
     learning_rate: float = Field(3e-4, gt=0, le=1, description="AdamW learning rate, decayed linearly to 0.")
-    batch_size: int = Field(8, ge=1, le=1024, description="Examples per optimizer step.")
+    batch_size: int = Field(8, ge=1, le=1024, description="Examples per optimizer step (at most, with batch_tokens).")
+    batch_tokens: int | None = Field(
+        None,
+        ge=1,
+        le=1 << 24,
+        description="Cut each optimizer step's batch at this many padded tokens (examples x the longest) as well: "
+        "with a larger batch_size, steps of similar cost whatever the lengths (on a GPU, tens of thousands of "
+        "tokens keep it busy). Null: batch_size examples a step. The held-out evaluation is batched by tokens "
+        "anyway, by device.",
+    )
     max_length: int | None = Field(
         None, ge=2, le=32768, description=MAX_LENGTH_DOC + " With selection_id it must be the selection's (default)."
     )
@@ -39,10 +47,6 @@ class TrainingConfig(RequestModel):
         description="Training arithmetic: `auto` is bfloat16 autocast on CUDA and on CPUs with native bfloat16 "
         "(LoRA weights, gradients and optimizer state stay float32), float32 elsewhere. Evaluation is float32.",
     )
-
-    def total_steps(self, n_examples: int) -> int:
-        steps = self.epochs * math.ceil(n_examples / self.batch_size)
-        return min(steps, self.max_steps) if self.max_steps else steps
 
 
 class EvalRequest(RequestModel):

@@ -13,12 +13,14 @@
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from fishersft.data.encoding import Encoded
-from fishersft.models.forward import length_sorted_batches, pre_logits
+from fishersft.models.batching import length_sorted_batches, padded_tokens
+from fishersft.models.forward import lengths, pre_logits, to_device
 
 LOGITS_BYTES = 64 << 20
 """float32 logits computed at a time: rows x vocabulary x 4 bytes."""
@@ -35,16 +37,18 @@ class LossHead:
         self.rows = max(1, LOGITS_BYTES // (4 * self.weight.shape[0]))
 
     def mean_losses(self, vectors: torch.Tensor, labels: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
-        """The mean cross-entropy [b] (float64, CPU) of each example's `counts` consecutive rows of `vectors`
-        [n x d], which predict `labels` [n]."""
+        """The mean cross-entropy [b] (float64, on the vectors' device) of each example's `counts` consecutive
+        rows of `vectors` [n x d], which predict `labels` [n]."""
         losses = [
             F.cross_entropy(F.linear(v.float(), self.weight, self.bias), y, reduction="none")
             for v, y in zip(vectors.split(self.rows), labels.split(self.rows), strict=True)
         ]
-        counts_t = torch.tensor(counts)
-        owner = torch.repeat_interleave(torch.arange(len(counts)), counts_t)
-        sums = torch.zeros(len(counts), dtype=torch.float64).index_add_(0, owner, torch.cat(losses).double().cpu())
-        return sums / counts_t
+        counts_d = to_device(np.asarray(counts, dtype=np.int64), vectors.device)
+        owner = torch.repeat_interleave(
+            torch.arange(len(counts), device=vectors.device), counts_d, output_size=len(labels)
+        )
+        sums = vectors.new_zeros(len(counts), dtype=torch.float64).index_add_(0, owner, torch.cat(losses).double())
+        return sums / counts_d
 
 
 def ifd(
@@ -52,16 +56,21 @@ def ifd(
     head: LossHead,
     losses: torch.Tensor,
     alone: Sequence[Encoded | None],
-    batch_size: int,
+    batch_tokens: int,
     dtype: torch.dtype | None,
-) -> torch.Tensor:
-    """Each example's IFD [N] (float64): its mean loss in context `losses` [N] over that of `alone[k]`, its
-    response alone, run in length-sorted batches under `autocast(dtype)`; 1 where `alone[k]` is None."""
+    max_examples: int | None = None,
+) -> tuple[torch.Tensor, int]:
+    """Each example's IFD [N] (float64, on `losses`' device): its mean loss in context `losses` [N] over that of
+    `alone[k]`, its response alone, run in length-sorted batches of at most `batch_tokens` padded tokens (and
+    `max_examples` examples) under `autocast(dtype)`; 1 where `alone[k]` is None. And the tokens computed,
+    padding included."""
     scored = [k for k, a in enumerate(alone) if a is not None]
     sequences = [a for a in alone if a is not None]
-    out = torch.ones(len(alone), dtype=torch.float64)
-    for batch in length_sorted_batches(sequences, batch_size):
+    out = torch.ones_like(losses)
+    sizes = lengths(sequences)
+    batches = length_sorted_batches(sizes, batch_tokens, max_examples)
+    for batch in batches:
         vectors, labels = pre_logits(model, sequences, batch, dtype)
-        rows = [scored[j] for j in batch]
+        rows = to_device(np.asarray([scored[j] for j in batch], dtype=np.int64), losses.device)
         out[rows] = losses[rows] / head.mean_losses(vectors, labels, [len(sequences[j].targets) for j in batch])
-    return out
+    return out, padded_tokens(sizes, batches)

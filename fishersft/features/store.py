@@ -22,7 +22,6 @@ from fishersft.features.compression import compress_examples, gaussian_projectio
 from fishersft.features.files import load_features
 from fishersft.features.set import (
     FEATURES_FILE,
-    FLOAT16_MAX,
     GRAM_FILE,
     IDS_FILE,
     IFD_FILE,
@@ -135,20 +134,36 @@ class FeatureStoreWriter:
         self.ifd.extend([np.nan] * len(lengths))
 
     def write(self, indices: Sequence[int], examples: Sequence[torch.Tensor]) -> None:
-        """Every loss token's row [n_i x source_dim] of the examples `indices` (added before), on any device."""
+        """Every loss token's row [n_i x source_dim] of the examples `indices` (added before), on any device.
+        The batch is reduced on its device and copied to the host once, as float16."""
+        flat = torch.cat(list(examples)).to(torch.float32)
         if self.gram is not None:
-            rows = torch.cat(list(examples)).to(torch.float32)
-            self.gram += (rows.T @ rows).to(torch.float64).cpu()
-        means = torch.stack([x.to(torch.float32).mean(0) for x in examples])
-        projection = None if self.projection is None else self.projection.to(means.device)
+            self.gram += (flat.T @ flat).to(torch.float64).cpu()
+        counts = [len(x) for x in examples]
+        means = segment_means(flat, counts)
+        projection = None if self.projection is None else self.projection.to(flat.device)
         if projection is not None:
             means = means @ projection
-        compressed = compress_examples([x.to(torch.float32) for x in examples], self.compression.rank, projection)
-        for i, rows, mean in zip(indices, compressed, means.cpu().numpy(), strict=True):
-            if not bool((rows.abs() <= FLOAT16_MAX).all()):  # NaN compares false too
-                raise FeaturesError(f"example {i}: its features are not finite, or beyond float16's range")
-            self.rows.write(self.offsets[i], rows.cpu().numpy())
+        compressed = compress_examples(list(flat.split(counts)), self.compression.rank, projection)
+        kept = [len(rows) for rows in compressed]
+        # float16 on the device: NaN stays NaN, and what float16 cannot hold becomes infinite
+        rows16, means16 = torch.cat(compressed).to(torch.float16), means.to(torch.float16)
+        finite = torch.isfinite(rows16).all() & torch.isfinite(means16).all()
+        rows_host, means_host = rows16.cpu().numpy(), means16.cpu().numpy()
+        if not bool(finite.cpu()):
+            rows_ok = np.isfinite(rows_host).all(1)
+            starts = np.cumsum([0, *kept])
+            k = next(
+                k
+                for k in range(len(kept))
+                if not rows_ok[starts[k] : starts[k + 1]].all() or not np.isfinite(means_host[k]).all()
+            )
+            raise FeaturesError(f"example {indices[k]}: its features are not finite, or beyond float16's range")
+        start = 0
+        for i, n, mean in zip(indices, kept, means_host, strict=True):
+            self.rows.write(self.offsets[i], rows_host[start : start + n])
             self.means.write(i, mean[None])
+            start += n
 
     def score(self, indices: Sequence[int], losses: np.ndarray, ifd: np.ndarray) -> None:
         """The mean loss and IFD of the examples `indices` (added before)."""
@@ -224,6 +239,15 @@ class FeatureStoreWriter:
 
 
 STAGED_CHUNK_ROWS = 1 << 16
+
+
+def segment_means(rows: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
+    """The mean [b x d] of each of `counts` consecutive runs of `rows` [n x d] (each run non-empty), from a
+    float64 running sum: no atomic adds, so the same on every run of the same device."""
+    sums = torch.cat([rows.new_zeros(1, rows.shape[1], dtype=torch.float64), rows.to(torch.float64).cumsum(0)])
+    ends = torch.from_numpy(np.cumsum(counts, dtype=np.int64)).to(rows.device)
+    starts = ends - torch.tensor(counts, dtype=torch.int64).to(rows.device)
+    return ((sums[ends] - sums[starts]) / (ends - starts)[:, None]).to(rows.dtype)
 
 
 def assemble_store(parts: Sequence[Path], directory: str | Path) -> FeatureSet:

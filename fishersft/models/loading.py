@@ -46,7 +46,8 @@ def load_model(
     model_dir: str | Path, device: torch.device, dtype: torch.dtype | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """A causal LM and its tokenizer from a local directory (never a hub download). Weights in `dtype`, by
-    default bfloat16 on CUDA and float32 elsewhere."""
+    default bfloat16 on CUDA and float32 elsewhere. Attention is transformers' default: PyTorch's fused
+    scaled_dot_product_attention where the architecture has it (Llama, SmolLM2 and GPT-2 do), eager otherwise."""
     path = Path(model_dir)
     if not (path / "config.json").is_file():
         raise InputError(f"not a transformers model directory (no config.json): {path}")

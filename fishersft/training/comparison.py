@@ -33,6 +33,10 @@ from fishersft.features.target import target_second_moment
 from fishersft.pipeline import Progress, baseline_inputs
 from fishersft.selection.selector import select_blocks
 from fishersft.training.evaluation import HeldOut, finetune, held_out_file, held_out_split, ids_sha256
+from fishersft.training.lora import training_plan
+
+PROGRESS_POINTS = 50
+"""Training progress reports per run: each reads the loss back from the device, so not at every step."""
 
 
 @dataclass(frozen=True)
@@ -230,7 +234,8 @@ def compare(
     runs = comparison_runs(features, options, exclude, target)
     pool = sorted(set(range(len(examples))) - set(exclude))
     prepared_s = time.perf_counter() - started
-    totals = [training.total_steps(len(run.indices)) for run in runs]
+    trains = [[encoded[i] for i in run.indices] for run in runs]
+    totals = [len(training_plan(train, training)) for train in trains]
     rows = []
     for k, run in enumerate(runs):
         done = sum(totals[:k])
@@ -241,7 +246,7 @@ def compare(
 
         _, trained = finetune(
             model_dir,
-            [encoded[i] for i in run.indices],
+            trains[k],
             held,
             options.lora,
             training,
@@ -249,6 +254,7 @@ def compare(
             before=before,
             eval_points=options.eval_points,
             on_step=on_step,
+            on_step_every=max(1, totals[k] // PROGRESS_POINTS),
         )
         rows.append(run_row(run, examples, encoded, pool, chosen.stratify_by, trained))
     return ComparisonResult(

@@ -100,6 +100,7 @@ def finetune(
     before: EvalMetrics | None = None,
     eval_points: int = 4,
     on_step: Callable[[int, int, float], None] | None = None,
+    on_step_every: int = 1,
 ) -> tuple[Trained, TrainingRun]:
     """Train LoRA on `train` from a fresh float32 copy of the base model; `before` is the base model's held-out
     evaluation (measured once by the caller, and needed with `held_out`). Returns the trained model and what
@@ -114,7 +115,14 @@ def finetune(
 
     started = time.perf_counter()
     trained = train_lora(
-        model, train, lora, training, evaluate=evaluate if held_out else None, eval_points=eval_points, on_step=on_step
+        model,
+        train,
+        lora,
+        training,
+        evaluate=evaluate if held_out else None,
+        eval_points=eval_points,
+        on_step=on_step,
+        on_step_every=on_step_every,
     )
     evaluation = None
     if held_out:

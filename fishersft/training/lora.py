@@ -9,19 +9,24 @@ Adapters are peft LoRA modules, saved in peft's layout (`adapter_config.json`, `
 so that `PeftModel.from_pretrained(base, directory)` loads them.
 """
 
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import peft
 import torch
 import torch.nn.functional as F
 from peft import PeftModel, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from fishersft.contract.batching import default_batch_tokens
 from fishersft.contract.training import LoraConfig, Precision, TrainingConfig
 from fishersft.data.encoding import Encoded
-from fishersft.models.forward import length_sorted_batches, pre_logits
+from fishersft.features.scores import LOGITS_BYTES
+from fishersft.models.batching import cut_by_tokens, length_sorted_batches
+from fishersft.models.forward import lengths, pre_logits, to_device
 from fishersft.models.loading import autocast, embedding_autocast
 
 
@@ -45,41 +50,71 @@ def batch_loss(
 
 
 @torch.no_grad()
-def example_losses(model: PreTrainedModel, encoded: Sequence[Encoded], batch_size: int = 16) -> torch.Tensor:
+def example_losses(model: PreTrainedModel, encoded: Sequence[Encoded], batch_tokens: int | None = None) -> torch.Tensor:
     """Summed cross-entropy of each example's loss tokens [N], float64, in eval mode (no dropout) and in
-    float32: this is the judge of every comparison, so it does not take bfloat16's rounding."""
+    float32: this is the judge of every comparison, so it does not take bfloat16's rounding. Batches of at most
+    `batch_tokens` padded tokens (default: by device), logits a bounded chunk of rows at a time; one copy to the
+    host at the end."""
     was_training = model.training
     model.eval()
-    sums = torch.zeros(len(encoded), dtype=torch.float64)
-    for batch in length_sorted_batches(encoded, batch_size):
+    device = next(model.parameters()).device
+    sums = torch.zeros(len(encoded), dtype=torch.float64, device=device)
+    head = model.get_output_embeddings()  # LoRA's too, when the run trained it
+    rows = max(1, LOGITS_BYTES // (4 * head.weight.shape[0]))
+    for batch in length_sorted_batches(lengths(encoded), batch_tokens or default_batch_tokens(device.type)):
         vectors, labels = pre_logits(model, encoded, batch, None)
-        losses = F.cross_entropy(model.get_output_embeddings()(vectors).float(), labels, reduction="none")
-        owner = torch.repeat_interleave(torch.tensor(batch), torch.tensor([len(encoded[i].targets) for i in batch]))
-        sums.index_add_(0, owner, losses.double().cpu())
+        losses = torch.cat(
+            [
+                F.cross_entropy(head(v).float(), y, reduction="none")
+                for v, y in zip(vectors.split(rows), labels.split(rows), strict=True)
+            ]
+        )
+        owner = to_device(
+            np.repeat(np.asarray(batch, dtype=np.int64), [len(encoded[i].targets) for i in batch]), device
+        )
+        sums.index_add_(0, owner, losses.double())
     model.train(was_training)
-    return sums
+    return sums.cpu()
 
 
-def mean_loss(model: PreTrainedModel, encoded: Sequence[Encoded], batch_size: int = 16) -> float:
+def mean_loss(model: PreTrainedModel, encoded: Sequence[Encoded], batch_tokens: int | None = None) -> float:
     """Mean cross-entropy per loss token over `encoded`; exp() of it is perplexity."""
-    return float(example_losses(model, encoded, batch_size).sum()) / sum(len(e.targets) for e in encoded)
+    return float(example_losses(model, encoded, batch_tokens).sum()) / sum(len(e.targets) for e in encoded)
 
 
-def shuffled_batches(encoded: Sequence[Encoded], batch_size: int, generator: torch.Generator) -> list[list[int]]:
+def shuffled_batches(
+    encoded: Sequence[Encoded], batch_size: int, generator: torch.Generator, batch_tokens: int | None = None
+) -> list[list[int]]:
     """One epoch of batches, grouped by length as HF Trainer's group_by_length does: a seeded shuffle, cut into
-    chunks of 16 batches, each chunk sorted by length and cut into batches, the batches shuffled. Padding stays
-    small and the batches still mix at random across epochs."""
+    chunks of 16 x `batch_size` examples, each chunk sorted by length and cut into batches of at most `batch_size`
+    examples and `batch_tokens` padded tokens, the batches shuffled. Padding stays small and the batches still
+    mix at random across epochs."""
     order = torch.randperm(len(encoded), generator=generator).tolist()
+    sizes = lengths(encoded)
+    budget = batch_tokens or sys.maxsize
     chunk = 16 * batch_size
     batches = []
     for start in range(0, len(order), chunk):
-        part = sorted(order[start : start + chunk], key=lambda i: len(encoded[i].input_ids))
-        batches += [part[k : k + batch_size] for k in range(0, len(part), batch_size)]
+        part = sorted(order[start : start + chunk], key=sizes.__getitem__)
+        batches += cut_by_tokens(part, sizes, budget, batch_size)
     return [batches[k] for k in torch.randperm(len(batches), generator=generator).tolist()]
 
 
+def training_plan(train: Sequence[Encoded], settings: TrainingConfig) -> list[list[int]]:
+    """Every optimizer step's batch: `settings.epochs` epochs of `shuffled_batches`, seeded, cut at
+    `settings.max_steps`. Its length is the run's step count."""
+    generator = torch.Generator().manual_seed(settings.seed)
+    plan: list[list[int]] = []
+    for _ in range(settings.epochs):
+        plan += shuffled_batches(train, settings.batch_size, generator, settings.batch_tokens)
+        if settings.max_steps and len(plan) >= settings.max_steps:
+            break
+    return plan[: settings.max_steps] if settings.max_steps else plan
+
+
 StepCallback = Callable[[int, int, float], None]
-"""on_step(step, total steps, training loss of the step): progress, events, cancellation."""
+"""on_step(step, total steps, training loss of the step): progress, events, cancellation. Reading the loss waits
+for the device, so it is called every `on_step_every` steps (and at the last) rather than at every one."""
 
 
 @dataclass
@@ -101,11 +136,13 @@ def train_lora(
     evaluate: Callable[[PreTrainedModel], float] | None = None,
     eval_points: int = 4,
     on_step: StepCallback | None = None,
+    on_step_every: int = 1,
 ) -> Trained:
     """Wrap `model` with fresh LoRA modules (in place: pass a model of your own) and train them with AdamW and a
-    linearly decaying learning rate over length-grouped shuffled batches, seeded. `evaluate(model)` (a held-out
-    loss, say) is called at `eval_points` evenly spaced steps, the last one at the end; measure step 0 yourself,
-    once, before training: it is the same for every run on one base model."""
+    linearly decaying learning rate over the batches of `training_plan`. `evaluate(model)` (a held-out loss,
+    say) is called at `eval_points` evenly spaced steps, the last one at the end; measure step 0 yourself, once,
+    before training: it is the same for every run on one base model. Steps queue on the device without waiting
+    for it, except where `on_step` or `evaluate` read a result."""
     lora, settings = lora or LoraConfig(), settings or TrainingConfig()
     torch.manual_seed(settings.seed)
     config = peft.LoraConfig(
@@ -119,30 +156,27 @@ def train_lora(
     causal_lm = peft_model.get_base_model()
     assert isinstance(causal_lm, PreTrainedModel), "peft wraps the causal LM it was given"
     dtype = autocast_dtype(next(model.parameters()).device, settings.precision)
-    total = settings.total_steps(len(train))
+    plan = training_plan(train, settings)
+    total = len(plan)
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=settings.learning_rate)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / total)
     eval_at = {round(total * k / eval_points) for k in range(1, eval_points + 1)} if evaluate else set()
     trained = Trained(peft_model, total)
-    generator = torch.Generator().manual_seed(settings.seed)
+    losses: list[torch.Tensor] = []
     peft_model.train()
-    step = 0
-    while step < total:
-        for batch in shuffled_batches(train, settings.batch_size, generator):
-            loss_sum, n = batch_loss(causal_lm, train, batch, dtype)
-            loss = loss_sum / n
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            trained.train_loss.append(loss.item())
-            if on_step:
-                on_step(step, total, trained.train_loss[-1])
-            if evaluate is not None and step in eval_at:
-                trained.eval_loss.append((step, evaluate(causal_lm)))
-            if step == total:
-                break
+    for step, batch in enumerate(plan, start=1):
+        loss_sum, n = batch_loss(causal_lm, train, batch, dtype)
+        loss = loss_sum / n
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.detach())
+        if on_step and (step % on_step_every == 0 or step == total):
+            on_step(step, total, losses[-1].item())
+        if evaluate is not None and step in eval_at:
+            trained.eval_loss.append((step, evaluate(causal_lm)))
+    trained.train_loss = torch.stack(losses).tolist() if losses else []
     return trained
 
 
