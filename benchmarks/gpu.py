@@ -11,8 +11,11 @@ Each section prints its figures as it measures them; the last line is one JSON o
   reported here. Full: 100k x 1,000 and 1M x 10,000; --quick: 2,000 x 50.
 - embedding: `pipeline.embed_dataset` over real chatterbot-corpus conversations (full: all 28 languages;
   --quick: 48 English ones) with the default model: tokens (the model's input, loss tokens apart), tokens/s.
-- training: one LoRA fine-tune (`training.lora.train_lora`, default settings, one epoch) of the default model on
-  chatterbot English (full: 512 conversations; --quick: 16): tokens/s over the examples trained on.
+- training: one LoRA fine-tune (`training.lora.train_lora`, one epoch, batches of the device's default token
+  budget) of the default model on chatterbot English (full: 512 conversations; --quick: 16): tokens/s over the
+  examples trained on; then the comparison behind POST /v1/comparisons (fisher and 3 random subsets at K
+  examples and at equal loss tokens, each evaluated 4 times; full: K=100 of all 28 languages' conversations;
+  --quick: K=4 of 60 English ones, one random subset, one evaluation): `comparison_s`, its embedding apart.
 
 Full run: about 8 minutes on an H200 at most; --quick: under 5 minutes on 2 CPU cores.
 """
@@ -28,6 +31,8 @@ from typing import Any
 import synthetic  # benchmarks/ is on the path of a script run from it
 import torch
 
+from fishersft.contract.batching import default_batch_tokens
+from fishersft.contract.comparison import ComparisonBudget, ComparisonOptions
 from fishersft.contract.selection import Budget
 from fishersft.contract.training import LoraConfig, TrainingConfig
 from fishersft.data import corpora
@@ -38,6 +43,7 @@ from fishersft.models.registry import DEFAULT_MODEL, resolve_model
 from fishersft.pipeline import embed_dataset
 from fishersft.selection.blocks import FeatureBlocks
 from fishersft.selection.selector import select_blocks
+from fishersft.training.comparison import compare
 from fishersft.training.lora import train_lora
 
 RANK, DIM = 16, 256
@@ -67,13 +73,13 @@ def selection_section(args: argparse.Namespace) -> list[dict[str, Any]]:
     runs = [(2_000, 50, True)] if args.quick else [(100_000, 1_000, True), (1_000_000, 10_000, False)]
     device = resolve_device(args.device)
     figures = []
-    for n, k, compare in runs:
+    for n, k, with_lazy in runs:
         start = time.perf_counter()
         blocks = synthetic_blocks(n)
         built_s = time.perf_counter() - start
         lengths = blocks.counts
         timed = {}
-        for algorithm in ("batched", "lazy") if compare else ("batched",):
+        for algorithm in ("batched", "lazy") if with_lazy else ("batched",):
             _synchronize(device)
             start = time.perf_counter()
             picked = select_blocks(blocks, lengths, Budget(examples=k), algorithm=algorithm, device=device)
@@ -123,7 +129,7 @@ def embedding_section(args: argparse.Namespace) -> dict[str, Any]:
         seconds=round(seconds, 2),
         load_seconds=round(result.load_seconds, 2),
         tokens_per_s=round(tokens / seconds),
-        padding_fraction=getattr(result, "padding_fraction", None),  # once the embedder reports it
+        padding_fraction=round(result.padding, 4),
     )
 
 
@@ -136,7 +142,7 @@ def training_section(args: argparse.Namespace) -> dict[str, Any]:
         data = Path(work) / "data.jsonl"
         corpora.write_jsonl(rows, data)
         _, encoded = encode_file(data, tokenizer, DEFAULT_MAX_LENGTH)
-    settings = TrainingConfig(epochs=1)
+    settings = TrainingConfig(epochs=1, batch_size=64, batch_tokens=default_batch_tokens(device.type))
     _synchronize(device)
     start = time.perf_counter()
     trained = train_lora(model, encoded, LoraConfig(), settings)
@@ -153,7 +159,29 @@ def training_section(args: argparse.Namespace) -> dict[str, Any]:
         seconds=round(seconds, 2),
         tokens_per_s=round(tokens / seconds),
         final_loss=trained.train_loss[-1],
+        comparison_s=comparison_seconds(args, device),
     )
+
+
+def comparison_seconds(args: argparse.Namespace, device: torch.device) -> float:
+    """Seconds of `training.comparison.compare` (selections, trainings, evaluations), the embedding apart."""
+    rows = corpora.chatterbot(["english"])[:60] if args.quick else corpora.chatterbot(corpora.chatterbot_languages())
+    model_dir = resolve_model(DEFAULT_MODEL)
+    options = ComparisonOptions(
+        budget=ComparisonBudget(examples=4 if args.quick else 100),
+        random_seeds=1 if args.quick else 3,
+        eval_points=1 if args.quick else 4,
+        training=TrainingConfig(batch_size=64, batch_tokens=default_batch_tokens(device.type)),
+    )
+    with tempfile.TemporaryDirectory() as work:
+        data = Path(work) / "data.jsonl"
+        corpora.write_jsonl(rows, data)
+        features = embed_dataset(data, model_dir, Path(work) / "store", device=args.device).features
+        _synchronize(device)
+        start = time.perf_counter()
+        compare(data, model_dir, DEFAULT_MODEL, features, options, device=device)
+        _synchronize(device)
+    return round(time.perf_counter() - start, 2)
 
 
 def _synchronize(device: torch.device) -> None:
