@@ -71,8 +71,8 @@ def embed_dataset(
     examples: tuple[int, int] | None = None,
 ) -> Embedding:
     """Read a JSONL dataset a chunk at a time, run the model over it and write its compressed features store, with
-    each example's scores (see `features.scores`), to `out_dir`. `precision`: see `embedding_autocast`. `load`
-    loads the model (a worker passes a cached loader).
+    each example's scores and each loss token's uncertainty (see `features.scores`), to `out_dir`. `precision`:
+    see `embedding_autocast`. `load` loads the model (a worker passes a cached loader).
 
     `examples=(first, stop)`: embed only those examples, as one shard's part of the store (see
     `features.assemble_store`); `first` a multiple of ENCODE_CHUNK, so batches are the ones a single run makes."""
@@ -85,7 +85,8 @@ def embed_dataset(
     if from_example % ENCODE_CHUNK:
         raise ValueError(f"a part must start at a multiple of {ENCODE_CHUNK} examples, not {from_example}")
     total = (to_example if to_example is not None else count_lines(data)) - from_example
-    writer = FeatureStoreWriter(out_dir, dim, compression, {"max_length": max_length}, part=examples is not None)
+    meta = {"max_length": max_length}
+    writer = FeatureStoreWriter(out_dir, dim, compression, meta, part=examples is not None, uncertainty=True)
     truncated = done = 0
     try:
         for chunk in example_chunks(data, ENCODE_CHUNK, from_example, to_example):

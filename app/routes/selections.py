@@ -15,6 +15,7 @@ from app.checks import (
     known_label,
     known_model,
     known_target,
+    model_weighting,
     scored_method,
 )
 from app.errors import ApiError, documented
@@ -57,6 +58,7 @@ def create_selection(
     if body.group_by is not None:
         known_label(dataset, body.group_by, "body.group_by")
     scored_method(dataset, body.method, "body.method")
+    model_weighting(dataset, body.weighting, "body.weighting")
     known_target(datasets, dataset, body.method == "similarity", body.target_dataset_id, "body.target_dataset_id")
     if body.warm_start_ids:
         known_ids(store, dataset, body.warm_start_ids, "body.warm_start_ids")

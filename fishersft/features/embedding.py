@@ -13,7 +13,7 @@ import torch
 from transformers import PreTrainedModel
 
 from fishersft.data.encoding import Encoded
-from fishersft.features.scores import LossHead, ifd
+from fishersft.features.scores import LossHead, ifd, per_example_means
 from fishersft.features.store import FeatureStoreWriter
 from fishersft.models.forward import length_sorted_batches, pre_logits
 
@@ -31,16 +31,20 @@ def embed(
 ) -> None:
     """Give `writer` the pre-logit vectors of every example's targets, `encoded[k]` being example `first + k`;
     `on_batch(examples done)`. The forward pass runs under `autocast(dtype)`. With `alone` (each example's
-    response alone, `data.encoding.response_alone`), also each example's loss and IFD."""
+    response alone, `data.encoding.response_alone`), also each loss token's uncertainty and each example's loss
+    and IFD."""
     head = None if alone is None else LossHead(model)
     losses = torch.zeros(len(encoded), dtype=torch.float64)
     done = 0
     for batch in length_sorted_batches(encoded, batch_size):
         vectors, labels = pre_logits(model, encoded, batch, dtype)
         counts = [len(encoded[i].targets) for i in batch]
-        writer.write([first + i for i in batch], vectors.split(counts))
+        factors = None
         if head is not None:
-            losses[batch] = head.mean_losses(vectors, labels, counts)
+            token_losses, token_factors = head.token_scores(vectors, labels)
+            losses[batch] = per_example_means(token_losses, counts)
+            factors = token_factors.split(counts)
+        writer.write([first + i for i in batch], vectors.split(counts), factors)
         done += len(batch)
         if on_batch:
             on_batch(done)
