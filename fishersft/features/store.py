@@ -164,7 +164,7 @@ class FeatureStoreWriter:
         """Every loss token's row [n_i x source_dim] of the examples `indices` (added before), on any device, and
         with `uncertainty=True` each row's uncertainty [n_i]."""
         if (uncertainty is None) != (self.factors is None):
-            raise ValueError("a writer made with uncertainty=True takes each row's uncertainty, and only such one")
+            raise ValueError("uncertainty goes to a writer made with uncertainty=True, and such a writer needs it")
         if self.gram is not None:
             rows = torch.cat(list(examples)).to(torch.float32)
             self.gram += (rows.T @ rows).to(torch.float64).cpu()
