@@ -7,7 +7,7 @@ from app.caller import Datasets
 from app.errors import ApiError, invalid, shown
 from fishersft.contract.base import ExampleId
 from fishersft.contract.datasets import DatasetRecord
-from fishersft.contract.selection import SCORED_METHODS, TARGET_METHODS, Method
+from fishersft.contract.selection import MODEL_WEIGHTINGS, SCORED_METHODS, TARGET_METHODS, Method, Weighting
 from fishersft.contract.training import EvalRequest, LoraConfig
 from fishersft.data.dataset import DEFAULT_MAX_LENGTH, read_ids
 from fishersft.features.files import load_features
@@ -154,4 +154,14 @@ def allowed_webhook(settings: Settings, url: str, field: str) -> None:
             field,
             f"the host of {shown(url)} is not one this service sends webhooks to",
             "ask the operator to add it to FISHERSFT_WEBHOOK_HOSTS",
+        )
+
+
+def model_weighting(dataset: DatasetRecord, weighting: Weighting, field: str) -> None:
+    """A 422 for a weighting that needs the base model's softmax on a features upload (which has no model)."""
+    if weighting in MODEL_WEIGHTINGS and not dataset.is_text:
+        raise invalid(
+            field,
+            f"weighting {weighting!r} scales each loss token by the model's uncertainty: a features file has no model",
+            "select from a JSONL dataset, or use another weighting",
         )

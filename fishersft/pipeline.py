@@ -79,9 +79,10 @@ def embed_dataset(
     batch_tokens: int | None = None,
 ) -> Embedding:
     """Read a JSONL dataset a chunk at a time, run the model over it and write its compressed features store, with
-    each example's scores (see `features.scores`), to `out_dir`. `precision`: see `embedding_autocast`. `load`
-    loads the model (a worker passes a cached loader). A batch holds at most `batch_tokens` padded tokens (default:
-    `default_batch_tokens` of the device) and, when given, `batch_size` examples.
+    each example's scores and each loss token's uncertainty (see `features.scores`), to `out_dir`. `precision`:
+    see `embedding_autocast`. `load` loads the model (a worker passes a cached loader). A batch holds at most
+    `batch_tokens` padded tokens (default: `default_batch_tokens` of the device) and, when given, `batch_size`
+    examples.
 
     `examples=(first, stop)`: embed only those examples, as one shard's part of the store (see
     `features.assemble_store`); `first` a multiple of ENCODE_CHUNK, so batches are the ones a single run makes."""
@@ -94,7 +95,8 @@ def embed_dataset(
     if from_example % ENCODE_CHUNK:
         raise ValueError(f"a part must start at a multiple of {ENCODE_CHUNK} examples, not {from_example}")
     total = (to_example if to_example is not None else count_lines(data)) - from_example
-    writer = FeatureStoreWriter(out_dir, dim, compression, {"max_length": max_length}, part=examples is not None)
+    meta = {"max_length": max_length}
+    writer = FeatureStoreWriter(out_dir, dim, compression, meta, part=examples is not None, uncertainty=True)
     truncated = done = 0
     cost = PassCost()
     batch_tokens = batch_tokens or default_batch_tokens(resolved.type)

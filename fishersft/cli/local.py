@@ -238,7 +238,8 @@ def add_select_arguments(parser: argparse.ArgumentParser) -> None:
         "--weighting",
         choices=WEIGHTINGS,
         help="how an example's loss tokens add to Sigma: tokens (the paper's sum over loss tokens), examples (each "
-        "example's mean outer product), mean (the outer product of its mean feature); default: mean under --budget, "
+        "example's mean outer product), mean (the outer product of its mean feature), uncertainty (the sum over loss "
+        "tokens scaled by 1 - sum_k p_k^2 under the model: JSONL data only); default: mean under --budget, "
         "tokens under --budget-tokens (chosen by held-out loss after fine-tuning; see the README)",
     )
     parser.add_argument(

@@ -43,8 +43,10 @@ METHOD_DOC = (
 )
 Algorithm = Literal["lazy", "exact", "stochastic", "batched"]
 ALGORITHMS: tuple[Algorithm, ...] = ("lazy", "exact", "stochastic", "batched")
-Weighting = Literal["tokens", "examples", "mean"]
-WEIGHTINGS: tuple[Weighting, ...] = ("tokens", "examples", "mean")
+Weighting = Literal["tokens", "examples", "mean", "uncertainty"]
+WEIGHTINGS: tuple[Weighting, ...] = ("tokens", "examples", "mean", "uncertainty")
+MODEL_WEIGHTINGS: tuple[Weighting, ...] = ("uncertainty",)
+"""Weightings that need the model's softmax at each loss token: text datasets only."""
 DEFAULT_EPSILON = 0.01
 MAX_PARTITIONS = 64
 LAMBDA_DOC = "Ridge term of Sigma = lambda*I + sum x x^T."
@@ -60,7 +62,10 @@ WEIGHTING_DOC = (
     "How an example's loss tokens add to Sigma. `tokens`: the paper's sum of x x^T over every loss token; "
     "`examples`: that sum divided by the example's loss tokens (its mean outer product), so that length alone "
     "buys nothing; `mean`: the outer product of the example's mean feature (one rank-1 term per example, as "
-    "embedding-based reimplementations pool it). Default: `mean` under an example budget, `tokens` under a token "
+    "embedding-based reimplementations pool it); `uncertainty`: the sum over loss tokens of u^2 x x^T, u = "
+    "sqrt(1 - sum_k p_k^2) with p the model's softmax at the token (the trace of the softmax covariance the "
+    "paper's lower bound drops), so tokens the model already predicts with certainty add nothing (JSONL datasets "
+    "only: a features file has no model). Default: `mean` under an example budget, `tokens` under a token "
     "budget (chosen by held-out loss after fine-tuning; see the README)."
 )
 MAX_LENGTH_DOC = (
@@ -252,7 +257,9 @@ class SelectionResult(BaseModel):
     gains: list[float] = Field(description="Increase of log det Sigma from each pick.")
     objective: float = Field(description="log det Sigma of the warm start and the picks.")
     method: Method = Field(description="The method that chose them.")
-    weighting: Weighting = Field(description="tokens, examples or mean: the request's, or the budget's default.")
+    weighting: Weighting = Field(
+        description="tokens, examples, mean or uncertainty: the request's, or the budget's default."
+    )
     model: str | None = Field(description="The model whose features were selected on; null for uploaded features.")
     dim: int = Field(description="Width of the features selected on (the model's hidden size unless projected).")
     compression: RecordedCompression | None = Field(

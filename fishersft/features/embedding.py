@@ -20,7 +20,7 @@ import torch
 from transformers import PreTrainedModel
 
 from fishersft.data.encoding import Encoded
-from fishersft.features.scores import LossHead, ifd
+from fishersft.features.scores import LossHead, ifd, per_example_means
 from fishersft.features.store import FeatureStoreWriter
 from fishersft.models.batching import length_sorted_batches, padded_tokens
 from fishersft.models.forward import lengths, pre_logits, to_device
@@ -46,13 +46,17 @@ class PassCost:
         return 1 - self.tokens / self.computed if self.computed else 0.0
 
 
+Rows = tuple[list[int], tuple[torch.Tensor, ...], tuple[torch.Tensor, ...] | None]
+"""A batch for the writer: example indices, their rows, and their rows' uncertainty (when the pass scores)."""
+
+
 class BackgroundWrites:
     """`writer.write` on a thread of its own, in order. Leaving the block waits for every write; a write's error
     is raised in the caller (at its next `write` or on leaving); an error in the caller stops the writes."""
 
     def __init__(self, writer: FeatureStoreWriter) -> None:
         self.writer = writer
-        self.queue: queue.Queue[tuple[list[int], tuple[torch.Tensor, ...]] | None] = queue.Queue(WRITES_IN_FLIGHT)
+        self.queue: queue.Queue[Rows | None] = queue.Queue(WRITES_IN_FLIGHT)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="features-writer", daemon=True)
 
@@ -60,10 +64,12 @@ class BackgroundWrites:
         self.thread.start()
         return self
 
-    def write(self, indices: list[int], rows: tuple[torch.Tensor, ...]) -> None:
+    def write(
+        self, indices: list[int], rows: tuple[torch.Tensor, ...], factors: tuple[torch.Tensor, ...] | None = None
+    ) -> None:
         if self.error is not None:
             raise self.error
-        self.queue.put((indices, rows))
+        self.queue.put((indices, rows, factors))
 
     def _run(self) -> None:
         while (item := self.queue.get()) is not None:
@@ -98,7 +104,8 @@ def embed(
     """Give `writer` the pre-logit vectors of every example's targets, `encoded[k]` being example `first + k`;
     `on_batch(examples done)`. Batches hold at most `batch_tokens` padded tokens (and `max_examples` examples);
     the forward pass runs under `autocast(dtype)`. With `alone` (each example's response alone,
-    `data.encoding.response_alone`), also each example's loss and IFD. Returns what the passes computed."""
+    `data.encoding.response_alone`), also each loss token's uncertainty and each example's loss and IFD.
+    Returns what the passes computed."""
     head = None if alone is None else LossHead(model)
     device = next(model.parameters()).device
     losses = torch.zeros(len(encoded), dtype=torch.float64, device=device)
@@ -110,9 +117,12 @@ def embed(
         for batch in batches:
             vectors, labels = pre_logits(model, encoded, batch, dtype)
             counts = [len(encoded[i].targets) for i in batch]
-            writes.write([first + i for i in batch], vectors.split(counts))
+            factors = None
             if head is not None:
-                losses[to_device(np.asarray(batch, dtype=np.int64), device)] = head.mean_losses(vectors, labels, counts)
+                token_losses, token_factors = head.token_scores(vectors, labels)
+                losses[to_device(np.asarray(batch, dtype=np.int64), device)] = per_example_means(token_losses, counts)
+                factors = token_factors.split(counts)
+            writes.write([first + i for i in batch], vectors.split(counts), factors)
             done += len(batch)
             if on_batch:
                 on_batch(done)

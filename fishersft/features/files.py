@@ -20,6 +20,8 @@ from fishersft.features.set import (
     META_FILE,
     OFFSETS_FILE,
     PROJECTION_FILE,
+    UNCERTAIN_FILE,
+    UNCERTAINTY_FILE,
     FeaturesError,
     FeatureSet,
     NpyMember,
@@ -58,6 +60,14 @@ def load_features(path: str | Path, suffix: str | None = None) -> FeatureSet:
                     store.losses, store.ifd = np.load(path / LOSSES_FILE), np.load(path / IFD_FILE)
                     if not len(store.losses) == len(store.ifd) == len(ids):
                         raise FeaturesError(f"{path.name}: {LOSSES_FILE} or {IFD_FILE} does not match the examples")
+                if (path / UNCERTAINTY_FILE).exists():
+                    store.uncertainty = np.load(path / UNCERTAINTY_FILE, mmap_mode="r")
+                    store.uncertain = np.load(path / UNCERTAIN_FILE, mmap_mode="r")
+                    shapes = (store.uncertainty.shape, store.uncertain.shape)
+                    if shapes != ((len(features), 1), (int(store.uncertain_offsets[-1]), features.shape[1])):
+                        raise FeaturesError(
+                            f"{path.name}: {UNCERTAINTY_FILE} or {UNCERTAIN_FILE} does not match the rows"
+                        )
                 return store
         elif suffix == ".npz":
             _check_inflation(path)

@@ -9,6 +9,9 @@
   the paper and Cherry LLM define it (Superfiltering's code divides perplexities, exp of the losses: another
   order). Below 1 the prompt helps predict the response. An example with no prompt (text, an empty prompt) has
   IFD 1 by definition and no second pass. Cherry LLM drops examples above 1 before ranking: left to the method.
+- uncertainty, per loss token: u = sqrt(1 - sum_k p_k^2), p the softmax of the token's logits: u^2 is the trace
+  of the softmax covariance diag(p) - p p^T, the factor of the token's Fisher information that the paper's lower
+  bound drops (weighting `uncertainty`). From the same logits as the loss.
 """
 
 from collections.abc import Sequence
@@ -36,19 +39,42 @@ class LossHead:
         self.weight, self.bias = weight.float(), None if bias is None else bias.float()
         self.rows = max(1, LOGITS_BYTES // (4 * self.weight.shape[0]))
 
+    def token_scores(self, vectors: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cross-entropy [n] of each row of `vectors` [n x d], which predict `labels` [n], and its uncertainty
+        [n] (both float32, on the rows' device)."""
+        losses, factors = [], []
+        for v, y in zip(vectors.split(self.rows), labels.split(self.rows), strict=True):
+            log_p = F.linear(v.float(), self.weight, self.bias).log_softmax(-1)
+            losses.append(F.nll_loss(log_p, y, reduction="none"))
+            factors.append(uncertainty(log_p))
+        return torch.cat(losses), torch.cat(factors)
+
     def mean_losses(self, vectors: torch.Tensor, labels: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
         """The mean cross-entropy [b] (float64, on the vectors' device) of each example's `counts` consecutive
-        rows of `vectors` [n x d], which predict `labels` [n]."""
+        rows of `vectors` [n x d], which predict `labels` [n] (no softmax: the IFD pass needs no uncertainty)."""
         losses = [
             F.cross_entropy(F.linear(v.float(), self.weight, self.bias), y, reduction="none")
             for v, y in zip(vectors.split(self.rows), labels.split(self.rows), strict=True)
         ]
-        counts_d = to_device(np.asarray(counts, dtype=np.int64), vectors.device)
-        owner = torch.repeat_interleave(
-            torch.arange(len(counts), device=vectors.device), counts_d, output_size=len(labels)
-        )
-        sums = vectors.new_zeros(len(counts), dtype=torch.float64).index_add_(0, owner, torch.cat(losses).double())
-        return sums / counts_d
+        return per_example_means(torch.cat(losses), counts)
+
+
+def per_example_means(values: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
+    """The mean [b] (float64, on the values' device) of each example's `counts` consecutive entries of `values`."""
+    counts_d = to_device(np.asarray(counts, dtype=np.int64), values.device)
+    owner = torch.repeat_interleave(torch.arange(len(counts), device=values.device), counts_d, output_size=len(values))
+    sums = values.new_zeros(len(counts), dtype=torch.float64).index_add_(0, owner, values.double())
+    return sums / counts_d
+
+
+def uncertainty(log_p: torch.Tensor) -> torch.Tensor:
+    """sqrt(1 - sum_k p_k^2) of each row of log-probabilities [n x V]. With m the most likely token and s = 1 - p_m
+    the mass of the others, 1 - sum_k p_k^2 = s (2 - s) - sum_{k != m} p_k^2: no cancellation when the model is
+    almost certain, and exactly 0 when every other probability is."""
+    p = log_p.exp()
+    others = p.scatter(-1, p.argmax(-1, keepdim=True), 0.0)
+    s = others.sum(-1)
+    return (s * (2 - s) - others.square().sum(-1)).clamp(min=0).sqrt()
 
 
 def ifd(

@@ -1,6 +1,6 @@
 """A features set: one flat [rows x d] array, `offsets` [N+1] (example i owns rows
 offsets[i]:offsets[i+1]), the example ids and, for a compressed store, loss tokens and means per example, and the
-embedder's scores (fishersft.features.scores)."""
+embedder's scores and uncertainty (fishersft.features.scores)."""
 
 import functools
 import zipfile
@@ -31,8 +31,12 @@ STAGING_FILE, STAGING_MEANS_FILE = "staging.npy", "staging-means.npy"
 LOSSES_FILE, IFD_FILE = "losses.npy", "ifd.npy"
 
 
-STORE_VERSION = 2
-"""The embedder's store layout: 2 adds the scores (losses.npy, ifd.npy). Cached stores are keyed by it."""
+UNCERTAINTY_FILE, UNCERTAIN_FILE, STAGING_UNCERTAIN_FILE = "uncertainty.npy", "uncertain.npy", "staging-uncertain.npy"
+
+
+STORE_VERSION = 3
+"""The embedder's store layout: 2 adds the scores (losses.npy, ifd.npy), 3 the uncertainty (uncertainty.npy,
+uncertain.npy). Cached stores are keyed by it."""
 
 
 FEATURE_SUFFIXES = (".npz", ".safetensors")
@@ -111,6 +115,12 @@ class FeatureSet:
     features) or from a store written before scores."""
     ifd: np.ndarray | None
     """float64 [N]: each example's Instruction-Following Difficulty; None where `losses` is."""
+    uncertainty: np.ndarray | None
+    """float16 [rows x 1]: each row's uncertainty u (fishersft.features.scores) where its example is kept exact;
+    unused (zero) for the rows of a compressed example. None without a model, or from a store written before it."""
+    uncertain: np.ndarray | None
+    """[compressed rows x d]: for each compressed example (more loss tokens than rows), in order, the rank-r
+    factor of X^T diag(u^2) X (see `store.FeatureStoreWriter`); None where `uncertainty` is."""
     meta: dict[str, Any]
     """What the writer recorded: `compression`, `truncated`, `max_length`."""
     principal: np.ndarray | None
@@ -131,6 +141,7 @@ class FeatureSet:
         self.features, self.offsets, self.ids = features, offsets, ids
         self.lengths = np.diff(offsets) if lengths is None else lengths
         self.means, self.losses, self.ifd = means, losses, ifd
+        self.uncertainty, self.uncertain = None, None
         self.meta = {} if meta is None else meta
         self.principal = None
 
@@ -159,28 +170,49 @@ class FeatureSet:
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         return read_rows(self.features, start, stop)
 
+    @property
+    def compressed(self) -> np.ndarray:
+        """bool [N]: the examples whose rows are a factor of X^T X (more loss tokens than rows), not their tokens."""
+        return np.asarray(self.lengths) > np.diff(self.offsets)
+
+    @property
+    def uncertain_offsets(self) -> np.ndarray:
+        """int64 [N+1]: example i owns rows uncertain_offsets[i]:uncertain_offsets[i+1] of `uncertain` (as many as
+        its rows when it is compressed, else none)."""
+        counts = np.where(self.compressed, np.diff(self.offsets), 0)
+        return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
     def subset(self, indices: Sequence[int] | np.ndarray) -> "FeatureSet":
         """The examples `indices` (ascending) as an in-memory FeatureSet: their rows, read a chunk of the file at a
         time, so memory holds the subset, not the whole store (GreeDi's partitions)."""
         keep = np.asarray(indices, dtype=np.int64)
         if len(keep) and (np.diff(keep) <= 0).any():
             raise ValueError("subset indices must be ascending and distinct")
-        counts = np.diff(self.offsets)[keep]
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        rows = np.empty((int(offsets[-1]), self.features.shape[1]), self.features.dtype)
-        max_rows = chunk_rows(self.features.shape[1], self.features.dtype.itemsize)
-        for first, last in row_ranges(torch.from_numpy(self.offsets), max_rows):
-            lo, hi = np.searchsorted(keep, [first, last])
-            if lo == hi:
-                continue
-            base = int(self.offsets[first])
-            chunk = self.read_rows(base, int(self.offsets[last]))
-            taken = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in keep[lo:hi]]) - base
-            rows[offsets[lo] : offsets[hi]] = chunk[taken]
+        rows, offsets = gather_rows(self.features, self.offsets, keep)
         means = None if self.means is None else np.asarray(self.means[keep])
         ids = [self.ids[i] for i in keep]
         scores = [None if a is None else a[keep] for a in (self.losses, self.ifd)]
-        return FeatureSet(rows, offsets, ids, self.lengths[keep], means, dict(self.meta), *scores)
+        subset = FeatureSet(rows, offsets, ids, self.lengths[keep], means, dict(self.meta), *scores)
+        if self.uncertainty is not None and self.uncertain is not None:
+            subset.uncertainty = gather_rows(self.uncertainty, self.offsets, keep)[0]
+            subset.uncertain = gather_rows(self.uncertain, self.uncertain_offsets, keep)[0]
+        return subset
+
+    def uncertain_rows(self, first: int, last: int) -> np.ndarray:
+        """The rows of examples first:last under weighting `uncertainty` (rows offsets[first]:offsets[last]): an
+        exact example's rows times their u, a compressed one's factor of X^T diag(u^2) X."""
+        if self.uncertainty is None or self.uncertain is None:
+            raise FeaturesError(
+                "weighting 'uncertainty' scales each loss token by the model's uncertainty there: these features "
+                "carry none (uploaded features have no model); select from a JSONL dataset, or use another weighting"
+            )
+        start, stop = int(self.offsets[first]), int(self.offsets[last])
+        rows = self.read_rows(start, stop) * read_rows(self.uncertainty, start, stop)
+        uncertain = self.uncertain_offsets
+        rows[np.repeat(self.compressed[first:last], np.diff(self.offsets[first : last + 1]))] = read_rows(
+            self.uncertain, int(uncertain[first]), int(uncertain[last])
+        )
+        return rows
 
     def mean_rows(self) -> np.ndarray:
         """[N x d] each example's mean feature: kept by a compressed store, computed for raw features."""
@@ -202,6 +234,23 @@ def read_rows(array: Rows, start: int, stop: int) -> np.ndarray:
     return np.array(array[start:stop])
 
 
+def gather_rows(array: Rows, offsets: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of the examples `keep` (ascending) of a 2-D array whose example i owns rows
+    offsets[i]:offsets[i+1], read a chunk at a time, and their offsets."""
+    counts = np.diff(offsets)[keep]
+    out_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    rows = np.empty((int(out_offsets[-1]), array.shape[1]), array.dtype)
+    for first, last in row_ranges(torch.from_numpy(offsets), chunk_rows(array.shape[1], array.dtype.itemsize)):
+        lo, hi = np.searchsorted(keep, [first, last])
+        if lo == hi:
+            continue
+        base = int(offsets[first])
+        chunk = read_rows(array, base, int(offsets[last]))
+        taken = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in keep[lo:hi]]).astype(np.int64) - base
+        rows[out_offsets[lo] : out_offsets[hi]] = chunk[taken]
+    return rows, out_offsets
+
+
 def feature_blocks(features: FeatureSet, weighting: Weighting) -> tuple[FeatureBlocks, torch.Tensor]:
     """The blocks selection runs on under `weighting`, read from `features` a chunk at a time (float16 stays
     float16), and the loss tokens per example."""
@@ -213,6 +262,9 @@ def feature_blocks(features: FeatureSet, weighting: Weighting) -> tuple[FeatureB
         rows, offsets = features.features, torch.from_numpy(features.offsets)
         scale = lengths.to(torch.float32).rsqrt() if weighting == "examples" else None
     ranges = row_ranges(offsets, chunk_rows(rows.shape[1], rows.dtype.itemsize))
-    chunks = (torch.from_numpy(read_rows(rows, int(offsets[a]), int(offsets[b]))) for a, b in ranges)
+    if weighting == "uncertainty":
+        chunks = (torch.from_numpy(features.uncertain_rows(a, b)) for a, b in ranges)
+    else:
+        chunks = (torch.from_numpy(read_rows(rows, int(offsets[a]), int(offsets[b]))) for a, b in ranges)
     dtype = torch.from_numpy(np.zeros(0, rows.dtype)).dtype
     return FeatureBlocks(offsets, rows.shape[1], chunks, dtype, scale), lengths

@@ -33,6 +33,9 @@ from fishersft.features.set import (
     PROJECTION_FILE,
     STAGING_FILE,
     STAGING_MEANS_FILE,
+    STAGING_UNCERTAIN_FILE,
+    UNCERTAIN_FILE,
+    UNCERTAINTY_FILE,
     FeaturesError,
     FeatureSet,
     read_rows,
@@ -84,9 +87,16 @@ class FeatureStoreWriter:
     and at most `compression.rank` rows (see fishersft.features.compression), projected to `compression.dim`
     dimensions. A seeded Gaussian projection is applied as rows arrive; principal directions need the total
     Gram of every row first, so rows are staged in full dimension and projected in one pass over the staged
-    file at `commit()`. Rows go to files as they come: memory grows only by an id, two integers and two floats an
-    example. The embedder also gives each example's scores to `score()` (fishersft.features.scores); a store
+    file at `commit()`. Rows go to files as they come: memory grows only by an id, three integers and two floats
+    an example. The embedder also gives each example's scores to `score()` (fishersft.features.scores); a store
     given any has them for every example (losses.npy, ifd.npy).
+
+    With `uncertainty=True` (the embedder's pass), `write()` also takes each loss token's uncertainty u (see
+    `scores.uncertainty`), and the store keeps what weighting `uncertainty` needs, sum_j u_j^2 x_j x_j^T per
+    example, exactly as it keeps X^T X: an example kept exact (at most `rank` loss tokens) keeps each row's u
+    (uncertainty.npy, a column aligned with features.npy); a longer one, whose rows are a factor of X^T X that
+    no per-row factor could reweight, keeps a second factor, the best rank-`rank` factor of X^T diag(u^2) X (its
+    rows scaled before compression), in uncertain.npy, which holds those examples' factors alone, in order.
 
     `part=True` writes one shard's part of a store instead (see `assemble_store`): rows that principal directions
     will project stay in full dimension, and the part keeps their Gram (gram.npy) for the total.
@@ -99,6 +109,7 @@ class FeatureStoreWriter:
         compression: Compression,
         meta: dict[str, Any] | None = None,
         part: bool = False,
+        uncertainty: bool = False,
     ) -> None:
         self.directory = Path(directory)
         self.partial = self.directory.with_name(f"{self.directory.name}.{uuid.uuid4().hex[:12]}.partial")
@@ -108,6 +119,8 @@ class FeatureStoreWriter:
         self.ids: list[ExampleId] = []
         self.lengths: list[int] = []
         self.offsets: list[int] = [0]
+        self.uncertain_offsets: list[int] = [0]
+        """Rows of uncertain.npy: `rank` for each compressed example, none for the others."""
         self.losses, self.ifd, self.scored = array.array("d"), array.array("d"), 0
         self.dim = compression.output_dim(source_dim)
         self.projection: torch.Tensor | None = None
@@ -123,19 +136,35 @@ class FeatureStoreWriter:
         rows_name, means_name = (STAGING_FILE, STAGING_MEANS_FILE) if projected_later else (FEATURES_FILE, MEANS_FILE)
         self.rows = RowFile(self.partial / rows_name, stage_dim)
         self.means = RowFile(self.partial / means_name, stage_dim)
+        self.factors: RowFile | None = None
+        self.uncertain: RowFile | None = None
+        if uncertainty:
+            self.factors = RowFile(self.partial / UNCERTAINTY_FILE, 1)
+            uncertain_name = STAGING_UNCERTAIN_FILE if projected_later else UNCERTAIN_FILE
+            self.uncertain = RowFile(self.partial / uncertain_name, stage_dim)
 
     def add(self, ids: Sequence[ExampleId], lengths: Sequence[int]) -> None:
         """The next examples: their ids and loss tokens (rows to come)."""
         self.ids.extend(ids)
+        rank = self.compression.rank
         for n in lengths:
             self.lengths.append(int(n))
-            self.offsets.append(self.offsets[-1] + min(int(n), self.compression.rank))
+            self.offsets.append(self.offsets[-1] + min(int(n), rank))
+            self.uncertain_offsets.append(self.uncertain_offsets[-1] + (rank if int(n) > rank else 0))
         self.losses.extend([np.nan] * len(lengths))
         self.ifd.extend([np.nan] * len(lengths))
 
-    def write(self, indices: Sequence[int], examples: Sequence[torch.Tensor]) -> None:
-        """Every loss token's row [n_i x source_dim] of the examples `indices` (added before), on any device.
-        The batch is reduced on its device and copied to the host once, as float16."""
+    def write(
+        self,
+        indices: Sequence[int],
+        examples: Sequence[torch.Tensor],
+        uncertainty: Sequence[torch.Tensor] | None = None,
+    ) -> None:
+        """Every loss token's row [n_i x source_dim] of the examples `indices` (added before), on any device, and
+        with `uncertainty=True` each row's uncertainty [n_i]. The batch is reduced on its device and copied to the
+        host once, as float16."""
+        if (uncertainty is None) != (self.factors is None):
+            raise ValueError("uncertainty goes to a writer made with uncertainty=True, and such a writer needs it")
         flat = torch.cat(list(examples)).to(torch.float32)
         if self.gram is not None:
             self.gram += (flat.T @ flat).to(torch.float64).cpu()
@@ -164,6 +193,32 @@ class FeatureStoreWriter:
             self.rows.write(self.offsets[i], rows_host[start : start + n])
             self.means.write(i, mean[None])
             start += n
+        if uncertainty is not None:
+            self._write_uncertainty(indices, examples, uncertainty, projection)
+
+    def _write_uncertainty(
+        self,
+        indices: Sequence[int],
+        examples: Sequence[torch.Tensor],
+        uncertainty: Sequence[torch.Tensor],
+        projection: torch.Tensor | None,
+    ) -> None:
+        """Each exact example's u per row; each longer one's rank-r factor of its rows scaled by u."""
+        assert self.factors is not None and self.uncertain is not None
+        rank = self.compression.rank
+        long = [k for k, x in enumerate(examples) if len(x) > rank]
+        scaled = [
+            examples[k].to(torch.float32) * uncertainty[k].to(examples[k].device, torch.float32)[:, None] for k in long
+        ]
+        for k, rows in zip(long, compress_examples(scaled, rank, projection), strict=True):
+            if not bool(torch.isfinite(rows.to(torch.float16)).all()):
+                raise FeaturesError(f"example {indices[k]}: its uncertainty-weighted features are not finite")
+            self.uncertain.write(self.uncertain_offsets[indices[k]], rows.cpu().numpy())
+        for i, x, u in zip(indices, examples, uncertainty, strict=True):
+            if len(u) != len(x) or not bool(((u >= 0) & (u <= 1)).all()):
+                raise ValueError(f"example {i}: {len(u)} uncertainties in [0, 1] expected for {len(x)} rows")
+            if len(x) <= rank:
+                self.factors.write(self.offsets[i], u.cpu().numpy()[:, None])
 
     def score(self, indices: Sequence[int], losses: np.ndarray, ifd: np.ndarray) -> None:
         """The mean loss and IFD of the examples `indices` (added before)."""
@@ -181,6 +236,9 @@ class FeatureStoreWriter:
             self._project_staged(self.gram)
         self.rows.finish(self.offsets[-1])
         self.means.finish(len(self.ids))
+        if self.factors is not None and self.uncertain is not None:
+            self.factors.finish(self.offsets[-1])
+            self.uncertain.finish(self.uncertain_offsets[-1])
         np.save(self.partial / OFFSETS_FILE, np.asarray(self.offsets, dtype=np.int64))
         np.save(self.partial / LENGTHS_FILE, np.asarray(self.lengths, dtype=np.int64))
         if self.scored:
@@ -201,13 +259,20 @@ class FeatureStoreWriter:
 
     def append(self, part: FeatureSet, gram: torch.Tensor | None) -> None:
         """The next examples: a part written with `part=True` (its rows in this writer's staging dimension, its
-        scores if any), and its Gram when this writer projects onto principal directions."""
+        scores and uncertainty if any), and its Gram when this writer projects onto principal directions."""
         first = len(self.ids)
         self.add(part.ids, part.lengths.tolist())
         if part.losses is not None and part.ifd is not None:
             self.score(range(first, len(self.ids)), part.losses, part.ifd)
-        for a, b in row_ranges(torch.from_numpy(part.offsets), STAGED_CHUNK_ROWS):
-            self.rows.write(self.offsets[first + a], part.read_rows(int(part.offsets[a]), int(part.offsets[b])))
+        copies = [(self.rows, self.offsets, part.features, part.offsets)]
+        if self.factors is not None and self.uncertain is not None:
+            if part.uncertainty is None or part.uncertain is None:
+                raise ValueError("a part without uncertainty for a store with it")
+            copies.append((self.factors, self.offsets, part.uncertainty, part.offsets))
+            copies.append((self.uncertain, self.uncertain_offsets, part.uncertain, part.uncertain_offsets))
+        for out, out_offsets, rows, offsets in copies:
+            for a, b in row_ranges(torch.from_numpy(offsets), STAGED_CHUNK_ROWS):
+                out.write(out_offsets[first + a], read_rows(rows, int(offsets[a]), int(offsets[b])))
         assert part.means is not None  # a part is a compressed store: load_features read its means
         for a in range(0, len(part.ids), STAGED_CHUNK_ROWS):
             self.means.write(first + a, read_rows(part.means, a, min(len(part.ids), a + STAGED_CHUNK_ROWS)))
@@ -221,6 +286,8 @@ class FeatureStoreWriter:
         np.save(self.partial / PROJECTION_FILE, projection.numpy())
         self.rows = self._projected(self.rows, self.offsets[-1], FEATURES_FILE, projection)
         self.means = self._projected(self.means, len(self.ids), MEANS_FILE, projection)
+        if self.uncertain is not None:
+            self.uncertain = self._projected(self.uncertain, self.uncertain_offsets[-1], UNCERTAIN_FILE, projection)
 
     def _projected(self, staged: RowFile, n: int, name: str, projection: torch.Tensor) -> RowFile:
         out = RowFile(self.partial / name, self.dim)
@@ -232,7 +299,9 @@ class FeatureStoreWriter:
         return out
 
     def abort(self) -> None:
-        for file in (self.rows, self.means):
+        for file in (self.rows, self.means, self.factors, self.uncertain):
+            if file is None:
+                continue
             with contextlib.suppress(OSError):
                 os.close(file.fd)
         shutil.rmtree(self.partial, ignore_errors=True)
@@ -260,7 +329,8 @@ def assemble_store(parts: Sequence[Path], directory: str | Path) -> FeatureSet:
     if recorded is None or compression is None:
         raise ValueError(f"{parts[0]} is not a compressed store's part")
     meta = {k: v for k, v in loaded[0].meta.items() if k not in ("compression", "truncated")}
-    writer = FeatureStoreWriter(directory, recorded.source_dim, compression, meta)
+    uncertainty = loaded[0].uncertainty is not None
+    writer = FeatureStoreWriter(directory, recorded.source_dim, compression, meta, uncertainty=uncertainty)
     try:
         for path, part in zip(parts, loaded, strict=True):
             gram = path / GRAM_FILE

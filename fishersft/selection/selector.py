@@ -38,12 +38,15 @@ def select(
     budget: Budget,
     *,
     weighting: Weighting = "tokens",
+    uncertainty: Tensor | None = None,
     **options: Any,
 ) -> Selection:
     """Select examples from in-memory `features` [tokens x d], example i owning rows offsets[i]:offsets[i+1]
-    (its loss tokens). `weighting`: see WEIGHTING_DOC; `options`: those of `select_blocks`."""
+    (its loss tokens). `weighting`: see WEIGHTING_DOC (`uncertainty` needs each row's u [tokens]); `options`:
+    those of `select_blocks`."""
     lengths = offsets.diff()
-    return select_blocks(FeatureBlocks.of(*weighted(features, offsets, weighting)), lengths, budget, **options)
+    blocks = FeatureBlocks.of(*weighted(features, offsets, weighting, uncertainty))
+    return select_blocks(blocks, lengths, budget, **options)
 
 
 def select_blocks(
@@ -124,12 +127,18 @@ def stochastic_sample_size(n: int, k: float, epsilon: float) -> int:
     return max(1, min(n, math.ceil(n / max(k, 1.0) * math.log(1 / epsilon))))
 
 
-def weighted(features: Tensor, offsets: Tensor, weighting: Weighting) -> tuple[Tensor, Tensor, Tensor | None]:
+def weighted(
+    features: Tensor, offsets: Tensor, weighting: Weighting, uncertainty: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """The rows, their offsets and a per-example scale of the rows (or None) whose sum of outer products per
-    example is that example's term of Sigma."""
+    example is that example's term of Sigma. `uncertainty` [tokens]: each row's u, for weighting `uncertainty`."""
     lengths = offsets.diff()
     if weighting == "tokens":
         return features, offsets, None
+    if weighting == "uncertainty":  # rows scaled by u: X_i^T X_i becomes X_i^T diag(u^2) X_i
+        if uncertainty is None or uncertainty.shape != features.shape[:1]:
+            raise ValueError("weighting 'uncertainty' needs each row's uncertainty [tokens]")
+        return features * uncertainty.to(features.dtype)[:, None], offsets, None
     if weighting == "examples":  # rows scaled by 1/sqrt(n_i): X_i^T X_i becomes X_i^T X_i / n_i
         return features, offsets, lengths.to(torch.float32).rsqrt()
     if weighting == "mean":  # one row per example: its mean feature

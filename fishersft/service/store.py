@@ -115,7 +115,8 @@ class ArtifactStore:
     def features_dir(self, sha256: str, model: str | None, max_length: int | None, compression: str) -> Path:
         """The compressed features store of a dataset: embedded by `model` at `max_length`, or (model None) an
         uploaded features file; `compression`: its key (e.g. `r16`). An embedded store's name carries the
-        embedder's STORE_VERSION: stores an older embedder wrote (without scores) are never found, only evicted."""
+        embedder's STORE_VERSION: stores an older embedder wrote (without scores or uncertainty) are never found, only
+        evicted."""
         source = f"{_safe(model)}-{max_length}-v{STORE_VERSION}" if model is not None else "upload"
         return self.root / "features" / f"{sha256}-{source}-{compression}"
 
