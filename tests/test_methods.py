@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from fishersft.contract.comparison import ComparisonBudget, ComparisonOptions
 from fishersft.contract.compression import Compression
 from fishersft.contract.selection import Budget, SelectionOptions
 from fishersft.features.set import FeatureSet
@@ -193,8 +194,9 @@ def sum_outer(blocks: FeatureBlocks, chosen: list[int]) -> torch.Tensor:
 
 def test_a_comparisons_fisher_runs_serve_its_target():
     features, target = random_set(n=30, dim=6), random_set(n=4, seed=3)
-    runs = comparison_runs(features, 5, [0], [], 1.0, ["tokens"], ["fisher", "random"], target)
-    plain = comparison_runs(features, 5, [0], [], 1.0, ["tokens"], ["fisher", "random"])
+    options = ComparisonOptions(budget=ComparisonBudget(examples=5), random_seeds=1)
+    runs = comparison_runs(features, options, [], target)
+    plain = comparison_runs(features, options, [])
     blocks = FeatureBlocks.of(torch.from_numpy(features.features), torch.from_numpy(features.offsets))
     moment = target_second_moment(features, target, "tokens")
     lengths = torch.from_numpy(features.lengths)
