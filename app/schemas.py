@@ -9,7 +9,10 @@ T = TypeVar("T")
 
 
 class Page(BaseModel, Generic[T]):
-    data: list[T] = Field(description="Items, newest first.")
+    """Every list the API answers (OpenAI's shape): resources newest first, a job's events oldest first."""
+
+    object: Literal["list"] = Field("list", description="Always `list`: the body is a page of items.")
+    data: list[T] = Field(description="The items, in the list's order.")
     next_after: str | None = Field(description="Pass as `after` to get the next page; null on the last page.")
 
 

@@ -12,6 +12,7 @@ from app.checks import allowed_max_length, check_training, dataset_for, known_mo
 from app.errors import ApiError, documented, invalid, shown
 from app.jobs import FINETUNES, SELECTIONS, Jobs
 from app.routes.jobs import IdempotencyKey, create_job, found, job_router
+from app.schemas import Page
 from fishersft.contract.jobs import Event, Finetune, JobBody
 from fishersft.contract.training import FinetuneCreate
 from fishersft.service.settings import Settings
@@ -76,15 +77,15 @@ def create_finetune(
 
 @router.get(
     "/{job_id}/events",
-    response_model=list[Event],
+    response_model=Page[Event],
     summary="A finetune's events, oldest first",
     responses=documented(404),
 )
-def get_events(job_id: str, jobs: Annotated[Jobs, Depends(deps.jobs(FINETUNES))]) -> list[Event]:
+def get_events(job_id: str, jobs: Annotated[Jobs, Depends(deps.jobs(FINETUNES))]) -> Page[Event]:
     """Like the hosted fine-tuning APIs: started, selected, evaluated, step (sampled training losses), saved,
-    succeeded / failed / cancelled."""
+    succeeded / failed / cancelled. One page holds them all: `next_after` is null."""
     found(jobs.get(job_id), FINETUNES, job_id)
-    return jobs.events(job_id) or []
+    return Page(data=jobs.events(job_id) or [], next_after=None)
 
 
 @router.get(
