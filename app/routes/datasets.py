@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
+from redis import Redis
 
 from app import deps
 from app.caller import Datasets
@@ -18,6 +19,7 @@ from fishersft.data.dataset import iter_examples
 from fishersft.data.groups import LabelCounter
 from fishersft.errors import DatasetError, InputError, LineError
 from fishersft.features.files import load_features
+from fishersft.service import metrics
 from fishersft.service.protocol import ID_HEX
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
@@ -39,6 +41,7 @@ def create_dataset(
     store: Annotated[ArtifactStore, Depends(deps.store)],
     datasets: Annotated[Datasets, Depends(deps.datasets)],
     settings: Annotated[Settings, Depends(deps.settings)],
+    redis: Annotated[Redis, Depends(deps.redis)],
     file: Annotated[UploadFile, File(description="JSONL dataset (.jsonl), or features (.npz, .safetensors).")],
     name: Annotated[
         Text | None, Form(description="A name to show (at most 1,000 characters); default: the file name.")
@@ -80,6 +83,7 @@ def create_dataset(
             store.put_blob(temp, upload.sha256)
             existing = store.put_dataset_once(record)  # concurrent identical uploads: the first record wins
         datasets.claim(dataset_id)
+        metrics.count(redis, metrics.BYTES_UPLOADED, amount=upload.size)
     finally:
         temp.unlink(missing_ok=True)
     response.headers["Location"] = f"/v1/datasets/{dataset_id}"
