@@ -50,6 +50,20 @@ async def authorize(
     return Caller(owner=fingerprint(key.strip()), admin=any(admin))
 
 
+async def authorize_metrics(
+    settings: Annotated[Settings, Depends(settings)],
+    authorization: Annotated[
+        str | None, Header(description="`Bearer <token>` when FISHERSFT_METRICS_TOKEN is set.", max_length=1000)
+    ] = None,
+) -> None:
+    """Open unless FISHERSFT_METRICS_TOKEN is set; then that Bearer token (not an API key) is required."""
+    if settings.metrics_token is None:
+        return
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), settings.metrics_token.encode()):
+        raise ApiError(401, "unauthorized", "missing or wrong metrics token: send `Authorization: Bearer <token>`")
+
+
 def jobs(kind: JobKind) -> Callable[..., Awaitable[Jobs]]:
     """The dependency that gives a route the jobs of one kind, as the caller may see them."""
 

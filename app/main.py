@@ -9,7 +9,7 @@ from redis import Redis
 from app import errors
 from app.deps import authorize
 from app.errors import documented
-from app.routes import comparisons, datasets, finetunes, health, selections
+from app.routes import comparisons, datasets, finetunes, health, metrics, selections
 from app.upload_limit import UploadLimit
 from fishersft.service.monitor import Monitor
 from fishersft.service.settings import Settings
@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     for router in (datasets.router, selections.router, finetunes.router, comparisons.router):
         app.include_router(router, dependencies=[Depends(authorize)], responses=documented(401, 422, 503))
     app.include_router(health.models_router, dependencies=[Depends(authorize)], responses=documented(401, 422))

@@ -1,16 +1,9 @@
-"""The bodies only the HTTP API answers: pages of a list, the model registry and health. Every job's request
-and result, and a dataset's record, are the contract's models (fishersft.contract)."""
+"""The bodies only the HTTP API answers: the model registry and health. Every job's request and result, a
+dataset's record and a page of a list are the contract's models (fishersft.contract)."""
 
-from typing import Generic, Literal, TypeVar
+from typing import Literal
 
 from pydantic import BaseModel, Field
-
-T = TypeVar("T")
-
-
-class Page(BaseModel, Generic[T]):
-    data: list[T] = Field(description="Items, newest first.")
-    next_after: str | None = Field(description="Pass as `after` to get the next page; null on the last page.")
 
 
 class Model(BaseModel):

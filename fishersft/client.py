@@ -7,7 +7,7 @@ the service answers is raised as one ApiError carrying the service's error shape
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -16,6 +16,7 @@ from fishersft.contract.comparison import ComparisonCreate
 from fishersft.contract.datasets import DatasetRecord
 from fishersft.contract.errors import ErrorBody, ErrorDetail, ErrorInfo
 from fishersft.contract.jobs import Comparison, Event, Finetune, JobBody, Selection
+from fishersft.contract.pages import Page
 from fishersft.contract.selection import SelectionCreate
 from fishersft.contract.training import FinetuneCreate
 from fishersft.errors import InputError
@@ -68,15 +69,8 @@ def _detail_line(detail: ErrorDetail) -> str:
     return f"{where}: {detail.message}" if where else detail.message
 
 
-class _Page(BaseModel, Generic[T]):
-    """A list endpoint's page (what the client reads of it)."""
-
-    data: list[T]
-    next_after: str | None = None
-
-
-EVENTS = TypeAdapter(list[Event] | _Page[Event])
-"""GET .../events answers a page `{"object": "list", "data": [...]}`; the service before it a bare array: both read."""
+EVENTS = TypeAdapter(Page[Event])
+"""GET .../events answers a page `{"object": "list", "data": [...]}`, as every list."""
 
 
 class Client:
@@ -131,7 +125,7 @@ class Client:
         after: str | None = None
         while True:
             params = {"limit": 1000, **({"after": after} if after else {})}
-            page = self._parse(_Page[DatasetRecord], self._request("GET", "/v1/datasets", params=params))
+            page = self._parse(Page[DatasetRecord], self._request("GET", "/v1/datasets", params=params))
             records += page.data
             if page.next_after is None:
                 return records
@@ -175,13 +169,14 @@ class Client:
             pause = min(pause * POLL_GROWTH, POLL_MAX_S)
 
     def events(self, job: AnyJob) -> list[Event]:
-        """The job's events, oldest first (finetunes: started, selected, evaluated, step, saved, and how it ended)."""
+        """The job's events, oldest first (started; finetunes: selected, evaluated, step, saved; how it ended; each
+        webhook attempt)."""
         response = self._request("GET", f"/v1/{RESOURCES[type(job)]}/{job.id}/events")
         try:
             events = EVENTS.validate_json(response.content)
         except ValidationError as e:
             raise ClientError(f"{response.request.url}: not the events the contract describes: {e}") from None
-        return events if isinstance(events, list) else events.data
+        return events.data
 
     def cancel(self, job: JobT) -> JobT:
         """Cancel a queued job at once, a running one at its next batch, pick or step; ApiError 409 if it ended."""

@@ -160,15 +160,17 @@ def a_finetune() -> Finetune:
     )
 
 
-@pytest.mark.parametrize("body", [[EVENT], {"object": "list", "data": [EVENT]}])
-def test_events_read_a_page_and_the_bare_array_before_it(body):
+def test_events_read_a_page_and_refuse_what_is_not_one():
     def answer(request: httpx.Request) -> httpx.Response:
         assert request.url.path == "/v1/finetunes/ft_x/events"
+        body = {"object": "list", "data": [EVENT], "next_after": None} if request.url.host == "service" else [EVENT]
         return httpx.Response(200, json=body)
 
     with Client("http://service", transport=httpx.MockTransport(answer)) as client:
         (event,) = client.events(a_finetune())
     assert event.type == "started" and event.created_at == datetime(2026, 1, 1, tzinfo=UTC)
+    with Client("http://old", transport=httpx.MockTransport(answer)) as client, pytest.raises(ClientError):
+        client.events(a_finetune())
 
 
 def test_errors_that_are_not_the_service_s_shape():

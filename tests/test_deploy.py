@@ -127,6 +127,21 @@ def test_k8s_api_gpu_workers_redis_and_the_shared_claim_agree():
     assert api["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
 
+def test_prometheus_scrapes_the_api_pods_metrics():
+    api = next(d for d in manifests() if d["kind"] == "Deployment" and d["metadata"]["name"] == "fishersft-api")
+    annotations = api["spec"]["template"]["metadata"]["annotations"]
+    port = api["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"]
+    assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/path"] == "/metrics"
+    assert annotations["prometheus.io/port"] == str(port)
+    monitor = yaml.safe_load((ROOT / "deploy" / "prometheus" / "servicemonitor.yaml").read_text())
+    service = next(d for d in manifests() if d["kind"] == "Service" and d["metadata"]["name"] == "fishersft-api")
+    assert monitor["kind"] == "ServiceMonitor"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    endpoint = monitor["spec"]["endpoints"][0]
+    assert endpoint["path"] == "/metrics"
+    assert next(p for p in service["spec"]["ports"] if p["name"] == endpoint["port"])["targetPort"] == port
+
+
 @pytest.mark.parametrize("command", ["fishersft api --port 9", "fishersft nonsense"])
 def test_the_command_check_can_fail(command):
     if command.endswith("nonsense"):

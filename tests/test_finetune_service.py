@@ -59,7 +59,9 @@ def test_finetune_a_selection_then_load_its_adapter_with_peft(service, task, lla
     assert evaluation["after"]["loss"] < evaluation["before"]["loss"]
     assert [point[0] for point in evaluation["curve"]] == [0, 4, 8, 12, 16]
     assert set(evaluation["after"]["by_group"]) <= {"colors", "other"}
-    events = service.client.get(f"/v1/finetunes/{job['id']}/events").json()
+    page = service.client.get(f"/v1/finetunes/{job['id']}/events").json()
+    assert page["object"] == "list" and page["next_after"] is None
+    events = page["data"]
     types = [e["type"] for e in events]
     assert types[0] == "started" and types[-2:] == ["saved", "succeeded"] and "step" in types
     assert [e["created_at"] for e in events] == sorted(e["created_at"] for e in events)
@@ -243,7 +245,7 @@ def test_cancel_a_running_finetune_and_idempotency(service, task):
     assert service.client.post(f"/v1/finetunes/{first['id']}/cancel").status_code == 200
     ended = service.wait(first["id"])
     assert ended["status"] == "cancelled" and ended["result"] is None
-    events = service.client.get(f"/v1/finetunes/{first['id']}/events").json()
+    events = service.client.get(f"/v1/finetunes/{first['id']}/events").json()["data"]
     assert events[-1]["type"] == "cancelled"
 
 

@@ -254,6 +254,7 @@ def test_idempotency_listing_deletion_and_models(service):
     assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_reused"
     ids = [service.select(**body)["id"] for _ in range(4)]
     page = service.client.get("/v1/selections", params={"limit": 3}).json()
+    assert page["object"] == "list"
     assert [s["id"] for s in page["data"]] == ids[::-1][:3] and page["next_after"] == ids[1]
     rest = service.client.get("/v1/selections", params={"limit": 3, "after": page["next_after"]}).json()
     assert [s["id"] for s in rest["data"]] == [ids[0], first.json()["id"]] and rest["next_after"] is None

@@ -93,7 +93,7 @@ def webhook_events(service: Service, job_id: str, attempts: int) -> list[dict]:
     resource = {"sel": "selections", "ft": "finetunes", "cmp": "comparisons"}[job_id.split("_")[0]]
     deadline = time.monotonic() + WAIT_S
     while True:
-        events = service.client.get(f"/v1/{resource}/{job_id}/events").json()
+        events = service.client.get(f"/v1/{resource}/{job_id}/events").json()["data"]
         found = [e for e in events if e["type"].startswith("webhook.")]
         if len(found) >= attempts:
             return found

@@ -6,6 +6,8 @@ import shutil
 import time
 from pathlib import Path
 
+from redis import Redis
+
 from fishersft.contract.compression import Compression
 from fishersft.contract.datasets import DatasetRecord
 from fishersft.contract.selection import FeatureOptions, FeaturesCost
@@ -15,6 +17,7 @@ from fishersft.features.store import assemble_store, compress_store
 from fishersft.models.loading import load_model
 from fishersft.models.registry import model_dim
 from fishersft.pipeline import ModelLoader, Progress, embed_dataset
+from fishersft.service import metrics
 from fishersft.service.protocol import JobInputError, Plan, ShardRequest
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
@@ -24,8 +27,12 @@ cached_model: ModelLoader = functools.lru_cache(maxsize=2)(load_model)
 
 
 class FeatureCache:
-    def __init__(self, store: ArtifactStore, settings: Settings, load: ModelLoader = cached_model) -> None:
-        self.store, self.settings, self.load = store, settings, load
+    """A worker's features; what it embeds is counted in `redis` (fishersft_tokens_embedded_total)."""
+
+    def __init__(
+        self, store: ArtifactStore, settings: Settings, redis: Redis, load: ModelLoader = cached_model
+    ) -> None:
+        self.store, self.settings, self.redis, self.load = store, settings, redis, load
 
     def dataset(self, dataset_id: str) -> DatasetRecord:
         dataset = self.store.dataset(dataset_id)
@@ -95,6 +102,7 @@ class FeatureCache:
                 load=self.load,
             )
             features, truncated, load_s = embedding.features, embedding.truncated, embedding.load_seconds
+            metrics.count(self.redis, metrics.TOKENS_EMBEDDED, (model,), features.n_tokens)
         self.store.evict_features(self.settings.features_cache_bytes, keep=features_dir)
         return features, FeaturesCost(
             features_cached=False,
@@ -123,6 +131,7 @@ class FeatureCache:
             load=self.load,
             examples=(shard.start, shard.stop),
         )
+        metrics.count(self.redis, metrics.TOKENS_EMBEDDED, (shard.model,), embedding.features.n_tokens)
         self.store.evict_features(self.settings.features_cache_bytes, keep=part)
         return part, embedding.seconds
 

@@ -21,6 +21,7 @@ from rq.job import Job
 
 from fishersft.contract.jobs import Event, SavedJob
 from fishersft.errors import InputError
+from fishersft.service import metrics
 from fishersft.service.protocol import JOB_SERIALIZER, JobCancelled, JobInputError, alive_key, cancel_key
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
@@ -34,9 +35,9 @@ class JobProgress:
     """The pipeline's progress callback for a job: progress into job meta (at most every 0.5 s and at every
     phase change), events, and a stop at the next batch, pick or step once the API asked for cancellation."""
 
-    def __init__(self, job: Job) -> None:
-        self.job = job
-        self.saved_at = 0.0
+    def __init__(self, job: Job, kind: str) -> None:
+        self.job, self.kind = job, kind
+        self.saved_at = self.phase_started = 0.0
         self.phase = ""
         self.events: list[dict[str, Any]] = list(job.meta.get("events", []))  # an earlier attempt's too
 
@@ -44,10 +45,19 @@ class JobProgress:
         if self.job.connection.exists(cancel_key(self.job.id)):
             raise JobCancelled("cancelled on request")
         now = time.monotonic()
+        if phase != self.phase:
+            self.finish_phase()
+            self.phase_started = now
         if phase != self.phase or done == total or now - self.saved_at >= PROGRESS_INTERVAL_S:
             self.job.meta["progress"] = {"phase": phase, "done": done, "total": total}
             self.job.save_meta()
             self.phase, self.saved_at = phase, now
+
+    def finish_phase(self) -> None:
+        """Time the phase the job was in (fishersft_phase_duration_seconds), if any."""
+        if self.phase:
+            seconds = time.monotonic() - self.phase_started
+            metrics.observe(self.job.connection, metrics.PHASE_DURATION, (self.kind, self.phase), seconds)
 
     def event(self, type_: str, message: str, level: str = "info", **data: Any) -> None:
         """Append an event (GET .../events) and save it with the job's meta."""
@@ -79,8 +89,14 @@ def run_job(work: Work[Request], model: type[Request], request: dict[str, Any], 
     assert job is not None, "run_job runs inside an RQ job"
     settings = Settings.from_env()
     store = ArtifactStore(settings.data_dir)
-    progress = JobProgress(job)
-    context = JobContext(job, settings, store, progress, FeatureCache(store, settings))
+    kind, started = metrics.job_kind(job.func_name), time.monotonic()
+    progress = JobProgress(job, kind)
+    context = JobContext(job, settings, store, progress, FeatureCache(store, settings, job.connection))
+
+    def ended(status: str) -> None:
+        progress.finish_phase()
+        metrics.job_ended(job.connection, job.id, kind, status, time.monotonic() - started)
+
     with _alive(job.connection, job.id, settings.alive_ttl_s):
         progress.event("started", f"started on {job.worker_name or 'a worker'}")
         try:
@@ -88,10 +104,15 @@ def run_job(work: Work[Request], model: type[Request], request: dict[str, Any], 
         except JobCancelled:
             job.meta["cancelled"] = True
             progress.event("cancelled", "cancelled on request")
+            ended("cancelled")
             raise
         except (InputError, JobInputError) as e:
             job.meta["error"] = {"code": getattr(e, "code", "invalid_input"), "message": str(e)}
             progress.event("failed", str(e), level="error")
+            ended("failed")
+            raise
+        except Exception:  # a bug, or the job's timeout: RQ fails it with the traceback
+            ended("failed")
             raise
     progress.event("succeeded", "succeeded")
     if save:
@@ -107,6 +128,7 @@ def run_job(work: Work[Request], model: type[Request], request: dict[str, Any], 
             attempts=job.meta.get("attempts", 1),
         )
         store.put_result(job.id, saved)
+    ended("succeeded")
     return result
 
 

@@ -8,18 +8,20 @@ from pathlib import Path
 from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, File, Form, Query, Response, UploadFile
+from redis import Redis
 
 from app import deps
 from app.caller import Datasets
 from app.errors import ApiError, documented, shown
-from app.schemas import Page
 from fishersft.contract.base import Text
 from fishersft.contract.datasets import DatasetFormat, DatasetRecord
+from fishersft.contract.pages import Page
 from fishersft.data.dataset import Example, iter_examples
 from fishersft.data.formats import CONVERTED, MAX_LINE_BYTES, SUFFIXES, TEXT_FORMATS, TooLarge, dataset_format, to_jsonl
 from fishersft.data.groups import LabelCounter
 from fishersft.errors import DatasetError, InputError, LineError
 from fishersft.features.files import load_features
+from fishersft.service import metrics
 from fishersft.service.protocol import ID_HEX
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
@@ -42,6 +44,7 @@ def create_dataset(
     store: Annotated[ArtifactStore, Depends(deps.store)],
     datasets: Annotated[Datasets, Depends(deps.datasets)],
     settings: Annotated[Settings, Depends(deps.settings)],
+    redis: Annotated[Redis, Depends(deps.redis)],
     file: Annotated[
         UploadFile,
         File(description="Examples (.jsonl, .jsonl.gz, .parquet), or features (.npz, .safetensors)."),
@@ -89,6 +92,7 @@ def create_dataset(
             store.put_blob(converted if fmt in CONVERTED else temp, upload.sha256)
             existing = store.put_dataset_once(record)  # concurrent identical uploads: the first record wins
         datasets.claim(dataset_id)
+        metrics.count(redis, metrics.BYTES_UPLOADED, amount=upload.size)
     finally:
         temp.unlink(missing_ok=True)
         converted.unlink(missing_ok=True)

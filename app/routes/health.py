@@ -1,17 +1,15 @@
 """/healthz, /readyz and /v1/models."""
 
-from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from redis import Redis
 from redis.exceptions import RedisError
-from rq import Worker
 
 from app import deps
 from app.schemas import Health, Model
-from fishersft.service.protocol import JOB_SERIALIZER, WORKER_TTL_S, alive_key
+from fishersft.service.monitor import live_workers
 from fishersft.service.settings import Settings
 
 router = APIRouter()
@@ -39,20 +37,6 @@ def readyz(redis: Annotated[Redis, Depends(deps.redis)]) -> JSONResponse:
         return JSONResponse(Health(status="unavailable", redis=False, workers=0).model_dump(), status_code=503)
     health = Health(status="ok" if workers else "unavailable", redis=True, workers=workers)
     return JSONResponse(health.model_dump(), status_code=200 if workers else 503)
-
-
-def live_workers(redis: Redis) -> int:
-    now = datetime.now(UTC)
-    alive = 0
-    for worker in Worker.all(connection=redis, serializer=JOB_SERIALIZER):
-        job_id = worker.get_current_job_id()
-        beat = worker.last_heartbeat
-        fresh = beat is not None and (now - beat.replace(tzinfo=beat.tzinfo or UTC)).total_seconds() < WORKER_TTL_S
-        if (job_id is not None and redis.exists(alive_key(job_id))) or (job_id is None and fresh):
-            alive += 1
-        elif not fresh:
-            worker.register_death()
-    return alive
 
 
 models_router = APIRouter(prefix="/v1/models", tags=["models"])

@@ -13,8 +13,8 @@ from app import deps
 from app.checks import allowed_webhook
 from app.errors import ApiError, documented, shown
 from app.jobs import Jobs
-from app.schemas import Page
 from fishersft.contract.jobs import Event, JobBody
+from fishersft.contract.pages import Page
 from fishersft.contract.webhooks import WebhookOptions
 from fishersft.service.job_body import JobKind
 from fishersft.service.protocol import KEEP_S, Plan
@@ -112,16 +112,16 @@ def job_router(kind: JobKind) -> APIRouter:
 
     @router.get(
         "/{job_id}/events",
-        response_model=list[Event],
+        response_model=Page[Event],
         summary=f"A {singular}'s events, oldest first",
         responses=documented(404),
     )
-    def get_events(job_id: str, jobs: KindJobs) -> list[Event]:
+    def get_events(job_id: str, jobs: KindJobs) -> Page[Event]:
         """started, then what the job reports on its way (finetunes: selected, evaluated, step with the sampled
         training loss, saved), succeeded / failed / cancelled, and each webhook attempt (webhook.delivered,
-        webhook.failed with the status code)."""
+        webhook.failed with the status code). One page holds them all: `next_after` is null."""
         found(jobs.get(job_id), kind, job_id)
-        return jobs.events(job_id) or []
+        return Page(data=jobs.events(job_id) or [], next_after=None)
 
     @router.post(
         "/{job_id}/cancel",

@@ -38,12 +38,13 @@ import uuid
 from datetime import UTC, datetime
 
 from redis import Redis
-from rq import Queue
+from rq import Queue, Worker
 from rq.job import Job, JobStatus
 from rq.registry import DeferredJobRegistry, FailedJobRegistry, StartedJobRegistry
 
 from fishersft.contract.jobs import JobError
-from fishersft.service.protocol import JOB_SERIALIZER, KEEP_S, Plan, Stage, alive_key, cancel_key
+from fishersft.service import metrics
+from fishersft.service.protocol import JOB_SERIALIZER, KEEP_S, WORKER_TTL_S, Plan, Stage, alive_key, cancel_key
 from fishersft.service.settings import Settings
 from fishersft.service.webhooks import enqueue_due, notify
 
@@ -139,6 +140,22 @@ def settle_stages(redis: Redis, job: Job) -> None:
     _fail(redis, job, error.code, f"{stage.name}: {error.message}")
 
 
+def live_workers(redis: Redis) -> int:
+    """Workers alive: idle ones with a fresh heartbeat, busy ones whose job is alive. The registrations of dead
+    ones (killed, say) are removed on the way."""
+    now = datetime.now(UTC)
+    alive = 0
+    for worker in Worker.all(connection=redis, serializer=JOB_SERIALIZER):
+        job_id = worker.get_current_job_id()
+        beat = worker.last_heartbeat
+        fresh = beat is not None and (now - beat.replace(tzinfo=beat.tzinfo or UTC)).total_seconds() < WORKER_TTL_S
+        if (job_id is not None and redis.exists(alive_key(job_id))) or (job_id is None and fresh):
+            alive += 1
+        elif not fresh:
+            worker.register_death()
+    return alive
+
+
 def worker_lost(redis: Redis, job: Job, alive_ttl_s: float) -> bool:
     """No alive key, and started longer ago than its TTL (a job just started may not have set it yet)."""
     started = job.started_at
@@ -186,6 +203,7 @@ def stop(redis: Redis, job: Job) -> None:
     elif status in QUEUED:
         job.cancel()
         notify(redis, job)
+        metrics.job_ended(redis, job.id, metrics.job_kind(job.func_name), "cancelled")
 
 
 def _fetch(redis: Redis, ids: list[str]) -> list[Job]:
@@ -230,3 +248,4 @@ def _fail(redis: Redis, job: Job, code: str, message: str) -> None:
         FailedJobRegistry(queue=queue).add(job, ttl=KEEP_S, exc_string=message, pipeline=pipe)
         pipe.execute()
     notify(redis, job)
+    metrics.job_ended(redis, job.id, metrics.job_kind(job.func_name), "failed")

@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     admin_api_keys: Annotated[frozenset[str], NoDecode] = Field(
         frozenset(), description="Comma-separated API keys that see and manage every key's datasets and jobs."
     )
+    metrics_token: str | None = Field(
+        None,
+        min_length=1,
+        description="Bearer token GET /metrics requires; unset: /metrics is open, like /readyz (it holds no data).",
+    )
     queue: str = Field("fishersft", min_length=1, description="RQ queue of selection jobs.")
     training_queue: str = Field(
         "fishersft-training", min_length=1, description="RQ queue of finetune and comparison jobs (GPU workers)."
