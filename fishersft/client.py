@@ -24,7 +24,6 @@ from fishersft.errors import InputError
 AnyJob = Selection | Finetune | Comparison
 JobT = TypeVar("JobT", bound=AnyJob)
 M = TypeVar("M", bound=BaseModel)
-T = TypeVar("T")
 RESOURCES: dict[type[JobBody], str] = {Selection: "selections", Finetune: "finetunes", Comparison: "comparisons"}
 """Each job kind's URL segment under /v1."""
 KINDS: dict[str, type[AnyJob]] = {"sel": Selection, "ft": Finetune, "cmp": Comparison}
