@@ -89,7 +89,7 @@ def plot(rows: list[dict], out: Path) -> None:
             axis = axes[row][column]
             axis.axvline(1.0 / scale, color="grey", linestyle="--", label="lambda = 1.0 (default)")
             axis.set_xscale("log")
-            axis.set_xlabel(f"lambda / s  (s = {scale:.3g}, the mean per-dimension second moment of a token)")
+            axis.set_xlabel(f"lambda / s  (s = {scale:.3g}: a token's mean square per dimension)")
             axis.set_ylabel(ylabel)
             axis.set_title(dataset, fontsize=9)
             axis.grid(alpha=0.3)
