@@ -203,22 +203,37 @@ class FeatureStoreWriter:
         uncertainty: Sequence[torch.Tensor],
         projection: torch.Tensor | None,
     ) -> None:
-        """Each exact example's u per row; each longer one's rank-r factor of its rows scaled by u."""
+        """Each exact example's u per row; each longer one's rank-r factor of its rows scaled by u. Like `write`,
+        checked and copied to the host once a batch, not once an example."""
         assert self.factors is not None and self.uncertain is not None
         rank = self.compression.rank
-        long = [k for k, x in enumerate(examples) if len(x) > rank]
+        counts = [len(x) for x in examples]
+        starts = np.cumsum([0, *counts])
+        for i, u, n in zip(indices, uncertainty, counts, strict=True):
+            if len(u) != n:
+                raise ValueError(f"example {i}: {len(u)} uncertainties in [0, 1] expected for {n} rows")
+        u_host = torch.cat([u.to(torch.float32) for u in uncertainty]).cpu().numpy()
+        outside = np.flatnonzero((u_host < 0) | (u_host > 1) | np.isnan(u_host))
+        if len(outside):
+            k = int(np.searchsorted(starts, outside[0], side="right")) - 1
+            raise ValueError(f"example {indices[k]}: {counts[k]} uncertainties in [0, 1] expected for {counts[k]} rows")
+        long = [k for k, n in enumerate(counts) if n > rank]
         scaled = [
             examples[k].to(torch.float32) * uncertainty[k].to(examples[k].device, torch.float32)[:, None] for k in long
         ]
-        for k, rows in zip(long, compress_examples(scaled, rank, projection), strict=True):
-            if not bool(torch.isfinite(rows.to(torch.float16)).all()):
-                raise FeaturesError(f"example {indices[k]}: its uncertainty-weighted features are not finite")
-            self.uncertain.write(self.uncertain_offsets[indices[k]], rows.cpu().numpy())
-        for i, x, u in zip(indices, examples, uncertainty, strict=True):
-            if len(u) != len(x) or not bool(((u >= 0) & (u <= 1)).all()):
-                raise ValueError(f"example {i}: {len(u)} uncertainties in [0, 1] expected for {len(x)} rows")
-            if len(x) <= rank:
-                self.factors.write(self.offsets[i], u.cpu().numpy()[:, None])
+        compressed = compress_examples(scaled, rank, projection)
+        if compressed:
+            flat = torch.cat(compressed)
+            finite, rows_host = torch.isfinite(flat.to(torch.float16)).all(1).cpu().numpy(), flat.cpu().numpy()
+            at = 0
+            for k, rows in zip(long, compressed, strict=True):
+                if not finite[at : at + len(rows)].all():
+                    raise FeaturesError(f"example {indices[k]}: its uncertainty-weighted features are not finite")
+                self.uncertain.write(self.uncertain_offsets[indices[k]], rows_host[at : at + len(rows)])
+                at += len(rows)
+        for k, i in enumerate(indices):
+            if counts[k] <= rank:
+                self.factors.write(self.offsets[i], u_host[starts[k] : starts[k + 1], None])
 
     def score(self, indices: Sequence[int], losses: np.ndarray, ifd: np.ndarray) -> None:
         """The mean loss and IFD of the examples `indices` (added before)."""
