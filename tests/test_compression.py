@@ -132,7 +132,7 @@ def test_stochastic_sample_size_is_n_over_k_log_one_over_epsilon():
 
 def test_the_embedder_streams_chunks_to_the_same_store(tmp_path, llama_dir, monkeypatch):
     whole = embed_dataset(SAMPLE, llama_dir, tmp_path / "whole", max_length=64).features
-    monkeypatch.setattr(pipeline, "ENCODE_CHUNK", 7)
+    monkeypatch.setattr(pipeline.embedding, "ENCODE_CHUNK", 7)
     chunked = embed_dataset(SAMPLE, llama_dir, tmp_path / "chunked", max_length=64).features
     assert chunked.ids == whole.ids and chunked.offsets.tolist() == whole.offsets.tolist()
     assert chunked.lengths.tolist() == whole.lengths.tolist()

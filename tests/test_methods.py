@@ -11,7 +11,7 @@ from fishersft.contract.selection import Budget, SelectionOptions
 from fishersft.features.set import FeatureSet
 from fishersft.features.store import compress_store, projection_matrix
 from fishersft.features.target import TargetSet, target_means, target_second_moment
-from fishersft.pipeline import embed_dataset, select_features
+from fishersft.pipeline import embed_dataset, score_difficulty, select_features
 from fishersft.selection.blocks import FeatureBlocks
 from fishersft.selection.greedy import exact_greedy
 from fishersft.selection.kcenter import kcenter_greedy
@@ -64,7 +64,8 @@ def test_every_method_runs_as_a_service_job_with_the_pipelines_picks(service, ll
     dataset = service.upload(SAMPLE)
     target_rows = [{"text": t} for t in sample_texts()[:5]]
     target = service.upload(write_jsonl(tmp_path / "target.jsonl", target_rows))
-    local = embed_dataset(SAMPLE, llama_dir, tmp_path / "local", max_length=64).features
+    embed_dataset(SAMPLE, llama_dir, tmp_path / "local", max_length=64)
+    local = score_difficulty(SAMPLE, llama_dir, tmp_path / "local")  # for ifd
     local_target = embed_dataset(tmp_path / "target.jsonl", llama_dir, tmp_path / "target", max_length=64).features
     for method, targeted in [
         ("kcenter", False),

@@ -1,5 +1,6 @@
-"""The embedder's per-example scores: loss and IFD equal a plain forward pass of the whole causal LM, survive
-shards, and a store written before them is not served as one that has them."""
+"""The per-example scores: the embedder's loss and the IFD pass (method ifd alone pays for it) equal a plain
+forward pass of the whole causal LM, survive shards, and a store written before them is not served as one that
+has them."""
 
 import json
 
@@ -16,10 +17,12 @@ from fishersft.features.files import load_features
 from fishersft.features.set import IFD_FILE, LOSSES_FILE, STORE_VERSION
 from fishersft.features.store import assemble_store
 from fishersft.models.loading import load_model
-from fishersft.pipeline import embed_dataset
+from fishersft.pipeline import embed_dataset, score_difficulty
 from tests.conftest import SAMPLE, write_jsonl
 
 OPTIONS = {"max_length": 24, "batch_size": 4, "precision": "float32"}
+PASS = {"batch_size": 4, "precision": "float32"}
+"""The IFD pass's options: the max_length is the store's."""
 
 
 def plain_mean_loss(model, ids: list[int], targets: np.ndarray) -> float:
@@ -66,7 +69,10 @@ def test_scores_are_those_of_a_plain_forward_pass(shape, llama_dir, tmp_path):
         rows = [{"text": (row := json.loads(line))["prompt"] + " " + row["response"]} for line in lines]
     data = write_jsonl(tmp_path / "d.jsonl", rows)
     passes: list[int] = []
-    fs = embed_dataset(data, llama_dir, tmp_path / "store", load=counting_loader(passes), **OPTIONS).features
+    embedded = embed_dataset(data, llama_dir, tmp_path / "store", load=counting_loader(passes), **OPTIONS).features
+    assert embedded.losses is not None and embedded.ifd is None and sum(passes) == len(rows)  # one pass, no IFD
+    fs = score_difficulty(data, llama_dir, tmp_path / "store", load=counting_loader(passes), **PASS)
+    assert load_features(tmp_path / "store").ifd.tolist() == fs.ifd.tolist()  # kept in the store
     model, tokenizer = load_model(llama_dir, torch.device("cpu"))
     assert tokenizer.chat_template is None  # chats use the built-in template: content + EOS is each turn's loss
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
@@ -109,15 +115,18 @@ def test_a_response_alone_starts_with_the_eos_without_a_bos(llama_dir):
 
 
 def test_shards_assembled_have_the_scores_of_one_pass(llama_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "ENCODE_CHUNK", 8)
+    monkeypatch.setattr(pipeline.embedding, "ENCODE_CHUNK", 8)
     data = write_jsonl(tmp_path / "d.jsonl", SAMPLE.read_text().splitlines()[:23])
     single = embed_dataset(data, llama_dir, tmp_path / "single", **OPTIONS).features
     parts = [tmp_path / f"part-{a}" for a in (0, 8, 16)]
     for part, a in zip(parts, (0, 8, 16), strict=True):
         embed_dataset(data, llama_dir, part, examples=(a, min(a + 8, 23)), **OPTIONS)
-    assembled = assemble_store(parts, tmp_path / "assembled")
+    assemble_store(parts, tmp_path / "assembled")
+    for store in ("single", "assembled"):
+        score_difficulty(data, llama_dir, tmp_path / store, **PASS)
     for name in (LOSSES_FILE, IFD_FILE):
         assert (tmp_path / "assembled" / name).read_bytes() == (tmp_path / "single" / name).read_bytes(), name
+    assembled = load_features(tmp_path / "assembled")
     assert assembled.ifd is not None and (assembled.ifd != 1).all()
     subset = assembled.subset([2, 9, 20])
     assert subset.losses is not None and subset.losses.tolist() == single.losses[[2, 9, 20]].tolist()
@@ -133,8 +142,31 @@ def test_a_store_written_before_scores_is_not_served_for_one(service):
     # the same store as the embedder wrote it before scores: no scores, and a name without the store's version
     old = store.rename(store.with_name(store.name.replace(f"-v{STORE_VERSION}-", "-")))
     (old / LOSSES_FILE).unlink()
-    (old / IFD_FILE).unlink()
     assert load_features(old).losses is None and load_features(old).ifd is None
     again = service.wait(service.select(**body)["id"])
     assert again["status"] == "succeeded" and not again["result"]["features_cached"]
     assert load_features(store).losses is not None
+
+
+def test_the_ifd_pass_runs_once_for_the_method_that_needs_it(service, tmp_path):
+    service.start_worker()
+    dataset = service.upload(SAMPLE)
+    body = {"dataset_id": dataset["id"], "budget": {"examples": 3}, "max_length": 64}
+    first = service.wait(service.select(**body)["id"])["result"]
+    (store,) = (service.settings.data_dir / "features").iterdir()
+    assert first["timings"]["score_s"] == 0 and not (store / IFD_FILE).exists()  # fisher: no IFD pass
+    scored = service.wait(service.select(**body, method="ifd")["id"])
+    assert scored["status"] == "succeeded", scored
+    assert scored["result"]["features_cached"] and scored["result"]["timings"]["score_s"] > 0
+    assert 'phase="scoring"' in service.client.get("/metrics").text  # the pass reports progress as its own phase
+    ifd = load_features(store).ifd
+    assert ifd is not None and np.isfinite(ifd).all()
+    again = service.wait(service.select(**body, method="ifd")["id"])["result"]
+    assert again["timings"]["score_s"] == 0 and again["selected"] == scored["result"]["selected"]
+
+
+def test_the_ifd_pass_refuses_a_store_of_other_data(llama_dir, tmp_path):
+    lines = SAMPLE.read_text().splitlines()
+    embed_dataset(write_jsonl(tmp_path / "a.jsonl", lines[:6]), llama_dir, tmp_path / "store", **OPTIONS)
+    with pytest.raises(ValueError, match="ids differ"):
+        score_difficulty(write_jsonl(tmp_path / "b.jsonl", lines[6:12]), llama_dir, tmp_path / "store", **PASS)

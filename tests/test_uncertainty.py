@@ -110,7 +110,7 @@ def test_the_stores_rows_give_the_brute_force_fisher_and_its_greedy(compression,
 
 
 def test_shards_and_subsets_keep_the_uncertainty_of_one_pass(llama_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(pipeline, "ENCODE_CHUNK", 8)
+    monkeypatch.setattr(pipeline.embedding, "ENCODE_CHUNK", 8)
     data = dataset(tmp_path)
     options = {**OPTIONS, "compression": Compression(rank=4)}
     single = embed_dataset(data, llama_dir, tmp_path / "single", **options).features

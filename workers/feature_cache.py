@@ -16,7 +16,7 @@ from fishersft.features.set import FeatureSet
 from fishersft.features.store import assemble_store, compress_store
 from fishersft.models.loading import load_model
 from fishersft.models.registry import model_dim
-from fishersft.pipeline import ModelLoader, Progress, embed_dataset
+from fishersft.pipeline import ModelLoader, Progress, embed_dataset, score_difficulty
 from fishersft.service import metrics
 from fishersft.service.protocol import JobInputError, Plan, ShardRequest
 from fishersft.service.settings import Settings
@@ -57,14 +57,35 @@ class FeatureCache:
         progress: Progress,
         plan: Plan | None = None,
         compression: Compression | None = None,
+        difficulty: bool = False,
     ) -> tuple[FeatureSet, FeaturesCost]:
         """The dataset's features store: the JSONL embedded by `options.model` (or assembled from the parts its
         `plan`'s shards embedded), or an uploaded features file compressed; at `compression`, else the plan's,
-        else `compression(dataset, options)`. Also what getting it cost."""
+        else `compression(dataset, options)`. With `difficulty` (method ifd), its IFD scores too, added to the
+        store unless an earlier job did. Also what getting it cost."""
         plan = plan or Plan()
         compression = compression or plan.compression or self.compression(dataset, options)
         model = self._model(options) if dataset.is_text else None
         features_dir = self.store.features_dir(dataset.sha256, model, options.max_length, compression.key)
+        features, cost = self._stored(dataset, options, model, progress, plan, compression, features_dir)
+        if difficulty and model is not None and features.ifd is None:
+            start = time.perf_counter()
+            model_dir = self.settings.registry.model_dir(model)
+            features = score_difficulty(self._blob(dataset), model_dir, features_dir, progress=progress, load=self.load)
+            cost.score_s = time.perf_counter() - start
+        return features, cost
+
+    def _stored(
+        self,
+        dataset: DatasetRecord,
+        options: FeatureOptions,
+        model: str | None,
+        progress: Progress,
+        plan: Plan,
+        compression: Compression,
+        features_dir: Path,
+    ) -> tuple[FeatureSet, FeaturesCost]:
+        """The features store at `features_dir`, made by `model` (None: an uploaded features file) unless cached."""
         if features_dir.exists():
             self.store.use_features(features_dir)
             features = load_features(features_dir)

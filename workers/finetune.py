@@ -17,7 +17,14 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from fishersft.contract.comparison import ComparisonCreate, ComparisonResult
 from fishersft.contract.compression import TARGET_COMPRESSION
-from fishersft.contract.selection import Budget, FeatureOptions, Method, SelectionCreate, SelectionOptions
+from fishersft.contract.selection import (
+    DIFFICULTY_METHODS,
+    Budget,
+    FeatureOptions,
+    Method,
+    SelectionCreate,
+    SelectionOptions,
+)
 from fishersft.contract.training import Adapter, EvalRequest, FinetuneCreate, FinetuneEval, FinetuneResult, Subset
 from fishersft.data.dataset import Example, ExampleId
 from fishersft.data.encoding import Encoded, encode_file
@@ -69,7 +76,7 @@ def _finetune(request: FinetuneCreate, context: JobContext) -> FinetuneResult:
     held, held_idx = _held_out(request.eval, examples, encoded, taken, context, tokenizer, max_length)
     if selected is None:
         options = FeatureOptions(model=model, max_length=max_length)
-        features, _ = context.features.features(dataset, options, progress)
+        features, _ = context.features.features(dataset, options, progress, difficulty=method in DIFFICULTY_METHODS)
         selecting = SelectionOptions(budget=budget, method=method, lambda_=request.lambda_, seed=request.seed)
         selected = select_features(features, selecting, exclude=held_idx, progress=progress, model=model).selected
         progress.event("selected", f"{method} selected {len(selected)} examples", size=len(selected))
@@ -216,8 +223,9 @@ def _compare(request: ComparisonCreate, context: JobContext) -> ComparisonResult
     store = context.store
     dataset = context.features.dataset(request.dataset_id)
     model, max_length = _resolved(request.model, request.max_length)
+    difficulty = any(m in DIFFICULTY_METHODS for m in request.methods)
     features, cost = context.features.features(
-        dataset, FeatureOptions(model=model, max_length=max_length), context.progress
+        dataset, FeatureOptions(model=model, max_length=max_length), context.progress, difficulty=difficulty
     )
     target = target_data = None
     if request.target_dataset_id is not None:
@@ -248,6 +256,6 @@ def _compare(request: ComparisonCreate, context: JobContext) -> ComparisonResult
     with tempfile.TemporaryDirectory(dir=store.root / "tmp") as tmp:
         plot = plot_curves(result.runs, Path(tmp) / "plot.png", f"{dataset.name}, {model}")
         store.put_artifact(job_id, "plot.png", plot)
-    result.timings["embed_s"] = cost.embed_s
+    result.timings |= {"embed_s": cost.embed_s, "score_s": cost.score_s}
     result.plot_url = f"/v1/comparisons/{job_id}/plot.png"
     return result

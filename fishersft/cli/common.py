@@ -111,7 +111,9 @@ class ProgressBars:
         if phase not in self.bars:
             for bar in self.bars.values():
                 bar.close()
-            self.bars[phase] = tqdm(total=total, desc=phase, unit="ex" if phase == "embedding" else "", leave=True)
+            self.bars[phase] = tqdm(
+                total=total, desc=phase, unit="ex" if phase in ("embedding", "scoring") else "", leave=True
+            )
         bar = self.bars[phase]
         bar.update(done - bar.n)
 

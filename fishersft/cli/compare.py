@@ -18,7 +18,7 @@ from fishersft.cli.common import (
 from fishersft.cli.local import check_target, target_features
 from fishersft.cli.remote import run_remote_compare
 from fishersft.contract.comparison import BUDGET_KINDS, ComparisonResult
-from fishersft.contract.selection import METHODS, WEIGHTINGS
+from fishersft.contract.selection import DIFFICULTY_METHODS, METHODS, WEIGHTINGS
 from fishersft.data.dataset import DEFAULT_MAX_LENGTH
 from fishersft.data.formats import as_jsonl
 from fishersft.errors import InputError
@@ -27,7 +27,7 @@ from fishersft.models.registry import (
     DEFAULT_MODEL,
     resolve_model,
 )
-from fishersft.pipeline import embed_dataset
+from fishersft.pipeline import embed_dataset, score_difficulty
 
 
 def compare_command(args: argparse.Namespace) -> None:
@@ -55,13 +55,16 @@ def compare_command(args: argparse.Namespace) -> None:
         features_dir = Path(tmp) / "features"
         data = as_jsonl(Path(args.data), Path(tmp))
         embedding = embed_dataset(data, model_dir, features_dir, max_length=max_length, progress=progress)
+        features = embedding.features
+        if any(m in DIFFICULTY_METHODS for m in args.methods):
+            features = score_difficulty(data, model_dir, features_dir, progress=progress)
         target = target_features(args.target, model, max_length, Path(tmp) / "target", progress)
         options = comparison_options(args)
         result = compare(
             data,
             model_dir,
             model,
-            embedding.features,
+            features,
             options,
             eval_data=args.eval_data and as_jsonl(args.eval_data, Path(tmp)),
             target=target,

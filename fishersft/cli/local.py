@@ -24,6 +24,7 @@ from fishersft.contract.jobs import Selection
 from fishersft.contract.selection import (
     ALGORITHMS,
     DEFAULT_EPSILON,
+    DIFFICULTY_METHODS,
     METHODS,
     TARGET_METHODS,
     WEIGHTINGS,
@@ -46,7 +47,14 @@ from fishersft.models.registry import (
     prepared_dir,
     resolve_model,
 )
-from fishersft.pipeline import Progress, count_lines, embed_dataset, select_features, select_partitioned
+from fishersft.pipeline import (
+    Progress,
+    count_lines,
+    embed_dataset,
+    score_difficulty,
+    select_features,
+    select_partitioned,
+)
 
 
 def run_select(args: argparse.Namespace) -> SelectionResult:
@@ -71,19 +79,25 @@ def run_select(args: argparse.Namespace) -> SelectionResult:
             model = args.model or DEFAULT_MODEL
             model_dir = resolve_model(model)
             data = as_jsonl(data, Path(tmp))
+            store = args.features_out or Path(tmp) / "features"
+            passes = {
+                "batch_size": args.batch_size,
+                "batch_tokens": args.batch_tokens,
+                "device": args.device,
+                "precision": args.precision,
+                "progress": progress,
+            }
             embedding = embed_dataset(
                 data,
                 model_dir,
-                args.features_out or Path(tmp) / "features",
+                store,
                 max_length=args.max_length or DEFAULT_MAX_LENGTH,
-                batch_size=args.batch_size,
-                batch_tokens=args.batch_tokens,
-                device=args.device,
-                precision=args.precision,
                 compression=feature_options(args).compression(count_lines(data), model_dim(model_dir)),
-                progress=progress,
+                **passes,
             )
             features, truncated, embed_s = embedding.features, embedding.truncated, embedding.seconds
+            if args.method in DIFFICULTY_METHODS:
+                features = score_difficulty(data, model_dir, store, **passes)
             labels = read_labels(data)
         options = selection_options(args, warm_start)
         max_length = args.max_length or DEFAULT_MAX_LENGTH

@@ -171,4 +171,6 @@ class ComparisonResult(BaseModel):
         "the same for the worst group."
     )
     plot_url: str | None = Field(None, description="PNG: held-out loss vs training step, one line per run.")
-    timings: dict[str, float] = Field(description="Seconds: embed_s, prepare_s, train_s.")
+    timings: dict[str, float] = Field(
+        description="Seconds: embed_s, score_s (the IFD pass, method ifd), prepare_s, train_s."
+    )

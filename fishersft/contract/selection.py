@@ -28,6 +28,8 @@ Method = Literal["fisher", "random", "kcenter", "similarity", "loss", "ifd"]
 METHODS: tuple[Method, ...] = ("fisher", "random", "kcenter", "similarity", "loss", "ifd")
 SCORED_METHODS: tuple[Method, ...] = ("loss", "ifd")
 """Methods that rank examples by the base model's loss: they need the model's pass, so text datasets only."""
+DIFFICULTY_METHODS: tuple[Method, ...] = ("ifd",)
+"""Methods that need the IFD pass besides the embedding (`pipeline.score_difficulty`): no other pays for it."""
 TARGET_METHODS: tuple[Method, ...] = ("fisher", "similarity")
 """Methods that take a target set (`target_dataset_id`, `--target`): similarity needs one; fisher with one is
 targeted design."""
@@ -248,6 +250,9 @@ class FeaturesCost(BaseModel):
     truncated: int = Field(0, description="Examples cut to max_length.")
     embed_s: float = Field(0.0, description="Seconds embedding (or assembling the shards' parts) took.")
     model_load_s: float = Field(0.0, description="Of which loading the model.")
+    score_s: float = Field(
+        0.0, description="Seconds of the IFD pass (method ifd; once per dataset and model, then kept in its store)."
+    )
 
 
 class SelectionResult(BaseModel):
@@ -290,7 +295,8 @@ class SelectionResult(BaseModel):
     )
     timings: dict[str, float] = Field(
         description="Seconds: embed_s (this job's embedding; with shards, assembling their parts: each shard's own "
-        "time is in `shards`), model_load_s, select_s (with partitions, the merge round's)."
+        "time is in `shards`), model_load_s, score_s (the IFD pass, method ifd, when this job ran it), select_s "
+        "(with partitions, the merge round's)."
     )
     shards: list[Shard] | None = Field(
         None,
@@ -304,7 +310,7 @@ class SelectionResult(BaseModel):
 
     def with_cost(self, cost: FeaturesCost) -> "SelectionResult":
         """This result with what getting the features cost."""
-        timings = {**self.timings, "embed_s": cost.embed_s, "model_load_s": cost.model_load_s}
+        timings = {**self.timings, "embed_s": cost.embed_s, "model_load_s": cost.model_load_s, "score_s": cost.score_s}
         update: dict[str, Any] = {
             "truncated": cost.truncated,
             "features_cached": cost.features_cached,

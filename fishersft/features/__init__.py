@@ -3,9 +3,9 @@
 Three layouts are read:
 - a features store, the directory the embedder writes: features.npy (float16; at most `rank` rows per example,
   see `compression`), offsets.npy, lengths.npy (loss tokens per example), means.npy (each example's mean
-  feature), losses.npy and ifd.npy (each example's scores, see `scores`), uncertainty.npy and uncertain.npy
-  (what weighting `uncertainty` reads, see `store.FeatureStoreWriter`), ids.json and meta.json (the compression,
-  truncation);
+  feature), losses.npy (each example's loss) and, once method ifd asked for it, ifd.npy (see `scores`),
+  uncertainty.npy and uncertain.npy (what weighting `uncertainty` reads, see `store.FeatureStoreWriter`),
+  ids.json and meta.json (the compression, truncation);
 - `.npz` with arrays `features`, `offsets` and optionally `ids`;
 - `.safetensors` with tensors `features`, `offsets` and optionally `ids` (integers), or string ids as a JSON
   list in the metadata key `ids`.

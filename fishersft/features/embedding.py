@@ -3,7 +3,8 @@ positions that predict loss tokens.
 
 Only the model's body runs (`model.base_model`): the LM head, a d x vocabulary product at every position, is not
 needed for the features and would dominate the cost for large vocabularies; the scores (fishersft.features.scores)
-apply it at the loss positions alone. Examples are sorted by length and cut into batches of a token budget, so
+apply it at the loss positions alone. IFD, which needs another pass, is not computed here (see
+`pipeline.score_difficulty`). Examples are sorted by length and cut into batches of a token budget, so
 padding stays small and a batch's cost is bounded whatever the lengths; outputs keep the examples' order. Rows go
 to the features store's writer (which compresses them) on a thread of its own as soon as a batch is done, so the
 next batch computes while the last one is reduced, copied to the host and written.
@@ -20,7 +21,7 @@ import torch
 from transformers import PreTrainedModel
 
 from fishersft.data.encoding import Encoded
-from fishersft.features.scores import LossHead, ifd, per_example_means
+from fishersft.features.scores import LossHead, per_example_means
 from fishersft.features.store import FeatureStoreWriter
 from fishersft.models.batching import length_sorted_batches, padded_tokens
 from fishersft.models.forward import lengths, pre_logits, to_device
@@ -98,15 +99,13 @@ def embed(
     on_batch: Callable[[int], None] | None = None,
     dtype: torch.dtype | None = None,
     first: int = 0,
-    alone: Sequence[Encoded | None] | None = None,
     max_examples: int | None = None,
 ) -> PassCost:
     """Give `writer` the pre-logit vectors of every example's targets, `encoded[k]` being example `first + k`;
     `on_batch(examples done)`. Batches hold at most `batch_tokens` padded tokens (and `max_examples` examples);
-    the forward pass runs under `autocast(dtype)`. With `alone` (each example's response alone,
-    `data.encoding.response_alone`), also each loss token's uncertainty and each example's loss and IFD.
-    Returns what the passes computed."""
-    head = None if alone is None else LossHead(model)
+    the forward pass runs under `autocast(dtype)`; the LM head, at the loss positions alone, gives each loss
+    token's uncertainty and each example's mean loss. Returns what the pass computed."""
+    head = LossHead(model)
     device = next(model.parameters()).device
     losses = torch.zeros(len(encoded), dtype=torch.float64, device=device)
     sizes = lengths(encoded)
@@ -117,17 +116,11 @@ def embed(
         for batch in batches:
             vectors, labels = pre_logits(model, encoded, batch, dtype)
             counts = [len(encoded[i].targets) for i in batch]
-            factors = None
-            if head is not None:
-                token_losses, token_factors = head.token_scores(vectors, labels)
-                losses[to_device(np.asarray(batch, dtype=np.int64), device)] = per_example_means(token_losses, counts)
-                factors = token_factors.split(counts)
-            writes.write([first + i for i in batch], vectors.split(counts), factors)
+            token_losses, factors = head.token_scores(vectors, labels)
+            losses[to_device(np.asarray(batch, dtype=np.int64), device)] = per_example_means(token_losses, counts)
+            writes.write([first + i for i in batch], vectors.split(counts), factors.split(counts))
             done += len(batch)
             if on_batch:
                 on_batch(done)
-    if head is not None and alone is not None:
-        difficulty, computed = ifd(model, head, losses, alone, batch_tokens, dtype, max_examples)
-        cost.add(computed, sum(len(a.input_ids) for a in alone if a is not None))
-        writer.score(range(first, first + len(encoded)), losses.cpu().numpy(), difficulty.cpu().numpy())
+    writer.score(range(first, first + len(encoded)), losses.cpu().numpy())
     return cost

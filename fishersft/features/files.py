@@ -1,6 +1,9 @@
-"""Reading feature files: a features store, or an uploaded `.npz` / `.safetensors` (untrusted: validated)."""
+"""Reading feature files: a features store, or an uploaded `.npz` / `.safetensors` (untrusted: validated); and
+adding IFD scores to a store."""
 
 import json
+import os
+import uuid
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -56,10 +59,12 @@ def load_features(path: str | Path, suffix: str | None = None) -> FeatureSet:
                 store.meta = store_meta(path)
                 if len(store.lengths) != len(ids) or (store.lengths < np.diff(offsets)).any():
                     raise FeaturesError(f"{path.name}: lengths.npy does not match the rows")
-                if (path / LOSSES_FILE).exists():
-                    store.losses, store.ifd = np.load(path / LOSSES_FILE), np.load(path / IFD_FILE)
-                    if not len(store.losses) == len(store.ifd) == len(ids):
-                        raise FeaturesError(f"{path.name}: {LOSSES_FILE} or {IFD_FILE} does not match the examples")
+                store.losses, store.ifd = (
+                    np.load(path / name) if (path / name).exists() else None for name in (LOSSES_FILE, IFD_FILE)
+                )
+                for name, scores in ((LOSSES_FILE, store.losses), (IFD_FILE, store.ifd)):
+                    if scores is not None and len(scores) != len(ids):
+                        raise FeaturesError(f"{path.name}: {name} does not match the examples")
                 if (path / UNCERTAINTY_FILE).exists():
                     store.uncertainty = np.load(path / UNCERTAINTY_FILE, mmap_mode="r")
                     store.uncertain = np.load(path / UNCERTAIN_FILE, mmap_mode="r")
@@ -182,3 +187,12 @@ def store_meta(directory: Path) -> dict[str, Any]:
     """What the embedder recorded beside a features store (e.g. `truncated`); {} for stores without it."""
     path = directory / META_FILE
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def save_difficulty(directory: Path, ifd: np.ndarray) -> None:
+    """Add each example's IFD (ifd.npy) to the committed store `directory`: written beside it, then renamed into
+    place, so a reader finds all of it or none (two workers scoring one store at once write the same values)."""
+    partial = directory / f"{IFD_FILE}.{uuid.uuid4().hex[:12]}.partial"
+    with open(partial, "wb") as f:
+        np.save(f, np.asarray(ifd, dtype=np.float64))
+    os.replace(partial, directory / IFD_FILE)

@@ -1,4 +1,5 @@
-"""Per-example difficulty scores, computed in the embedder's pass and kept by the features store.
+"""Per-example difficulty scores, kept by the features store: the loss and uncertainty from the embedder's pass,
+IFD from a pass of its own that method ifd alone pays for (`pipeline.score_difficulty`).
 
 - loss: the mean cross-entropy of an example's loss tokens under the model: the LM head, in float32, applied to
   the pre-logit vectors the embedder already has (its body runs at the embedder's precision), a bounded chunk of

@@ -35,8 +35,8 @@ UNCERTAINTY_FILE, UNCERTAIN_FILE, STAGING_UNCERTAIN_FILE = "uncertainty.npy", "u
 
 
 STORE_VERSION = 3
-"""The embedder's store layout: 2 adds the scores (losses.npy, ifd.npy), 3 the uncertainty (uncertainty.npy,
-uncertain.npy). Cached stores are keyed by it."""
+"""The embedder's store layout: 2 adds the scores (losses.npy; ifd.npy once method ifd has asked for it), 3 the
+uncertainty (uncertainty.npy, uncertain.npy). Cached stores are keyed by it."""
 
 
 FEATURE_SUFFIXES = (".npz", ".safetensors")
@@ -114,7 +114,8 @@ class FeatureSet:
     """float64 [N]: each example's mean loss per loss token under the model; None without a model (uploaded
     features) or from a store written before scores."""
     ifd: np.ndarray | None
-    """float64 [N]: each example's Instruction-Following Difficulty; None where `losses` is."""
+    """float64 [N]: each example's Instruction-Following Difficulty; None until a pass scored it
+    (`pipeline.score_difficulty`, method ifd alone), and where `losses` is."""
     uncertainty: np.ndarray | None
     """float16 [rows x 1]: each row's uncertainty u (fishersft.features.scores) where its example is kept exact;
     unused (zero) for the rows of a compressed example. None without a model, or from a store written before it."""

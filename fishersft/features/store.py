@@ -24,7 +24,6 @@ from fishersft.features.set import (
     FEATURES_FILE,
     GRAM_FILE,
     IDS_FILE,
-    IFD_FILE,
     LENGTHS_FILE,
     LOSSES_FILE,
     MEANS_FILE,
@@ -87,9 +86,9 @@ class FeatureStoreWriter:
     and at most `compression.rank` rows (see fishersft.features.compression), projected to `compression.dim`
     dimensions. A seeded Gaussian projection is applied as rows arrive; principal directions need the total
     Gram of every row first, so rows are staged in full dimension and projected in one pass over the staged
-    file at `commit()`. Rows go to files as they come: memory grows only by an id, three integers and two floats
-    an example. The embedder also gives each example's scores to `score()` (fishersft.features.scores); a store
-    given any has them for every example (losses.npy, ifd.npy).
+    file at `commit()`. Rows go to files as they come: memory grows only by an id, three integers and a float
+    an example. The embedder also gives each example's mean loss to `score()` (fishersft.features.scores); a store
+    given any has them for every example (losses.npy).
 
     With `uncertainty=True` (the embedder's pass), `write()` also takes each loss token's uncertainty u (see
     `scores.uncertainty`), and the store keeps what weighting `uncertainty` needs, sum_j u_j^2 x_j x_j^T per
@@ -121,7 +120,7 @@ class FeatureStoreWriter:
         self.offsets: list[int] = [0]
         self.uncertain_offsets: list[int] = [0]
         """Rows of uncertain.npy: `rank` for each compressed example, none for the others."""
-        self.losses, self.ifd, self.scored = array.array("d"), array.array("d"), 0
+        self.losses, self.scored = array.array("d"), 0
         self.dim = compression.output_dim(source_dim)
         self.projection: torch.Tensor | None = None
         self.gram: torch.Tensor | None = None
@@ -152,7 +151,6 @@ class FeatureStoreWriter:
             self.offsets.append(self.offsets[-1] + min(int(n), rank))
             self.uncertain_offsets.append(self.uncertain_offsets[-1] + (rank if int(n) > rank else 0))
         self.losses.extend([np.nan] * len(lengths))
-        self.ifd.extend([np.nan] * len(lengths))
 
     def write(
         self,
@@ -235,10 +233,10 @@ class FeatureStoreWriter:
             if counts[k] <= rank:
                 self.factors.write(self.offsets[i], u_host[starts[k] : starts[k + 1], None])
 
-    def score(self, indices: Sequence[int], losses: np.ndarray, ifd: np.ndarray) -> None:
-        """The mean loss and IFD of the examples `indices` (added before)."""
-        for i, loss, difficulty in zip(indices, losses.tolist(), ifd.tolist(), strict=True):
-            self.losses[i], self.ifd[i] = loss, difficulty
+    def score(self, indices: Sequence[int], losses: np.ndarray) -> None:
+        """The mean loss of the examples `indices` (added before)."""
+        for i, loss in zip(indices, losses.tolist(), strict=True):
+            self.losses[i] = loss
         self.scored += len(indices)
 
     def commit(self) -> Path:
@@ -260,7 +258,6 @@ class FeatureStoreWriter:
             if self.scored != len(self.ids):
                 raise ValueError(f"scores for {self.scored} of {len(self.ids)} examples")
             np.save(self.partial / LOSSES_FILE, np.asarray(self.losses, dtype=np.float64))
-            np.save(self.partial / IFD_FILE, np.asarray(self.ifd, dtype=np.float64))
         (self.partial / IDS_FILE).write_text(json.dumps(self.ids))
         recorded = RecordedCompression(**{**self.compression.model_dump(), "dim": self.dim}, source_dim=self.source_dim)
         (self.partial / META_FILE).write_text(json.dumps({**self.meta, "compression": recorded.model_dump()}))
@@ -277,8 +274,8 @@ class FeatureStoreWriter:
         scores and uncertainty if any), and its Gram when this writer projects onto principal directions."""
         first = len(self.ids)
         self.add(part.ids, part.lengths.tolist())
-        if part.losses is not None and part.ifd is not None:
-            self.score(range(first, len(self.ids)), part.losses, part.ifd)
+        if part.losses is not None:
+            self.score(range(first, len(self.ids)), part.losses)
         copies = [(self.rows, self.offsets, part.features, part.offsets)]
         if self.factors is not None and self.uncertain is not None:
             if part.uncertainty is None or part.uncertain is None:

@@ -71,7 +71,8 @@ JOB_DURATION = Histogram(
 )
 PHASE_DURATION = Histogram(
     "fishersft_phase_duration_seconds",
-    "Seconds a job spent in a progress phase (embedding, selecting, evaluating, training) each time it entered it.",
+    "Seconds a job spent in a progress phase (embedding, scoring, selecting, evaluating, training) each time it "
+    "entered it.",
     ("kind", "phase"),
 )
 TOKENS_EMBEDDED = Counter(

@@ -1,21 +1,14 @@
-"""The main job, dataset to selection, shared by the CLI and the workers: embed a JSONL dataset into a features
-store, then select from features."""
+"""Features to selection, shared by the CLI and the workers: options and context (exclusions, candidates,
+labels, a target) to `selection.select_blocks`, its picks to a SelectionResult; GreeDi's rounds on top."""
 
-import itertools
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from pydantic import BaseModel
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from fishersft.contract.batching import default_batch_tokens
-from fishersft.contract.compression import DEFAULT_COMPRESSION, Compression
 from fishersft.contract.selection import (
     SCORED_METHODS,
     GroupCoverage,
@@ -26,150 +19,19 @@ from fishersft.contract.selection import (
     SelectionResult,
     TargetSummary,
 )
-from fishersft.data.dataset import DEFAULT_MAX_LENGTH, ENCODE_CHUNK, Example, iter_examples
-from fishersft.data.encoding import Encoded, encode_all, response_alone
 from fishersft.data.groups import group_coverage, group_field
 from fishersft.errors import InputError
-from fishersft.features.embedding import PassCost, embed
-from fishersft.features.files import load_features
 from fishersft.features.set import FeatureSet, feature_blocks
-from fishersft.features.store import FeatureStoreWriter
 from fishersft.features.target import TargetSet, target_means, target_second_moment
-from fishersft.models.loading import Precision, embedding_autocast, load_model, resolve_device
+from fishersft.models.loading import resolve_device
+from fishersft.pipeline.progress import Progress
 from fishersft.selection import greedi
 from fishersft.selection.baselines import BaselineInputs
 from fishersft.selection.regimes import regime_warnings
 from fishersft.selection.selector import select_blocks
 
-Progress = Callable[[str, int, int], None]
-"""progress(phase, done, total): phase "embedding" counts examples, "selecting" counts the budget spent."""
-
-
 LENGTH_RATIO_WARNING = 3.0
 """A selection whose examples average more than this many times the dataset's loss tokens per example warns."""
-
-ModelLoader = Callable[[Path, torch.device], tuple[PreTrainedModel, PreTrainedTokenizerBase]]
-
-
-@dataclass
-class Embedding:
-    features: FeatureSet
-    truncated: int
-    """Examples cut to max_length."""
-    seconds: float
-    load_seconds: float
-    """Of which loading the model."""
-    padding: float = 0.0
-    """Of the tokens the model computed, the share that was padding."""
-
-
-def embed_dataset(
-    data: str | Path,
-    model_dir: str | Path,
-    out_dir: str | Path,
-    *,
-    max_length: int = DEFAULT_MAX_LENGTH,
-    batch_size: int | None = None,
-    device: str | None = None,
-    precision: Precision = "auto",
-    compression: Compression = DEFAULT_COMPRESSION,
-    progress: Progress | None = None,
-    load: ModelLoader = load_model,
-    examples: tuple[int, int] | None = None,
-    batch_tokens: int | None = None,
-) -> Embedding:
-    """Read a JSONL dataset a chunk at a time, run the model over it and write its compressed features store, with
-    each example's scores and each loss token's uncertainty (see `features.scores`), to `out_dir`. `precision`:
-    see `embedding_autocast`. `load` loads the model (a worker passes a cached loader). A batch holds at most
-    `batch_tokens` padded tokens (default: `default_batch_tokens` of the device) and, when given, `batch_size`
-    examples.
-
-    `examples=(first, stop)`: embed only those examples, as one shard's part of the store (see
-    `features.assemble_store`); `first` a multiple of ENCODE_CHUNK, so batches are the ones a single run makes."""
-    start = time.perf_counter()
-    resolved = resolve_device(device)
-    model, tokenizer = load(Path(model_dir), resolved)
-    load_seconds = time.perf_counter() - start
-    dim = model.get_output_embeddings().weight.shape[1]
-    from_example, to_example = examples or (0, None)
-    if from_example % ENCODE_CHUNK:
-        raise ValueError(f"a part must start at a multiple of {ENCODE_CHUNK} examples, not {from_example}")
-    total = (to_example if to_example is not None else count_lines(data)) - from_example
-    meta = {"max_length": max_length}
-    writer = FeatureStoreWriter(out_dir, dim, compression, meta, part=examples is not None, uncertainty=True)
-    truncated = done = 0
-    cost = PassCost()
-    batch_tokens = batch_tokens or default_batch_tokens(resolved.type)
-    try:
-        chunks = example_chunks(data, ENCODE_CHUNK, from_example, to_example)
-        for chunk, encoded, alone in encoded_ahead(chunks, tokenizer, max_length):
-            first = len(writer.ids)
-            writer.add([ex.id for ex in chunk], [len(e.targets) for e in encoded])
-            truncated += sum(e.truncated for e in encoded)
-
-            def on_batch(in_chunk: int, done: int = done) -> None:
-                if progress:
-                    progress("embedding", done + in_chunk, max(total, done + in_chunk))
-
-            dtype = embedding_autocast(resolved, precision)
-            chunk_cost = embed(model, encoded, writer, batch_tokens, on_batch, dtype, first, alone, batch_size)
-            cost.add(chunk_cost.computed, chunk_cost.tokens)
-            done += len(chunk)
-        writer.meta["truncated"] = truncated
-        features = load_features(writer.commit())
-    except BaseException:
-        writer.abort()
-        raise
-    return Embedding(features, truncated, time.perf_counter() - start, load_seconds, cost.padding)
-
-
-EncodedChunk = tuple[list[Example], list[Encoded], list[Encoded | None]]
-"""A chunk's examples, their encodings and their responses alone (`data.encoding.response_alone`)."""
-
-
-def encoded_ahead(
-    chunks: Iterable[list[Example]], tokenizer: PreTrainedTokenizerBase, max_length: int
-) -> Iterator[EncodedChunk]:
-    """Each chunk encoded on a thread of its own, one chunk ahead of the caller: the tokenizer works while the
-    model runs over the chunk before (else a GPU waits for it at every chunk)."""
-
-    def encode(chunk: list[Example]) -> EncodedChunk:
-        encoded = encode_all(chunk, tokenizer, max_length)
-        return chunk, encoded, [response_alone(ex, enc, tokenizer) for ex, enc in zip(chunk, encoded, strict=True)]
-
-    with ThreadPoolExecutor(1, thread_name_prefix="encoder") as pool:
-        ahead: Future[EncodedChunk] | None = None
-        for chunk in chunks:
-            following = pool.submit(encode, chunk)
-            if ahead is not None:
-                yield ahead.result()
-            ahead = following
-        if ahead is not None:
-            yield ahead.result()
-
-
-def example_chunks(data: str | Path, size: int, first: int = 0, stop: int | None = None) -> Iterator[list[Example]]:
-    """The dataset's examples first:stop, validated as they are read, `size` at a time. Lines before `first`
-    are skipped unparsed; line numbers (in errors, and default ids) stay the file's."""
-    with open(data, "rb") as f:
-        lines = enumerate(f, start=1)
-        skipped = 0
-        while skipped < first:
-            skipped += bool(next(lines)[1].strip())
-        chunk: list[Example] = []
-        for example in itertools.islice(iter_examples(lines), None if stop is None else stop - first):
-            chunk.append(example)
-            if len(chunk) == size:
-                yield chunk
-                chunk = []
-        if chunk:
-            yield chunk
-
-
-def count_lines(path: str | Path) -> int:
-    """Non-blank lines: the examples of a valid dataset, for progress before it is read."""
-    with open(path, "rb") as f:
-        return sum(1 for line in f if line.strip())
 
 
 def select_features(
@@ -281,8 +143,8 @@ def baseline_inputs(
         scores = local.losses if method == "loss" else local.ifd
         if scores is None:
             raise InputError(
-                f"method {method!r} ranks examples by the base model's loss: these features carry none (uploaded "
-                "features have no model); select from a JSONL dataset"
+                f"method {method!r} ranks examples by the base model's {'loss' if method == 'loss' else 'IFD'}: "
+                "these features carry none (features files have no model); select from a JSONL dataset"
             )
         return BaselineInputs(scores=torch.from_numpy(np.asarray(scores, dtype=np.float64)))
     points = torch.from_numpy(np.asarray(local.mean_rows(), dtype=np.float32))
