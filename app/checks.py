@@ -131,16 +131,6 @@ def known_target(
     return target
 
 
-def scored_method(dataset: DatasetRecord, method: Method, field: str) -> None:
-    """A 422 for a method that ranks by the base model's loss on a features upload (which has no model)."""
-    if method in SCORED_METHODS and not dataset.is_text:
-        raise invalid(
-            field,
-            f"method {method!r} ranks examples by the base model's loss: a features file has no model",
-            "select from a JSONL dataset, or use another method",
-        )
-
-
 def allowed_webhook(settings: Settings, url: str, field: str) -> None:
     """A 422 naming the field unless the URL's host is one the service may POST to (FISHERSFT_WEBHOOK_HOSTS)."""
     if not settings.webhook_hosts:
@@ -157,11 +147,20 @@ def allowed_webhook(settings: Settings, url: str, field: str) -> None:
         )
 
 
-def model_weighting(dataset: DatasetRecord, weighting: Weighting, field: str) -> None:
-    """A 422 for a weighting that needs the base model's softmax on a features upload (which has no model)."""
-    if weighting in MODEL_WEIGHTINGS and not dataset.is_text:
+def model_pass(dataset: DatasetRecord, method: Method, weighting: Weighting) -> None:
+    """A 422 naming the field that asks a selection from a features upload, which has no model, for the base
+    model's pass: a method that ranks by its loss, a weighting by its softmax."""
+    if dataset.is_text:
+        return
+    if method in SCORED_METHODS:
         raise invalid(
-            field,
+            "body.method",
+            f"method {method!r} ranks examples by the base model's loss: a features file has no model",
+            "select from a JSONL dataset, or use another method",
+        )
+    if weighting in MODEL_WEIGHTINGS:
+        raise invalid(
+            "body.weighting",
             f"weighting {weighting!r} scales each loss token by the model's uncertainty: a features file has no model",
             "select from a JSONL dataset, or use another weighting",
         )

@@ -15,8 +15,7 @@ from app.checks import (
     known_label,
     known_model,
     known_target,
-    model_weighting,
-    scored_method,
+    model_pass,
 )
 from app.errors import ApiError, documented, invalid
 from app.jobs import Jobs
@@ -58,8 +57,7 @@ def create_selection(
     body.weighting = body.resolved_weighting
     if body.group_by is not None:
         known_label(dataset, body.group_by, "body.group_by")
-    scored_method(dataset, body.method, "body.method")
-    model_weighting(dataset, body.weighting, "body.weighting")
+    model_pass(dataset, body.method, body.weighting)
     known_target(datasets, dataset, [body.method], body.target_dataset_id, "body.target_dataset_id")
     if body.target_dataset_id is not None and body.partitions is not None:
         raise invalid(
