@@ -120,7 +120,7 @@ def test_length_ratio_and_the_long_examples_warning():
         select_features(features, SelectionOptions(budget=Budget(examples=1))).weighting == "mean"
     )  # the example budget's default
     by_tokens = select_features(features, SelectionOptions(budget=Budget(tokens=4)))
-    assert by_tokens.weighting == "tokens"  # the token budget's default
+    assert by_tokens.weighting == "tokens"  # the token budget's default for features without a model
     assert by_tokens.length_ratio == pytest.approx(1 / 4.8)
     assert not any("loss tokens of a random subset" in w for w in by_tokens.warnings)
     short = select_features(features, SelectionOptions(budget=Budget(examples=2), method="random", seed=0), exclude=[4])
@@ -141,6 +141,9 @@ def test_a_selection_in_a_regime_the_study_says_another_method_won_says_so():
     assert warned(budget={"tokens": 20}) == []  # 2% of the pool's loss tokens: small
     (realistic,) = warned(budget={"tokens": 100})
     assert "10% of the pool's loss tokens" in realistic and "`loss`" in realistic
+    assert "fisher/tokens was behind random" in realistic  # features without a model: the paper's weighting
+    (unstudied,) = warned(budget={"tokens": 100}, weighting="examples")
+    assert "not measured under weighting 'examples'" in unstudied
     (by_examples,) = warned(budget={"examples": 5})
     assert "example budget" in by_examples
     assert warned(budget={"tokens": 100}, method="random") == []

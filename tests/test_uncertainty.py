@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fishersft import pipeline
+from fishersft.contract.comparison import ComparisonBudget, ComparisonOptions
 from fishersft.contract.compression import Compression
 from fishersft.contract.selection import Budget, SelectionOptions
 from fishersft.data.dataset import read_jsonl
@@ -175,6 +176,18 @@ def test_uncertainty_needs_the_models_pass(service, llama_dir, tmp_path):
     queued = service.client.post("/v1/comparisons", json=comparison)
     assert queued.status_code == 202, queued.text
     service.client.post(f"/v1/comparisons/{queued.json()['id']}/cancel")
+
+
+def test_a_token_budgets_default_is_uncertainty_where_the_model_ran(service, tmp_path):
+    service.start_worker()
+    rows = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    np.savez(tmp_path / "f.npz", features=rows, offsets=np.arange(5))
+    datasets = {"uncertainty": service.upload(SAMPLE), "tokens": service.upload(tmp_path / "f.npz")}
+    for expected, dataset in datasets.items():  # a features file has no model: the paper's weighting
+        done = service.wait(service.select(dataset_id=dataset["id"], budget={"tokens": 40}, max_length=64)["id"])
+        assert done["status"] == "succeeded", done
+        assert done["result"]["weighting"] == expected
+    assert ComparisonOptions(budget=ComparisonBudget(examples=3)).weightings == ["uncertainty"]
 
 
 def test_the_command_line_takes_the_weighting(llama_dir, tmp_path):

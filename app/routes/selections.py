@@ -54,7 +54,7 @@ def create_selection(
     if dataset.is_text:
         body.model = known_model(settings, body.model, "body.model")
     body.max_length = allowed_max_length(settings, body.model, body.max_length, "body.max_length")
-    body.weighting = body.resolved_weighting
+    body.weighting = body.resolved_weighting(dataset.is_text)
     if body.group_by is not None:
         known_label(dataset, body.group_by, "body.group_by")
     model_pass(dataset, body.method, body.weighting)

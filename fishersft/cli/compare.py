@@ -17,7 +17,7 @@ from fishersft.cli.common import (
 )
 from fishersft.cli.local import check_target, target_features
 from fishersft.cli.remote import run_remote_compare
-from fishersft.contract.comparison import BUDGET_KINDS, ComparisonResult
+from fishersft.contract.comparison import BUDGET_KINDS, COMPARED_WEIGHTINGS, ComparisonResult
 from fishersft.contract.selection import DIFFICULTY_METHODS, METHODS, WEIGHTINGS
 from fishersft.data.dataset import DEFAULT_MAX_LENGTH
 from fishersft.data.formats import as_jsonl
@@ -116,9 +116,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     compare.add_argument(
         "--weightings",
         type=comma_list(WEIGHTINGS),
-        default=["tokens"],
+        default=list(COMPARED_WEIGHTINGS),
         metavar="W[,W]",
-        help=f"fisher weightings to train, comma-separated, of {', '.join(WEIGHTINGS)} (default: tokens)",
+        help=f"fisher weightings to train, comma-separated, of {', '.join(WEIGHTINGS)} "
+        f"(default: {','.join(COMPARED_WEIGHTINGS)})",
     )
     compare.add_argument(
         "--methods",

@@ -7,6 +7,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from fishersft.contract.base import RequestModel, Text
 from fishersft.contract.selection import (
+    DEFAULT_WEIGHTING,
     LAMBDA_DOC,
     MAX_LENGTH_DOC,
     METHOD_DOC,
@@ -23,7 +24,8 @@ from fishersft.contract.webhooks import WebhookOptions
 
 BudgetKind = Literal["examples", "tokens"]
 BUDGET_KINDS: tuple[BudgetKind, ...] = ("examples", "tokens")
-PAPER_WEIGHTING: tuple[Weighting, ...] = ("tokens",)
+COMPARED_WEIGHTINGS: tuple[Weighting, ...] = (DEFAULT_WEIGHTING["tokens"],)
+"""Fisher's weightings a comparison trains unless it names them: the default a token-budget selection gets."""
 DEFAULT_HOLDOUT = 0.1
 """Without `eval` and without a target: this fraction of the dataset is held out."""
 TARGET_HOLDOUT = 0.5
@@ -53,11 +55,12 @@ class ComparisonOptions(RequestModel):
     )
     eval_points: int = Field(4, ge=1, le=50, description="Held-out evaluations per run (the curve's points).")
     weightings: list[Weighting] = Field(
-        default_factory=lambda: list(PAPER_WEIGHTING),
+        default_factory=lambda: list(COMPARED_WEIGHTINGS),
         min_length=1,
         json_schema_extra={"uniqueItems": True},
         max_length=len(WEIGHTINGS),
-        description="Fisher runs once per weighting at each budget kind (the random runs are shared). " + WEIGHTING_DOC,
+        description="Fisher runs once per weighting at each budget kind (the random runs are shared); default: the "
+        "token budget's default. " + WEIGHTING_DOC,
     )
     methods: list[Method] = Field(
         default_factory=lambda: list(DEFAULT_COMPARED),

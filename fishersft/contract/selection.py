@@ -67,18 +67,21 @@ WEIGHTING_DOC = (
     "embedding-based reimplementations pool it); `uncertainty`: the sum over loss tokens of u^2 x x^T, u = "
     "sqrt(1 - sum_k p_k^2) with p the model's softmax at the token (the trace of the softmax covariance the "
     "paper's lower bound drops), so tokens the model already predicts with certainty add nothing (JSONL datasets "
-    "only: a features file has no model). Default: `mean` under an example budget, `tokens` under a token "
-    "budget (chosen by held-out loss after fine-tuning; see the README)."
+    "only: a features file has no model). Default: `mean` under an example budget; under a token budget "
+    "`uncertainty`, or `tokens` for a features file (chosen by held-out loss after fine-tuning; see the README)."
 )
 MAX_LENGTH_DOC = (
     "Tokens per example at most (the prompt is cut first); default 1024, or the largest allowed when smaller: the "
     "model's context and the service's FISHERSFT_MAX_LENGTH_LIMIT (422 above it)."
 )
-DEFAULT_WEIGHTING: dict[str, Weighting] = {"examples": "mean", "tokens": "tokens"}
+DEFAULT_WEIGHTING: dict[str, Weighting] = {"examples": "mean", "tokens": "uncertainty"}
 """The weighting a selection gets unless it names one, per budget kind, chosen by held-out loss after LoRA
-fine-tuning (README, "What the objective buys on real data"): under a token budget the paper's `tokens` beat
-seeded random subsets of the same loss tokens on chatterbot English and on English + HumanEval; under an
-example budget every weighting lost to random, `mean` least (it does not buy length)."""
+fine-tuning. Under a token budget, `uncertainty`: in the selection study (README, "Which method wins where") it
+was ahead of the paper's `tokens` in most cells and turned fisher's loss to random on chatterbot English at 30%
+into a win; features without a model (an uploaded file) have no uncertainty and get `tokens`. Under an example
+budget every weighting lost to random, `mean` least (it does not buy length; "What the objective buys")."""
+FALLBACK_WEIGHTING: Weighting = "tokens"
+"""The token budget's default for features without a model."""
 
 
 class Budget(RequestModel):
@@ -107,8 +110,10 @@ class Budget(RequestModel):
     def limit(self) -> int:
         return self.examples if self.examples is not None else (self.tokens or 0)
 
-    def default_weighting(self) -> Weighting:
-        return DEFAULT_WEIGHTING[self.kind]
+    def default_weighting(self, from_model: bool) -> Weighting:
+        """This kind's default for features the model made (`from_model`) or not (an uploaded file)."""
+        weighting = DEFAULT_WEIGHTING[self.kind]
+        return weighting if from_model or weighting not in MODEL_WEIGHTINGS else FALLBACK_WEIGHTING
 
 
 class SelectionOptions(RequestModel):
@@ -143,10 +148,9 @@ class SelectionOptions(RequestModel):
         "Default: centralized greedy on one worker. Method random ignores it (there is no greedy to partition).",
     )
 
-    @property
-    def resolved_weighting(self) -> Weighting:
-        """The weighting asked for, else the budget kind's default."""
-        return self.weighting or self.budget.default_weighting()
+    def resolved_weighting(self, from_model: bool) -> Weighting:
+        """The weighting asked for, else the budget kind's default for features the model made or not."""
+        return self.weighting or self.budget.default_weighting(from_model)
 
 
 class FeatureOptions(RequestModel):

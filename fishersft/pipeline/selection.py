@@ -54,7 +54,7 @@ def select_features(
     `target`: the set method `similarity` selects for, or fisher serves (targeted design); the result reports its
     predictive variance whatever the method."""
     start = time.perf_counter()
-    budget, weighting = options.budget, options.resolved_weighting
+    budget, weighting = options.budget, options.resolved_weighting(features.uncertainty is not None)
     index = features.index
     unknown = [i for i in options.warm_start_ids if str(i) not in index]
     if unknown:
@@ -106,7 +106,7 @@ def select_features(
             "a token budget (budget.tokens, --budget-tokens) compares subsets at equal cost"
         )
     if target is None:  # the study measured methods without a target
-        warnings += regime_warnings(options.method, budget, int(lengths[pool].sum()))
+        warnings += regime_warnings(options.method, weighting, budget, int(lengths[pool].sum()))
     return SelectionResult(
         selected=[features.ids[i] for i in chosen],
         gains=selection.gains,
