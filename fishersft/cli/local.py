@@ -24,7 +24,9 @@ from fishersft.contract.jobs import Selection
 from fishersft.contract.selection import (
     ALGORITHMS,
     DEFAULT_EPSILON,
+    DEFAULT_WEIGHTING,
     DIFFICULTY_METHODS,
+    FALLBACK_WEIGHTING,
     METHODS,
     TARGET_METHODS,
     WEIGHTINGS,
@@ -253,8 +255,9 @@ def add_select_arguments(parser: argparse.ArgumentParser) -> None:
         choices=WEIGHTINGS,
         help="how an example's loss tokens add to Sigma: tokens (the paper's sum over loss tokens), examples (each "
         "example's mean outer product), mean (the outer product of its mean feature), uncertainty (the sum over loss "
-        "tokens scaled by 1 - sum_k p_k^2 under the model: JSONL data only); default: mean under --budget, "
-        "tokens under --budget-tokens (chosen by held-out loss after fine-tuning; see the README)",
+        "tokens scaled by 1 - sum_k p_k^2 under the model: JSONL data only); default: "
+        f"{DEFAULT_WEIGHTING['examples']} under --budget, {DEFAULT_WEIGHTING['tokens']} under --budget-tokens "
+        f"({FALLBACK_WEIGHTING} for a features file; chosen by held-out loss after fine-tuning; see the README)",
     )
     parser.add_argument(
         "--group-by",

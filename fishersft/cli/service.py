@@ -9,7 +9,14 @@ from pathlib import Path
 
 from fishersft.cli.common import ProgressBars, job_progress, positive_int
 from fishersft.client import Client
-from fishersft.contract.selection import Budget, Method, SelectionCreate, SelectionResult, Weighting
+from fishersft.contract.selection import (
+    DEFAULT_WEIGHTING,
+    Budget,
+    Method,
+    SelectionCreate,
+    SelectionResult,
+    Weighting,
+)
 from fishersft.data import corpora
 from fishersft.errors import InputError
 from fishersft.service.settings import Settings
@@ -59,13 +66,13 @@ def demo_command(args: argparse.Namespace) -> None:
         f"categories, {fisher.n_loss_tokens:,} loss tokens; model {fisher.model} (d={fisher.dim}), "
         f"embedded in {fisher.timings['embed_s']:.1f}s\n"
     )
-    print(f"{'budget':<18} {'method':<7} {'weighting':<9} {'examples':>8} {'loss tokens':>11} {'categories':>10} ratio")
+    print(f"{'budget':<18} {'method':<7} {'weighting':<11} {'examples':>8} {'loss tokens':>11} {'categories':>10} ratio")
     for label, results in ((f"{args.budget} examples", [fisher, paper, random]), (f"{tokens} loss tokens", by_tokens)):
         for result in results:
             weighting = result.weighting if result.method == "fisher" else ""
             covered = f"{result.groups.covered}/{result.groups.total}" if result.groups else ""
             print(
-                f"{label:<18} {result.method:<7} {weighting:<9} {len(result.selected):>8} "
+                f"{label:<18} {result.method:<7} {weighting:<11} {len(result.selected):>8} "
                 f"{result.n_selected_loss_tokens:>11,} {covered:>10} {result.length_ratio:5.1f}"
             )
     counts = Counter(category[i] for i in paper.selected).most_common(3)
@@ -77,8 +84,9 @@ def demo_command(args: argparse.Namespace) -> None:
     for warning in paper.warnings:
         print(f"warning: {warning}")
     print(
-        "\nDefaults (weighting `mean` under an example budget, `tokens` under a token budget) were chosen by held-out "
-        "loss after LoRA fine-tuning: see the README's study."
+        f"\nDefaults (weighting `{DEFAULT_WEIGHTING['examples']}` under an example budget, "
+        f"`{DEFAULT_WEIGHTING['tokens']}` under a token budget) were chosen by held-out loss after LoRA fine-tuning: "
+        "see the README's study."
     )
     print(f"end to end {time.perf_counter() - started:.1f}s")
 
