@@ -20,7 +20,7 @@ from fishersft.service.redis_server import free_port
 from tests.conftest import SAMPLE
 
 ROW = (
-    r"(?P<budget>\d+ (examples|loss tokens)) +(?P<method>fisher|random) +(?P<weighting>tokens|mean)? +"
+    r"(?P<budget>\d+ (examples|loss tokens)) +(?P<method>fisher|random) +(?P<weighting>tokens|mean|uncertainty)? +"
     r"(?P<examples>\d+) +[\d,]+ +\d+/21 +[\d.]+$"
 )
 
@@ -104,7 +104,7 @@ def test_demo_runs_end_to_end_on_real_data_with_the_default_model(tmp_path):
         ("12 examples", "fisher", "tokens", 12),  # the paper's
         ("12 examples", "random", None, 12),
     ]
-    assert [r[:3] for r in rows[3:]] == [(tokens, "fisher", "tokens"), (tokens, "random", None)]
+    assert [r[:3] for r in rows[3:]] == [(tokens, "fisher", "uncertainty"), (tokens, "random", None)]  # the default
     assert tokens.endswith("loss tokens")
     assert "warning: the selected examples hold" in out  # the paper's 12 examples are the long ones
 

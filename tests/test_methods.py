@@ -195,7 +195,7 @@ def sum_outer(blocks: FeatureBlocks, chosen: list[int]) -> torch.Tensor:
 
 def test_a_comparisons_fisher_runs_serve_its_target():
     features, target = random_set(n=30, dim=6), random_set(n=4, seed=3)
-    options = ComparisonOptions(budget=ComparisonBudget(examples=5), random_seeds=1)
+    options = ComparisonOptions(budget=ComparisonBudget(examples=5), random_seeds=1, weightings=["tokens"])
     runs = comparison_runs(features, options, [], target)
     plain = comparison_runs(features, options, [])
     blocks = FeatureBlocks.of(torch.from_numpy(features.features), torch.from_numpy(features.offsets))

@@ -59,7 +59,7 @@ def test_real_features_through_the_lm_head_reproduce_the_models_logits(smollm2, 
     encoded = encode_all(examples, tokenizer, 1024)
     stores = {}
     for precision, dtype in (("float32", None), ("bfloat16", torch.bfloat16)):
-        writer = FeatureStoreWriter(tmp_path / precision, 576, Compression(rank=1024))  # every row kept
+        writer = FeatureStoreWriter(tmp_path / precision, 576, Compression(rank=1024), uncertainty=True)  # every row
         writer.add(list(range(len(encoded))), [len(e.targets) for e in encoded])
         embed(model, encoded, writer, batch_tokens=512, dtype=dtype)  # padded, length-sorted batches
         stores[precision] = load_features(writer.commit())

@@ -66,7 +66,8 @@ def demo_command(args: argparse.Namespace) -> None:
         f"categories, {fisher.n_loss_tokens:,} loss tokens; model {fisher.model} (d={fisher.dim}), "
         f"embedded in {fisher.timings['embed_s']:.1f}s\n"
     )
-    print(f"{'budget':<18} {'method':<7} {'weighting':<11} {'examples':>8} {'loss tokens':>11} {'categories':>10} ratio")
+    header = f"{'budget':<18} {'method':<7} {'weighting':<11} {'examples':>8} {'loss tokens':>11} {'categories':>10}"
+    print(header + " ratio")
     for label, results in ((f"{args.budget} examples", [fisher, paper, random]), (f"{tokens} loss tokens", by_tokens)):
         for result in results:
             weighting = result.weighting if result.method == "fisher" else ""
