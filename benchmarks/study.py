@@ -33,7 +33,7 @@ from fishersft.contract.comparison import (
     ComparisonRun,
 )
 from fishersft.contract.compression import TARGET_COMPRESSION
-from fishersft.contract.selection import DIFFICULTY_METHODS, METHODS, WEIGHTINGS
+from fishersft.contract.selection import METHODS, WEIGHTINGS, needs_difficulty
 from fishersft.contract.training import EvalRequest, TrainingConfig
 from fishersft.data import corpora
 from fishersft.models.loading import resolve_device
@@ -88,7 +88,7 @@ def run(name: str, args: argparse.Namespace) -> None:
         data, target_data = Path(tmp) / f"{name}.jsonl", Path(tmp) / f"{name}-target.jsonl"
         n = corpora.write_jsonl(dataset.pool(), data)
         features = embed_dataset(data, model_dir, Path(tmp) / "features", device=args.device).features
-        if any(m in DIFFICULTY_METHODS for m in methods):
+        if needs_difficulty(methods):
             features = score_difficulty(data, model_dir, Path(tmp) / "features", device=args.device)
         target = None
         if dataset.target is not None:

@@ -18,12 +18,12 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from fishersft.contract.comparison import ComparisonCreate, ComparisonResult
 from fishersft.contract.compression import TARGET_COMPRESSION
 from fishersft.contract.selection import (
-    DIFFICULTY_METHODS,
     Budget,
     FeatureOptions,
     Method,
     SelectionCreate,
     SelectionOptions,
+    needs_difficulty,
 )
 from fishersft.contract.training import Adapter, EvalRequest, FinetuneCreate, FinetuneEval, FinetuneResult, Subset
 from fishersft.data.dataset import Example, ExampleId
@@ -76,7 +76,7 @@ def _finetune(request: FinetuneCreate, context: JobContext) -> FinetuneResult:
     held, held_idx = _held_out(request.eval, examples, encoded, taken, context, tokenizer, max_length)
     if selected is None:
         options = FeatureOptions(model=model, max_length=max_length)
-        features, _ = context.features.features(dataset, options, progress, difficulty=method in DIFFICULTY_METHODS)
+        features, _ = context.features.features(dataset, options, progress, difficulty=needs_difficulty([method]))
         selecting = SelectionOptions(budget=budget, method=method, lambda_=request.lambda_, seed=request.seed)
         selected = select_features(features, selecting, exclude=held_idx, progress=progress, model=model).selected
         progress.event("selected", f"{method} selected {len(selected)} examples", size=len(selected))
@@ -223,7 +223,7 @@ def _compare(request: ComparisonCreate, context: JobContext) -> ComparisonResult
     store = context.store
     dataset = context.features.dataset(request.dataset_id)
     model, max_length = _resolved(request.model, request.max_length)
-    difficulty = any(m in DIFFICULTY_METHODS for m in request.methods)
+    difficulty = needs_difficulty(request.methods)
     features, cost = context.features.features(
         dataset, FeatureOptions(model=model, max_length=max_length), context.progress, difficulty=difficulty
     )

@@ -8,7 +8,7 @@ from typing import Any
 
 from fishersft.contract.compression import TARGET_COMPRESSION
 from fishersft.contract.datasets import DatasetRecord
-from fishersft.contract.selection import DIFFICULTY_METHODS, FeaturesCost, SelectionCreate, SelectionResult, Shard
+from fishersft.contract.selection import FeaturesCost, SelectionCreate, SelectionResult, Shard, needs_difficulty
 from fishersft.data.dataset import read_labels
 from fishersft.features.set import FeatureSet
 from fishersft.features.target import TargetSet
@@ -41,7 +41,7 @@ def request_features(
 ) -> tuple[DatasetRecord, FeatureSet, FeaturesCost]:
     """The dataset a selection request names, its features store and what getting it cost."""
     dataset = context.features.dataset(request.dataset_id)
-    difficulty = request.method in DIFFICULTY_METHODS
+    difficulty = needs_difficulty([request.method])
     return dataset, *context.features.features(dataset, request, context.progress, plan, difficulty=difficulty)
 
 

@@ -18,7 +18,7 @@ from fishersft.cli.common import (
 from fishersft.cli.local import check_target, target_features
 from fishersft.cli.remote import run_remote_compare
 from fishersft.contract.comparison import BUDGET_KINDS, COMPARED_WEIGHTINGS, ComparisonResult
-from fishersft.contract.selection import DIFFICULTY_METHODS, METHODS, WEIGHTINGS
+from fishersft.contract.selection import METHODS, WEIGHTINGS, needs_difficulty
 from fishersft.data.dataset import DEFAULT_MAX_LENGTH
 from fishersft.data.formats import as_jsonl
 from fishersft.errors import InputError
@@ -56,7 +56,7 @@ def compare_command(args: argparse.Namespace) -> None:
         data = as_jsonl(Path(args.data), Path(tmp))
         embedding = embed_dataset(data, model_dir, features_dir, max_length=max_length, progress=progress)
         features = embedding.features
-        if any(m in DIFFICULTY_METHODS for m in args.methods):
+        if needs_difficulty(args.methods):
             features = score_difficulty(data, model_dir, features_dir, progress=progress)
         target = target_features(args.target, model, max_length, Path(tmp) / "target", progress)
         options = comparison_options(args)

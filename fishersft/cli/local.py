@@ -25,13 +25,13 @@ from fishersft.contract.selection import (
     ALGORITHMS,
     DEFAULT_EPSILON,
     DEFAULT_WEIGHTING,
-    DIFFICULTY_METHODS,
     FALLBACK_WEIGHTING,
     METHODS,
     TARGET_METHODS,
     WEIGHTINGS,
     Method,
     SelectionResult,
+    needs_difficulty,
 )
 from fishersft.data import corpora
 from fishersft.data.dataset import DEFAULT_MAX_LENGTH, read_labels
@@ -98,7 +98,7 @@ def run_select(args: argparse.Namespace) -> SelectionResult:
                 **passes,
             )
             features, truncated, embed_s = embedding.features, embedding.truncated, embedding.seconds
-            if args.method in DIFFICULTY_METHODS:
+            if needs_difficulty([args.method]):
                 features = score_difficulty(data, model_dir, store, **passes)
             labels = read_labels(data)
         options = selection_options(args, warm_start)

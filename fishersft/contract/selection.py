@@ -1,5 +1,6 @@
 """A selection: its options (what to select from, how, under which budget) and its result."""
 
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
@@ -30,6 +31,13 @@ SCORED_METHODS: tuple[Method, ...] = ("loss", "ifd")
 """Methods that rank examples by the base model's loss: they need the model's pass, so text datasets only."""
 DIFFICULTY_METHODS: tuple[Method, ...] = ("ifd",)
 """Methods that need the IFD pass besides the embedding (`pipeline.score_difficulty`): no other pays for it."""
+
+
+def needs_difficulty(methods: Iterable[Method]) -> bool:
+    """Whether a job running `methods` needs the IFD pass."""
+    return any(m in DIFFICULTY_METHODS for m in methods)
+
+
 TARGET_METHODS: tuple[Method, ...] = ("fisher", "similarity")
 """Methods that take a target set (`target_dataset_id`, `--target`): similarity needs one; fisher with one is
 targeted design."""

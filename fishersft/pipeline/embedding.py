@@ -99,7 +99,6 @@ def embed_dataset(
     return Embedding(features, truncated, time.perf_counter() - start, load_seconds, cost.padding)
 
 
-@torch.inference_mode()
 def score_difficulty(
     data: str | Path,
     model_dir: str | Path,
@@ -131,7 +130,9 @@ def score_difficulty(
             raise ValueError(f"{Path(store).name}: not the features of {Path(data).name} (ids differ)")
         encoded = encode_all(chunk, tokenizer, int(features.meta["max_length"]))
         alone = [response_alone(ex, enc, tokenizer) for ex, enc in zip(chunk, encoded, strict=True)]
-        scores.append(ifd(model, head, losses[done : done + len(chunk)], alone, batch_tokens, dtype, batch_size)[0])
+        with torch.inference_mode():
+            part = ifd(model, head, losses[done : done + len(chunk)], alone, batch_tokens, dtype, batch_size)[0]
+        scores.append(part)
         done += len(chunk)
         if progress:
             progress("scoring", done, max(total, done))
