@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from fishersft.data.encoding import Encoded
-from fishersft.models.batching import length_sorted_batches, padded_tokens
+from fishersft.models.batching import length_sorted_batches
 from fishersft.models.forward import lengths, pre_logits, to_device
 
 LOGITS_BYTES = 64 << 20
@@ -86,18 +86,15 @@ def ifd(
     batch_tokens: int,
     dtype: torch.dtype | None,
     max_examples: int | None = None,
-) -> tuple[torch.Tensor, int]:
+) -> torch.Tensor:
     """Each example's IFD [N] (float64, on `losses`' device): its mean loss in context `losses` [N] over that of
     `alone[k]`, its response alone, run in length-sorted batches of at most `batch_tokens` padded tokens (and
-    `max_examples` examples) under `autocast(dtype)`; 1 where `alone[k]` is None. And the tokens computed,
-    padding included."""
+    `max_examples` examples) under `autocast(dtype)`; 1 where `alone[k]` is None."""
     scored = [k for k, a in enumerate(alone) if a is not None]
     sequences = [a for a in alone if a is not None]
     out = torch.ones_like(losses)
-    sizes = lengths(sequences)
-    batches = length_sorted_batches(sizes, batch_tokens, max_examples)
-    for batch in batches:
+    for batch in length_sorted_batches(lengths(sequences), batch_tokens, max_examples):
         vectors, labels = pre_logits(model, sequences, batch, dtype)
         rows = to_device(np.asarray([scored[j] for j in batch], dtype=np.int64), losses.device)
         out[rows] = losses[rows] / head.mean_losses(vectors, labels, [len(sequences[j].targets) for j in batch])
-    return out, padded_tokens(sizes, batches)
+    return out

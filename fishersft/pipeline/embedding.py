@@ -131,8 +131,7 @@ def score_difficulty(
         encoded = encode_all(chunk, tokenizer, int(features.meta["max_length"]))
         alone = [response_alone(ex, enc, tokenizer) for ex, enc in zip(chunk, encoded, strict=True)]
         with torch.inference_mode():
-            part = ifd(model, head, losses[done : done + len(chunk)], alone, batch_tokens, dtype, batch_size)[0]
-        scores.append(part)
+            scores.append(ifd(model, head, losses[done : done + len(chunk)], alone, batch_tokens, dtype, batch_size))
         done += len(chunk)
         if progress:
             progress("scoring", done, max(total, done))
