@@ -43,6 +43,10 @@ def test_select_on_a_jsonl_dataset_with_a_tiny_model(tmp_path, llama_dir):
     again = run("select", store, "--budget", 12)
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["selected"] == result["selected"]
+    # the store keeps each example's loss, not IFD (a pass of its own): method ifd names what to run instead
+    assert run("select", store, "--budget", 12, "--method", "loss").returncode == 0
+    ifd = run("select", store, "--budget", 12, "--method", "ifd")
+    assert ifd.returncode == 2 and "without the IFD pass" in ifd.stderr
 
 
 def test_select_on_a_features_file_with_token_budget_random_and_warm_start(tmp_path):

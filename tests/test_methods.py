@@ -57,6 +57,9 @@ def test_methods_that_need_what_the_features_lack_say_so():
         select_features(features, SelectionOptions(budget=Budget(examples=3), method="similarity"))
     with pytest.raises(ValueError, match="base model's loss"):
         select_features(features, SelectionOptions(budget=Budget(examples=3), method="loss"))
+    features.losses = np.ones(len(features.ids))  # a store the embedder wrote, without the IFD pass
+    with pytest.raises(ValueError, match="without the IFD pass"):
+        select_features(features, SelectionOptions(budget=Budget(examples=3), method="ifd"))
 
 
 def test_every_method_runs_as_a_service_job_with_the_pipelines_picks(service, llama_dir, tmp_path):

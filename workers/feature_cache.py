@@ -1,7 +1,6 @@
 """The features cache of a worker: a dataset's compressed features store, made once per (dataset, model,
 max_length, compression) and kept in the artifact store for later jobs."""
 
-import functools
 import shutil
 import time
 from pathlib import Path
@@ -14,16 +13,13 @@ from fishersft.contract.selection import FeatureOptions, FeaturesCost
 from fishersft.features.files import load_features
 from fishersft.features.set import FeatureSet
 from fishersft.features.store import assemble_store, compress_store
-from fishersft.models.loading import load_model
+from fishersft.models.loading import cached_model
 from fishersft.models.registry import model_dim
 from fishersft.pipeline import ModelLoader, Progress, embed_dataset, score_difficulty
 from fishersft.service import metrics
 from fishersft.service.protocol import JobInputError, Plan, ShardRequest
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
-
-cached_model: ModelLoader = functools.lru_cache(maxsize=2)(load_model)
-"""Models stay loaded across the jobs of a worker (for embedding; training loads a fresh copy per run)."""
 
 
 class FeatureCache:

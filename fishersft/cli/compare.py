@@ -23,6 +23,7 @@ from fishersft.data.dataset import DEFAULT_MAX_LENGTH
 from fishersft.data.formats import as_jsonl
 from fishersft.errors import InputError
 from fishersft.features.files import is_features_path
+from fishersft.models.loading import cached_model
 from fishersft.models.registry import (
     DEFAULT_MODEL,
     resolve_model,
@@ -54,10 +55,12 @@ def compare_command(args: argparse.Namespace) -> None:
     with ProgressBars() as progress, tempfile.TemporaryDirectory(prefix="fishersft-") as tmp:
         features_dir = Path(tmp) / "features"
         data = as_jsonl(Path(args.data), Path(tmp))
-        embedding = embed_dataset(data, model_dir, features_dir, max_length=max_length, progress=progress)
+        embedding = embed_dataset(
+            data, model_dir, features_dir, max_length=max_length, progress=progress, load=cached_model
+        )
         features = embedding.features
         if needs_difficulty(args.methods):
-            features = score_difficulty(data, model_dir, features_dir, progress=progress)
+            features = score_difficulty(data, model_dir, features_dir, progress=progress, load=cached_model)
         target = target_features(args.target, model, max_length, Path(tmp) / "target", progress)
         options = comparison_options(args)
         result = compare(

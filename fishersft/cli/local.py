@@ -41,6 +41,7 @@ from fishersft.features.files import is_features_path, load_features
 from fishersft.features.set import FeatureSet
 from fishersft.features.store import compress_store
 from fishersft.features.target import TargetSet
+from fishersft.models.loading import cached_model
 from fishersft.models.registry import (
     BUILTIN_MODELS,
     DEFAULT_MODEL,
@@ -88,6 +89,7 @@ def run_select(args: argparse.Namespace) -> SelectionResult:
                 "device": args.device,
                 "precision": args.precision,
                 "progress": progress,
+                "load": cached_model,
             }
             embedding = embed_dataset(
                 data,
@@ -143,6 +145,7 @@ def target_features(
         max_length=max_length,
         compression=TARGET_COMPRESSION,
         progress=progress,
+        load=cached_model,
     )
     return embedding.features
 

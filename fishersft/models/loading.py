@@ -1,5 +1,6 @@
 """Loading a model onto a device, and the arithmetic it runs in."""
 
+import functools
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -61,3 +62,8 @@ def load_model(
     module: torch.nn.Module = model
     module.to(device).eval()
     return model, tokenizer
+
+
+cached_model = functools.lru_cache(maxsize=2)(load_model)
+"""`load_model` keeping the last two models loaded: a worker's jobs, and a command's passes (embedding, IFD, the
+target), share them; training loads a fresh copy per run."""

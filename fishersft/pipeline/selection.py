@@ -142,10 +142,7 @@ def baseline_inputs(
     if method in SCORED_METHODS:
         scores = local.losses if method == "loss" else local.ifd
         if scores is None:
-            raise InputError(
-                f"method {method!r} ranks examples by the base model's {'loss' if method == 'loss' else 'IFD'}: "
-                "these features carry none (features files have no model); select from a JSONL dataset"
-            )
+            raise InputError(f"method {method!r} ranks examples by " + missing_score(method, local))
         return BaselineInputs(scores=torch.from_numpy(np.asarray(scores, dtype=np.float64)))
     points = torch.from_numpy(np.asarray(local.mean_rows(), dtype=np.float32))
     if method == "kcenter":
@@ -153,6 +150,15 @@ def baseline_inputs(
     if target is None:
         raise InputError("method 'similarity' selects for a target set: name one (target_dataset_id, --target)")
     return BaselineInputs(points=points, target=target_means(features, target))
+
+
+def missing_score(method: Method, features: FeatureSet) -> str:
+    """Why `features` lack `method`'s score: a features file has no model; a store the embedder wrote has losses
+    and lacks only the IFD pass, which runs when the selection starts from the dataset."""
+    if features.losses is not None:
+        return "IFD: this store was written without the IFD pass; select from its JSONL dataset with method ifd"
+    name = "loss" if method == "loss" else "IFD"
+    return f"the base model's {name}: these features carry none (features files have no model); select from JSONL"
 
 
 def _target_summary(target: TargetSet | None, variance: tuple[float, float] | None) -> TargetSummary | None:
