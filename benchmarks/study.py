@@ -2,9 +2,13 @@
 subsets of the same loss tokens, from small to realistic budgets, overall and on the worst group, on several
 datasets, one of them a distribution shift (the pool from some languages, the target and held-out set another).
 
-    python benchmarks/study.py [--only english,humaneval,all,shift] [--fractions 0.02,0.1,0.3] [--device cuda]
-                               [--methods fisher,random,kcenter,loss,ifd,similarity] [--weightings tokens]
+    python benchmarks/study.py [--only english,humaneval,mixed,all,shift] [--fractions 0.02,0.1,0.3] [--device cuda]
+                               [--methods fisher,random,kcenter,loss,ifd,similarity] [--weightings uncertainty]
                                [--budget-kinds tokens] [--epochs 2] [--deadline-s 3000] [--out DIR]
+    python benchmarks/study.py --data rows.jsonl [--target target.jsonl] [--stratify-by category] ...
+
+The first form runs the built-in datasets (real data from installed packages); the second one JSONL dataset of
+your own (fishersft's row format), with an optional target whose half is held out as for the shift.
 
 Per dataset and budget K (a fraction of the pool's examples; its random subsets hold about that fraction of the
 pool's loss tokens) it runs `fishersft.training.comparison.compare`, the function behind POST /v1/comparisons:
@@ -27,6 +31,7 @@ from pathlib import Path
 
 from fishersft.contract.comparison import (
     BUDGET_KINDS,
+    COMPARED_WEIGHTINGS,
     ComparisonBudget,
     ComparisonOptions,
     ComparisonResult,
@@ -80,8 +85,17 @@ DATASETS = {
 HOLDOUT = 0.15
 
 
-def run(name: str, args: argparse.Namespace) -> None:
-    dataset = DATASETS[name]
+def from_file(data: Path, target: Path | None, stratify_by: str) -> Dataset:
+    """A dataset of one's own: JSONL rows, an optional target (half held out), groups from `stratify_by`."""
+
+    def rows(path: Path) -> Rows:
+        return lambda: [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    title = data.name if target is None else f"{data.name}, target {target.name}"
+    return Dataset(title, stratify_by, rows(data), rows(target) if target is not None else None)
+
+
+def run(name: str, dataset: Dataset, args: argparse.Namespace) -> None:
     model_dir, device = resolve_model(args.model), resolve_device(args.device)
     methods = [m for m in args.methods if dataset.target is not None or m != "similarity"]  # it needs a target
     with tempfile.TemporaryDirectory(prefix="fishersft-study-") as tmp:
@@ -253,10 +267,15 @@ def names(choices: tuple[str, ...]) -> Callable[[str], list[str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", type=names(tuple(DATASETS)), default=["english", "humaneval", "all", "shift"])
+    parser.add_argument("--only", type=names(tuple(DATASETS)), help="built-in datasets (default: all but mixed)")
+    parser.add_argument("--data", type=Path, help="a JSONL dataset of your own (fishersft rows), instead")
+    parser.add_argument("--target", type=Path, help="with --data: the target's rows (half held out)")
+    parser.add_argument("--stratify-by", default="category", help="with --data: the group field (worst group)")
     parser.add_argument("--fractions", default="0.02,0.1,0.3", help="budgets K as fractions of the pool's examples")
     parser.add_argument("--methods", type=names(METHODS), default=list(METHODS), help="of " + ", ".join(METHODS))
-    parser.add_argument("--weightings", type=names(WEIGHTINGS), default=["tokens"], help="fisher's weightings")
+    parser.add_argument(
+        "--weightings", type=names(WEIGHTINGS), default=list(COMPARED_WEIGHTINGS), help="fisher's weightings"
+    )
     parser.add_argument("--budget-kinds", type=names(BUDGET_KINDS), default=["tokens"])
     parser.add_argument("--seeds", type=int, default=3, help="random subsets per budget")
     parser.add_argument("--epochs", type=int, default=2)
@@ -265,11 +284,15 @@ def main() -> None:
     parser.add_argument("--deadline-s", type=float, default=float("inf"), help="start no comparison after this")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/study"))
     args = parser.parse_args()
+    if args.target is not None and args.data is None:
+        parser.error("--target goes with --data (the built-in shift has its own)")
     args.deadline = time.monotonic() + args.deadline_s
     args.fractions = [float(f) for f in args.fractions.split(",")]
     args.out.mkdir(parents=True, exist_ok=True)
-    for name in args.only:
-        run(name, args)
+    if args.data is not None:
+        run(args.data.stem, from_file(args.data, args.target, args.stratify_by), args)
+    for name in args.only or ([] if args.data else ["english", "humaneval", "all", "shift"]):
+        run(name, DATASETS[name], args)
     results = [json.loads(p.read_text()) for p in sorted(args.out.glob("*-*.json"))]
     (args.out / "study.json").write_text(json.dumps(table(results), indent=1) + "\n")
     (args.out / "study.md").write_text(markdown(results))
