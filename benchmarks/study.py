@@ -16,8 +16,9 @@ each method at the random subsets' mean loss tokens (equal cost, the primary axi
 examples,tokens`, at K examples too. Held out: 15% of the dataset stratified by its group label, or for a dataset
 with a target, half of the target (the methods with a target select for the other half). Each comparison is
 written as it finishes (`<dataset>-<K>.json`) and not run again, so a run stopped at its deadline keeps what it
-measured; then `study.json` (one row per run), `study.md` (the table) and `study.png` (held-out loss against
-budget, a line per method, the random runs as a band; overall and worst group).
+measured; then, over every cell under --out (a cell run again into a subdirectory adds the runs the first lacks),
+`study.json` (one row per run), `study.md` (the table) and `study.png` (held-out loss against budget, a line per
+method, the random runs as a band; overall and worst group).
 """
 
 import argparse
@@ -98,6 +99,8 @@ def from_file(data: Path, target: Path | None, stratify_by: str) -> Dataset:
 def run(name: str, dataset: Dataset, args: argparse.Namespace) -> None:
     model_dir, device = resolve_model(args.model), resolve_device(args.device)
     methods = [m for m in args.methods if dataset.target is not None or m != "similarity"]  # it needs a target
+    if all((args.out / f"{name}-{fraction:g}.json").exists() for fraction in args.fractions):
+        return  # nothing to run: no embedding
     with tempfile.TemporaryDirectory(prefix="fishersft-study-") as tmp:
         data, target_data = Path(tmp) / f"{name}.jsonl", Path(tmp) / f"{name}-target.jsonl"
         n = corpora.write_jsonl(dataset.pool(), data)
@@ -140,6 +143,17 @@ def run(name: str, dataset: Dataset, args: argparse.Namespace) -> None:
             record = {"dataset": dataset.title, "fraction": fraction, **result.model_dump(mode="json", by_alias=True)}
             out.write_text(json.dumps(record, indent=1) + "\n")
             print(f"{name} K={fraction:g}: {time.perf_counter() - started:.0f}s " + summary(result), flush=True)
+
+
+def merged(cells: list[dict]) -> list[dict]:
+    """One cell per dataset and budget: a cell run again into a subdirectory of --out (with other methods or
+    weightings) adds the runs the first lacks; its random runs, the same seeds, are the first's."""
+    by_key: dict[tuple[str, float], dict] = {}
+    for cell in cells:
+        first = by_key.setdefault((cell["dataset"], cell["fraction"]), cell | {"runs": []})
+        have = {(label(r), r["budget_kind"]) for r in first["runs"]}
+        first["runs"] += [r for r in cell["runs"] if (label(r), r["budget_kind"]) not in have]
+    return list(by_key.values())
 
 
 def summary(result: ComparisonResult) -> str:
@@ -293,7 +307,7 @@ def main() -> None:
         run(args.data.stem, from_file(args.data, args.target, args.stratify_by), args)
     for name in args.only or ([] if args.data else ["english", "humaneval", "all", "shift"]):
         run(name, DATASETS[name], args)
-    results = [json.loads(p.read_text()) for p in sorted(args.out.glob("*-*.json"))]
+    results = merged([json.loads(p.read_text()) for p in sorted(args.out.rglob("*-*.json"))])
     (args.out / "study.json").write_text(json.dumps(table(results), indent=1) + "\n")
     (args.out / "study.md").write_text(markdown(results))
     if results:
