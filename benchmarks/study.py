@@ -4,7 +4,8 @@ datasets, one of them a distribution shift (the pool from some languages, the ta
 
     python benchmarks/study.py [--only english,humaneval,mixed,all,shift] [--fractions 0.02,0.1,0.3] [--device cuda]
                                [--methods fisher,random,kcenter,loss,ifd,similarity] [--weightings uncertainty]
-                               [--budget-kinds tokens] [--epochs 2] [--deadline-s 3000] [--out DIR]
+                               [--budget-kinds tokens] [--epochs 2] [--training-seed 0] [--deadline-s 3000]
+                               [--out DIR]
     python benchmarks/study.py --data rows.jsonl [--target target.jsonl] [--stratify-by category] ...
 
 The first form runs the built-in datasets (real data from installed packages); the second one JSONL dataset of
@@ -126,7 +127,7 @@ def run(name: str, dataset: Dataset, args: argparse.Namespace) -> None:
                 methods=methods,
                 weightings=args.weightings,
                 budget_kinds=args.budget_kinds,
-                training=TrainingConfig(epochs=args.epochs),
+                training=TrainingConfig(epochs=args.epochs, seed=args.training_seed),
                 eval=held_out,
                 eval_points=1,
             )
@@ -293,6 +294,7 @@ def main() -> None:
     parser.add_argument("--budget-kinds", type=names(BUDGET_KINDS), default=["tokens"])
     parser.add_argument("--seeds", type=int, default=3, help="random subsets per budget")
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--training-seed", type=int, default=0, help="LoRA initialisation and batch order")
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     parser.add_argument("--deadline-s", type=float, default=float("inf"), help="start no comparison after this")
