@@ -100,7 +100,9 @@ def from_file(data: Path, target: Path | None, stratify_by: str) -> Dataset:
 def run(name: str, dataset: Dataset, args: argparse.Namespace) -> None:
     model_dir, device = resolve_model(args.model), resolve_device(args.device)
     methods = [m for m in args.methods if dataset.target is not None or m != "similarity"]  # it needs a target
-    if all((args.out / f"{name}-{fraction:g}.json").exists() for fraction in args.fractions):
+    cells = {fraction: args.out / f"{name}-{fraction:g}.json" for fraction in args.fractions}
+    pending = [fraction for fraction, out in cells.items() if not out.exists()]
+    if not pending or time.monotonic() > args.deadline:
         return  # nothing to run: no embedding
     with tempfile.TemporaryDirectory(prefix="fishersft-study-") as tmp:
         data, target_data = Path(tmp) / f"{name}.jsonl", Path(tmp) / f"{name}-target.jsonl"
@@ -116,10 +118,9 @@ def run(name: str, dataset: Dataset, args: argparse.Namespace) -> None:
             ).features
         pool = n if target is not None else round(n * (1 - HOLDOUT))
         held_out = EvalRequest(holdout_fraction=HOLDOUT, stratify_by=dataset.stratify_by) if target is None else None
-        for fraction in args.fractions:
-            out = args.out / f"{name}-{fraction:g}.json"
-            if out.exists() or time.monotonic() > args.deadline:
-                continue
+        for fraction in pending:
+            if time.monotonic() > args.deadline:
+                break
             started = time.perf_counter()
             options = ComparisonOptions(
                 budget=ComparisonBudget(examples=max(1, round(fraction * pool))),
@@ -142,7 +143,7 @@ def run(name: str, dataset: Dataset, args: argparse.Namespace) -> None:
                 device=device,
             )
             record = {"dataset": dataset.title, "fraction": fraction, **result.model_dump(mode="json", by_alias=True)}
-            out.write_text(json.dumps(record, indent=1) + "\n")
+            cells[fraction].write_text(json.dumps(record, indent=1) + "\n")
             print(f"{name} K={fraction:g}: {time.perf_counter() - started:.0f}s " + summary(result), flush=True)
 
 

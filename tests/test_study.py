@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fishersft.contract.comparison import ComparisonRun
 from fishersft.pipeline import count_lines
 from tests.conftest import SAMPLE, write_jsonl
 
@@ -25,8 +26,8 @@ def test_the_study_runs_on_a_jsonl_dataset_and_a_target_of_ones_own(tmp_path, ll
     assert done.returncode == 0, done.stderr
     cell = json.loads((out / "pool-0.05.json").read_text())
     assert cell["dataset"] == "pool.jsonl, target code.jsonl" and cell["fraction"] == 0.05
-    labels = sorted(f"{r['method']}/{r['seed'] if r['method'] == 'random' else r['weighting']}" for r in cell["runs"])
-    assert labels == ["fisher/uncertainty", "random/0", "random/1", "similarity/None"]
+    labels = sorted(ComparisonRun.model_validate(r).label for r in cell["runs"])
+    assert labels == ["fisher/uncertainty", "random/0", "random/1", "similarity"]
     assert cell["held_out"]["source"] == "target" and 0 < cell["held_out"]["n_examples"] < count_lines(target)
     table = (out / "study.md").read_text()
     assert "pool.jsonl, target code.jsonl" in table and "fisher/uncertainty" in table
