@@ -62,6 +62,7 @@ def compare_command(args: argparse.Namespace) -> None:
         if needs_difficulty(args.methods):
             features = score_difficulty(data, model_dir, features_dir, progress=progress, load=cached_model)
         target = target_features(args.target, model, max_length, Path(tmp) / "target", progress)
+        cached_model.cache_clear()  # the passes are done; training loads a copy of its own per run
         options = comparison_options(args)
         result = compare(
             data,
