@@ -1,13 +1,11 @@
 """Checks of a request against the store and the settings, shared by the job routes: each answers a 404 or a
 422 naming the request field, so that nothing a worker would fail on is queued."""
 
-from collections.abc import Collection
-
 from app.caller import Datasets
 from app.errors import ApiError, invalid, shown
 from fishersft.contract.base import ExampleId
 from fishersft.contract.datasets import DatasetRecord
-from fishersft.contract.selection import MODEL_WEIGHTINGS, SCORED_METHODS, TARGET_METHODS, Method, Weighting
+from fishersft.contract.selection import MODEL_WEIGHTINGS, SCORED_METHODS, Method, Weighting
 from fishersft.contract.training import EvalRequest, LoraConfig
 from fishersft.data.dataset import DEFAULT_MAX_LENGTH, read_ids
 from fishersft.features.files import load_features
@@ -106,21 +104,11 @@ def check_training(
         )
 
 
-def known_target(
-    datasets: Datasets, dataset: DatasetRecord, methods: Collection[Method], target_id: str | None, field: str
-) -> DatasetRecord | None:
-    """The target dataset of `methods` (required by similarity, taken by fisher, refused by the others), of the
+def known_target(datasets: Datasets, dataset: DatasetRecord, target_id: str | None, field: str) -> DatasetRecord | None:
+    """The target dataset a request names (whether its methods take one is the request model's check), of the
     dataset's kind."""
     if target_id is None:
-        if "similarity" in methods:
-            raise invalid(
-                field, "method 'similarity' selects for a target set", "name a dataset from POST /v1/datasets"
-            )
         return None
-    if not set(methods) & set(TARGET_METHODS):
-        raise invalid(
-            field, "only methods 'fisher' and 'similarity' select for a target", "leave it out, or use one of them"
-        )
     target = dataset_for(datasets, target_id, field)
     if target.is_text != dataset.is_text or (not dataset.is_text and target.dim != dataset.dim):
         raise invalid(

@@ -91,7 +91,8 @@ def test_select_then_train_in_one_job_never_selects_the_held_out_examples(servic
     dataset = service.upload(task)
     body = {
         "dataset_id": dataset["id"],
-        "budget": {"examples": 1000},  # everything selectable: the subset is exactly the non-held-out examples
+        # everything selectable: the subset is exactly the non-held-out examples
+        "selection": {"budget": {"examples": 1000}},
         "lora": LORA,
         "training": {**TRAINING, "epochs": 1, "max_length": 64},
         "eval": {"holdout_fraction": 0.2},
@@ -186,7 +187,7 @@ def test_bad_training_settings_get_a_422_naming_the_field(service, task, tmp_pat
     dataset = service.upload(task)
     features = service.upload(_features_file(tmp_path))
     pending = service.select(dataset_id=dataset["id"], budget={"examples": 3})
-    base = {"dataset_id": dataset["id"], "budget": {"examples": 5}}
+    base = {"dataset_id": dataset["id"], "selection": {"budget": {"examples": 5}}}
     cases = [
         ({**base, "lora": {"r": 0}}, "body.lora.r"),
         ({**base, "training": {"learning_rate": 0}}, "body.training.learning_rate"),
@@ -196,7 +197,9 @@ def test_bad_training_settings_get_a_422_naming_the_field(service, task, tmp_pat
         ({**base, "eval": {"holdout_fraction": 1}}, "body.eval.holdout_fraction"),
         ({**base, "eval": {"holdout_fraction": 0.001}}, "body.eval.holdout_fraction"),
         ({**base, "eval": {"dataset_id": features["id"]}}, "body.eval.dataset_id"),
-        ({"dataset_id": features["id"], "budget": {"examples": 5}}, "body.dataset_id"),
+        ({"dataset_id": features["id"], "selection": {"budget": {"examples": 5}}}, "body.dataset_id"),
+        ({**base, "selection": {"budget": {"examples": 5}, "group_by": "nope"}}, "body.selection.group_by"),
+        ({**base, "budget": {"examples": 5}}, "body.budget"),  # the selection's options live in `selection`
         ({"dataset_id": dataset["id"]}, "body"),
         ({**base, "selection_id": pending["id"]}, "body"),
         ({"selection_id": pending["id"]}, "body.selection_id"),
@@ -229,7 +232,7 @@ def test_cancel_a_running_finetune_and_idempotency(service, task):
     dataset = service.upload(task)
     body = {
         "dataset_id": dataset["id"],
-        "budget": {"examples": 40},
+        "selection": {"budget": {"examples": 40}},
         "lora": LORA,
         "training": {"epochs": 1000, "batch_size": 1, "max_length": 64},
     }

@@ -227,7 +227,7 @@ def test_max_length_is_capped_by_the_model_context_and_the_service_limit(service
     error = assert_error(limited.post("/v1/selections", json={**body, "max_length": 101}), 422)
     assert "at most 100" in error["details"][0]["message"]
     assert limited.post("/v1/selections", json=body).json()["request"]["max_length"] == 100
-    finetune = {"dataset_id": dataset["id"], "budget": {"examples": 3}, "training": {"max_length": 600}}
+    finetune = {"dataset_id": dataset["id"], "selection": {"budget": {"examples": 3}}, "training": {"max_length": 600}}
     assert assert_error(service.client.post("/v1/finetunes", json=finetune), 422)["details"][0]["field"] == (
         "body.training.max_length"
     )

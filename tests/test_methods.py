@@ -110,15 +110,20 @@ def test_requests_a_method_cannot_serve_are_a_422_naming_the_field(service, tmp_
         (
             {"dataset_id": text["id"], "target_dataset_id": text["id"], "partitions": 2},
             "/v1/selections",
-            "body.partitions",
+            "body.target_dataset_id",
         ),
+        ({"dataset_id": text["id"], "method": "random", "partitions": 2}, "/v1/selections", "body.partitions"),
         ({"dataset_id": features["id"], "method": "loss"}, "/v1/selections", "body.method"),
         (
             {"dataset_id": features["id"], "method": "similarity", "target_dataset_id": text["id"]},
             "/v1/selections",
             "body.target_dataset_id",
         ),
-        ({"dataset_id": text["id"], "method": "similarity"}, "/v1/finetunes", "body.method"),
+        (
+            {"dataset_id": text["id"], "selection": {"budget": {"examples": 5}, "method": "similarity"}},
+            "/v1/finetunes",
+            "body.selection",
+        ),
         ({"dataset_id": text["id"], "methods": ["fisher", "kcenter"]}, "/v1/comparisons", "body.methods"),
         ({"dataset_id": text["id"], "methods": ["random", "similarity"]}, "/v1/comparisons", "body.target_dataset_id"),
         (
@@ -128,7 +133,8 @@ def test_requests_a_method_cannot_serve_are_a_422_naming_the_field(service, tmp_
         ),
     ]
     for body, route, field in cases:
-        response = service.client.post(route, json={"budget": {"examples": 5}, **body})
+        budget = {} if route == "/v1/finetunes" else {"budget": {"examples": 5}}
+        response = service.client.post(route, json={**budget, **body})
         assert response.status_code == 422, (body, response.text)
         assert field in [d["field"] for d in response.json()["error"]["details"]], (body, response.json())
 

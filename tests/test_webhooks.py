@@ -182,8 +182,9 @@ def test_the_receivers_check_refuses_a_tampered_body_or_another_secret():
 )
 def test_a_webhook_url_the_service_may_not_post_to_is_a_422_naming_the_field(hooked, resource, url, message):
     dataset = hooked.upload(SAMPLE)
-    body = {"dataset_id": dataset["id"], "budget": {"examples": 5}, "webhook_url": url}
-    response = hooked.client.post(f"/v1/{resource}", json=body)
+    budget = {"budget": {"examples": 5}}
+    body = {"dataset_id": dataset["id"], **({"selection": budget} if resource == "finetunes" else budget)}
+    response = hooked.client.post(f"/v1/{resource}", json={**body, "webhook_url": url})
     assert response.status_code == 422, response.text
     [detail] = response.json()["error"]["details"]
     assert detail["field"] == "body.webhook_url" and message in response.text

@@ -18,9 +18,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from fishersft.contract.comparison import ComparisonCreate, ComparisonResult
 from fishersft.contract.compression import TARGET_COMPRESSION
 from fishersft.contract.selection import (
-    Budget,
     FeatureOptions,
-    Method,
     SelectionCreate,
     SelectionOptions,
     needs_difficulty,
@@ -29,7 +27,7 @@ from fishersft.contract.training import Adapter, EvalRequest, FinetuneCreate, Fi
 from fishersft.data.dataset import Example, ExampleId
 from fishersft.data.encoding import Encoded, encode_file
 from fishersft.models.loading import resolve_device
-from fishersft.pipeline import select_features
+from fishersft.pipeline import select_features, select_partitioned
 from fishersft.service.protocol import JobInputError
 from fishersft.training.comparison import compare
 from fishersft.training.evaluation import HeldOut, finetune, held_out_file, held_out_split, ids_sha256
@@ -49,16 +47,16 @@ def run_comparison(request: dict[str, Any]) -> dict[str, Any]:
     return run_job(_compare, ComparisonCreate, request)
 
 
-def _source(request: FinetuneCreate, context: JobContext) -> tuple[str, Budget, Method, list[ExampleId] | None]:
-    """The dataset a finetune trains on, the selection's budget and method, and its picks when it was made."""
+def _source(request: FinetuneCreate, context: JobContext) -> tuple[str, SelectionOptions, list[ExampleId] | None]:
+    """The dataset a finetune trains on, the selection's options, and its picks when it was made."""
     if request.selection_id is None:
-        assert request.dataset_id is not None and request.budget is not None, "validated by FinetuneCreate"
-        return request.dataset_id, request.budget, request.method, None
+        assert request.dataset_id is not None and request.selection is not None, "validated by FinetuneCreate"
+        return request.dataset_id, request.selection, None
     saved = context.store.result(request.selection_id)
     if saved is None:
         raise JobInputError("selection_not_found", f"selection {request.selection_id} no longer exists")
     selection = SelectionCreate.model_validate(saved.request)
-    return selection.dataset_id, selection.budget, selection.method, list(saved.result["selected"])
+    return selection.dataset_id, selection, list(saved.result["selected"])
 
 
 def _finetune(request: FinetuneCreate, context: JobContext) -> FinetuneResult:
@@ -66,7 +64,8 @@ def _finetune(request: FinetuneCreate, context: JobContext) -> FinetuneResult:
     started = time.perf_counter()
     progress, store = context.progress, context.store
     model, max_length = _resolved(request.model, request.training.max_length)
-    dataset_id, budget, method, selected = _source(request, context)
+    dataset_id, selecting, selected = _source(request, context)
+    method = selecting.method
     dataset = context.features.dataset(dataset_id)
     model_dir = context.settings.registry.model_dir(model)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
@@ -77,8 +76,13 @@ def _finetune(request: FinetuneCreate, context: JobContext) -> FinetuneResult:
     if selected is None:
         options = FeatureOptions(model=model, max_length=max_length)
         features, _ = context.features.features(dataset, options, progress, difficulty=needs_difficulty([method]))
-        selecting = SelectionOptions(budget=budget, method=method, lambda_=request.lambda_, seed=request.seed)
-        selected = select_features(features, selecting, exclude=held_idx, progress=progress, model=model).selected
+        labels = [e.labels for e in examples]
+        where: dict[str, Any] = {"exclude": held_idx, "labels": labels, "progress": progress, "model": model}
+        if selecting.partitions is not None:
+            chosen = select_partitioned(features, selecting, selecting.partitions, **where)
+        else:
+            chosen = select_features(features, selecting, **where)
+        selected = chosen.selected
         progress.event("selected", f"{method} selected {len(selected)} examples", size=len(selected))
     timings["select_s"] = time.perf_counter() - started
     subset = [index[str(i)] for i in selected]
@@ -120,7 +124,7 @@ def _finetune(request: FinetuneCreate, context: JobContext) -> FinetuneResult:
     subset_info = Subset(
         selection_id=request.selection_id,
         method=method,
-        budget=budget,
+        budget=selecting.budget,
         size=len(subset),
         n_loss_tokens=sum(len(e.targets) for e in train),
         ids_sha256=ids_sha256(selected),

@@ -50,7 +50,7 @@ def create_comparison(
         raise invalid("body.training.max_length", "training.max_length must equal max_length (or be left out)")
     body.training.max_length = body.max_length
     check_training(settings, datasets, body.model, body.lora, body.eval, dataset)
-    target = known_target(datasets, dataset, body.methods, body.target_dataset_id, "body.target_dataset_id")
+    target = known_target(datasets, dataset, body.target_dataset_id, "body.target_dataset_id")
     if target is not None and body.eval is None and target.n_examples < 2:
         raise invalid(
             "body.target_dataset_id",

@@ -8,7 +8,7 @@ from redis import Redis
 
 from app import deps
 from app.caller import Datasets
-from app.checks import allowed_max_length, check_training, dataset_for, known_model
+from app.checks import allowed_max_length, check_training, dataset_for, known_ids, known_label, known_model
 from app.errors import ApiError, documented, invalid, shown
 from app.jobs import Jobs
 from app.routes.jobs import IdempotencyKey, create_job, found, job_router
@@ -35,10 +35,11 @@ def create_finetune(
     selections: Annotated[Jobs, Depends(deps.jobs(SELECTIONS))],
     datasets: Annotated[Datasets, Depends(deps.datasets)],
     settings: Annotated[Settings, Depends(deps.settings)],
+    store: Annotated[ArtifactStore, Depends(deps.store)],
     redis: Annotated[Redis, Depends(deps.redis)],
     idempotency_key: IdempotencyKey = None,
 ) -> JobBody:
-    """Trains on `selection_id`'s subset, or selects from `dataset_id` under `budget` first (one job). SFT on
+    """Trains on `selection_id`'s subset, or selects from `dataset_id` as `selection` says first (one job). SFT on
     exactly the selection's loss tokens, same encoding and truncation. Held-out examples (`eval`) are never
     selected nor trained on. Poll GET /v1/finetunes/{id}; the adapter is at /v1/finetunes/{id}/adapter."""
     if body.selection_id is not None:
@@ -61,12 +62,11 @@ def create_finetune(
     else:
         assert body.dataset_id is not None, "FinetuneCreate: exactly one of selection_id and dataset_id"
         dataset = dataset_for(datasets, body.dataset_id, "body.dataset_id", jsonl=True)
-        if body.method == "similarity":
-            raise invalid(
-                "body.method",
-                "a finetune that selects names no target set, which method 'similarity' needs",
-                "make a selection with method similarity and target_dataset_id, then finetune on its selection_id",
-            )
+        assert body.selection is not None, "FinetuneCreate: selection with dataset_id"
+        if body.selection.group_by is not None:
+            known_label(dataset, body.selection.group_by, "body.selection.group_by")
+        if body.selection.warm_start_ids:
+            known_ids(store, dataset, body.selection.warm_start_ids, "body.selection.warm_start_ids")
         body.model = known_model(settings, body.model, "body.model")
         body.training.max_length = allowed_max_length(
             settings, body.model, body.training.max_length, "body.training.max_length"

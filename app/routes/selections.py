@@ -17,7 +17,7 @@ from app.checks import (
     known_target,
     model_pass,
 )
-from app.errors import ApiError, documented, invalid
+from app.errors import ApiError, documented
 from app.jobs import Jobs
 from app.routes.jobs import IdempotencyKey, create_job, found, job_router
 from fishersft.contract.datasets import DatasetRecord
@@ -58,13 +58,7 @@ def create_selection(
     if body.group_by is not None:
         known_label(dataset, body.group_by, "body.group_by")
     model_pass(dataset, body.method, body.weighting)
-    known_target(datasets, dataset, [body.method], body.target_dataset_id, "body.target_dataset_id")
-    if body.target_dataset_id is not None and body.partitions is not None:
-        raise invalid(
-            "body.partitions",
-            "GreeDi's guarantee needs log det: a selection for a target runs exact greedy on one worker",
-            "leave partitions out",
-        )
+    known_target(datasets, dataset, body.target_dataset_id, "body.target_dataset_id")
     if body.warm_start_ids:
         known_ids(store, dataset, body.warm_start_ids, "body.warm_start_ids")
     return create_job(jobs, redis, body, idempotency_key, response, plan(dataset, body, settings, store))
@@ -72,14 +66,14 @@ def create_selection(
 
 def plan(dataset: DatasetRecord, body: SelectionCreate, settings: Settings, store: ArtifactStore) -> Plan:
     """Shards when the dataset is JSONL, above the shard size and its features (at the compression the job will
-    use) are not cached; GreeDi partitions when asked for (fisher greedy only)."""
+    use) are not cached; GreeDi partitions when asked for (the request model refuses them where they do not apply)."""
     shards, compression = [], None
     n = dataset.n_examples
     if dataset.is_text and body.model is not None and n > settings.shard_examples:
         resolved = body.compression(n, settings.registry.dim(body.model), settings.selection_memory_bytes)
         if not store.features_dir(dataset.sha256, body.model, body.max_length, resolved.key).exists():
             shards, compression = shard_ranges(n, settings.shard_examples), resolved
-    return Plan(shards, compression, body.partitions if body.method == "fisher" else None)
+    return Plan(shards, compression, body.partitions)
 
 
 @router.get(

@@ -7,13 +7,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
-from fishersft.contract.base import ExampleId
-from fishersft.contract.comparison import DEFAULT_HOLDOUT, TARGET_HOLDOUT, ComparisonBudget, ComparisonOptions
+from fishersft.cli.options import FieldFlag, add_model_flags, model_input
+from fishersft.contract.comparison import DEFAULT_HOLDOUT, TARGET_HOLDOUT, ComparisonOptions
 from fishersft.contract.jobs import JobBody
-from fishersft.contract.selection import Budget, FeatureOptions, SelectionOptions
+from fishersft.contract.selection import FeatureOptions, SelectionOptions
 from fishersft.contract.training import EvalRequest, LoraConfig, TrainingConfig
 from fishersft.errors import InputError
 from fishersft.pipeline import Progress
@@ -47,10 +48,6 @@ def add_server_arguments(parser: argparse.ArgumentParser, required: bool = True)
         default=os.environ.get("FISHERSFT_API_KEY"),
         help="its API key, if it has keys (default: $FISHERSFT_API_KEY)",
     )
-
-
-def budget(args: argparse.Namespace) -> Budget:
-    return Budget(examples=args.budget) if args.budget is not None else Budget(tokens=args.budget_tokens)
 
 
 def read_ids(path: Path) -> list[str | int]:
@@ -129,32 +126,28 @@ class ProgressBars:
             bar.close()
 
 
-def add_training_arguments(parser: argparse.ArgumentParser) -> None:
-    """LoRA, training and evaluation options, shared by `finetune` and `compare`; defaults from the contract."""
-    lora_defaults, training_defaults = LoraConfig(), TrainingConfig()
-    lora = parser.add_argument_group("LoRA")
-    lora.add_argument("--lora-r", type=positive_int, default=lora_defaults.r, metavar="R", help="rank (default 8)")
-    lora.add_argument("--lora-alpha", type=positive_float, default=lora_defaults.alpha, metavar="A", help="scale (16)")
-    lora.add_argument("--lora-dropout", type=float, default=lora_defaults.dropout, metavar="P", help="dropout (0.05)")
-    lora.add_argument(
-        "--target-modules",
-        default=",".join(lora_defaults.target_modules),
-        metavar="M,M",
-        help="comma-separated module names (default q_proj,k_proj,v_proj,o_proj)",
+TRAINING_FLAGS = {
+    "lora.target_modules": "target-modules",
+    "training.epochs": "epochs",
+    "training.max_steps": "max-steps",
+    "training.learning_rate": "learning-rate",
+    "training.batch_size": "train-batch-size",
+    "training.batch_tokens": "train-batch-tokens",
+    "training.seed": "train-seed",
+    "training.precision": "train-precision",
+}
+"""The LoRA and training options' flag names that are not their field paths."""
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> list[FieldFlag]:
+    """LoRA, training and evaluation options, shared by `finetune` and `compare`, as flags named after the
+    contract's fields (training.max_length comes from --max-length); what `model_input` reads back."""
+    lora = parser.add_argument_group("LoRA (the request's `lora`)")
+    flags = add_model_flags(lora, LoraConfig, renames=TRAINING_FLAGS, prefix=("lora",))
+    training = parser.add_argument_group("training (the request's `training`)")
+    flags += add_model_flags(
+        training, TrainingConfig, skip={"training.max_length"}, renames=TRAINING_FLAGS, prefix=("training",)
     )
-    training = parser.add_argument_group("training")
-    training.add_argument("--epochs", type=positive_int, default=training_defaults.epochs, help="epochs (default 3)")
-    training.add_argument("--max-steps", type=positive_int, metavar="N", help="stop after N optimizer steps")
-    training.add_argument(
-        "--learning-rate", type=positive_float, default=training_defaults.learning_rate, metavar="LR", help="(3e-4)"
-    )
-    training.add_argument(
-        "--train-batch-size", type=positive_int, default=training_defaults.batch_size, metavar="B", help="(8)"
-    )
-    training.add_argument(
-        "--train-batch-tokens", type=positive_int, metavar="T", help="padded tokens per step at most (default: none)"
-    )
-    training.add_argument("--train-seed", type=int, default=training_defaults.seed, metavar="S", help="(0)")
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument(
         "--holdout",
@@ -165,25 +158,15 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     )
     evaluation.add_argument("--stratify-by", default="category", metavar="FIELD", help="label to stratify by")
     evaluation.add_argument("--eval-data", type=Path, metavar="FILE", help="a separate JSONL held-out set")
-    evaluation.add_argument(
-        "--eval-points", type=positive_int, default=4, metavar="N", help="held-out evaluations per run (default 4)"
-    )
+    return flags
 
 
-def lora_settings(args: argparse.Namespace) -> LoraConfig:
-    modules = [m.strip() for m in args.target_modules.split(",") if m.strip()]
-    return LoraConfig(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout, target_modules=modules)
-
-
-def training_settings(args: argparse.Namespace) -> TrainingConfig:
-    return TrainingConfig(
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        learning_rate=args.learning_rate,
-        batch_size=args.train_batch_size,
-        batch_tokens=args.train_batch_tokens,
-        seed=args.train_seed,
-    )
+def training_input(args: argparse.Namespace, flags: list[FieldFlag]) -> dict[str, Any]:
+    """The `lora` and `training` fields given as flags, training's max_length from --max-length."""
+    given = model_input(args, flags)
+    if args.max_length is not None:
+        given.setdefault("training", {})["max_length"] = args.max_length
+    return given
 
 
 def evaluation_request(args: argparse.Namespace, dataset_id: str | None = None) -> EvalRequest:
@@ -194,43 +177,35 @@ def evaluation_request(args: argparse.Namespace, dataset_id: str | None = None) 
     return EvalRequest(holdout_fraction=fraction, stratify_by=args.stratify_by)
 
 
-def selection_options(args: argparse.Namespace, warm_start: list[ExampleId]) -> SelectionOptions:
-    """The selection's options from the command's flags (checked against the contract's limits)."""
-    return SelectionOptions(
-        budget=budget(args),
-        method=args.method,
-        weighting=args.weighting,
-        group_by=args.group_by,
-        lambda_=args.lam,
-        seed=args.seed,
-        warm_start_ids=warm_start,
-        algorithm=args.algorithm,
-        epsilon=args.epsilon,
-        partitions=args.partitions,
-    )
+SELECTION_FLAGS = {"budget.examples": "budget"}
+"""The selection options' flag names that are not their field paths: `--budget K` is `budget.examples`."""
 
 
-def feature_options(args: argparse.Namespace, model: str | None = None) -> FeatureOptions:
-    """How features are made, from the command's flags."""
-    return FeatureOptions(
-        model=model, max_length=args.max_length, rank=args.rank, dim=args.dim, projection=args.projection or "principal"
+def add_option_flags(parser: argparse.ArgumentParser, features: bool = True) -> None:
+    """A selection's options (SelectionOptions and, with `features`, FeatureOptions but its model) as flags named
+    after the fields, and --warm-start FILE for its warm_start_ids."""
+    group = parser.add_argument_group("selection options (the fields of POST /v1/selections)")
+    flags = add_model_flags(group, SelectionOptions, skip={"warm_start_ids"}, renames=SELECTION_FLAGS)
+    if features:
+        flags += add_model_flags(group, FeatureOptions, skip={"model"})
+    group.add_argument(
+        "--warm-start",
+        type=Path,
+        metavar="FILE",
+        help="ids already selected earlier, one a line (warm_start_ids): they seed Sigma and are not chosen again",
     )
+    parser.set_defaults(option_flags=flags)
+
+
+def request_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The selection options given as flags (the contract supplies the rest), --warm-start's ids among them."""
+    warm_start = {"warm_start_ids": read_ids(args.warm_start)} if args.warm_start else {}
+    return {**model_input(args, args.option_flags), **warm_start}
 
 
 def comparison_options(args: argparse.Namespace, eval_dataset_id: str | None = None) -> ComparisonOptions:
     """A comparison's options from the `compare` command's flags (`eval_dataset_id`: --eval-data uploaded)."""
-    return ComparisonOptions(
-        budget=ComparisonBudget(examples=args.budget),
-        random_seeds=args.random_seeds,
-        lambda_=args.lam,
-        max_length=args.max_length,
-        eval_points=args.eval_points,
-        weightings=args.weightings,
-        methods=args.methods,
-        budget_kinds=args.budget_kinds,
-        lora=lora_settings(args),
-        training=training_settings(args).model_copy(update={"max_length": args.max_length}),
-        eval=None
-        if args.target is not None and args.eval_data is None and args.holdout is None
-        else evaluation_request(args, eval_dataset_id),
-    )
+    given = {**model_input(args, args.option_flags), **training_input(args, args.training_flags)}
+    if args.target is None or args.eval_data is not None or args.holdout is not None:
+        given["eval"] = evaluation_request(args, eval_dataset_id)
+    return ComparisonOptions.model_validate(given)

@@ -3,7 +3,6 @@ held-out set, on this machine or on a service (--server)."""
 
 import argparse
 import tempfile
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from fishersft.cli.common import (
@@ -11,18 +10,17 @@ from fishersft.cli.common import (
     add_server_arguments,
     add_training_arguments,
     comparison_options,
-    positive_float,
-    positive_int,
     print_json,
 )
-from fishersft.cli.local import check_target, target_features
+from fishersft.cli.options import add_model_flags
 from fishersft.cli.remote import run_remote_compare
-from fishersft.contract.comparison import BUDGET_KINDS, COMPARED_WEIGHTINGS, ComparisonResult
-from fishersft.contract.selection import METHODS, WEIGHTINGS, needs_difficulty
+from fishersft.contract.comparison import ComparisonOptions, ComparisonResult
+from fishersft.contract.selection import needs_difficulty, target_problem
 from fishersft.data.dataset import DEFAULT_MAX_LENGTH
 from fishersft.data.formats import as_jsonl
 from fishersft.errors import InputError
 from fishersft.features.files import is_features_path
+from fishersft.library import target_features
 from fishersft.models.loading import cached_model
 from fishersft.models.registry import (
     DEFAULT_MODEL,
@@ -46,12 +44,15 @@ def compare_command(args: argparse.Namespace) -> None:
     from fishersft.training.comparison import compare
     from fishersft.training.plots import plot_curves
 
-    check_target(args.methods, args.target)
+    options = comparison_options(args)
+    problem = target_problem(options.methods, args.target is not None)
+    if problem:
+        raise InputError(f"--target: {problem}")
     if args.target is not None and is_features_path(args.target):
         raise InputError("--target: a comparison's target is a JSONL file (its held-out half is trained text)")
     model = args.model or DEFAULT_MODEL
     model_dir = resolve_model(model)
-    max_length = args.max_length or DEFAULT_MAX_LENGTH
+    max_length = options.max_length or DEFAULT_MAX_LENGTH
     with ProgressBars() as progress, tempfile.TemporaryDirectory(prefix="fishersft-") as tmp:
         features_dir = Path(tmp) / "features"
         data = as_jsonl(Path(args.data), Path(tmp))
@@ -59,11 +60,10 @@ def compare_command(args: argparse.Namespace) -> None:
             data, model_dir, features_dir, max_length=max_length, progress=progress, load=cached_model
         )
         features = embedding.features
-        if needs_difficulty(args.methods):
+        if needs_difficulty(options.methods):
             features = score_difficulty(data, model_dir, features_dir, progress=progress, load=cached_model)
         target = target_features(args.target, model, max_length, Path(tmp) / "target", progress)
         cached_model.cache_clear()  # the passes are done; training loads a copy of its own per run
-        options = comparison_options(args)
         result = compare(
             data,
             model_dir,
@@ -80,16 +80,7 @@ def compare_command(args: argparse.Namespace) -> None:
     print_comparison(result)
 
 
-def comma_list(choices: Sequence[str]) -> Callable[[str], list[str]]:
-    """An argument type for `a,b`: names from `choices`, each once."""
-
-    def parse(text: str) -> list[str]:
-        names = [name.strip() for name in text.split(",")]
-        if any(name not in choices for name in names) or len(set(names)) != len(names):
-            raise argparse.ArgumentTypeError(f"{text!r}: name each of {', '.join(choices)} at most once")
-        return names
-
-    return parse
+COMPARISON_FLAGS = {"budget.examples": "budget"}
 
 
 def print_comparison(result: ComparisonResult) -> None:
@@ -113,32 +104,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     compare.add_argument("data", help="a dataset: .jsonl, .jsonl.gz or .parquet")
     compare.add_argument("--model", help=f"a built-in model or a model directory (default: {DEFAULT_MODEL})")
-    compare.add_argument("--budget", type=positive_int, required=True, metavar="K", help="examples per subset")
-    compare.add_argument("--random-seeds", type=positive_int, default=3, metavar="N", help="random subsets (3)")
-    compare.add_argument("--lambda", dest="lam", type=positive_float, default=1.0, metavar="L", help="ridge (1.0)")
-    compare.add_argument("--max-length", type=positive_int, metavar="M", help="tokens per example (1024)")
-    compare.add_argument(
-        "--weightings",
-        type=comma_list(WEIGHTINGS),
-        default=list(COMPARED_WEIGHTINGS),
-        metavar="W[,W]",
-        help=f"fisher weightings to train, comma-separated, of {', '.join(WEIGHTINGS)} "
-        f"(default: {','.join(COMPARED_WEIGHTINGS)})",
-    )
-    compare.add_argument(
-        "--methods",
-        type=comma_list(METHODS),
-        default=["fisher", "random"],
-        metavar="M[,M]",
-        help=f"methods to train, comma-separated, of {', '.join(METHODS)} (default: fisher,random; random is needed)",
-    )
-    compare.add_argument(
-        "--budget-kinds",
-        type=comma_list(BUDGET_KINDS),
-        default=list(BUDGET_KINDS),
-        metavar="KIND[,KIND]",
-        help="budgets the methods run at: examples (K), tokens (the random subsets' mean loss tokens); default both",
-    )
+    options = compare.add_argument_group("comparison options (the fields of POST /v1/comparisons)")
+    flags = add_model_flags(options, ComparisonOptions, skip={"lora", "training", "eval"}, renames=COMPARISON_FLAGS)
+    compare.set_defaults(option_flags=flags)
     compare.add_argument(
         "--target",
         type=Path,
@@ -147,7 +115,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "--holdout/--eval-data)",
     )
     compare.add_argument("--out-dir", type=Path, default=Path("comparison"), help="where the table and plot go")
-    add_training_arguments(compare)
+    compare.set_defaults(training_flags=add_training_arguments(compare))
     add_server_arguments(compare, required=False)
     compare.add_argument("--wait", action="store_true", help="with --server: wait for the job")
     compare.set_defaults(run=compare_command)

@@ -7,24 +7,21 @@ from typing import Any
 
 from fishersft.cli.common import (
     ProgressBars,
+    add_option_flags,
     add_server_arguments,
     add_training_arguments,
-    budget,
     comparison_options,
     evaluation_request,
-    feature_options,
     job_progress,
-    lora_settings,
     positive_int,
     print_json,
-    read_ids,
-    selection_options,
-    training_settings,
+    request_options,
+    training_input,
 )
 from fishersft.client import Client, JobT, kind_of
 from fishersft.contract.comparison import ComparisonCreate, ComparisonResult
 from fishersft.contract.jobs import Comparison, Selection
-from fishersft.contract.selection import METHODS, SelectionCreate, SelectionResult
+from fishersft.contract.selection import SelectionCreate, SelectionResult
 from fishersft.contract.training import FinetuneCreate, FinetuneResult
 from fishersft.errors import InputError
 
@@ -38,11 +35,9 @@ def run_remote_select(args: argparse.Namespace) -> Selection | SelectionResult:
     """Select on a service: upload DATA unless it is a dataset id, request the job; with --wait, its result."""
     with client_for(args) as client:
         dataset_id = dataset_ref(client, args.data)
-        options = selection_options(args, read_ids(args.warm_start) if args.warm_start else [])
-        features = feature_options(args, args.model)
         target = None if args.target is None else dataset_ref(client, str(args.target))
-        body = SelectionCreate(
-            dataset_id=dataset_id, target_dataset_id=target, **options.model_dump(), **features.model_dump()
+        body = SelectionCreate.model_validate(
+            {"dataset_id": dataset_id, "target_dataset_id": target, "model": args.model, **request_options(args)}
         )
         job = client.create_selection(body)
         return follow(client, job) if args.wait else job
@@ -72,16 +67,6 @@ def jobs_command(args: argparse.Namespace) -> None:
             print_json(ended(client, job))
 
 
-def training_body(args: argparse.Namespace, client: Client) -> dict:
-    """The lora, training and eval fields of a finetune or comparison request, from the shared options."""
-    eval_id = client.upload_dataset(args.eval_data).id if args.eval_data else None
-    return {
-        "lora": lora_settings(args),
-        "training": training_settings(args).model_copy(update={"max_length": args.max_length}),
-        "eval": evaluation_request(args, eval_id),
-    }
-
-
 def ended(client: Client, job: JobT) -> JobT:
     """Wait for a job with progress bars; the job once it succeeded, else an InputError saying how it ended."""
     with ProgressBars() as progress:
@@ -100,19 +85,19 @@ def follow(client: Client, job: JobT) -> Any:
 
 
 def finetune_command(args: argparse.Namespace) -> None:
-    """Fine-tune on a service: on --selection's subset, or select DATA under the budget first."""
+    """Fine-tune on a service: on --selection's subset, or select DATA with the selection options first."""
     with client_for(args) as client:
+        eval_id = client.upload_dataset(args.eval_data).id if args.eval_data else None
+        given = training_input(args, args.training_flags)
         if args.selection:
-            source: dict = {"selection_id": args.selection}
+            source: dict[str, Any] = {"selection_id": args.selection}
+            given.get("training", {}).pop("max_length", None)  # a selection fixes the loss tokens, max_length too
+        elif args.data:
+            source = {"dataset_id": dataset_ref(client, args.data), "selection": request_options(args)}
         else:
-            if not args.data or (args.budget is None and args.budget_tokens is None):
-                raise InputError("give --selection ID, or DATA with --budget K or --budget-tokens T")
-            dataset_id = dataset_ref(client, args.data)
-            source = {"dataset_id": dataset_id, "budget": budget(args), "method": args.method, "model": args.model}
-        fields = training_body(args, client)
-        if args.selection:  # a selection fixes the loss tokens, max_length included
-            fields["training"] = fields["training"].model_copy(update={"max_length": None})
-        job = client.create_finetune(FinetuneCreate(**source, **fields))
+            raise InputError("give --selection ID, or DATA with --budget K or --budget-tokens T")
+        body = {**source, **given, "model": args.model, "eval": evaluation_request(args, eval_id)}
+        job = client.create_finetune(FinetuneCreate.model_validate(body))
         if not args.wait:
             print_json(job)
             return
@@ -170,14 +155,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     finetune.add_argument("data", nargs="?", help="a JSONL dataset or a dataset id (with a budget)")
     finetune.add_argument("--selection", metavar="ID", help="train on this succeeded selection's subset instead")
-    choice = finetune.add_mutually_exclusive_group()
-    choice.add_argument("--budget", type=positive_int, metavar="K", help="select at most K examples first")
-    choice.add_argument("--budget-tokens", type=positive_int, metavar="T", help="or at most T loss tokens")
-    finetune.add_argument("--method", choices=[m for m in METHODS if m != "similarity"], default="fisher")
+    add_option_flags(finetune, features=False)
     finetune.add_argument("--model", help="a model name from GET /v1/models (default: the service's)")
     finetune.add_argument("--max-length", type=positive_int, metavar="M", help="tokens per example (1024)")
     finetune.add_argument("--out-dir", type=Path, default=Path("finetune"), help="with --wait: result and adapter")
-    add_training_arguments(finetune)
+    finetune.set_defaults(training_flags=add_training_arguments(finetune))
     add_server_arguments(finetune)
     finetune.add_argument("--wait", action="store_true", help="wait, then download the adapter")
     finetune.set_defaults(run=finetune_command)

@@ -3,12 +3,11 @@ set, at equal examples and at equal loss tokens."""
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from fishersft.contract.base import RequestModel, Text
 from fishersft.contract.selection import (
     DEFAULT_WEIGHTING,
-    LAMBDA_DOC,
     MAX_LENGTH_DOC,
     METHOD_DOC,
     METHODS,
@@ -17,10 +16,13 @@ from fishersft.contract.selection import (
     Budget,
     GroupCoverage,
     Method,
+    Ridge,
     Weighting,
+    target_problem,
 )
 from fishersft.contract.training import EvalMetrics, EvalRequest, LoraConfig, TrainingConfig, WorstGroup
 from fishersft.contract.webhooks import WebhookOptions
+from fishersft.methods import DEFAULT_METHOD, YARDSTICK, method_spec
 
 BudgetKind = Literal["examples", "tokens"]
 BUDGET_KINDS: tuple[BudgetKind, ...] = ("examples", "tokens")
@@ -30,7 +32,7 @@ DEFAULT_HOLDOUT = 0.1
 """Without `eval` and without a target: this fraction of the dataset is held out."""
 TARGET_HOLDOUT = 0.5
 """Without `eval`, with a target: this fraction of the target is held out; the methods select for the rest."""
-DEFAULT_COMPARED: tuple[Method, ...] = ("fisher", "random")
+DEFAULT_COMPARED: tuple[Method, ...] = (DEFAULT_METHOD, YARDSTICK)
 
 
 class ComparisonBudget(RequestModel):
@@ -44,7 +46,7 @@ class ComparisonOptions(RequestModel):
 
     budget: ComparisonBudget = Field(description="`{examples: K}`.")
     random_seeds: int = Field(3, ge=1, le=20, description="How many seeded random subsets (seeds 0..N-1).")
-    lambda_: float = Field(1.0, alias="lambda", ge=1e-6, le=1e6, description=LAMBDA_DOC)
+    lambda_: Ridge = Field(1.0, alias="lambda")
     max_length: int | None = Field(None, ge=2, le=32768, description=MAX_LENGTH_DOC)
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings, the same for every run.")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Training settings, the same.")
@@ -65,7 +67,7 @@ class ComparisonOptions(RequestModel):
     methods: list[Method] = Field(
         default_factory=lambda: list(DEFAULT_COMPARED),
         min_length=1,
-        json_schema_extra={"uniqueItems": True, "contains": {"const": "random"}},
+        json_schema_extra={"uniqueItems": True, "contains": {"const": YARDSTICK}},
         max_length=len(METHODS),
         description="The methods to train subsets of, each at equal examples and at the random subsets' mean loss "
         "tokens; `random` (the yardstick, seeds 0..random_seeds-1) must be one of them. " + METHOD_DOC,
@@ -89,8 +91,8 @@ class ComparisonOptions(RequestModel):
     @field_validator("methods")
     @classmethod
     def _with_random(cls, value: list[Method]) -> list[Method]:
-        if "random" not in value:
-            raise ValueError("`random` is the comparison's yardstick: list it")
+        if YARDSTICK not in value:
+            raise ValueError(f"`{YARDSTICK}` is the comparison's yardstick: list it")
         return value
 
 
@@ -103,7 +105,17 @@ class ComparisonCreate(ComparisonOptions, WebhookOptions):
         None,
         description="The dataset method `similarity` selects for (required with it) and `fisher` serves (targeted "
         "design: every fisher subset is picked for it); refused when `methods` holds neither.",
+        validate_default=True,
     )
+
+    @field_validator("target_dataset_id")
+    @classmethod
+    def _target_fits(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if "methods" in info.data:
+            problem = target_problem(info.data["methods"], value is not None)
+            if problem:
+                raise ValueError(problem)
+        return value
 
 
 class ComparisonRun(BaseModel):
@@ -129,9 +141,7 @@ class ComparisonRun(BaseModel):
     @property
     def label(self) -> str:
         """`fisher/tokens`, `random/1`, `kcenter`: what the run is called in tables and plots."""
-        if self.method == "fisher":
-            return f"fisher/{self.weighting}"
-        return f"random/{self.seed}" if self.method == "random" else self.method
+        return method_spec(self.method).label(self.weighting, self.seed)
 
 
 class Spread(BaseModel):

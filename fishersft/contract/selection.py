@@ -1,9 +1,18 @@
 """A selection: its options (what to select from, how, under which budget) and its result."""
 
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from fishersft.contract.base import (
     MAX_ID,
@@ -24,32 +33,44 @@ from fishersft.contract.compression import (
     resolve_compression,
 )
 from fishersft.contract.webhooks import WebhookOptions
+from fishersft.methods import DEFAULT_METHOD, method_spec, model_passes, registered
 
-Method = Literal["fisher", "random", "kcenter", "similarity", "loss", "ifd"]
-METHODS: tuple[Method, ...] = ("fisher", "random", "kcenter", "similarity", "loss", "ifd")
-SCORED_METHODS: tuple[Method, ...] = ("loss", "ifd")
-"""Methods that rank examples by the base model's loss: they need the model's pass, so text datasets only."""
-DIFFICULTY_METHODS: tuple[Method, ...] = ("ifd",)
-"""Methods that need the IFD pass besides the embedding (`pipeline.score_difficulty`): no other pays for it."""
+METHODS: tuple[str, ...] = tuple(spec.name for spec in registered())
+"""The registered selection methods (fishersft.methods), in registration order."""
+if TYPE_CHECKING:
+    Method = str
+else:
+    Method = Literal[METHODS]  # the registry's names: pydantic validates them and documents them as an enum
+SCORED_METHODS: tuple[Method, ...] = tuple(s.name for s in registered() if s.needs_model)
+"""Methods that rank examples by the base model's pass: text datasets only."""
+TARGET_METHODS: tuple[Method, ...] = tuple(s.name for s in registered() if s.target != "refused")
+"""Methods that take a target set (`target_dataset_id`, `--target`)."""
+TARGET_REQUIRED: tuple[Method, ...] = tuple(s.name for s in registered() if s.target == "required")
 
 
 def needs_difficulty(methods: Iterable[Method]) -> bool:
-    """Whether a job running `methods` needs the IFD pass."""
-    return any(m in DIFFICULTY_METHODS for m in methods)
+    """Whether a job running `methods` needs the IFD pass besides the embedding (`pipeline.score_difficulty`)."""
+    return "difficulty" in model_passes(methods)
 
 
-TARGET_METHODS: tuple[Method, ...] = ("fisher", "similarity")
-"""Methods that take a target set (`target_dataset_id`, `--target`): similarity needs one; fisher with one is
-targeted design."""
+def target_problem(methods: Iterable[Method], has_target: bool, partitions: int | None = None) -> str | None:
+    """Why a target set, given or not, does not go with `methods` (and GreeDi's `partitions`); None when it does.
+    The API's models and the library check requests with it, so that both answer alike."""
+    specs = [method_spec(m) for m in methods]
+    if not has_target:
+        needing = [s.name for s in specs if s.target == "required"]
+        return f"method {needing[0]!r} selects for a target set: name one" if needing else None
+    if all(s.target == "refused" for s in specs):
+        takers = " and ".join(repr(m) for m in TARGET_METHODS)
+        return f"only methods {takers} select for a target: leave it out, or use one of them"
+    if partitions is not None:
+        return "a selection for a target runs exact greedy (the targeted objective is not submodular): no partitions"
+    return None
+
+
 METHOD_DOC = (
-    "`fisher`: FisherSFT greedy on log det Sigma; with `target_dataset_id`, targeted (V-optimal) design instead: "
-    "exact greedy on the target's predictive variance tr(A Sigma^-1), A the mean outer product of the target's "
-    "feature rows, so the examples that most inform the target's features are picked; `random`: the seeded "
-    "baseline; `kcenter`: greedy k-center (farthest first) on each example's normalised mean feature, the coverage "
-    "baseline; `similarity`: closest to the target dataset's examples by cosine similarity of mean features (RDS+; "
-    "needs `target_dataset_id`); `loss`: highest mean loss per loss token under the base model; `ifd`: highest "
-    "instruction-following difficulty, the response's loss after its prompt over its loss alone (Cherry LLM). Under "
-    "a token budget each takes examples in its own order while they fit (fisher: the most gain per token)."
+    "; ".join(f"`{s.name}`: {s.doc.rstrip('.')}" for s in registered())
+    + ". Under a token budget each takes examples in its own order while they fit (fisher: the most gain per token)."
 )
 Algorithm = Literal["lazy", "exact", "stochastic", "batched"]
 ALGORITHMS: tuple[Algorithm, ...] = ("lazy", "exact", "stochastic", "batched")
@@ -60,6 +81,8 @@ MODEL_WEIGHTINGS: tuple[Weighting, ...] = ("uncertainty",)
 DEFAULT_EPSILON = 0.01
 MAX_PARTITIONS = 64
 LAMBDA_DOC = "Ridge term of Sigma = lambda*I + sum x x^T."
+Ridge = Annotated[float, Field(ge=1e-6, le=1e6, description=LAMBDA_DOC)]
+"""The ridge lambda of a request (field `lambda_`, alias `lambda`)."""
 ALGORITHM_DOC = (
     "How fisher greedy runs. `lazy` (default): cached upper bounds, the same picks as `exact` (every gain at every "
     "step, the reference: slow); `stochastic`: each pick looks at a seeded random sample of (N/K) ln(1/epsilon) "
@@ -128,7 +151,7 @@ class SelectionOptions(RequestModel):
     """How to select, whatever the features came from: what the selection math and its bookkeeping take."""
 
     budget: Budget = Field(description="`{examples: K}` or `{tokens: T}`.")
-    method: Method = Field("fisher", description=METHOD_DOC)
+    method: Method = Field(DEFAULT_METHOD, description=METHOD_DOC)
     weighting: Weighting | None = Field(None, description=WEIGHTING_DOC)
     group_by: Text | None = Field(
         None,
@@ -136,7 +159,7 @@ class SelectionOptions(RequestModel):
         description="A string field of the rows (see the dataset's `labels`) whose groups the result counts; "
         "default: `category` or `source`, whichever the rows carry.",
     )
-    lambda_: float = Field(1.0, alias="lambda", ge=1e-6, le=1e6, description=LAMBDA_DOC)
+    lambda_: Ridge = Field(1.0, alias="lambda")
     seed: int = Field(0, ge=0, le=MAX_ID, description="Seed of the random method.")
     warm_start_ids: list[RequestExampleId] = Field(
         default_factory=list, description="Ids chosen earlier: they seed Sigma and are not chosen again."
@@ -153,8 +176,17 @@ class SelectionOptions(RequestModel):
         "partitions, run greedy with the whole budget on each as parallel jobs (each worker holds 1/m of the "
         "features), then greedy over the union of their picks. Approximate: within 0.01% of centralized greedy's "
         "objective on the README's benchmark (N = 200k, K = 2,000, m = 2 to 8); 1 equals centralized greedy. "
-        "Default: centralized greedy on one worker. Method random ignores it (there is no greedy to partition).",
+        "Default: centralized greedy on one worker. Refused by the methods that rank (no greedy to partition) and "
+        "with a target.",
     )
+
+    @field_validator("partitions")
+    @classmethod
+    def _partitionable(cls, value: int | None, info: ValidationInfo) -> int | None:
+        method = info.data.get("method")
+        if value is not None and method is not None and not method_spec(method).partitions:
+            raise ValueError(f"GreeDi partitions a greedy selection; method {method!r} takes none")
+        return value
 
     def resolved_weighting(self, from_model: bool) -> Weighting:
         """The weighting asked for, else the budget kind's default for features the model made or not."""
@@ -204,7 +236,17 @@ class SelectionCreate(FeatureOptions, SelectionOptions, WebhookOptions):
         "(required there); `fisher` picks those that most lower the predictive variance on its features (targeted "
         "design). Embedded by the same model (or a features file of the same width); refused by other methods and "
         "with `partitions`. The result's `target` names it and reports its variance before and after the picks.",
+        validate_default=True,
     )
+
+    @field_validator("target_dataset_id")
+    @classmethod
+    def _target_fits(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if "method" in info.data:
+            problem = target_problem([info.data["method"]], value is not None, info.data.get("partitions"))
+            if problem:
+                raise ValueError(problem)
+        return value
 
 
 class GroupCoverage(BaseModel):

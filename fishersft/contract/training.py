@@ -3,10 +3,10 @@ evaluation, the finetune request and its result."""
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fishersft.contract.base import MAX_ID, NULL, REQUEST, TEXT_SCHEMA, RequestModel, Text, exactly_one, one_of
-from fishersft.contract.selection import LAMBDA_DOC, MAX_LENGTH_DOC, Budget, Method
+from fishersft.contract.selection import MAX_LENGTH_DOC, Budget, Method, SelectionOptions, target_problem
 from fishersft.contract.webhooks import WebhookOptions
 
 Precision = Literal["auto", "float32", "bfloat16"]
@@ -77,26 +77,44 @@ class FinetuneCreate(WebhookOptions):
     model_config = ConfigDict(
         **REQUEST,
         json_schema_extra=one_of(
-            {"selection_id": TEXT_SCHEMA, "dataset_id": NULL},
-            {"dataset_id": TEXT_SCHEMA, "budget": {"$ref": "#/components/schemas/Budget"}, "selection_id": NULL},
+            {"selection_id": TEXT_SCHEMA, "dataset_id": NULL, "selection": NULL},
+            {
+                "dataset_id": TEXT_SCHEMA,
+                "selection": {"$ref": "#/components/schemas/SelectionOptions"},
+                "selection_id": NULL,
+            },
         ),
     )
     selection_id: Text | None = Field(None, description="Train on this succeeded selection's subset.")
-    dataset_id: Text | None = Field(None, description="Or select from this JSONL dataset first (with budget).")
-    budget: Budget | None = Field(None, description="With dataset_id: `{examples: K}` or `{tokens: T}`.")
-    method: Method = Field("fisher", description="With dataset_id: how to select.")
-    lambda_: float = Field(1.0, alias="lambda", ge=1e-6, le=1e6, description="With dataset_id: " + LAMBDA_DOC)
-    seed: int = Field(0, ge=0, le=MAX_ID, description="With dataset_id: seed of the random method.")
+    dataset_id: Text | None = Field(None, description="Or select from this JSONL dataset first (with `selection`).")
+    selection: SelectionOptions | None = Field(
+        None,
+        description="With dataset_id: how to select first, as POST /v1/selections takes it (`budget` required). A "
+        "finetune names no target set: for a targeted subset, make the selection, then train on its selection_id.",
+    )
     model: Text | None = Field(None, description="A name from GET /v1/models; with selection_id, the selection's.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings.")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Training settings.")
     eval: EvalRequest | None = Field(None, description="Held-out evaluation; null: none.")
 
+    @field_validator("selection")
+    @classmethod
+    def _untargeted(cls, value: SelectionOptions | None) -> SelectionOptions | None:
+        problem = None if value is None else target_problem([value.method], has_target=False)
+        if problem:
+            raise ValueError(
+                f"{problem}: a finetune that selects names none; make the selection with a target, then "
+                "finetune on its selection_id"
+            )
+        return value
+
     @model_validator(mode="after")
     def _one_source(self) -> "FinetuneCreate":
         exactly_one(self, "selection_id", "dataset_id")
-        if self.dataset_id is not None and self.budget is None:
-            raise ValueError("`budget` is required with `dataset_id`")
+        if self.dataset_id is not None and self.selection is None:
+            raise ValueError("`selection` (at least its `budget`) is required with `dataset_id`")
+        if self.selection_id is not None and self.selection is not None:
+            raise ValueError("`selection` is for `dataset_id`: a selection_id's subset is chosen already")
         return self
 
 

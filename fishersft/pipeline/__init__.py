@@ -5,9 +5,9 @@ from fishersft.pipeline.embedding import Embedding, ModelLoader, count_lines, em
 from fishersft.pipeline.progress import Progress
 from fishersft.pipeline.selection import (
     PartitionPicks,
-    baseline_inputs,
     merge_partitions,
     partition_candidates,
+    ranking_inputs,
     select_features,
     select_partitioned,
 )
@@ -17,11 +17,11 @@ __all__ = [
     "ModelLoader",
     "PartitionPicks",
     "Progress",
-    "baseline_inputs",
     "count_lines",
     "embed_dataset",
     "merge_partitions",
     "partition_candidates",
+    "ranking_inputs",
     "score_difficulty",
     "select_features",
     "select_partitioned",

@@ -10,7 +10,6 @@ import torch
 from pydantic import BaseModel
 
 from fishersft.contract.selection import (
-    SCORED_METHODS,
     GroupCoverage,
     Method,
     PartitionRound,
@@ -18,16 +17,16 @@ from fishersft.contract.selection import (
     SelectionOptions,
     SelectionResult,
     TargetSummary,
+    target_problem,
 )
 from fishersft.data.groups import group_coverage, group_field
 from fishersft.errors import InputError
 from fishersft.features.set import FeatureSet, feature_blocks
 from fishersft.features.target import TargetSet, target_means, target_second_moment
+from fishersft.methods import RankingInputs, method_spec
 from fishersft.models.loading import resolve_device
 from fishersft.pipeline.progress import Progress
 from fishersft.selection import greedi
-from fishersft.selection.baselines import BaselineInputs
-from fishersft.selection.regimes import regime_warnings
 from fishersft.selection.selector import select_blocks
 
 LENGTH_RATIO_WARNING = 3.0
@@ -88,14 +87,15 @@ def select_features(
         epsilon=options.epsilon,
         device=resolve_device(device),
         on_step=on_step,
-        baselines=baseline_inputs(local, options.method, features, None if target is None else target.features),
+        ranking_inputs=ranking_inputs(local, options.method, features, None if target is None else target.features),
         target=moment,
     )
     chosen = read[selection.indices].tolist()
     if progress:  # a token budget often ends short of its total: the last report says the selection is done
         progress("selecting", total, total)
     n_selected_tokens = int(lengths[chosen].sum())
-    targeted = options.method == "fisher" and target is not None
+    spec = method_spec(options.method)
+    targeted = spec.objective and target is not None
     # loss tokens per selected example against the dataset's mean: what a random subset of the same size holds
     length_ratio = float(n_selected_tokens / len(chosen) / lengths.mean()) if chosen else 0.0
     warnings = []
@@ -105,8 +105,8 @@ def select_features(
             "under an example budget the objective favours long examples, and fine-tuning cost grows with tokens; "
             "a token budget (budget.tokens, --budget-tokens) compares subsets at equal cost"
         )
-    if target is None:  # the study measured methods without a target
-        warnings += regime_warnings(options.method, weighting, budget, int(lengths[pool].sum()))
+    if target is None and spec.advice is not None:  # the study measured methods without a target
+        warnings += spec.advice(weighting, budget.kind, budget.limit, int(lengths[pool].sum()))
     return SelectionResult(
         selected=[features.ids[i] for i in chosen],
         gains=selection.gains,
@@ -132,32 +132,34 @@ def select_features(
     )
 
 
-def baseline_inputs(
+def ranking_inputs(
     local: FeatureSet, method: Method, features: FeatureSet, target: FeatureSet | None
-) -> BaselineInputs | None:
-    """What a baseline method ranks `local`'s examples by (see fishersft.selection.baselines); None for fisher and
-    random. `features` is the store `local` was read from (its projection maps the target's means)."""
-    if method in ("fisher", "random"):
+) -> RankingInputs | None:
+    """What `method` ranks `local`'s examples by, as its spec asks (see fishersft.methods); None for the greedy
+    objective. `features` is the store `local` was read from (its projection maps the target's means)."""
+    spec = method_spec(method)
+    if spec.objective:
         return None
-    if method in SCORED_METHODS:
-        scores = local.losses if method == "loss" else local.ifd
-        if scores is None:
-            raise InputError(f"method {method!r} ranks examples by " + missing_score(method, local))
-        return BaselineInputs(scores=torch.from_numpy(np.asarray(scores, dtype=np.float64)))
-    points = torch.from_numpy(np.asarray(local.mean_rows(), dtype=np.float32))
-    if method == "kcenter":
-        return BaselineInputs(points=points)
-    if target is None:
-        raise InputError("method 'similarity' selects for a target set: name one (target_dataset_id, --target)")
-    return BaselineInputs(points=points, target=target_means(features, target))
+    problem = target_problem([method], target is not None)
+    if problem:
+        raise InputError(problem)
+    scores = None
+    if spec.score is not None:
+        values = {"loss": local.losses, "ifd": local.ifd}[spec.score]
+        if values is None:
+            raise InputError(f"method {method!r} ranks examples by " + missing_score(spec.score, local))
+        scores = torch.from_numpy(np.asarray(values, dtype=np.float64))
+    points = torch.from_numpy(np.asarray(local.mean_rows(), dtype=np.float32)) if spec.uses_points else None
+    target_points = target_means(features, target) if target is not None and spec.target != "refused" else None
+    return RankingInputs(points=points, target=target_points, scores=scores)
 
 
-def missing_score(method: Method, features: FeatureSet) -> str:
-    """Why `features` lack `method`'s score: a features file has no model; a store the embedder wrote has losses
-    and lacks only the IFD pass, which runs when the selection starts from the dataset."""
+def missing_score(score: str, features: FeatureSet) -> str:
+    """Why `features` lack a `score` ("loss" or "ifd"): a features file has no model; a store the embedder wrote
+    has losses and lacks only the IFD pass, which runs when the selection starts from the dataset."""
     if features.losses is not None:
         return "IFD: this store was written without the IFD pass; select from its JSONL dataset with method ifd"
-    name = "loss" if method == "loss" else "IFD"
+    name = "loss" if score == "loss" else "IFD"
     return f"the base model's {name}: these features carry none (features files have no model); select from JSONL"
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from fishersft.contract.selection import DEFAULT_EPSILON, Algorithm, Budget, Method, Weighting
-from fishersft.selection.baselines import BaselineInputs, baseline_order
+from fishersft.methods import DEFAULT_METHOD, RankingInputs, method_spec
 from fishersft.selection.batched import batched_greedy
 from fishersft.selection.blocks import FeatureBlocks
 from fishersft.selection.greedy import GreedyResult, StepCallback, exact_greedy, lazy_greedy, stochastic_greedy
@@ -54,7 +54,7 @@ def select_blocks(
     lengths: Tensor,
     budget: Budget,
     *,
-    method: Method = "fisher",
+    method: Method = DEFAULT_METHOD,
     lam: float = 1.0,
     seed: int = 0,
     warm_start: Sequence[int] = (),
@@ -63,7 +63,7 @@ def select_blocks(
     epsilon: float = DEFAULT_EPSILON,
     device: torch.device | str = "cpu",
     on_step: StepCallback | None = None,
-    baselines: BaselineInputs | None = None,
+    ranking_inputs: RankingInputs | None = None,
     target: Tensor | None = None,
 ) -> Selection:
     """Select examples given their (weighted) feature blocks and loss tokens `lengths` (the costs of a token
@@ -71,10 +71,11 @@ def select_blocks(
     again. Examples in `exclude` (indices: a held-out set, say) are never chosen. Gains are computed on `device`.
     `algorithm`: `lazy` (exact greedy's picks), `exact` (every gain at every step: the reference), `batched`
     (exact greedy's picks without a host round trip per pick: for GPUs, see `batched_greedy`) or `stochastic`
-    (approximate, see `stochastic_greedy`, with `epsilon`). Other methods take examples in their own order (see
-    `baselines`, whose inputs they need); their gains are measured on the same objective.
-    `target`: a target set's second moment A [d x d] (see fishersft.selection.targeted); with it, fisher is exact
-    greedy on the target's predictive variance (whatever `algorithm`), and every method reports that variance."""
+    (approximate, see `stochastic_greedy`, with `epsilon`). A method that ranks (see fishersft.methods) takes
+    examples in its own order, from the `ranking_inputs` its spec asks for; its gains are measured on the same
+    objective. `target`: a target set's second moment A [d x d] (see fishersft.selection.targeted); with it, fisher
+    is exact greedy on the target's predictive variance (whatever `algorithm`), and every method reports that
+    variance."""
     objective = LogDetObjective(blocks, lam, device)
     for i in warm_start:
         objective.add(i)
@@ -86,14 +87,15 @@ def select_blocks(
     candidates = candidates.nonzero().flatten()
     costs, limit = budget_costs(budget, lengths)
     evaluations = 0
-    if method == "fisher" and target is not None:
+    spec = method_spec(method)
+    if spec.objective and target is not None:
         targeted = TargetedObjective(blocks, target, lam, device)
         for i in warm_start:
             targeted.add(i)
         result = _measured(objective, exact_greedy(targeted, costs, limit, candidates, on_step).order, costs, None)
         evaluations = targeted.evaluations
-    elif method != "fisher":
-        order = baseline_order(method, baselines or BaselineInputs(), costs, limit, candidates, warm_start, seed)
+    elif spec.ranking is not None:
+        order = spec.ranking(ranking_inputs or RankingInputs(), costs, limit, candidates, warm_start, seed)
         result = _measured(objective, order, costs, on_step)
     elif algorithm == "batched":
         result = batched_greedy(objective, costs, limit, candidates, on_step)

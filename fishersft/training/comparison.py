@@ -30,7 +30,8 @@ from fishersft.data.encoding import Encoded, encode_file
 from fishersft.data.groups import group_coverage
 from fishersft.features.set import FeatureSet, feature_blocks
 from fishersft.features.target import target_second_moment
-from fishersft.pipeline import Progress, baseline_inputs
+from fishersft.methods import YARDSTICK, method_spec
+from fishersft.pipeline import Progress, ranking_inputs
 from fishersft.selection.selector import select_blocks
 from fishersft.training.evaluation import HeldOut, finetune, held_out_file, held_out_split, ids_sha256
 from fishersft.training.lora import training_plan
@@ -60,11 +61,13 @@ def comparison_runs(
     weightings, methods, lam = options.weightings, options.methods, options.lambda_
     lengths = np.asarray(features.lengths)
     blocks = {w: feature_blocks(features, w) for w in {"tokens", *weightings}}
-    others = [m for m in methods if m not in ("fisher", "random")]
-    inputs = {m: baseline_inputs(features, m, features, target) for m in others}
+    objectives = [m for m in methods if method_spec(m).objective]
+    others = [m for m in methods if not method_spec(m).objective and m != YARDSTICK]
+    inputs = {m: ranking_inputs(features, m, features, target) for m in others}
     moments = {w: target_second_moment(features, target, w) for w in weightings} if target is not None else {}
 
     def pick(budget: Budget, method: Method, seed: int = 0, weighting: Weighting = "tokens") -> list[int]:
+        objective = method_spec(method).objective
         return select_blocks(
             *blocks[weighting],
             budget,
@@ -72,16 +75,16 @@ def comparison_runs(
             lam=lam,
             seed=seed,
             exclude=exclude,
-            baselines=inputs.get(method),
-            target=moments.get(weighting) if method == "fisher" else None,
+            ranking_inputs=inputs.get(method),
+            target=moments.get(weighting) if objective else None,
         ).indices
 
     def chosen(budget: Budget) -> list[Run]:
-        fisher = [Run("fisher", None, budget, pick(budget, "fisher", weighting=w), w) for w in weightings]
-        return (fisher if "fisher" in methods else []) + [Run(m, None, budget, pick(budget, m)) for m in others]
+        weighted = [Run(m, None, budget, pick(budget, m, weighting=w), w) for m in objectives for w in weightings]
+        return weighted + [Run(m, None, budget, pick(budget, m)) for m in others]
 
     by_examples = Budget(examples=options.budget.examples)
-    random = [Run("random", s, by_examples, pick(by_examples, "random", s)) for s in range(options.random_seeds)]
+    random = [Run(YARDSTICK, s, by_examples, pick(by_examples, YARDSTICK, s)) for s in range(options.random_seeds)]
     kinds = options.budget_kinds
     runs = (chosen(by_examples) if "examples" in kinds else []) + random
     tokens = round(statistics.mean(int(lengths[r.indices].sum()) for r in random)) if random else 0
@@ -127,14 +130,14 @@ def summarize(rows: Sequence[ComparisonRun]) -> dict[BudgetKind, KindSummary]:
     """Per budget kind: each fisher weighting's and each other method's held-out loss after training against the
     random runs' mean, min and max (and the same for the worst group), and the runs ranked by that loss."""
     summary: dict[BudgetKind, KindSummary] = {}
-    random = [r for r in rows if r.method == "random"]
+    random = [r for r in rows if r.method == YARDSTICK]
     kinds: tuple[BudgetKind, ...] = ("examples", "tokens")
     for kind in kinds:
-        chosen = [r for r in rows if r.budget_kind == kind and r.method != "random"]
+        chosen = [r for r in rows if r.budget_kind == kind and r.method != YARDSTICK]
         if not chosen or not random:
             continue
-        fisher = [r for r in chosen if r.method == "fisher"]
-        others = [r for r in chosen if r.method != "fisher"]
+        fisher = [r for r in chosen if method_spec(r.method).objective]
+        others = [r for r in chosen if not method_spec(r.method).objective]
         entry = KindSummary(
             fisher={str(r.weighting): r.loss_after for r in fisher},
             methods={r.method: r.loss_after for r in others},

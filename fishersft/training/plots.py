@@ -5,6 +5,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fishersft.contract.comparison import ComparisonRun
+from fishersft.methods import YARDSTICK, method_spec
 
 
 def plot_curves(rows: Sequence[ComparisonRun], out: Path, title: str) -> Path:
@@ -17,11 +18,11 @@ def plot_curves(rows: Sequence[ComparisonRun], out: Path, title: str) -> Path:
     kinds = [k for k in ("examples", "tokens") if any(r.budget_kind == k for r in rows)]
     figure, axes = plt.subplots(1, len(kinds), figsize=(6 * len(kinds), 4.2), squeeze=False, sharey=True)
     for axis, kind in zip(axes[0], kinds, strict=True):
-        random_runs = [r for r in rows if r.method == "random"]
+        random_runs = [r for r in rows if r.method == YARDSTICK]
         for row in [r for r in rows if r.budget_kind == kind] + (random_runs if kind == "tokens" else []):
             steps, losses = zip(*row.curve, strict=True)
             label = f"{row.label}: {row.examples} ex, {row.loss_tokens:,} tok"
-            style = {"linewidth": 2.2} if row.method == "fisher" else {"alpha": 0.6, "linestyle": "--"}
+            style = {"linewidth": 2.2} if method_spec(row.method).objective else {"alpha": 0.6, "linestyle": "--"}
             axis.plot(steps, losses, marker="o", markersize=3, label=label, **style)
         budget = next(r.budget.model_dump() for r in rows if r.budget_kind == kind)
         axis.set_title(f"equal {kind}: {json.dumps(budget)}")
