@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from fishersft.cli.reference import REGENERATE, reference
+from fishersft.selection.regimes import STUDY
 
 ROOT = Path(__file__).parents[1]
 DOCS = sorted((ROOT / "docs").glob("*.md"))
@@ -74,3 +75,12 @@ def test_readme_is_a_short_front_door_that_starts_with_the_two_commands() -> Non
 def test_cli_reference_is_current() -> None:
     written = (ROOT / "docs" / "cli.md").read_text()
     assert written == reference(), f"docs/cli.md is stale: regenerate it with `{REGENERATE}` (or `make docs`)"
+
+
+def test_selection_warnings_point_at_a_section_that_exists() -> None:
+    """A selection's warnings send the caller to the study by file and heading: both must be there."""
+    cited = re.search(r"\((\S+\.md), '(.+)'\)", STUDY)
+    assert cited is not None, STUDY
+    path, heading = cited.groups()
+    headings = re.findall(r"^#+ +(.+)$", FENCE.sub("", (ROOT / path).read_text()), re.M)
+    assert any(title.startswith(heading) for title in headings), f"{STUDY}: no such heading in {path}"

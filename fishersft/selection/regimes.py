@@ -8,7 +8,7 @@ SMALL_SHARE = 0.05
 """Token budgets below this share of the pool's loss tokens are small (the study's 2%); at or above it,
 realistic (its 10% and 30%)."""
 
-STUDY = "the selection study (README, 'Which method wins where')"
+STUDY = "the selection study (docs/results.md, 'Which method wins where')"
 
 REALISTIC_FISHER: dict[Weighting, str] = {
     "tokens": "behind random on chatterbot English, ahead on HumanEval, behind at 30% of English + HumanEval pooled",
