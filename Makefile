@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench
+.PHONY: demo test lint bench docs
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ lint: $(VENV)/.installed
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# the CLI reference, from the parser (tests/test_docs.py fails when docs/cli.md is stale)
+docs: $(VENV)/.installed
+	$(BIN)/python -m fishersft.cli.reference > docs/cli.md.tmp
+	mv docs/cli.md.tmp docs/cli.md
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/selection.py

@@ -1,4 +1,4 @@
-"""Webhooks end to end: a loopback receiver that checks the signature as the README shows, a real worker, and the
+"""Webhooks end to end: a loopback receiver that checks the signature as docs/service.md shows, a real worker, and the
 API refusing hosts it may not POST to."""
 
 import json
@@ -24,17 +24,17 @@ from tests.service import WAIT_S, Service
 SECRET = "test-webhook-secret"
 
 
-def readme_verify() -> Callable[[str, str, bytes], bool]:
-    """The receiver's check, run from the README's snippet itself: the docs show what the service signs."""
-    text = (Path(__file__).parents[1] / "README.md").read_text()
+def documented_verify() -> Callable[[str, str, bytes], bool]:
+    """The receiver's check, run from the snippet in docs/service.md itself: the docs show what the service signs."""
+    text = (Path(__file__).parents[1] / "docs" / "service.md").read_text()
     snippet = re.search(r"```python\n(import hashlib.*?)```", text, re.S)
-    assert snippet is not None, "the README's webhook section shows a receiver's check"
+    assert snippet is not None, "the webhook section of docs/service.md shows a receiver's check"
     namespace: dict = {}
     exec(snippet[1], namespace)
     return namespace["verify"]
 
 
-verify = readme_verify()
+verify = documented_verify()
 
 
 class Receiver:
