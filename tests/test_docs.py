@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fishersft.cli.reference import REGENERATE, reference
-from fishersft.selection.regimes import STUDY
+from fishersft.methods.study import STUDY
 
 ROOT = Path(__file__).parents[1]
 DOCS = sorted((ROOT / "docs").glob("*.md"))
