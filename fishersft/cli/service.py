@@ -19,6 +19,7 @@ from fishersft.contract.selection import (
 )
 from fishersft.data import corpora
 from fishersft.errors import InputError
+from fishersft.methods import DEFAULT_METHOD, YARDSTICK, method_spec
 from fishersft.service.settings import Settings
 
 
@@ -53,12 +54,12 @@ def demo_command(args: argparse.Namespace) -> None:
                 return job.result
 
             fisher, paper, random = (
-                run(Budget(examples=args.budget), "fisher"),
-                run(Budget(examples=args.budget), "fisher", weighting="tokens"),
-                run(Budget(examples=args.budget), "random"),
+                run(Budget(examples=args.budget), DEFAULT_METHOD),
+                run(Budget(examples=args.budget), DEFAULT_METHOD, weighting="tokens"),
+                run(Budget(examples=args.budget), YARDSTICK),
             )
             tokens = random.n_selected_loss_tokens
-            by_tokens = [run(Budget(tokens=tokens), method) for method in ("fisher", "random")]
+            by_tokens = [run(Budget(tokens=tokens), method) for method in (DEFAULT_METHOD, YARDSTICK)]
     groups = fisher.groups
     assert groups is not None, "chatterbot-corpus rows carry a category"
     print(
@@ -70,7 +71,7 @@ def demo_command(args: argparse.Namespace) -> None:
     print(header + " ratio")
     for label, results in ((f"{args.budget} examples", [fisher, paper, random]), (f"{tokens} loss tokens", by_tokens)):
         for result in results:
-            weighting = result.weighting if result.method == "fisher" else ""
+            weighting = result.weighting if method_spec(result.method).objective else ""
             covered = f"{result.groups.covered}/{result.groups.total}" if result.groups else ""
             print(
                 f"{label:<18} {result.method:<7} {weighting:<11} {len(result.selected):>8} "
