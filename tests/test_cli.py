@@ -46,7 +46,7 @@ def test_select_on_a_jsonl_dataset_with_a_tiny_model(tmp_path, llama_dir):
     # the store keeps each example's loss, not IFD (a pass of its own): method ifd names what to run instead
     assert run("select", store, "--budget", 12, "--method", "loss").returncode == 0
     ifd = run("select", store, "--budget", 12, "--method", "ifd")
-    assert ifd.returncode == 2 and "without the IFD pass" in ifd.stderr
+    assert ifd.returncode == 2 and "without the ifd pass" in ifd.stderr
 
 
 def test_select_on_a_features_file_with_token_budget_random_and_warm_start(tmp_path):

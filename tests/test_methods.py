@@ -58,7 +58,7 @@ def test_methods_that_need_what_the_features_lack_say_so():
     with pytest.raises(ValueError, match="base model's loss"):
         select_features(features, SelectionOptions(budget=Budget(examples=3), method="loss"))
     features.losses = np.ones(len(features.ids))  # a store the embedder wrote, without the IFD pass
-    with pytest.raises(ValueError, match="without the IFD pass"):
+    with pytest.raises(ValueError, match="without the ifd pass"):
         select_features(features, SelectionOptions(budget=Budget(examples=3), method="ifd"))
 
 

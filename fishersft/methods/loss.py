@@ -29,6 +29,6 @@ LOSS = register_method(
         use_when="Single-domain data (best of all methods on chatterbot English and HumanEval); behind random on "
         "pooled languages and on a language shift.",
         ranking=highest_score,
-        score="loss",
+        score="losses",
     )
 )

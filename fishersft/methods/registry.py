@@ -14,10 +14,11 @@ if TYPE_CHECKING:
 
 TargetUse = Literal["refused", "accepted", "required"]
 """Whether a method selects for a target set: refuses one, takes one (it changes what it does), or needs one."""
-Score = Literal["loss", "ifd"]
-"""A per-example score a ranking orders by: the base model's loss (recorded by the embedding pass) or the IFD
-(a pass of its own, run only for the methods that rank by it)."""
-SCORE_PASSES: dict[Score, str | None] = {"loss": None, "ifd": "difficulty"}
+Score = Literal["losses", "ifd"]
+"""A per-example score a ranking orders by, named as the features store keeps it: the base model's mean loss per
+loss token (recorded by the embedding pass) or the IFD (a pass of its own, run only for the methods that rank by
+it)."""
+SCORE_PASSES: dict[Score, str | None] = {"losses": None, "ifd": "difficulty"}
 """The model pass each score needs besides the embedding (None: the embedding pass records it)."""
 BudgetKind = Literal["examples", "tokens"]
 

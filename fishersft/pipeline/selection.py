@@ -145,7 +145,7 @@ def ranking_inputs(
         raise InputError(problem)
     scores = None
     if spec.score is not None:
-        values = {"loss": local.losses, "ifd": local.ifd}[spec.score]
+        values = getattr(local, spec.score)
         if values is None:
             raise InputError(f"method {method!r} ranks examples by " + missing_score(spec.score, local))
         scores = torch.from_numpy(np.asarray(values, dtype=np.float64))
@@ -155,12 +155,12 @@ def ranking_inputs(
 
 
 def missing_score(score: str, features: FeatureSet) -> str:
-    """Why `features` lack a `score` ("loss" or "ifd"): a features file has no model; a store the embedder wrote
-    has losses and lacks only the IFD pass, which runs when the selection starts from the dataset."""
+    """Why `features` lack a `score` (see fishersft.methods.registry.Score): a features file has no model; a
+    store the embedder wrote has losses and lacks only a pass of its own, which runs when the selection starts
+    from the dataset."""
     if features.losses is not None:
-        return "IFD: this store was written without the IFD pass; select from its JSONL dataset with method ifd"
-    name = "loss" if score == "loss" else "IFD"
-    return f"the base model's {name}: these features carry none (features files have no model); select from JSONL"
+        return f"{score}: this store was written without the {score} pass; select from its JSONL dataset"
+    return f"the base model's {score}: these features carry none (features files have no model); select from JSONL"
 
 
 def _target_summary(target: TargetSet | None, variance: tuple[float, float] | None) -> TargetSummary | None:
