@@ -14,7 +14,7 @@ from redis import Redis
 from app.caller import Caller, Datasets, fingerprint
 from app.errors import ApiError
 from app.jobs import Jobs
-from fishersft.service.job_body import JobKind
+from fishersft.contract.jobs import JobKind
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
 

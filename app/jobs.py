@@ -16,8 +16,8 @@ from rq.job import Job
 from rq.registry import StartedJobRegistry
 
 from app.caller import OPEN, Caller
-from fishersft.contract.jobs import Event, JobBody
-from fishersft.service.job_body import JobKind, job_body
+from fishersft.contract.jobs import Event, JobBody, JobKind
+from fishersft.service.job_body import job_body
 from fishersft.service.monitor import stage_jobs, stop
 from fishersft.service.protocol import ID_HEX, JOB_SERIALIZER, KEEP_S, Plan, is_id
 from fishersft.service.settings import Settings

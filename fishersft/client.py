@@ -7,7 +7,7 @@ the service answers is raised as one ApiError carrying the service's error shape
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -15,7 +15,8 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from fishersft.contract.comparison import ComparisonCreate
 from fishersft.contract.datasets import DatasetRecord
 from fishersft.contract.errors import ErrorBody, ErrorDetail, ErrorInfo
-from fishersft.contract.jobs import Comparison, Event, Finetune, JobBody, Selection
+from fishersft.contract.jobs import JOB_KINDS, Comparison, Event, Finetune, Selection, kind_for
+from fishersft.contract.jobs import kind_of as job_kind_of
 from fishersft.contract.pages import Page
 from fishersft.contract.selection import SelectionCreate
 from fishersft.contract.training import FinetuneCreate
@@ -24,12 +25,6 @@ from fishersft.errors import InputError
 AnyJob = Selection | Finetune | Comparison
 JobT = TypeVar("JobT", bound=AnyJob)
 M = TypeVar("M", bound=BaseModel)
-RESOURCES: dict[type[JobBody], str] = {Selection: "selections", Finetune: "finetunes", Comparison: "comparisons"}
-"""Each job kind's URL segment under /v1."""
-KINDS: dict[str, type[AnyJob]] = {"sel": Selection, "ft": Finetune, "cmp": Comparison}
-"""Job id prefix to its kind."""
-ARTIFACTS: dict[type[JobBody], str] = {Selection: "ids", Finetune: "adapter", Comparison: "plot.png"}
-"""What `download` fetches of each kind: the selected ids (text), the adapter (.tar.gz), the plot (PNG)."""
 FINAL = ("succeeded", "failed", "cancelled")
 POLL_FIRST_S, POLL_GROWTH, POLL_MAX_S = 0.2, 1.5, 5.0
 """`wait` polls after 0.2 s, then 1.5 times later each time, at most every 5 s."""
@@ -37,10 +32,11 @@ POLL_FIRST_S, POLL_GROWTH, POLL_MAX_S = 0.2, 1.5, 5.0
 
 def kind_of(job_id: str) -> type[AnyJob]:
     """The kind of a job from its id's prefix (`sel_`, `ft_`, `cmp_`)."""
-    kind = KINDS.get(job_id.split("_", 1)[0])
+    kind = job_kind_of(job_id)
     if kind is None:
-        raise InputError(f"{job_id!r} is not a job id: one starts with sel_, ft_ or cmp_")
-    return kind
+        prefixes = " or ".join(f"{k.prefix}_" for k in JOB_KINDS)
+        raise InputError(f"{job_id!r} is not a job id: one starts with {prefixes}")
+    return cast(type[AnyJob], kind.body)
 
 
 class ClientError(InputError):
@@ -149,7 +145,7 @@ class Client:
 
     def get(self, kind: type[JobT], job_id: str) -> JobT:
         """A job as it is now: `client.get(Selection, "sel_...")` (`kind_of(job_id)` names the kind of an id)."""
-        return self._parse(kind, self._request("GET", f"/v1/{RESOURCES[kind]}/{job_id}"))
+        return self._parse(kind, self._request("GET", f"/v1/{kind_for(kind).resource}/{job_id}"))
 
     def wait(self, job: JobT, timeout: float | None = None, on_progress: Callable[[JobT], None] | None = None) -> JobT:
         """Poll until the job has ended (succeeded, failed or cancelled) and return it as it ended: a failed job is
@@ -170,7 +166,7 @@ class Client:
     def events(self, job: AnyJob) -> list[Event]:
         """The job's events, oldest first (started; finetunes: selected, evaluated, step, saved; how it ended; each
         webhook attempt)."""
-        response = self._request("GET", f"/v1/{RESOURCES[type(job)]}/{job.id}/events")
+        response = self._request("GET", f"/v1/{kind_for(type(job)).resource}/{job.id}/events")
         try:
             events = EVENTS.validate_json(response.content)
         except ValidationError as e:
@@ -179,12 +175,13 @@ class Client:
 
     def cancel(self, job: JobT) -> JobT:
         """Cancel a queued job at once, a running one at its next batch, pick or step; ApiError 409 if it ended."""
-        return self._parse(type(job), self._request("POST", f"/v1/{RESOURCES[type(job)]}/{job.id}/cancel"))
+        return self._parse(type(job), self._request("POST", f"/v1/{kind_for(type(job)).resource}/{job.id}/cancel"))
 
     def download(self, job: AnyJob, out: Path) -> Path:
         """A succeeded job's artifact to `out`: a selection's ids (one a line), a finetune's adapter (.tar.gz), a
         comparison's plot (PNG). Written beside `out` and renamed into place: `out` is whole or absent."""
-        path = f"/v1/{RESOURCES[type(job)]}/{job.id}/{ARTIFACTS[type(job)]}"
+        kind = kind_for(type(job))
+        path = f"/v1/{kind.resource}/{job.id}/{kind.artifact}"
         partial = out.with_name(out.name + ".part")
         try:
             with self.http.stream("GET", path) as response:
@@ -206,7 +203,7 @@ class Client:
     def _create(self, kind: type[JobT], body: BaseModel, idempotency_key: str | None) -> JobT:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         json = body.model_dump(mode="json", by_alias=True, exclude_none=True)  # left out: the service's default
-        return self._parse(kind, self._request("POST", f"/v1/{RESOURCES[kind]}", json=json, headers=headers))
+        return self._parse(kind, self._request("POST", f"/v1/{kind_for(kind).resource}", json=json, headers=headers))
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:

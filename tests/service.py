@@ -11,10 +11,10 @@ from fastapi.testclient import TestClient
 from redis import Redis
 from rq import Worker
 
+from fishersft.contract.jobs import kind_of
 from fishersft.service.settings import Settings
 
 ROOT = Path(__file__).parents[1]
-RESOURCES = {"sel": "selections", "ft": "finetunes", "cmp": "comparisons"}
 WAIT_S = 600
 """Deadline for any awaited state: generous, since CI machines are shared and can be many times slower."""
 
@@ -70,7 +70,9 @@ class Service:
         return response.json()
 
     def wait(self, job_id: str, until: tuple[str, ...] = ("succeeded", "failed", "cancelled"), timeout: float = WAIT_S):
-        resource = RESOURCES[job_id.split("_")[0]]
+        kind = kind_of(job_id)
+        assert kind is not None, job_id
+        resource = kind.resource
         deadline = time.monotonic() + timeout
         while True:
             job = self.client.get(f"/v1/{resource}/{job_id}").json()

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from rq.job import Job, JobStatus
 
 from app.main import create_app
+from fishersft.contract.jobs import kind_of
 from fishersft.errors import InputError
 from fishersft.service.protocol import JOB_SERIALIZER
 from fishersft.service.settings import Settings
@@ -90,7 +91,9 @@ def hooked(tmp_path, redis_server, llama_dir):
 
 def webhook_events(service: Service, job_id: str, attempts: int) -> list[dict]:
     """The job's webhook events, once `attempts` of them are recorded."""
-    resource = {"sel": "selections", "ft": "finetunes", "cmp": "comparisons"}[job_id.split("_")[0]]
+    kind = kind_of(job_id)
+    assert kind is not None, job_id
+    resource = kind.resource
     deadline = time.monotonic() + WAIT_S
     while True:
         events = service.client.get(f"/v1/{resource}/{job_id}/events").json()["data"]

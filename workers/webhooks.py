@@ -11,9 +11,9 @@ from rq import get_current_job
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
-from fishersft.contract.jobs import WEBHOOK_TYPES, Event, WebhookPayload
+from fishersft.contract.jobs import WEBHOOK_TYPES, Event, WebhookPayload, kind_of
 from fishersft.contract.webhooks import WebhookOptions
-from fishersft.service.job_body import job_body, kind_of
+from fishersft.service.job_body import job_body
 from fishersft.service.protocol import JOB_SERIALIZER
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore

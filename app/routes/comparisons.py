@@ -14,8 +14,7 @@ from app.errors import ApiError, documented, invalid
 from app.jobs import Jobs
 from app.routes.jobs import IdempotencyKey, create_job, found, job_router
 from fishersft.contract.comparison import ComparisonCreate
-from fishersft.contract.jobs import Comparison, JobBody
-from fishersft.service.job_body import COMPARISONS
+from fishersft.contract.jobs import COMPARISONS, Comparison, JobBody
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
 

@@ -12,9 +12,8 @@ from app.checks import allowed_max_length, check_training, dataset_for, known_id
 from app.errors import ApiError, documented, invalid, shown
 from app.jobs import Jobs
 from app.routes.jobs import IdempotencyKey, create_job, found, job_router
-from fishersft.contract.jobs import Finetune, JobBody
+from fishersft.contract.jobs import FINETUNES, SELECTIONS, Finetune, JobBody
 from fishersft.contract.training import FinetuneCreate
-from fishersft.service.job_body import FINETUNES, SELECTIONS
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
 

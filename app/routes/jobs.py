@@ -13,10 +13,9 @@ from app import deps
 from app.checks import allowed_webhook
 from app.errors import ApiError, documented, shown
 from app.jobs import Jobs
-from fishersft.contract.jobs import Event, JobBody
+from fishersft.contract.jobs import Event, JobBody, JobKind
 from fishersft.contract.pages import Page
 from fishersft.contract.webhooks import WebhookOptions
-from fishersft.service.job_body import JobKind
 from fishersft.service.protocol import KEEP_S, Plan
 
 BUSY_RETRY_AFTER_S = 30

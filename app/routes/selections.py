@@ -21,9 +21,8 @@ from app.errors import ApiError, documented
 from app.jobs import Jobs
 from app.routes.jobs import IdempotencyKey, create_job, found, job_router
 from fishersft.contract.datasets import DatasetRecord
-from fishersft.contract.jobs import JobBody, Selection
+from fishersft.contract.jobs import SELECTIONS, JobBody, Selection
 from fishersft.contract.selection import SelectionCreate
-from fishersft.service.job_body import SELECTIONS
 from fishersft.service.protocol import Plan, shard_ranges
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore

@@ -1,5 +1,6 @@
 """What every job resource answers (shared CONVENTIONS), its events, and the resources' bodies."""
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
 
@@ -70,6 +71,62 @@ class Finetune(JobBody[FinetuneCreate, FinetuneResult]):
 
 class Comparison(JobBody[ComparisonCreate, ComparisonResult]):
     pass
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """A kind of job resource: the one table the API's routes, the service's RQ glue, the metrics, the client and
+    the tests read."""
+
+    name: str
+    """Singular, the metrics' `kind` label: selection, finetune, comparison."""
+    resource: str
+    """URL segment under /v1 and Redis namespace: selections, finetunes, comparisons."""
+    prefix: str
+    """Of job ids: sel, ft, cmp (`sel_...`)."""
+    body: type[JobBody[Any, Any]]
+    result: type[BaseModel]
+    function: str
+    """The worker function RQ runs."""
+    artifact: str
+    """What GET /v1/<resource>/{id}/<artifact> serves once the job succeeded."""
+    training: bool
+    """Goes to the training queue (GPU workers) rather than the selection queue."""
+
+    @property
+    def index(self) -> str:
+        """Sorted set of the kind's job ids, scored by creation time: the list endpoint's order and cursor."""
+        return f"fishersft:{self.resource}"
+
+
+SELECTIONS = JobKind(
+    "selection", "selections", "sel", Selection, SelectionResult, "workers.selection.run_selection", "ids", False
+)
+FINETUNES = JobKind(
+    "finetune", "finetunes", "ft", Finetune, FinetuneResult, "workers.finetune.run_finetune", "adapter", True
+)
+COMPARISONS = JobKind(
+    "comparison",
+    "comparisons",
+    "cmp",
+    Comparison,
+    ComparisonResult,
+    "workers.finetune.run_comparison",
+    "plot.png",
+    True,
+)
+JOB_KINDS: tuple[JobKind, ...] = (SELECTIONS, FINETUNES, COMPARISONS)
+
+
+def kind_of(job_id: str) -> JobKind | None:
+    """The kind of a job resource's id (`sel_...`); None for any other id (a stage, a delivery)."""
+    prefix = job_id.partition("_")[0]
+    return next((kind for kind in JOB_KINDS if kind.prefix == prefix), None)
+
+
+def kind_for(body: type[JobBody[Any, Any]]) -> JobKind:
+    """The kind whose job body `body` is."""
+    return next(kind for kind in JOB_KINDS if kind.body is body)
 
 
 class SavedJob(BaseModel):

@@ -9,29 +9,15 @@ partitions): it reads as running once one started, with their progress summed, a
 stage's error once one failed (the monitor then fails it and stops the others).
 """
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel
 from rq.job import Job, JobStatus
 
-from fishersft.contract.comparison import ComparisonResult
-from fishersft.contract.jobs import Comparison, Finetune, JobBody, JobError, Progress, Selection
+from fishersft.contract.jobs import JobBody, JobError, JobKind, Progress
 from fishersft.contract.jobs import JobStatus as State
-from fishersft.contract.selection import SelectionResult
-from fishersft.contract.training import FinetuneResult
 from fishersft.service.monitor import failed_stage, job_error, stage_jobs
-from fishersft.service.protocol import (
-    RUN_COMPARISON,
-    RUN_FEATURES,
-    RUN_FINETUNE,
-    RUN_PARTITION,
-    RUN_SELECTION,
-    RUN_SHARD,
-    Plan,
-    Stage,
-)
+from fishersft.service.protocol import RUN_FEATURES, RUN_PARTITION, RUN_SHARD, Plan, Stage
 from fishersft.service.store import ArtifactStore
 
 STATUS: dict[JobStatus, State] = {
@@ -45,37 +31,6 @@ STATUS: dict[JobStatus, State] = {
     JobStatus.STOPPED: "cancelled",
     JobStatus.CANCELED: "cancelled",
 }
-
-
-@dataclass(frozen=True)
-class JobKind:
-    resource: str
-    """URL segment and Redis namespace: selections, finetunes, comparisons."""
-    prefix: str
-    """Of job ids: sel_, ft_, cmp_."""
-    function: str
-    """The worker function RQ runs."""
-    body: type[JobBody]
-    result: type[BaseModel]
-    training: bool
-    """Goes to the training queue (GPU workers) rather than the selection queue."""
-
-    @property
-    def index(self) -> str:
-        """Sorted set of the kind's job ids, scored by creation time: the list endpoint's order and cursor."""
-        return f"fishersft:{self.resource}"
-
-
-SELECTIONS = JobKind("selections", "sel", RUN_SELECTION, Selection, SelectionResult, False)
-FINETUNES = JobKind("finetunes", "ft", RUN_FINETUNE, Finetune, FinetuneResult, True)
-COMPARISONS = JobKind("comparisons", "cmp", RUN_COMPARISON, Comparison, ComparisonResult, True)
-KINDS = {kind.prefix: kind for kind in (SELECTIONS, FINETUNES, COMPARISONS)}
-"""By id prefix."""
-
-
-def kind_of(job_id: str) -> JobKind | None:
-    """The kind of a job resource's id (`sel_...`); None for any other job (a stage, a delivery)."""
-    return KINDS.get(job_id.partition("_")[0])
 
 
 def job_body(kind: JobKind, job: Job, store: ArtifactStore) -> JobBody:

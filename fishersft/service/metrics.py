@@ -17,13 +17,11 @@ from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import RedisError
 
+from fishersft.contract.jobs import JOB_KINDS
 from fishersft.service.protocol import (
     KEEP_S,
-    RUN_COMPARISON,
     RUN_FEATURES,
-    RUN_FINETUNE,
     RUN_PARTITION,
-    RUN_SELECTION,
     RUN_SHARD,
 )
 
@@ -85,9 +83,7 @@ COUNTERS = (JOBS, TOKENS_EMBEDDED, BYTES_UPLOADED)
 HISTOGRAMS = (JOB_DURATION, PHASE_DURATION)
 
 KIND_OF_FUNCTION = {
-    RUN_SELECTION: "selection",
-    RUN_FINETUNE: "finetune",
-    RUN_COMPARISON: "comparison",
+    **{kind.function: kind.name for kind in JOB_KINDS},
     RUN_SHARD: "shard",
     RUN_FEATURES: "features",
     RUN_PARTITION: "partition",

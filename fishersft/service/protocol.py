@@ -8,21 +8,17 @@ from pydantic import BaseModel
 from rq.serializers import JSONSerializer
 
 from fishersft.contract.compression import Compression
+from fishersft.contract.jobs import JOB_KINDS
 
 JOB_SERIALIZER = JSONSerializer
 """RQ's job data, meta and results go through JSON, never pickle: whoever can write to Redis must not be able to
 run code in the API or the workers. Job arguments, meta and results are JSON-shaped already."""
 
-RUN_SELECTION = "workers.selection.run_selection"
-RUN_FINETUNE = "workers.finetune.run_finetune"
-RUN_COMPARISON = "workers.finetune.run_comparison"
 RUN_SHARD = "workers.stages.run_shard"
 RUN_FEATURES = "workers.stages.run_features"
 RUN_PARTITION = "workers.stages.run_partition"
 RUN_WEBHOOK = "workers.webhooks.deliver_webhook"
-JOB_FUNCTIONS = frozenset(
-    {RUN_SELECTION, RUN_FINETUNE, RUN_COMPARISON, RUN_SHARD, RUN_FEATURES, RUN_PARTITION, RUN_WEBHOOK}
-)
+JOB_FUNCTIONS = frozenset({*(kind.function for kind in JOB_KINDS), RUN_SHARD, RUN_FEATURES, RUN_PARTITION, RUN_WEBHOOK})
 """The only functions a worker runs: a job naming anything else fails unrun."""
 
 WEBHOOK_QUEUE = "fishersft-webhooks"
