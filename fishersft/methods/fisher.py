@@ -29,8 +29,6 @@ FISHER = register_method(
         doc="FisherSFT greedy on log det Sigma; with `target_dataset_id`, targeted (V-optimal) design instead: exact "
         "greedy on the target's predictive variance tr(A Sigma^-1), A the mean outer product of the target's feature "
         "rows, so the examples that most inform the target's features are picked.",
-        use_when="The default: a token budget on data that mixes domains or sources (below every random seed in 9 of "
-        "the study's 12 cells); with a target set, to serve a shift.",
         target="accepted",
         partitions=True,
         advice=advice,

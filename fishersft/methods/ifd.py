@@ -15,7 +15,6 @@ IFD = register_method(
         name="ifd",
         doc="Highest instruction-following difficulty, the response's loss after its prompt over its loss alone "
         "(Cherry LLM).",
-        use_when="Rarely: it beat random in 1 of 7 study cells, and `loss` beat it in 6 of 7.",
         ranking=highest_score,
         score="ifd",
         advice=advice,

@@ -23,8 +23,6 @@ KCENTER = register_method(
     MethodSpec(
         name="kcenter",
         doc="Greedy k-center (farthest first) on each example's normalised mean feature: the coverage baseline.",
-        use_when="Coverage of the feature space when no loss or target is meaningful; measured only in the H200 "
-        "study, where it trailed fisher and loss.",
         ranking=kcenter_order,
         uses_points=True,
     )

@@ -26,8 +26,6 @@ LOSS = register_method(
     MethodSpec(
         name="loss",
         doc="Highest mean loss per loss token under the base model.",
-        use_when="Single-domain data (best of all methods on chatterbot English and HumanEval); behind random on "
-        "pooled languages and on a language shift.",
         ranking=highest_score,
         score="losses",
     )

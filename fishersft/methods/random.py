@@ -23,7 +23,6 @@ RANDOM = register_method(
     MethodSpec(
         name="random",
         doc="A seeded random subset (`seed`): the baseline.",
-        use_when="The yardstick: what any other method must beat at the same cost; comparisons always train it.",
         ranking=random_order,
         seeded=True,
     )

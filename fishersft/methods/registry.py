@@ -61,8 +61,6 @@ class MethodSpec:
     name: str
     doc: str
     """One sentence: what it picks (API and CLI help)."""
-    use_when: str
-    """One sentence: when to use it, from the evidence (README's methods table)."""
     ranking: Ranking | None = None
     """Its order of the examples; None for the greedy objective on log det Sigma (fisher), which the selector runs
     with the request's `algorithm` and `weighting`."""

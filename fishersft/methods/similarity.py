@@ -24,8 +24,6 @@ SIMILARITY = register_method(
         name="similarity",
         doc="Closest to the target dataset's examples by cosine similarity of mean features (RDS+; needs "
         "`target_dataset_id`).",
-        use_when="A target set stands for the data you will serve; on the language shift it was within the random "
-        "seeds' spread.",
         ranking=similarity_ranking,
         target="required",
         uses_points=True,
