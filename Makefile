@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench
+.PHONY: demo test test-fast lint bench
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,13 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# the whole suite, CI's gate (.ci/run); its tests are independent, so they run in parallel, one process a core
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
+
+# what runs in seconds: no Redis, API or workers, no real model, training or subprocesses (pyproject's markers)
+test-fast: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -m "not service and not slow"
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/selection.py
