@@ -24,9 +24,11 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# the whole suite, CI's gate (.ci/run); its tests are independent, so they run in parallel, one process a core
+# the whole suite, CI's gate (.ci/run). Its tests are independent (each xdist process has its own Redis, tiny
+# models and temporary directories), so they run in parallel: a process a core, at most 4, as each service test
+# starts workers that load torch
 test: lint
-	$(BIN)/python -m pytest -q -n auto
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4
 
 # what runs in seconds: no Redis, API or workers, no real model, training or subprocesses (pyproject's markers)
 test-fast: $(VENV)/.installed
