@@ -179,10 +179,12 @@ class FeatureStoreWriter:
         compressed = compress_examples(list(flat.split(counts)), self.compression.rank, projection)
         kept = [len(rows) for rows in compressed]
         # float16 on the device: what float16 cannot hold becomes infinite
-        rows_host = torch.cat(compressed).to(torch.float16).cpu().numpy()
-        means_host = means.to(torch.float16).cpu().numpy()
-        fits = np.logical_and.reduceat(np.isfinite(rows_host).all(1), np.cumsum([0, *kept[:-1]]))
-        _check_examples(indices, fits & np.isfinite(means_host).all(1), "its features are beyond float16's range")
+        rows16, means16 = torch.cat(compressed).to(torch.float16), means.to(torch.float16)
+        starts = np.cumsum([0, *kept[:-1]])
+        rows_fit = np.logical_and.reduceat(torch.isfinite(rows16).all(1).cpu().numpy(), starts)
+        means_fit = torch.isfinite(means16).all(1).cpu().numpy()
+        _check_examples(indices, rows_fit & means_fit, "its features are beyond float16's range")
+        rows_host, means_host = rows16.cpu().numpy(), means16.cpu().numpy()
         start = 0
         for i, n, mean in zip(indices, kept, means_host, strict=True):
             self.rows.write(self.offsets[i], rows_host[start : start + n])
