@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench docs
+.PHONY: demo test test-fast lint bench docs
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,15 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# the whole suite, CI's gate (.ci/run). Its tests are independent (each xdist process has its own Redis, tiny
+# models and temporary directories), so they run in parallel: a process a core, at most 4, as each service test
+# starts workers that load torch
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4
+
+# what runs in seconds: no Redis, API or workers, no real model, training or subprocesses (pyproject's markers)
+test-fast: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -m "not service and not slow"
 
 # the CLI reference, from the parser (tests/test_docs.py fails when docs/cli.md is stale)
 docs: $(VENV)/.installed

@@ -8,7 +8,7 @@ from fishersft.contract.datasets import DatasetRecord
 from fishersft.contract.selection import MODEL_WEIGHTINGS, SCORED_METHODS, Method, Weighting
 from fishersft.contract.training import EvalRequest, LoraConfig
 from fishersft.data.dataset import DEFAULT_MAX_LENGTH, read_ids
-from fishersft.features.files import load_features
+from fishersft.features.files import read_features
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
 from fishersft.service.webhooks import allowed_host
@@ -49,7 +49,7 @@ def known_ids(store: ArtifactStore, dataset: DatasetRecord, ids: list[ExampleId]
     if dataset.is_text:
         present = {str(i) for i in read_ids(blob)}
     else:
-        present = {str(i) for i in load_features(blob, suffix=f".{dataset.format}").ids}
+        present = {str(i) for i in read_features(blob, suffix=f".{dataset.format}").ids}  # its rows: checked at upload
     unknown = [(k, i) for k, i in enumerate(ids) if str(i) not in present]
     if unknown:
         details = [{"field": f"{field}.{k}", "message": f"{shown(str(i))} is not in the dataset"} for k, i in unknown]

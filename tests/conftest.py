@@ -18,6 +18,14 @@ def sample_texts() -> list[str]:
     return [r["prompt"] + " " + r["response"] for r in rows]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark `service` every test that starts Redis (and so the API or workers on it): whatever fixture it goes
+    through, so a new service test cannot land in `make test-fast` unmarked."""
+    for item in items:
+        if "redis_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.service)
+
+
 @pytest.fixture(scope="session")
 def llama_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("llama"), sample_texts(), arch="llama")

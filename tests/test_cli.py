@@ -10,6 +10,8 @@ import pytest
 from fishersft.features.files import load_features
 from tests.conftest import SAMPLE, write_jsonl
 
+pytestmark = pytest.mark.slow  # each test runs the command line in subprocesses
+
 
 def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fishersft.cli", *map(str, args)], capture_output=True, text=True)

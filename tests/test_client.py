@@ -50,6 +50,7 @@ def fishersft(*args: object) -> subprocess.Popen:
     return subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.slow  # LoRA training
 def test_upload_select_wait_download_and_finetune(service, served, tmp_path):
     service.start_worker()
     with Client(served) as client:

@@ -156,6 +156,7 @@ print(json.dumps({"before": before, "after": peak(), "selected": result.selected
 """
 
 
+@pytest.mark.slow  # selects in a subprocess
 def test_selection_holds_the_float16_store_once_not_a_float32_copy(tmp_path):
     """60,000 examples of 8 rows, d = 576: a 553 MB float16 store. Selection keeps it as float16 blocks, read
     a chunk at a time, plus bounded scratch; the float32 copy the selection used to make is alone 1.1 GB."""

@@ -13,11 +13,14 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from fishersft.client import Client, ClientError
 from fishersft.models.registry import DEFAULT_MODEL, builtin_model_dir
 from fishersft.service.redis_server import free_port
 from tests.conftest import SAMPLE
+
+pytestmark = pytest.mark.service  # `fishersft serve` and the demo's embedded service
 
 ROW = (
     r"(?P<budget>\d+ (examples|loss tokens)) +(?P<method>fisher|random) +(?P<weighting>tokens|mean|uncertainty)? +"
@@ -86,6 +89,7 @@ def start_serve(env: dict) -> tuple[subprocess.Popen, str]:
     return server, f"http://127.0.0.1:{port}"
 
 
+@pytest.mark.slow  # the demo
 def test_demo_runs_end_to_end_on_real_data_with_the_default_model(tmp_path):
     env = isolated_env(tmp_path)
     (tmp_path / "home" / "models").mkdir(parents=True)  # the converted model, not a second 20 s conversion

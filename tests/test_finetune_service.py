@@ -15,6 +15,8 @@ from fishersft.models.loading import load_model
 from fishersft.training.evaluation import ids_sha256
 from tests.conftest import write_jsonl
 
+pytestmark = pytest.mark.slow  # LoRA training runs
+
 WORDS = ["red", "green", "blue", "cat", "dog", "fish", "one", "two", "three", "sun", "moon", "star"]
 LORA = {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": ["q_proj", "v_proj", "lm_head"]}
 TRAINING = {"epochs": 4, "learning_rate": 0.02, "batch_size": 8}

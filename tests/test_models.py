@@ -11,6 +11,7 @@ from fishersft.models.registry import BUILTIN_MODELS, BuiltinModel, builtin_mode
 from fishersft.service.settings import Settings
 
 
+@pytest.mark.slow  # two processes prepare a model
 def test_two_processes_preparing_one_model_at_once_leave_one_whole_copy(tmp_path):
     env = {**os.environ, "FISHERSFT_HOME": str(tmp_path)}
     command = [sys.executable, "-m", "fishersft.cli", "models", "--prepare", "tiny-llama"]

@@ -22,6 +22,8 @@ from fishersft.features.store import FeatureStoreWriter
 from fishersft.models.loading import load_model
 from fishersft.models.registry import DEFAULT_MODEL, builtin_model_dir, model_dim
 
+pytestmark = pytest.mark.slow  # the real default model
+
 ENGLISH_CATEGORIES = 21
 
 

@@ -6,8 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from fishersft.client import Client
 from tests.test_embedded import isolated_env, start_serve
+
+pytestmark = [pytest.mark.service, pytest.mark.slow]  # a live `fishersft serve`
 
 ROOT = Path(__file__).parents[1]
 

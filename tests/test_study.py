@@ -5,9 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from fishersft.contract.comparison import ComparisonRun
 from fishersft.pipeline import count_lines
 from tests.conftest import SAMPLE, write_jsonl
+
+pytestmark = pytest.mark.slow  # the study: LoRA training runs
 
 STUDY = Path(__file__).parents[1] / "benchmarks" / "study.py"
 

@@ -46,6 +46,7 @@ def encoded(rows, tokenizer):
     return encode_all(read_examples(rows), tokenizer, 64)
 
 
+@pytest.mark.slow  # LoRA training
 def test_training_lowers_the_held_out_loss_and_reports_its_curve(tiny, llama_dir):
     """The tiny model is random: its frozen LM head is the bottleneck, so the LoRA modules include it."""
     model, tokenizer = tiny
@@ -73,12 +74,14 @@ def test_training_lowers_the_held_out_loss_and_reports_its_curve(tiny, llama_dir
     assert per_example.shape == (32,) and bool((per_example > 0).all())
 
 
+@pytest.mark.slow  # LoRA training
 def test_max_steps_stops_within_an_epoch(tiny):
     model, tokenizer = tiny
     trained = train_lora(model, encoded(task(40, seed=3), tokenizer), settings=TrainingConfig(epochs=5, max_steps=3))
     assert trained.steps == 3 and len(trained.train_loss) == 3 and trained.eval_loss == []
 
 
+@pytest.mark.slow  # LoRA training
 def test_the_adapter_round_trips_through_peft(tiny, llama_dir, tmp_path):
     model, tokenizer = tiny
     trained = train_lora(

@@ -190,6 +190,7 @@ def test_a_token_budgets_default_is_uncertainty_where_the_model_ran(service, tmp
     assert ComparisonOptions(budget=ComparisonBudget(examples=3)).weightings == ["uncertainty"]
 
 
+@pytest.mark.slow  # the command line in subprocesses
 def test_the_command_line_takes_the_weighting(llama_dir, tmp_path):
     done = run("select", SAMPLE, "--model", llama_dir, "--budget-tokens", 150, "--weighting", "uncertainty")
     assert done.returncode == 0, done.stderr

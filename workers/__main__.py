@@ -36,7 +36,11 @@ from fishersft.service.webhooks import notify
 
 class FishersftWorker(SimpleWorker):
     """Runs only fishersft's job functions: a job planted in Redis that names any other function fails unrun
-    (defence in depth behind Redis's password; job data is JSON, so it cannot carry a pickle either)."""
+    (defence in depth behind Redis's password; job data is JSON, so it cannot carry a pickle either).
+
+    It overrides RQ's internals, not its public callbacks: an `on_failure` callback runs before RQ records the
+    failure (a webhook's body is read from that record) and no callback can refuse a job before it runs. So `rq`
+    is pinned to the major version these signatures come from (pyproject.toml: rq>=3.0,<4)."""
 
     def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
         try:

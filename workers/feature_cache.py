@@ -10,7 +10,7 @@ from redis import Redis
 from fishersft.contract.compression import Compression
 from fishersft.contract.datasets import DatasetRecord
 from fishersft.contract.selection import FeatureOptions, FeaturesCost
-from fishersft.features.files import load_features
+from fishersft.features.files import load_features, read_features
 from fishersft.features.set import FeatureSet
 from fishersft.features.store import assemble_store, compress_store
 from fishersft.models.loading import cached_model
@@ -42,7 +42,7 @@ class FeatureCache:
             source_dim = model_dim(self.settings.registry.model_dir(self._model(options)))
         else:  # recorded at upload; read from the file for older records
             source_dim = (
-                dataset.dim or load_features(self._blob(dataset), suffix=f".{dataset.format}").features.shape[1]
+                dataset.dim or read_features(self._blob(dataset), suffix=f".{dataset.format}").features.shape[1]
             )
         return options.compression(dataset.n_examples, source_dim, self.settings.selection_memory_bytes)
 
@@ -88,8 +88,8 @@ class FeatureCache:
             return features, FeaturesCost(features_cached=True, truncated=features.meta.get("truncated", 0))
         start, hits = time.perf_counter(), self._hits()
         truncated, load_s = 0, 0.0
-        if model is None:
-            raw = load_features(self._blob(dataset), suffix=f".{dataset.format}")
+        if model is None:  # read, checked and compressed into the store in one pass over the file
+            raw = read_features(self._blob(dataset), suffix=f".{dataset.format}")
             features = compress_store(raw, features_dir, compression)
         elif plan.shards:
             shards = [

@@ -10,4 +10,9 @@ Three layouts are read:
 - `.safetensors` with tensors `features`, `offsets` and optionally `ids` (integers), or string ids as a JSON
   list in the metadata key `ids`.
 Without ids, example i has id i. Uploaded files hold every loss token's row; selection compresses them into a
-store first (`store.compress_store`), as the embedder does."""
+store first (`store.compress_store`), as the embedder does.
+
+A file goes one way through this package: read and validated (`files`: its structure on opening; its rows by
+`files.load_features` at upload, or as they are read), compressed (`compression`), written (`store`), each once,
+a chunk at a time; the store is then opened for selection (`files.load_features`, which trusts the rows the
+writer checked)."""

@@ -39,8 +39,19 @@ def is_features_path(path: str | Path) -> bool:
 
 
 def load_features(path: str | Path, suffix: str | None = None) -> FeatureSet:
-    """Load and validate a features store, `.npz` or `.safetensors` file; `suffix` names the format of a file
-    whose name does not end in it (a content-addressed blob)."""
+    """Load and validate a features store, `.npz` or `.safetensors` file, every row of an uploaded file included
+    (an upload's check at the door); `suffix` names the format of a file whose name does not end in it (a
+    content-addressed blob)."""
+    features = read_features(path, suffix)
+    if features.means is None:  # not a compressed store, whose rows were checked as they were written
+        check_rows(features.features, Path(path).name)
+    return features
+
+
+def read_features(path: str | Path, suffix: str | None = None) -> FeatureSet:
+    """`load_features` but for the rows of an uploaded file, which are left to whoever reads them next: the
+    features store they are compressed into checks each example's rows as it reads them (`store.compress_store`),
+    so a file is read once on its way to a store, not once to check it and again to compress it."""
     path = Path(path)
     if not path.exists():
         raise FeaturesError(f"no such file or directory: {path}")
@@ -51,7 +62,7 @@ def load_features(path: str | Path, suffix: str | None = None) -> FeatureSet:
             offsets = np.load(path / OFFSETS_FILE)
             ids = json.loads((path / IDS_FILE).read_text())
             if (path / LENGTHS_FILE).exists():  # a compressed store
-                store = validate(features, offsets, ids, path.name, rows_checked=True)
+                store = validate(features, offsets, ids, path.name)
                 store.lengths = np.load(path / LENGTHS_FILE)
                 store.means = np.load(path / MEANS_FILE, mmap_mode="r")
                 if (path / PROJECTION_FILE).exists():
@@ -145,11 +156,18 @@ def _read_safetensors(path: Path) -> tuple[np.ndarray, np.ndarray, list[ExampleI
 FINITE_CHECK_ROWS = 1 << 14
 
 
-def validate(
-    features: Rows, offsets: np.ndarray, ids: list | None, name: str, rows_checked: bool = False
-) -> FeatureSet:
-    """Check the arrays of a features file (the rows a chunk at a time, unless `rows_checked`: a store's rows were
-    checked as they were written)."""
+def check_rows(features: Rows, name: str) -> None:
+    """Every row of an uploaded file finite, read a chunk at a time (a store's rows were checked as they were
+    written)."""
+    for start in range(0, len(features), FINITE_CHECK_ROWS):
+        if not np.isfinite(read_rows(features, start, min(len(features), start + FINITE_CHECK_ROWS))).all():
+            raise FeaturesError(
+                f"{name}: `features` has NaN or infinite values (rows {start} to {start + FINITE_CHECK_ROWS})"
+            )
+
+
+def validate(features: Rows, offsets: np.ndarray, ids: list | None, name: str) -> FeatureSet:
+    """Check the arrays of a features file but for the values of its rows (see `check_rows`)."""
 
     def fail(message: str) -> FeaturesError:
         return FeaturesError(f"{name}: {message}")
@@ -167,10 +185,6 @@ def validate(
         )
     if (lengths <= 0).any():
         raise fail(f"example {int(np.argmax(lengths <= 0))} has no rows: offsets must strictly increase")
-    if not rows_checked:
-        for start in range(0, len(features), FINITE_CHECK_ROWS):
-            if not np.isfinite(read_rows(features, start, min(len(features), start + FINITE_CHECK_ROWS))).all():
-                raise fail(f"`features` has NaN or infinite values (rows {start} to {start + FINITE_CHECK_ROWS})")
     n = len(lengths)
     if ids is None:
         ids = list(range(n))

@@ -159,33 +159,32 @@ class FeatureStoreWriter:
         uncertainty: Sequence[torch.Tensor] | None = None,
     ) -> None:
         """Every loss token's row [n_i x source_dim] of the examples `indices` (added before), on any device, and
-        with `uncertainty=True` each row's uncertainty [n_i]. The batch is reduced on its device and copied to the
-        host once, as float16."""
+        with `uncertainty=True` each row's uncertainty [n_i]: checked, compressed, then written, in that order.
+        The batch is reduced on its device and copied to the host once, as float16.
+
+        The check is the rows' only one on their way into a store: an example's mean, summed in float64, is finite
+        exactly when all its rows are, so rows an uploaded file's reader left unchecked (`files.read_features`)
+        are checked here, once, before anything is computed from them."""
         if (uncertainty is None) != (self.factors is None):
             raise ValueError("uncertainty goes to a writer made with uncertainty=True, and such a writer needs it")
         flat = torch.cat(list(examples)).to(torch.float32)
-        if self.gram is not None:
-            self.gram += (flat.T @ flat).to(torch.float64).cpu()
         counts = [len(x) for x in examples]
         means = segment_means(flat, counts)
+        _check_examples(indices, torch.isfinite(means).all(1).cpu().numpy(), "its features are not finite")
+        if self.gram is not None:
+            self.gram += (flat.T @ flat).to(torch.float64).cpu()
         projection = None if self.projection is None else self.projection.to(flat.device)
         if projection is not None:
             means = means @ projection
         compressed = compress_examples(list(flat.split(counts)), self.compression.rank, projection)
         kept = [len(rows) for rows in compressed]
-        # float16 on the device: NaN stays NaN, and what float16 cannot hold becomes infinite
+        # float16 on the device: what float16 cannot hold becomes infinite
         rows16, means16 = torch.cat(compressed).to(torch.float16), means.to(torch.float16)
-        finite = torch.isfinite(rows16).all() & torch.isfinite(means16).all()
+        starts = np.cumsum([0, *kept[:-1]])
+        rows_fit = np.logical_and.reduceat(torch.isfinite(rows16).all(1).cpu().numpy(), starts)
+        means_fit = torch.isfinite(means16).all(1).cpu().numpy()
+        _check_examples(indices, rows_fit & means_fit, "its features are beyond float16's range")
         rows_host, means_host = rows16.cpu().numpy(), means16.cpu().numpy()
-        if not bool(finite.cpu()):
-            rows_ok = np.isfinite(rows_host).all(1)
-            starts = np.cumsum([0, *kept])
-            k = next(
-                k
-                for k in range(len(kept))
-                if not rows_ok[starts[k] : starts[k + 1]].all() or not np.isfinite(means_host[k]).all()
-            )
-            raise FeaturesError(f"example {indices[k]}: its features are not finite, or beyond float16's range")
         start = 0
         for i, n, mean in zip(indices, kept, means_host, strict=True):
             self.rows.write(self.offsets[i], rows_host[start : start + n])
@@ -322,6 +321,12 @@ class FeatureStoreWriter:
 STAGED_CHUNK_ROWS = 1 << 16
 
 
+def _check_examples(indices: Sequence[int], ok: np.ndarray, problem: str) -> None:
+    """A FeaturesError naming the first of the examples `indices` whose `ok` [b] is false."""
+    if not ok.all():
+        raise FeaturesError(f"example {indices[int(np.argmin(ok))]}: {problem}")
+
+
 def segment_means(rows: torch.Tensor, counts: Sequence[int]) -> torch.Tensor:
     """The mean [b x d] of each of `counts` consecutive runs of `rows` [n x d] (each run non-empty), from a
     float64 running sum: no atomic adds, so the same on every run of the same device."""
@@ -355,8 +360,9 @@ def assemble_store(parts: Sequence[Path], directory: str | Path) -> FeatureSet:
 
 
 def compress_store(features: FeatureSet, directory: str | Path, compression: Compression) -> FeatureSet:
-    """Write raw `features` (every loss token's row: an uploaded file) as a compressed store at `directory`,
-    reading a chunk of examples at a time."""
+    """Write raw `features` (every loss token's row: an uploaded file) as a compressed store at `directory`, a
+    chunk of examples at a time, each read, checked, compressed and written once, in that order (see
+    `FeatureStoreWriter.write`): `features` may come from `files.read_features`, its rows not yet checked."""
     offsets = torch.from_numpy(features.offsets)
     writer = FeatureStoreWriter(directory, features.features.shape[1], compression)
     writer.add(features.ids, np.diff(features.offsets).tolist())
