@@ -16,7 +16,7 @@ from fishersft.contract.selection import (
 from fishersft.data.dataset import DEFAULT_MAX_LENGTH, read_labels
 from fishersft.data.formats import as_jsonl
 from fishersft.errors import InputError
-from fishersft.features.files import is_features_path, load_features
+from fishersft.features.files import is_features_path, read_features
 from fishersft.features.set import FeatureSet
 from fishersft.features.store import compress_store
 from fishersft.features.target import TargetSet
@@ -69,7 +69,7 @@ def select(
                 raise InputError("model: for JSONL datasets; features input needs no model")
             if selection.group_by:
                 raise InputError("group_by: for JSONL datasets; features files carry no row fields")
-            raw = load_features(data)
+            raw = read_features(data)
             features = _compressed(raw, out or Path(tmp) / "features", features_options, compression_given)
             truncated, embed_s, model_name, labels = 0, 0.0, None, None
         else:
@@ -117,7 +117,7 @@ def target_features(
 ) -> FeatureSet:
     """The target set: examples embedded by the same model, or a features file."""
     if is_features_path(target):
-        return compress_store(load_features(target), directory, TARGET_COMPRESSION)
+        return compress_store(read_features(target), directory, TARGET_COMPRESSION)
     if model is None:
         raise InputError("target: a JSONL target needs a model, so the data must be JSONL too")
     embedding = embed_dataset(

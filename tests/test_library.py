@@ -13,6 +13,8 @@ from fishersft.errors import InputError
 from tests.conftest import SAMPLE
 from tests.test_cli import run
 
+pytestmark = pytest.mark.slow  # the command line in subprocesses, a model pass
+
 
 def test_select_from_a_jsonl_in_process_picks_what_the_command_line_picks(tmp_path, llama_dir):
     result = select(SAMPLE, model=str(llama_dir), budget={"tokens": 150}, max_length=64, method="fisher")
