@@ -80,7 +80,7 @@ class FinetuneCreate(WebhookOptions):
             {"selection_id": TEXT_SCHEMA, "dataset_id": NULL, "selection": NULL},
             {
                 "dataset_id": TEXT_SCHEMA,
-                "selection": {"$ref": "#/components/schemas/SelectionOptions"},
+                "selection": {"$ref": "#/components/schemas/SelectionOptions-Input"},  # FastAPI names request schemas -Input
                 "selection_id": NULL,
             },
         ),
