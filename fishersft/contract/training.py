@@ -80,7 +80,8 @@ class FinetuneCreate(WebhookOptions):
             {"selection_id": TEXT_SCHEMA, "dataset_id": NULL, "selection": NULL},
             {
                 "dataset_id": TEXT_SCHEMA,
-                "selection": {"$ref": "#/components/schemas/SelectionOptions-Input"},  # FastAPI names request schemas -Input
+                # FastAPI names a model's request schema `-Input` when its response schema differs
+                "selection": {"$ref": "#/components/schemas/SelectionOptions-Input"},
                 "selection_id": NULL,
             },
         ),
