@@ -10,10 +10,12 @@ import torch
 from torch import Tensor
 
 from fishersft.contract.selection import DEFAULT_EPSILON, Algorithm, Budget, Method, Weighting
+from fishersft.errors import InputError
 from fishersft.selection.baselines import BaselineInputs, baseline_order
 from fishersft.selection.batched import batched_greedy
 from fishersft.selection.blocks import FeatureBlocks
 from fishersft.selection.greedy import GreedyResult, StepCallback, exact_greedy, lazy_greedy, stochastic_greedy
+from fishersft.selection.incremental import incremental_greedy
 from fishersft.selection.logdet import LogDetObjective
 from fishersft.selection.targeted import TargetedObjective, predictive_variance
 
@@ -28,6 +30,8 @@ class Selection:
     """f(S) = log det(lambda*I + sum of X_i^T X_i over the warm start and the picks)."""
     evaluations: int
     """How many single-example gains were computed."""
+    algorithm: Algorithm = "lazy"
+    """The greedy that ran (see `greedy_algorithm`; exact for fisher with a target; as asked for other methods)."""
     variance: tuple[float, float] | None = None
     """With a target: its predictive variance tr(A Sigma^-1) before the picks (after the warm start) and after."""
 
@@ -69,10 +73,12 @@ def select_blocks(
     """Select examples given their (weighted) feature blocks and loss tokens `lengths` (the costs of a token
     budget). Examples in `warm_start` (indices) are already in the design: they seed Sigma and are not chosen
     again. Examples in `exclude` (indices: a held-out set, say) are never chosen. Gains are computed on `device`.
-    `algorithm`: `lazy` (exact greedy's picks), `exact` (every gain at every step: the reference), `batched`
-    (exact greedy's picks without a host round trip per pick: for GPUs, see `batched_greedy`) or `stochastic`
-    (approximate, see `stochastic_greedy`, with `epsilon`). Other methods take examples in their own order (see
-    `baselines`, whose inputs they need); their gains are measured on the same objective.
+    `algorithm`: `lazy` (exact greedy's picks by the fastest path for the data's shape, see `greedy_algorithm`),
+    `incremental` (exact greedy's picks for examples of one row, see `incremental_greedy`), `exact` (every gain at
+    every step: the reference), `batched` (exact greedy's picks without a host round trip per pick: for GPUs, see
+    `batched_greedy`) or `stochastic` (approximate, see `stochastic_greedy`, with `epsilon`). Other methods take
+    examples in their own order (see `baselines`, whose inputs they need); their gains are measured on the same
+    objective.
     `target`: a target set's second moment A [d x d] (see fishersft.selection.targeted); with it, fisher is exact
     greedy on the target's predictive variance (whatever `algorithm`), and every method reports that variance."""
     objective = LogDetObjective(blocks, lam, device)
@@ -86,7 +92,10 @@ def select_blocks(
     candidates = candidates.nonzero().flatten()
     costs, limit = budget_costs(budget, lengths)
     evaluations = 0
+    if method == "fisher" and target is None:
+        algorithm = greedy_algorithm(algorithm, blocks, candidates)
     if method == "fisher" and target is not None:
+        algorithm = "exact"
         targeted = TargetedObjective(blocks, target, lam, device)
         for i in warm_start:
             targeted.add(i)
@@ -97,6 +106,8 @@ def select_blocks(
         result = _measured(objective, order, costs, on_step)
     elif algorithm == "batched":
         result = batched_greedy(objective, costs, limit, candidates, on_step)
+    elif algorithm == "incremental":
+        result = incremental_greedy(objective, costs, limit, candidates, on_step)
     elif algorithm == "stochastic":
         size = stochastic_sample_size(len(candidates), expected_picks(costs[candidates], limit), epsilon)
         result = stochastic_greedy(objective, costs, limit, candidates, size, seed, on_step)
@@ -104,8 +115,22 @@ def select_blocks(
         result = (lazy_greedy if algorithm == "lazy" else exact_greedy)(objective, costs, limit, candidates, on_step)
     variance = None if target is None else (before, predictive_variance(objective.sigma, target))
     return Selection(
-        result.order, result.gains, start + sum(result.gains), objective.evaluations + evaluations, variance
+        result.order, result.gains, start + sum(result.gains), objective.evaluations + evaluations, algorithm, variance
     )
+
+
+def greedy_algorithm(asked: Algorithm, blocks: FeatureBlocks, candidates: Tensor) -> Algorithm:
+    """The greedy that runs for `asked`: `lazy` asks for exact greedy's picks by the fastest path, which is
+    `incremental` when every candidate has at most one row (O(N d) a pick, whatever the picks' gains: see
+    docs/speed.md), else lazy greedy. Asking for `incremental` on examples of several rows is an input error."""
+    one_row = len(candidates) == 0 or int(blocks.counts[candidates].max()) <= 1
+    if asked == "incremental" and not one_row:
+        raise InputError(
+            "algorithm 'incremental' needs examples of one feature row (weighting 'mean', or a features file of one "
+            "row per example)",
+            ["algorithm: use 'lazy', which runs incremental greedy whenever every example has one row"],
+        )
+    return "incremental" if asked == "lazy" and one_row else asked
 
 
 def budget_costs(budget: Budget, lengths: Tensor) -> tuple[Tensor, float]:
