@@ -14,7 +14,9 @@ writes them all to benchmarks/results/speed/one_row.json.
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import synthetic  # benchmarks/ is on the path of a script run from it
@@ -24,9 +26,10 @@ from fishersft.contract.selection import Budget
 from fishersft.selection.blocks import FeatureBlocks
 from fishersft.selection.greedy import lazy_greedy
 from fishersft.selection.logdet import LogDetObjective
-from fishersft.selection.selector import budget_costs, select_blocks
+from fishersft.selection.selector import Selection, budget_costs, select_blocks
 
 OUT = Path(__file__).parent / "results" / "speed"
+T = TypeVar("T")
 
 
 def fast_greedy_map(x: np.ndarray, k: int, lam: float) -> list[int]:
@@ -53,7 +56,7 @@ def one_row_features(n: int, d: int, seed: int = 0) -> torch.Tensor:
     return synthetic.rows(torch.ones(n, dtype=torch.int64), synthetic.Topics.draw(d, g), g).to(torch.float16)
 
 
-def timed(run):  # type: ignore[no-untyped-def]
+def timed(run: Callable[[], T]) -> tuple[T, float]:
     start = time.perf_counter()
     out = run()
     return out, time.perf_counter() - start
@@ -75,20 +78,24 @@ def main() -> None:
     budget = Budget(examples=args.k)
     shape = {"n": args.n, "d": args.d, "k": args.k, "device": args.device, "threads": torch.get_num_threads()}
     runs = []
+
+    def ours() -> Selection:
+        return select_blocks(FeatureBlocks.of(features, offsets), lengths, budget, device=args.device)
+
     for round_ in range(args.rounds):
         reference, reference_s = timed(lambda: fast_greedy_map(features.double().numpy(), args.k, 1.0))
-        ours, ours_s = timed(lambda: select_blocks(FeatureBlocks.of(features, offsets), lengths, budget, device=args.device))
+        selection, ours_s = timed(ours)
         runs.append(
             {
                 **shape,
                 "round": round_,
                 "reference_s": reference_s,
                 "select_s": ours_s,
-                "algorithm": ours.algorithm,
+                "algorithm": selection.algorithm,
                 "ratio": reference_s / ours_s,
-                "same_picks": ours.indices == reference,
+                "same_picks": selection.indices == reference,
                 "first_difference": next(
-                    (i for i, (a, b) in enumerate(zip(ours.indices, reference, strict=True)) if a != b), None
+                    (i for i, (a, b) in enumerate(zip(selection.indices, reference, strict=True)) if a != b), None
                 ),
             }
         )

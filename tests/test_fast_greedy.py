@@ -7,13 +7,14 @@ import pytest
 import torch
 
 from fishersft.contract.selection import Budget
+from fishersft.errors import InputError
 from fishersft.selection import incremental, select
 from fishersft.selection.blocks import FeatureBlocks
 from fishersft.selection.greedy import exact_greedy, lazy_greedy
 from fishersft.selection.incremental import WINDOW_LIMIT, incremental_greedy
 from fishersft.selection.logdet import LogDetObjective
 from fishersft.selection.selector import budget_costs
-from tests.test_selection import logdet_of, naive_greedy
+from tests.test_selection import logdet_of, naive_greedy, random_dataset
 
 
 def one_row_dataset(seed: int, n: int = 40, d: int = 6, ties: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,3 +111,25 @@ def test_examples_of_several_rows_are_refused():
     blocks = FeatureBlocks.of(torch.randn(3, 4), torch.tensor([0, 1, 3]))
     with pytest.raises(ValueError, match="one feature row"):
         incremental_greedy(LogDetObjective(blocks, 1.0), torch.ones(2), 2, torch.arange(2))
+
+
+@pytest.mark.parametrize("budget", [Budget(examples=6), Budget(tokens=25)])
+def test_lazy_on_one_row_examples_runs_incremental_greedy_with_exact_greedys_picks(budget):
+    """The selector runs incremental greedy for `lazy` on one-row examples (the mean weighting), with a warm start
+    and exclusions, and says so; its picks and objective are exact greedy's."""
+    rows, _ = one_row_dataset(7, n=30, d=8, ties=True)
+    tokens = rows.repeat_interleave(3, 0)  # three loss tokens an example: their mean is the row
+    offsets = torch.arange(0, 91, 3)
+    options = {"weighting": "mean", "warm_start": [4, 11], "exclude": [0, 2]}
+    fast = select(tokens, offsets, budget, **options)
+    exact = select(tokens, offsets, budget, algorithm="exact", **options)
+    assert (fast.algorithm, exact.algorithm) == ("incremental", "exact")
+    assert fast.indices == exact.indices
+    assert fast.objective == pytest.approx(exact.objective, rel=1e-6)
+
+
+def test_incremental_on_examples_of_several_rows_is_an_input_error():
+    features, offsets, _ = random_dataset(0)
+    with pytest.raises(InputError, match="one feature row"):
+        select(features, offsets, Budget(examples=3), algorithm="incremental")
+    assert select(features, offsets, Budget(examples=3)).algorithm == "lazy"
