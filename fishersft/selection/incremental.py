@@ -8,7 +8,7 @@ changes Sigma^-1 by Sherman-Morrison,
 so every q_i loses e_i^2, e = X g: one [N x d] @ [d] product a pick, O(N d). Fast greedy MAP inference (Chen,
 Zhang and Zhou 2018) runs the same recurrence on Cholesky rows of the N x N kernel I + X X^T / lambda, O(N (d +
 k)) at pick k; in the primal form the cost of a pick does not grow with the picks, and nothing N x N or N x K is
-ever held: the rows (float32, on the device) and three float64 numbers per candidate.
+ever held: the rows (float32, on the device) and four float64 numbers per candidate.
 
 Exactness. The product runs in float32, q in float64, and each q_i carries a bound on the rounding error it has
 gathered (a dot product of d float32 terms is off by at most (d + 3) 2^-24 |x_i| |g|, the rounding of x and g
@@ -17,7 +17,7 @@ is recomputed from Sigma's Cholesky factor in float64, one at a time: the same a
 the window, so exact copies of an example stay exact ties. The best of the window is the pick, ties to the
 lowest index: exact greedy's pick, up to float64 rounding (exact greedy's own gains are float32, so two
 candidates within its rounding of each other may come out in either order there). Once a window holds more
-than WINDOW_LIMIT candidates, every q is recomputed from Sigma and the error bounds start again from zero (a
+than WINDOW_LIMIT candidates, every q is recomputed from Sigma and the error bounds start again (a
 window that is still that large holds exact copies or true near-ties, and is recomputed as it is).
 """
 
