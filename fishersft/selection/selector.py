@@ -30,10 +30,10 @@ class Selection:
     """f(S) = log det(lambda*I + sum of X_i^T X_i over the warm start and the picks)."""
     evaluations: int
     """How many single-example gains were computed."""
-    algorithm: Algorithm = "lazy"
-    """The greedy that ran (see `greedy_algorithm`; exact for fisher with a target; as asked for other methods)."""
     variance: tuple[float, float] | None = None
     """With a target: its predictive variance tr(A Sigma^-1) before the picks (after the warm start) and after."""
+    algorithm: Algorithm = "lazy"
+    """The greedy that ran (see `greedy_algorithm`; exact for fisher with a target; as asked for other methods)."""
 
 
 def select(
@@ -115,7 +115,7 @@ def select_blocks(
         result = (lazy_greedy if algorithm == "lazy" else exact_greedy)(objective, costs, limit, candidates, on_step)
     variance = None if target is None else (before, predictive_variance(objective.sigma, target))
     return Selection(
-        result.order, result.gains, start + sum(result.gains), objective.evaluations + evaluations, algorithm, variance
+        result.order, result.gains, start + sum(result.gains), objective.evaluations + evaluations, variance, algorithm
     )
 
 
