@@ -133,3 +133,17 @@ def test_incremental_on_examples_of_several_rows_is_an_input_error():
     with pytest.raises(InputError, match="one feature row"):
         select(features, offsets, Budget(examples=3), algorithm="incremental")
     assert select(features, offsets, Budget(examples=3)).algorithm == "lazy"
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_near_ties_float32_products_cannot_order_are_brute_forces_order(seed):
+    """Rows that differ by 1e-5 of a large shared component: the float32 downdates alone misorder them (every
+    seed, with the error bounds switched off), so the window's float64 recomputation decides; the picks are those
+    of naive greedy with float64 log determinants."""
+    g = torch.Generator().manual_seed(seed)
+    n, d, k = 12, 4, 6
+    common = 300 * torch.randn(d, generator=g, dtype=torch.float64)
+    rows = (common + 1e-3 * torch.randn(n, d, generator=g, dtype=torch.float64)).to(torch.float32)
+    objective = LogDetObjective(FeatureBlocks.of(rows, torch.arange(n + 1)), 1.0)
+    picked = incremental_greedy(objective, torch.ones(n, dtype=torch.float64), k, torch.arange(n))
+    assert picked.order == naive_greedy([r[None].double() for r in rows], k, 1.0)
