@@ -53,7 +53,7 @@ class _Residuals:
         self.blocks, self.device, self.index = objective.blocks, objective.device, idx
         self.sigma = objective.sigma.clone()
         self.costs = costs.to(self.device, torch.float64)
-        self.uniform = float(costs[0]) if bool((costs == costs[0]).all()) else None
+        self.equal_cost = float(costs[0]) if bool((costs == costs[0]).all()) else None
         """The cost of every candidate when all are equal: the best gain per unit cost is then the best q."""
         self.picked = torch.zeros(len(idx), dtype=torch.bool, device=self.device)
         self.rows = torch.empty(len(idx), self.blocks.dim, dtype=torch.float32, device=self.device)
@@ -113,12 +113,12 @@ class _Residuals:
     def _window(self, left: float) -> Tensor:
         """The positions of the live candidates that fit and whose upper bound reaches every lower bound (the
         best is among them)."""
-        if self.uniform is not None and self.uniform > left:
+        if self.equal_cost is not None and self.equal_cost > left:
             return torch.zeros(0, dtype=torch.int64, device=self.device)
-        if self.uniform is None:  # what no longer fits never will
+        if self.equal_cost is None:  # what no longer fits never will
             self.q.masked_fill_(self.costs > left, -math.inf)
         upper, lower = self.q + self.error, self.q - self.error
-        if self.uniform is None:  # log1p(-inf) of the dead is nan: never reaches
+        if self.equal_cost is None:  # log1p(-inf) of the dead is nan: never reaches
             upper, lower = torch.log1p(upper).div_(self.costs), torch.log1p(lower.clamp_min_(-1)).div_(self.costs)
         best = lower.max()
         window = (upper >= best).nonzero().flatten()
@@ -132,9 +132,8 @@ class _Residuals:
         g = torch.linalg.solve_triangular(self.chol.T, solved, upper=True)[:, 0] / torch.sqrt(1 + q)
         e = (self.rows @ g.to(torch.float32)).to(torch.float64)
         self.q.addcmul_(e, e, value=-1)
-        scale = float(
-            self.rounding * g.norm()
-        )  # the error of e_i is at most scale |x_i|; of e_i^2, that times (2|e_i| + it)
+        # e_i is off by at most scale |x_i|, so e_i^2 by that times (2 |e_i| + scale |x_i|)
+        scale = float(self.rounding * g.norm())
         self.error.addcmul_(self.norms, e.abs_().mul_(2).add_(self.norms, alpha=scale), value=scale)
         self.picked[position] = True
         self.q[position] = -math.inf
