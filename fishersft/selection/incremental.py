@@ -149,7 +149,7 @@ def _one_thread_for_small_passes(rows: Tensor) -> Iterator[None]:
     passes of well under a millisecond each; split across threads, every pass waits for the slowest thread, and
     on a CPU shared with other processes that one is often descheduled. Measured on the 2-core machine at load
     4: a pass over 60,000 float64 numbers took 10 ms on 2 threads, 0.05 ms on one; the [60,000 x 128] product
-    12 ms and 2.1 ms. Larger rows keep torch's threads: there the product is the pick, and it scales with them."""
+    12 ms and 2.1 ms. Larger rows keep torch's threads: there the product dominates a pick (not measured)."""
     if rows.device.type != "cpu" or rows.numel() > ONE_THREAD_ELEMENTS:
         yield
         return
