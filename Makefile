@@ -41,6 +41,7 @@ docs: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/selection.py
+	$(BIN)/python benchmarks/speed.py --lazy
 	$(BIN)/python benchmarks/scale.py
 	$(BIN)/python benchmarks/compression.py
 	$(BIN)/python benchmarks/embedding.py

@@ -93,7 +93,7 @@ def test_compression_and_algorithm_options_reach_the_result(service, tmp_path):
     assert dataset["dim"] == 8
     auto = service.wait(service.select(dataset_id=dataset["id"], budget={"examples": 5})["id"])["result"]
     assert auto["compression"] == {"rank": 64, "dim": 8, "projection": "principal", "seed": 0, "source_dim": 8}
-    assert auto["algorithm"] == "lazy" and auto["epsilon"] is None
+    assert auto["algorithm"] == "incremental" and auto["epsilon"] is None  # the mean weighting: one row each
     options = {"rank": 4, "dim": 6, "projection": "gaussian", "algorithm": "stochastic", "epsilon": 0.5}
     job = service.wait(service.select(dataset_id=dataset["id"], budget={"examples": 5}, **options)["id"])
     result = job["result"]

@@ -72,8 +72,8 @@ METHOD_DOC = (
     "; ".join(f"`{s.name}`: {s.doc.rstrip('.')}" for s in registered())
     + ". Under a token budget each takes examples in its own order while they fit (fisher: the most gain per token)."
 )
-Algorithm = Literal["lazy", "exact", "stochastic", "batched"]
-ALGORITHMS: tuple[Algorithm, ...] = ("lazy", "exact", "stochastic", "batched")
+Algorithm = Literal["lazy", "exact", "stochastic", "batched", "incremental"]
+ALGORITHMS: tuple[Algorithm, ...] = ("lazy", "exact", "stochastic", "batched", "incremental")
 Weighting = Literal["tokens", "examples", "mean", "uncertainty"]
 WEIGHTINGS: tuple[Weighting, ...] = ("tokens", "examples", "mean", "uncertainty")
 MODEL_WEIGHTINGS: tuple[Weighting, ...] = ("uncertainty",)
@@ -84,12 +84,14 @@ LAMBDA_DOC = "Ridge term of Sigma = lambda*I + sum x x^T."
 Ridge = Annotated[float, Field(ge=1e-6, le=1e6, description=LAMBDA_DOC)]
 """The ridge lambda of a request (field `lambda_`, alias `lambda`)."""
 ALGORITHM_DOC = (
-    "How fisher greedy runs. `lazy` (default): cached upper bounds, the same picks as `exact` (every gain at every "
-    "step, the reference: slow); `stochastic`: each pick looks at a seeded random sample of (N/K) ln(1/epsilon) "
-    "candidates (Mirzasoleiman et al. 2015), approximate and much faster for very large N; `batched`: exact "
-    "greedy's picks as batched matrix products that stay on the device, no host round trip per pick (for a GPU; "
-    "on a CPU `lazy` is faster). With a target, fisher runs exact greedy whatever this says (the targeted "
-    "objective is not submodular: lazy bounds would not hold)."
+    "How fisher greedy runs. `lazy` (default): the same picks as `exact` (every gain at every step, the reference: "
+    "slow) by the fastest exact path for the data: `incremental` when every example has one feature row (weighting "
+    "`mean`, one-row features files), else cached upper bounds (lazy greedy); `incremental`: fast greedy MAP's "
+    "incremental updates, one pass over the candidates a pick (examples of one row only); `stochastic`: each pick "
+    "looks at a seeded random sample of (N/K) ln(1/epsilon) candidates (Mirzasoleiman et al. 2015), approximate "
+    "and much faster for very large N; `batched`: exact greedy's picks as batched matrix products that stay on the "
+    "device, no host round trip per pick (for a GPU; on a CPU `lazy` is faster). With a target, fisher runs exact "
+    "greedy whatever this says (the targeted objective is not submodular: lazy bounds would not hold)."
 )
 WEIGHTING_DOC = (
     "How an example's loss tokens add to Sigma. `tokens`: the paper's sum of x x^T over every loss token; "
@@ -326,7 +328,8 @@ class SelectionResult(BaseModel):
     )
     algorithm: Algorithm = Field(
         "lazy",
-        description="The greedy that ran: lazy, exact, stochastic or batched (exact for fisher with a target).",
+        description="The greedy that ran: lazy, incremental, exact, stochastic or batched (exact for fisher with a "
+        "target; `lazy` asked of one-row examples runs and reports `incremental`).",
     )
     epsilon: float | None = Field(None, description="Stochastic greedy's epsilon; null for the other algorithms.")
     budget: Budget = Field(description="The budget asked for.")

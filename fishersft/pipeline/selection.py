@@ -116,7 +116,7 @@ def select_features(
         model=model,
         dim=int(features.features.shape[1]),
         compression=features.recorded_compression,
-        algorithm="exact" if targeted else options.algorithm,
+        algorithm=selection.algorithm,
         epsilon=options.epsilon if options.algorithm == "stochastic" and not targeted else None,
         budget=budget,
         lambda_=options.lambda_,

@@ -10,10 +10,12 @@ import torch
 from torch import Tensor
 
 from fishersft.contract.selection import DEFAULT_EPSILON, Algorithm, Budget, Method, Weighting
+from fishersft.errors import InputError
 from fishersft.methods import DEFAULT_METHOD, RankingInputs, method_spec
 from fishersft.selection.batched import batched_greedy
 from fishersft.selection.blocks import FeatureBlocks
 from fishersft.selection.greedy import GreedyResult, StepCallback, exact_greedy, lazy_greedy, stochastic_greedy
+from fishersft.selection.incremental import incremental_greedy
 from fishersft.selection.logdet import LogDetObjective
 from fishersft.selection.targeted import TargetedObjective, predictive_variance
 
@@ -30,6 +32,8 @@ class Selection:
     """How many single-example gains were computed."""
     variance: tuple[float, float] | None = None
     """With a target: its predictive variance tr(A Sigma^-1) before the picks (after the warm start) and after."""
+    algorithm: Algorithm = "lazy"
+    """The greedy that ran (see `greedy_algorithm`; exact for fisher with a target; as asked for other methods)."""
 
 
 def select(
@@ -69,13 +73,14 @@ def select_blocks(
     """Select examples given their (weighted) feature blocks and loss tokens `lengths` (the costs of a token
     budget). Examples in `warm_start` (indices) are already in the design: they seed Sigma and are not chosen
     again. Examples in `exclude` (indices: a held-out set, say) are never chosen. Gains are computed on `device`.
-    `algorithm`: `lazy` (exact greedy's picks), `exact` (every gain at every step: the reference), `batched`
-    (exact greedy's picks without a host round trip per pick: for GPUs, see `batched_greedy`) or `stochastic`
-    (approximate, see `stochastic_greedy`, with `epsilon`). A method that ranks (see fishersft.methods) takes
-    examples in its own order, from the `ranking_inputs` its spec asks for; its gains are measured on the same
-    objective. `target`: a target set's second moment A [d x d] (see fishersft.selection.targeted); with it, fisher
-    is exact greedy on the target's predictive variance (whatever `algorithm`), and every method reports that
-    variance."""
+    `algorithm`: `lazy` (exact greedy's picks by the fastest path for the data's shape, see `greedy_algorithm`),
+    `incremental` (exact greedy's picks for examples of one row, see `incremental_greedy`), `exact` (every gain at
+    every step: the reference), `batched` (exact greedy's picks without a host round trip per pick: for GPUs, see
+    `batched_greedy`) or `stochastic` (approximate, see `stochastic_greedy`, with `epsilon`). A method that ranks
+    (see fishersft.methods) takes examples in its own order, from the `ranking_inputs` its spec asks for; its gains
+    are measured on the same objective. `target`: a target set's second moment A [d x d] (see
+    fishersft.selection.targeted); with it, fisher is exact greedy on the target's predictive variance (whatever
+    `algorithm`), and every method reports that variance."""
     objective = LogDetObjective(blocks, lam, device)
     for i in warm_start:
         objective.add(i)
@@ -88,7 +93,10 @@ def select_blocks(
     costs, limit = budget_costs(budget, lengths)
     evaluations = 0
     spec = method_spec(method)
+    if spec.objective and target is None:
+        algorithm = greedy_algorithm(algorithm, blocks, candidates)
     if spec.objective and target is not None:
+        algorithm = "exact"
         targeted = TargetedObjective(blocks, target, lam, device)
         for i in warm_start:
             targeted.add(i)
@@ -99,6 +107,8 @@ def select_blocks(
         result = _measured(objective, order, costs, on_step)
     elif algorithm == "batched":
         result = batched_greedy(objective, costs, limit, candidates, on_step)
+    elif algorithm == "incremental":
+        result = incremental_greedy(objective, costs, limit, candidates, on_step)
     elif algorithm == "stochastic":
         size = stochastic_sample_size(len(candidates), expected_picks(costs[candidates], limit), epsilon)
         result = stochastic_greedy(objective, costs, limit, candidates, size, seed, on_step)
@@ -106,8 +116,22 @@ def select_blocks(
         result = (lazy_greedy if algorithm == "lazy" else exact_greedy)(objective, costs, limit, candidates, on_step)
     variance = None if target is None else (before, predictive_variance(objective.sigma, target))
     return Selection(
-        result.order, result.gains, start + sum(result.gains), objective.evaluations + evaluations, variance
+        result.order, result.gains, start + sum(result.gains), objective.evaluations + evaluations, variance, algorithm
     )
+
+
+def greedy_algorithm(asked: Algorithm, blocks: FeatureBlocks, candidates: Tensor) -> Algorithm:
+    """The greedy that runs for `asked`: `lazy` asks for exact greedy's picks by the fastest path, which is
+    `incremental` when every candidate has at most one row (O(N d) a pick, whatever the picks' gains: see
+    docs/speed.md), else lazy greedy. Asking for `incremental` on examples of several rows is an input error."""
+    one_row = len(candidates) == 0 or int(blocks.counts[candidates].max()) <= 1
+    if asked == "incremental" and not one_row:
+        raise InputError(
+            "algorithm 'incremental' needs examples of one feature row (weighting 'mean', or a features file of one "
+            "row per example)",
+            ["algorithm: use 'lazy', which runs incremental greedy whenever every example has one row"],
+        )
+    return "incremental" if asked == "lazy" and one_row else asked
 
 
 def budget_costs(budget: Budget, lengths: Tensor) -> tuple[Tensor, float]:
