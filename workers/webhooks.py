@@ -4,15 +4,15 @@ after the next of FISHERSFT_WEBHOOK_RETRY_S when it failed. It never raises: the
 and nothing about delivery changes it."""
 
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 from rq import get_current_job
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
-from fishersft.contract.jobs import WEBHOOK_TYPES, Event, WebhookPayload
+from fishersft.contract.jobs import WEBHOOK_TYPES, WebhookPayload
 from fishersft.contract.webhooks import WebhookOptions
+from fishersft.service.events import append_event, new_event
 from fishersft.service.job_body import job_body, kind_of
 from fishersft.service.protocol import JOB_SERIALIZER
 from fishersft.service.settings import Settings
@@ -59,24 +59,14 @@ def _record(job: Job, store: ArtifactStore, attempt: int, outcome: Attempt, retr
     GET .../events reads a succeeded job's events)."""
     data: dict[str, Any] = {"attempt": attempt, "status_code": outcome.status_code}
     if outcome.delivered:
-        event = Event(
-            created_at=datetime.now(UTC),
-            level="info",
-            type="webhook.delivered",
-            message=f"webhook delivered (attempt {attempt}): {outcome.status_code}",
-            data=data,
-        )
+        message = f"webhook delivered (attempt {attempt}): {outcome.status_code}"
+        event = new_event("webhook.delivered", message, **data)
     else:
         then = f"retrying in {retry_s:g} s" if retry_s is not None else "giving up"
-        event = Event(
-            created_at=datetime.now(UTC),
-            level="warning" if retry_s is not None else "error",
-            type="webhook.failed",
-            message=f"webhook not delivered (attempt {attempt}): {outcome.error}; {then}",
-            data={**data, "error": outcome.error, "retry_in_s": retry_s},
-        )
-    job.meta.setdefault("events", []).append(event.model_dump(mode="json"))
-    job.save_meta()
+        message = f"webhook not delivered (attempt {attempt}): {outcome.error}; {then}"
+        level = "warning" if retry_s is not None else "error"
+        event = new_event("webhook.failed", message, level, **data, error=outcome.error, retry_in_s=retry_s)
+    append_event(job, event)
     saved = store.result(job.id)
     if saved is not None:
         store.put_result(job.id, saved.model_copy(update={"events": [*saved.events, event]}))

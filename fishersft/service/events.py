@@ -1,0 +1,25 @@
+"""A job's events (GET .../events): appended to its RQ meta by whoever acts on the job (the worker running it,
+the monitor settling it, the API cancelling it while queued, a webhook delivery)."""
+
+from datetime import UTC, datetime
+from typing import Any
+
+from rq.job import Job
+
+from fishersft.contract.jobs import Event
+
+MAX_EVENTS = 1000
+"""A job keeps its latest MAX_EVENTS events."""
+
+
+def new_event(type_: str, message: str, level: str = "info", **data: Any) -> Event:
+    return Event.model_validate(
+        {"created_at": datetime.now(UTC), "level": level, "type": type_, "message": message, "data": data}
+    )
+
+
+def append_event(job: Job, event: Event) -> None:
+    """Append `event` to the job's events and save its meta."""
+    events = [*job.meta.get("events", []), event.model_dump(mode="json")]
+    job.meta["events"] = events[-MAX_EVENTS:]
+    job.save_meta()
