@@ -6,19 +6,19 @@ that waits for its stage jobs cancels them all.
 
 import time
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from pydantic import BaseModel
 from redis import Redis
 from rq import Queue
 from rq.exceptions import NoSuchJobError
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.registry import StartedJobRegistry
 
 from app.caller import OPEN, Caller
 from fishersft.contract.jobs import Event, JobBody
 from fishersft.service.job_body import JobKind, job_body
-from fishersft.service.monitor import stage_jobs, stop
+from fishersft.service.monitor import QUEUED, stage_jobs, stop
 from fishersft.service.protocol import ID_HEX, JOB_SERIALIZER, KEEP_S, Plan, is_id
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
@@ -40,9 +40,13 @@ class Jobs:
         queues = [Queue(n, connection=self.redis, serializer=JOB_SERIALIZER) for n in names]
         return sum(q.count + StartedJobRegistry(queue=q).count for q in queues)
 
-    def create(self, request: BaseModel, plan: Plan | None = None) -> JobBody:
-        """Enqueue a job, after the stage jobs of its `plan` (see protocol.Plan) that it waits for."""
-        job_id = f"{self.kind.prefix}_{uuid.uuid4().hex[:ID_HEX]}"
+    def new_id(self) -> str:
+        return f"{self.kind.prefix}_{uuid.uuid4().hex[:ID_HEX]}"
+
+    def create(self, request: BaseModel, plan: Plan | None = None, job_id: str | None = None) -> JobBody:
+        """Enqueue a job (with `job_id`, else a new one), after the stage jobs of its `plan` (see protocol.Plan)
+        that it waits for."""
+        job_id = job_id or self.new_id()
         payload = request.model_dump(by_alias=True)
         lasting = {"job_timeout": self.settings.job_timeout_s, "result_ttl": KEEP_S, "failure_ttl": KEEP_S}
         meta: dict[str, Any] = {"request": payload, "owner": self.caller.owner}
@@ -58,6 +62,9 @@ class Jobs:
                     **lasting,
                 )
             meta["plan"] = kwargs["plan"] = plan.as_dict()
+        for dataset_id in datasets_named(payload):  # before the job exists: a delete never misses it
+            self.redis.sadd(dataset_jobs_key(dataset_id), job_id)
+            self.redis.expire(dataset_jobs_key(dataset_id), KEEP_S)
         job = self.queue.enqueue(
             self.kind.function,
             kwargs=kwargs,
@@ -145,3 +152,33 @@ class Jobs:
             request=saved.request,
             attempts=saved.attempts,
         )
+
+
+def dataset_jobs_key(dataset_id: str) -> str:
+    """Set of the ids of the jobs whose request names the dataset."""
+    return f"fishersft:dataset-jobs:{dataset_id}"
+
+
+def datasets_named(value: object) -> set[str]:
+    """The dataset ids a request names, in any field (dataset_id, target_id, eval.dataset_id, ...)."""
+    if isinstance(value, str):
+        return {value} if is_id(value, "ds") else set()
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return set().union(*(datasets_named(v) for v in value))
+    return set()
+
+
+def jobs_using(redis: Redis, dataset_id: str, caller: Caller) -> list[str]:
+    """The queued or running jobs the caller may see whose request names the dataset (ended ones are forgotten on
+    the way). Another key's job never shows: that key holds the dataset too, so deleting does not remove it."""
+    key = dataset_jobs_key(dataset_id)
+    ids = sorted(i.decode() for i in cast(set[bytes], redis.smembers(key)))
+    using = []
+    for job_id, job in zip(ids, Job.fetch_many(ids, connection=redis, serializer=JOB_SERIALIZER), strict=True):
+        if job is None or job.get_status(refresh=False) not in (*QUEUED, JobStatus.STARTED):
+            redis.srem(key, job_id)
+        elif caller.sees({owner} if isinstance(owner := job.meta.get("owner"), str) else set()):
+            using.append(job_id)
+    return using

@@ -1,0 +1,117 @@
+"""What a hostile or unlucky day finds (issue 30): racing retries, two keys uploading the same bytes, a dataset
+deleted under a job, jobs that fail without saying so. Through the real API, Redis and workers."""
+
+import threading
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from rq import Queue
+
+from app.main import create_app
+from fishersft.service.protocol import JOB_SERIALIZER
+from fishersft.service.store import ArtifactStore
+from tests.conftest import SAMPLE, service_settings
+from tests.service import Service
+
+
+def race(count: int, request) -> list:
+    """`request()` from `count` threads released together; their answers."""
+    barrier, answers = threading.Barrier(count), []
+
+    def run() -> None:
+        barrier.wait()
+        answers.append(request())
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers
+
+
+def test_racing_requests_with_one_idempotency_key_create_exactly_one_job(service):
+    """30 clients released together, three rounds (one key each): one job per key, however they interleave. On
+    the old check-then-act code 2-3 jobs were created per round."""
+    dataset = service.upload(SAMPLE)
+    body = {"dataset_id": dataset["id"], "budget": {"examples": 5}}
+    for round_ in range(3):
+        headers = {"Idempotency-Key": f"retry-storm-{round_}"}
+        answers = race(30, lambda h=headers: service.client.post("/v1/selections", json=body, headers=h))
+        assert {a.status_code for a in answers} == {202}, [a.text for a in answers if a.status_code != 202]
+        assert len({a.json()["id"] for a in answers}) == 1
+    listed = service.client.get("/v1/selections").json()["data"]
+    assert len(listed) == 3
+    queue = Queue(service.settings.queue, connection=service.redis, serializer=JOB_SERIALIZER)
+    assert sorted(queue.job_ids) == sorted(job["id"] for job in listed)
+    again = service.client.post("/v1/selections", json=body, headers={"Idempotency-Key": "retry-storm-0"})
+    assert again.status_code == 202 and again.json()["id"] == listed[-1]["id"]
+    other = service.client.post(
+        "/v1/selections", json={**body, "budget": {"examples": 6}}, headers={"Idempotency-Key": "retry-storm-0"}
+    )
+    assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_reused"
+
+
+@pytest.fixture
+def two_keys(tmp_path, redis_server, llama_dir):
+    settings = service_settings(tmp_path, redis_server, llama_dir, api_keys=frozenset({"key-a", "key-b"}))
+    with TestClient(create_app(settings)) as client:
+        svc = Service(settings, client)
+        yield svc
+        svc.stop_workers()
+
+
+def test_a_key_uploading_bytes_another_key_holds_sees_its_own_name_and_time(two_keys):
+    a, b = ({"Authorization": f"Bearer key-{k}"} for k in "ab")
+    client = two_keys.client
+
+    def upload(headers: dict, name: str) -> dict:
+        with open(SAMPLE, "rb") as f:
+            response = client.post(
+                "/v1/datasets", files={"file": ("mine.jsonl", f)}, data={"name": name}, headers=headers
+            )
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    first = upload(a, "A's secret project")
+    time.sleep(0.01)  # a later upload time, on any clock
+    second = upload(b, "B's copy")
+    assert second["id"] == first["id"]
+    assert second["name"] == "B's copy" and second["created_at"] > first["created_at"]
+    assert client.get(f"/v1/datasets/{first['id']}", headers=b).json() == second
+    assert client.get("/v1/datasets", headers=b).json()["data"] == [second]
+    assert client.get(f"/v1/datasets/{first['id']}", headers=a).json() == first
+    assert upload(a, "renamed") == first  # a key's first upload stays its claim
+
+
+def test_a_dataset_a_queued_job_uses_cannot_be_deleted_until_the_job_ends(service):
+    """409 naming the job (the old code answered 204, and the job later failed with the server's data path)."""
+    dataset = service.upload(SAMPLE)
+    job = service.select(dataset_id=dataset["id"], budget={"examples": 5})
+    refused = service.client.delete(f"/v1/datasets/{dataset['id']}")
+    assert refused.status_code == 409, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "dataset_in_use" and error["details"] == [
+        {"field": "dataset_id", "message": f"used by {job['id']}"}
+    ]
+    assert service.client.get(f"/v1/datasets/{dataset['id']}").status_code == 200
+    service.client.post(f"/v1/selections/{job['id']}/cancel")
+    assert service.client.delete(f"/v1/datasets/{dataset['id']}").status_code == 204
+
+
+def test_a_job_that_fails_on_an_internal_error_ends_its_events_with_failed_and_names_no_server_path(service):
+    """The dataset's file goes missing behind the API's back: the job fails `internal_error`, its last event is
+    `failed`, and no answer shows the artifact store's path."""
+    dataset = service.upload(SAMPLE)
+    job = service.select(dataset_id=dataset["id"], budget={"examples": 5}, max_length=64)
+    ArtifactStore(service.settings.data_dir).blob(dataset["sha256"]).unlink()
+    service.start_worker()
+    failed = service.wait(job["id"])
+    assert failed["status"] == "failed" and failed["error"]["code"] == "internal_error", failed
+    events = service.client.get(f"/v1/selections/{job['id']}/events").json()["data"]
+    assert [e["type"] for e in events] == ["started", "failed"]
+    assert events[-1]["message"] == failed["error"]["message"] and events[-1]["level"] == "error"
+    data_dir = str(service.settings.data_dir)
+    answers = [service.client.get(f"/v1/selections/{job['id']}").text, str(events)]
+    assert not any(data_dir in answer or "/tmp" in answer for answer in answers)
