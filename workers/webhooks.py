@@ -1,7 +1,7 @@
-"""The webhook delivery job (fishersft.service.webhooks): one attempt to POST a job's webhook, recorded as an
-event of that job (`webhook.delivered` or `webhook.failed`, with the status code), and filed to be tried again
-after the next of FISHERSFT_WEBHOOK_RETRY_S when it failed. It never raises: the job it reports on has ended,
-and nothing about delivery changes it."""
+"""The webhook delivery job (fishersft.service.webhooks): one attempt to POST a job's webhook, made at most once
+(its number is claimed first), recorded as an event of that job (`webhook.delivered` or `webhook.failed`, with the
+status code), and filed to be tried again after the next of FISHERSFT_WEBHOOK_RETRY_S when it failed. A failed
+attempt never raises: the job it reports on has ended, and nothing about delivery changes it."""
 
 import logging
 from typing import Any
@@ -17,7 +17,15 @@ from fishersft.service.job_body import job_body, kind_of
 from fishersft.service.protocol import JOB_SERIALIZER
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
-from fishersft.service.webhooks import Attempt, allowed_host, post, retry_later
+from fishersft.service.webhooks import (
+    Attempt,
+    allowed_host,
+    delivery_id,
+    drop_attempt,
+    post,
+    settle_attempt,
+    start_attempt,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +40,7 @@ def deliver_webhook(job_id: str, attempt: int) -> None:
         job = Job.fetch(job_id, connection=redis, serializer=JOB_SERIALIZER)
     except NoSuchJobError:
         log.warning("webhook of %s not sent: the job is no longer in Redis", job_id)
+        drop_attempt(redis, job_id, attempt)
         return
     assert kind is not None, f"{job_id} is not a job resource's id"
     body = job_body(kind, job, store)
@@ -40,18 +49,22 @@ def deliver_webhook(job_id: str, attempt: int) -> None:
     type_ = WEBHOOK_TYPES.get(body.status)
     if type_ is None:  # notify runs once the end is recorded: not seen
         log.warning("webhook of %s not sent: it is %s", job_id, body.status)
+        drop_attempt(redis, job_id, attempt)
+        return
+    retries = settings.webhook_retry_s
+    if not start_attempt(redis, job_id, attempt, last=attempt > len(retries)):
+        log.info("attempt %d of the webhook of %s was made already", attempt, job_id)
+        drop_attempt(redis, job_id, attempt)
         return
     if settings.webhook_secret is None or not allowed_host(url, settings.webhook_hosts):
         outcome = Attempt(None, "its host is not in this worker's FISHERSFT_WEBHOOK_HOSTS (or no secret is set)")
-        _record(job, store, attempt, outcome, retry_s=None)
-        return
-    payload = WebhookPayload(type=type_, job=body)
-    outcome = post(url, payload, settings.webhook_secret.get_secret_value())
-    retries = settings.webhook_retry_s
-    retry_s = retries[attempt - 1] if not outcome.delivered and attempt <= len(retries) else None
+        retry_s = None
+    else:
+        payload = WebhookPayload(id=delivery_id(job_id, type_), type=type_, job=body)
+        outcome = post(url, payload, settings.webhook_secret.get_secret_value(), attempt)
+        retry_s = retries[attempt - 1] if not outcome.delivered and attempt <= len(retries) else None
     _record(job, store, attempt, outcome, retry_s)
-    if retry_s is not None:
-        retry_later(redis, job_id, attempt + 1, retry_s)
+    settle_attempt(redis, job_id, attempt, retry_s)
 
 
 def _record(job: Job, store: ArtifactStore, attempt: int, outcome: Attempt, retry_s: float | None) -> None:

@@ -98,6 +98,10 @@ WEBHOOK_TYPES: dict[JobStatus, WebhookType] = {
 class WebhookPayload(BaseModel):
     """What a webhook POSTs when a job ends (README, Webhooks)."""
 
+    id: str = Field(
+        description="`<job id>.<type>`: the same on every attempt to deliver this webhook; a receiver that has "
+        "already handled this id ignores the delivery."
+    )
     type: WebhookType = Field(description="How the job ended.")
     job: SerializeAsAny[JobBody[Any, Any]] = Field(
         description="The job's body, exactly as GET /v1/<kind>/{id} answers it."

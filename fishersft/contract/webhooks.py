@@ -11,7 +11,12 @@ MAX_URL = 2000
 
 
 def _http_url(value: str) -> str:
-    """An absolute http(s) URL with a host and no credentials: the host is what the allow-list checks."""
+    """An absolute http(s) URL with a host and no credentials: the host is what the allow-list checks. Spaces and
+    control characters are refused, not stripped as urlsplit strips tabs and newlines: the allow-list would check
+    another URL than the one stored (and an HTTP client refuses them at delivery)."""
+    bad = next((c for c in value if c.isspace() or not c.isprintable()), None)
+    if bad is not None:
+        raise ValueError(f"a URL holds no spaces or control characters: found {bad!r} at {value.index(bad)}")
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018  # raises on a port that is not a number in range

@@ -31,6 +31,7 @@ from fishersft.service.protocol import (
     RUN_SHARD,
     Plan,
     Stage,
+    is_id,
 )
 from fishersft.service.store import ArtifactStore
 
@@ -75,7 +76,8 @@ KINDS = {kind.prefix: kind for kind in (SELECTIONS, FINETUNES, COMPARISONS)}
 
 def kind_of(job_id: str) -> JobKind | None:
     """The kind of a job resource's id (`sel_...`); None for any other job (a stage, a delivery)."""
-    return KINDS.get(job_id.partition("_")[0])
+    kind = KINDS.get(job_id.partition("_")[0])
+    return kind if kind is not None and is_id(job_id, kind.prefix) else None
 
 
 def job_body(kind: JobKind, job: Job, store: ArtifactStore) -> JobBody:
