@@ -18,9 +18,19 @@ from fishersft.contract.base import Text
 from fishersft.contract.datasets import DatasetClaim, DatasetFormat, DatasetRecord
 from fishersft.contract.pages import Page
 from fishersft.data.dataset import Example, iter_examples
-from fishersft.data.formats import CONVERTED, MAX_LINE_BYTES, SUFFIXES, TEXT_FORMATS, TooLarge, dataset_format, to_jsonl
+from fishersft.data.formats import (
+    CONVERTED,
+    MAX_LINE_BYTES,
+    SUFFIXES,
+    TEXT_FORMATS,
+    TooLarge,
+    check_line_length,
+    dataset_format,
+    numbered_lines,
+    to_jsonl,
+)
 from fishersft.data.groups import LabelCounter
-from fishersft.errors import DatasetError, InputError, LineError
+from fishersft.errors import DatasetError, InputError
 from fishersft.features.files import load_features
 from fishersft.service import metrics
 from fishersft.service.protocol import ID_HEX
@@ -124,28 +134,23 @@ class _Upload:
             self.out.write(chunk)
             yield chunk
 
-    def lines(self) -> Iterator[bytes]:
-        """Lines as they arrive, in time linear in the upload (a line's bytes are scanned once, however long
-        it is); a line over MAX_LINE_BYTES is refused as soon as it passes the limit."""
+    def lines(self) -> Iterator[tuple[int, bytes]]:
+        """Lines that are not blank, with their 1-based numbers, as they arrive, in time linear in the upload (a
+        line's bytes are scanned once, however long it is; blank lines cost no Python-level work each); a line
+        over MAX_LINE_BYTES is refused as soon as it passes the limit."""
         pending = bytearray()
         for chunk in self.chunks():
             start = len(pending)
             pending += chunk
             cut = pending.rfind(b"\n", start)
             if cut >= 0:
-                complete = bytes(pending[:cut])
+                lines = bytes(pending[:cut]).split(b"\n")
                 del pending[: cut + 1]
-                for line in complete.split(b"\n"):
-                    self._check(len(line))
-                    self.lines_read += 1
-                    yield line
-            self._check(len(pending))
+                yield from numbered_lines(lines, self.lines_read, MAX_LINE_BYTES)
+                self.lines_read += len(lines)
+            check_line_length(self.lines_read + 1, len(pending), MAX_LINE_BYTES)
         if pending:
-            yield bytes(pending)
-
-    def _check(self, line_bytes: int) -> None:
-        if line_bytes > MAX_LINE_BYTES:
-            raise DatasetError([LineError(self.lines_read + 1, f"a line longer than {MAX_LINE_BYTES:,} bytes")])
+            yield from numbered_lines([bytes(pending)], self.lines_read, MAX_LINE_BYTES)
 
     def finish(self) -> None:
         """Copy whatever was not read yet."""
