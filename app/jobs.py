@@ -17,6 +17,7 @@ from rq.registry import StartedJobRegistry
 
 from app.caller import OPEN, Caller
 from fishersft.contract.jobs import Event, JobBody
+from fishersft.service.events import DROPPED
 from fishersft.service.job_body import JobKind, job_body
 from fishersft.service.monitor import QUEUED, stage_jobs, stop
 from fishersft.service.protocol import ID_HEX, JOB_SERIALIZER, KEEP_S, Plan, is_id
@@ -103,14 +104,14 @@ class Jobs:
         """The API body of a job as last read from Redis (fishersft.service.job_body); it writes nothing."""
         return job_body(self.kind, job, self.store)
 
-    def events(self, job_id: str) -> list[Event] | None:
-        """The job's events, oldest first: from its saved result once it succeeded, else from Redis; None when the
-        caller may not see the job or it does not exist."""
+    def events(self, job_id: str) -> tuple[list[Event], int] | None:
+        """The job's events, oldest first, and how many older ones were dropped: from its saved result once it
+        succeeded, else from Redis; None when the caller may not see the job or it does not exist."""
         saved = self.store.result(job_id) if is_id(job_id, self.kind.prefix) else None
         if saved is not None:
-            return saved.events if self.caller.sees({saved.owner}) else None
+            return (saved.events, saved.events_dropped) if self.caller.sees({saved.owner}) else None
         job = self._fetch(job_id)
-        return [Event(**e) for e in job.meta.get("events", [])] if job else None
+        return ([Event(**e) for e in job.meta.get("events", [])], job.meta.get(DROPPED, 0)) if job else None
 
     def cancel(self, job_id: str) -> JobBody | None:
         """Cancel a queued job now and ask a running one to stop at its next batch or pick; the same for every

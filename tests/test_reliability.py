@@ -1,14 +1,22 @@
 """What a hostile or unlucky day finds (issue 30): racing retries, two keys uploading the same bytes, a dataset
 deleted under a job, jobs that fail without saying so. Through the real API, Redis and workers."""
 
+import gzip
+import json
+import random
+import string
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from rq import Queue
+from rq.job import Job
 
 from app.main import create_app
+from fishersft.data.formats import GZ_BYTES_PER_LINE
+from fishersft.service.events import MAX_EVENTS, append_event, new_event
 from fishersft.service.protocol import JOB_SERIALIZER
 from fishersft.service.store import ArtifactStore
 from tests.conftest import SAMPLE, service_settings
@@ -115,3 +123,66 @@ def test_a_job_that_fails_on_an_internal_error_ends_its_events_with_failed_and_n
     data_dir = str(service.settings.data_dir)
     answers = [service.client.get(f"/v1/selections/{job['id']}").text, str(events)]
     assert not any(data_dir in answer or "/tmp" in answer for answer in answers)
+
+
+def gzip_upload(service: Service, path: Path, data: bytes):
+    path.write_bytes(gzip.compress(data, 9))
+    with open(path, "rb") as f:
+        return service.client.post("/v1/datasets", files={"file": (path.name, f)})
+
+
+def test_a_jsonl_gz_that_inflates_or_holds_many_lines_for_its_size_is_refused_before_they_are_read(service, tmp_path):
+    """4 MiB of newlines (4 KB compressed, within the 8 MiB upload limit) were read a line at a time into a 422
+    "the dataset is empty"; so were blank lines between incompressible ones, and one long line of one letter was
+    read whole. Each is now a 413 naming its limit, and nothing is stored."""
+    lines_limit = f"lines (blank ones too): at most one per {GZ_BYTES_PER_LINE} bytes"
+    rng = random.Random(0)
+    padded = json.dumps({"text": "".join(rng.choices(string.ascii_letters, k=1000))}).encode() + b"\n" * 5000
+    for name, data, limit in [
+        ("newlines", b"\n" * (4 << 20), lines_limit),
+        ("padded", padded * 300, lines_limit),
+        ("repeated", b'{"text": "' + b"a" * (4 << 20) + b'"}\n', "inflates to more than 50 times its size"),
+    ]:
+        refused = gzip_upload(service, tmp_path / f"{name}.jsonl.gz", data)
+        assert refused.status_code == 413, refused.text
+        assert limit in refused.json()["error"]["message"], refused.text
+    assert service.client.get("/v1/datasets").json()["data"] == []
+    assert [p.name for p in (service.settings.data_dir / "blobs").iterdir()] == []
+
+
+def test_a_jsonl_gz_keeps_the_line_numbers_of_its_blank_lines(service, tmp_path):
+    rows = [json.dumps({"text": t}).encode() for t in ("one", "two", "three")]
+    data = b"\n\n".join(rows) + b"\n  \n\r\n" + b'{"text": 3}'  # no final newline, a bad last line
+    refused = gzip_upload(service, tmp_path / "numbered.jsonl.gz", data)
+    assert refused.status_code == 422, refused.text
+    [detail] = refused.json()["error"]["details"]
+    assert detail["line"] == 8 and "text" in detail["message"]
+    accepted = gzip_upload(service, tmp_path / "ok.jsonl.gz", b"\n\n".join(rows))
+    assert accepted.status_code == 201 and accepted.json()["n_examples"] == 3
+
+
+def test_a_jobs_events_page_like_every_list_with_a_cursor_that_counts_the_dropped_ones(service):
+    """1,010 events on a queued job: the first 10 are dropped (a job keeps 1,000), the rest come in pages of
+    `limit`, and `after` is the number of events read so far, so a poller can ask for only newer ones. The old
+    endpoint answered one page of everything and ignored `limit` and `after`."""
+    dataset = service.upload(SAMPLE)
+    job_id = service.select(dataset_id=dataset["id"], budget={"examples": 5})["id"]
+    record = Job.fetch(job_id, service.redis, serializer=JOB_SERIALIZER)
+    for step in range(1, MAX_EVENTS + 11):
+        append_event(record, new_event("step", f"step {step}", step=step))
+    url = f"/v1/selections/{job_id}/events"
+    pages, cursors, after = [], [], None
+    while True:
+        page = service.client.get(url, params={"limit": 300} | ({"after": after} if after else {})).json()
+        pages.append([e["data"]["step"] for e in page["data"]])
+        cursors.append(after := page["next_after"])
+        if after is None:
+            break
+    assert [len(p) for p in pages] == [300, 300, 300, 100] and [s for p in pages for s in p] == list(range(11, 1011))
+    assert cursors == ["310", "610", "910", None]
+    newer = service.client.get(url, params={"after": 1005}).json()
+    assert [e["data"]["step"] for e in newer["data"]] == [1006, 1007, 1008, 1009, 1010]
+    assert newer["next_after"] is None
+    assert service.client.get(url, params={"after": 5000}).json()["data"] == []
+    refused = service.client.get(url, params={"after": "x"})
+    assert refused.status_code == 422 and refused.json()["error"]["details"][0]["field"] == "query.after"

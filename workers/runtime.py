@@ -23,7 +23,7 @@ from rq.timeouts import JobTimeoutException
 from fishersft.contract.jobs import Event, JobError, SavedJob
 from fishersft.errors import InputError
 from fishersft.service import metrics
-from fishersft.service.events import append_event, new_event
+from fishersft.service.events import DROPPED, append_event, new_event
 from fishersft.service.protocol import JOB_SERIALIZER, JobCancelled, JobInputError, alive_key, cancel_key
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
@@ -128,6 +128,7 @@ def run_job(work: Work[Request], model: type[Request], request: dict[str, Any], 
             started_at=job.started_at or now,
             finished_at=now,
             events=progress.events,
+            events_dropped=job.meta.get(DROPPED, 0),
             owner=job.meta.get("owner"),
             attempts=job.meta.get("attempts", 1),
         )

@@ -133,12 +133,28 @@ def job_router(kind: JobKind) -> APIRouter:
         summary=f"A {singular}'s events, oldest first",
         responses=documented(404),
     )
-    def get_events(job_id: str, jobs: KindJobs) -> Page[Event]:
+    def get_events(
+        job_id: str,
+        jobs: KindJobs,
+        limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 50,
+        after: Annotated[
+            str | None,
+            Query(
+                description="The `next_after` of the previous page: the number of the job's events read so far "
+                "(a poller may pass the count it has read, to get only newer ones).",
+                pattern=r"^[0-9]{1,9}$",
+            ),
+        ] = None,
+    ) -> Page[Event]:
         """started, then what the job reports on its way (finetunes: selected, evaluated, step with the sampled
         training loss, saved), succeeded / failed / cancelled, and each webhook attempt (webhook.delivered,
-        webhook.failed with the status code). One page holds them all: `next_after` is null."""
+        webhook.failed with the status code). Paged like every list; a job keeps its last 1,000 events."""
         found(jobs.get(job_id), kind, job_id)
-        return Page(data=jobs.events(job_id) or [], next_after=None)
+        events, dropped = jobs.events(job_id) or ([], 0)
+        start = max(0, int(after or 0) - dropped)
+        page = events[start : start + limit]
+        more = start + limit < len(events)
+        return Page(data=page, next_after=str(dropped + start + len(page)) if more else None)
 
     @router.post(
         "/{job_id}/cancel",

@@ -82,6 +82,8 @@ class SavedJob(BaseModel):
     started_at: datetime
     finished_at: datetime
     events: list[Event] = Field(default_factory=list)
+    events_dropped: int = 0
+    """How many of its oldest events were dropped to keep the last 1,000 (they count in the events' cursor)."""
     owner: str | None = None
     attempts: int = 1
 

@@ -18,8 +18,15 @@ def new_event(type_: str, message: str, level: str = "info", **data: Any) -> Eve
     )
 
 
+DROPPED = "events_dropped"
+"""Job meta: how many of its oldest events were dropped to keep MAX_EVENTS (the events' page cursor counts them)."""
+
+
 def append_event(job: Job, event: Event) -> None:
     """Append `event` to the job's events and save its meta."""
     events = [*job.meta.get("events", []), event.model_dump(mode="json")]
-    job.meta["events"] = events[-MAX_EVENTS:]
+    dropped = max(0, len(events) - MAX_EVENTS)
+    job.meta["events"] = events[dropped:]
+    if dropped:
+        job.meta[DROPPED] = job.meta.get(DROPPED, 0) + dropped
     job.save_meta()
