@@ -4,6 +4,7 @@ deleted under a job, jobs that fail without saying so. Through the real API, Red
 import gzip
 import json
 import random
+import re
 import string
 import threading
 import time
@@ -186,3 +187,21 @@ def test_a_jobs_events_page_like_every_list_with_a_cursor_that_counts_the_droppe
     assert service.client.get(url, params={"after": 5000}).json()["data"] == []
     refused = service.client.get(url, params={"after": "x"})
     assert refused.status_code == 422 and refused.json()["error"]["details"][0]["field"] == "query.after"
+
+
+ASSET_TYPES = {".js": "text/javascript", ".css": "text/css", ".png": "image/png", ".json": "application/json"}
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_docs_pages_load_every_asset_from_the_service_itself(service, page):
+    """Every script, stylesheet, icon and spec the page names is served by the service (the pages loaded Swagger
+    UI and ReDoc from a public CDN: blank without the internet)."""
+    html = service.client.get(page).text
+    assert "http://" not in html and "https://" not in html, html
+    assets = re.findall(r"""(?:src|href|spec-url)="([^"]+)"|url: '([^']+)'""", html)
+    paths = {a or b for a, b in assets}
+    assert len(paths) >= 3 and all(p.startswith("/") and not p.startswith("//") for p in paths), paths
+    for path in paths:
+        response = service.client.get(path)
+        assert response.status_code == 200 and len(response.content) > 100, path
+        assert response.headers["content-type"].startswith(ASSET_TYPES[Path(path).suffix]), (path, response.headers)
