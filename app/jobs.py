@@ -63,7 +63,7 @@ class Jobs:
                     **lasting,
                 )
             meta["plan"] = kwargs["plan"] = plan.as_dict()
-        for dataset_id in datasets_named(payload):  # before the job exists: a delete never misses it
+        for dataset_id in self._datasets_used(payload):  # before the job exists: a delete never misses it
             self.redis.sadd(dataset_jobs_key(dataset_id), job_id)
             self.redis.expire(dataset_jobs_key(dataset_id), KEEP_S)
         job = self.queue.enqueue(
@@ -79,6 +79,21 @@ class Jobs:
         if self.caller.owner is not None:
             self.redis.zadd(self._owner_index(self.caller.owner), {job_id: now})
         return self.view(job)
+
+    def _datasets_used(self, payload: dict[str, Any]) -> set[str]:
+        """The datasets a request names, and those of the selections it names (a finetune of a selection trains
+        on the selection's dataset)."""
+        used = ids_named(payload, "ds")
+        for selection_id in ids_named(payload, "sel"):
+            saved = self.store.result(selection_id)
+            try:
+                job = Job.fetch(selection_id, connection=self.redis, serializer=JOB_SERIALIZER)
+                used |= ids_named(job.meta.get("request"), "ds")
+            except NoSuchJobError:
+                pass
+            if saved is not None:
+                used |= ids_named(saved.request, "ds")
+        return used
 
     def get(self, job_id: str) -> JobBody | None:
         job = self._fetch(job_id)
@@ -160,14 +175,15 @@ def dataset_jobs_key(dataset_id: str) -> str:
     return f"fishersft:dataset-jobs:{dataset_id}"
 
 
-def datasets_named(value: object) -> set[str]:
-    """The dataset ids a request names, in any field (dataset_id, target_id, eval.dataset_id, ...)."""
+def ids_named(value: object, prefix: str) -> set[str]:
+    """The ids with `prefix` (`ds`, `sel`) a request names, in any field (dataset_id, target_dataset_id,
+    eval.dataset_id, selection_id, ...)."""
     if isinstance(value, str):
-        return {value} if is_id(value, "ds") else set()
+        return {value} if is_id(value, prefix) else set()
     if isinstance(value, dict):
         value = list(value.values())
     if isinstance(value, list):
-        return set().union(*(datasets_named(v) for v in value))
+        return set().union(*(ids_named(v, prefix) for v in value))
     return set()
 
 

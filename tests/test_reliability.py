@@ -109,6 +109,21 @@ def test_a_dataset_a_queued_job_uses_cannot_be_deleted_until_the_job_ends(servic
     assert service.client.delete(f"/v1/datasets/{dataset['id']}").status_code == 204
 
 
+def test_a_dataset_a_queued_finetune_of_its_selection_uses_cannot_be_deleted(service):
+    """A finetune names the selection, not the dataset it trains on: the delete is refused all the same."""
+    service.start_worker(service.settings.queue)  # selections only: the finetune stays queued
+    dataset = service.upload(SAMPLE)
+    selection = service.wait(service.select(dataset_id=dataset["id"], budget={"examples": 5}, max_length=64)["id"])
+    assert selection["status"] == "succeeded", selection
+    finetune = service.client.post("/v1/finetunes", json={"selection_id": selection["id"]})
+    assert finetune.status_code == 202, finetune.text
+    refused = service.client.delete(f"/v1/datasets/{dataset['id']}")
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["error"]["details"] == [
+        {"field": "dataset_id", "message": f"used by {finetune.json()['id']}"}
+    ]
+
+
 def test_a_job_that_fails_on_an_internal_error_ends_its_events_with_failed_and_names_no_server_path(service):
     """The dataset's file goes missing behind the API's back: the job fails `internal_error`, its last event is
     `failed`, and no answer shows the artifact store's path."""
