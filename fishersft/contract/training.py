@@ -78,7 +78,8 @@ class FinetuneCreate(WebhookOptions):
         **REQUEST,
         json_schema_extra=one_of(
             {"selection_id": TEXT_SCHEMA, "dataset_id": NULL},
-            {"dataset_id": TEXT_SCHEMA, "budget": {"$ref": "#/components/schemas/Budget"}, "selection_id": NULL},
+            # inlined: a $ref would name a component the OpenAPI document may call otherwise (`Budget-Input`)
+            {"dataset_id": TEXT_SCHEMA, "budget": Budget.model_json_schema(mode="validation"), "selection_id": NULL},
         ),
     )
     selection_id: Text | None = Field(None, description="Train on this succeeded selection's subset.")
