@@ -32,8 +32,8 @@ def _http_url(value: str) -> str:
 
 PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
 SPACES = r"\s\x00-\x1f\x7f-\x9f"
-"""For a character class: whitespace (ECMA's \s, U+FEFF included) and control characters (Unicode's Cc), which
-`_http_url` refuses in a URL."""
+"""For a character class: whitespace (what ECMA's `\\s` matches, U+FEFF included) and control characters (Unicode's
+Cc), which `_http_url` refuses in a URL."""
 URL_PATTERN = rf"^https?://[^{SPACES}/?#@:\[\]]+(:{PORT})?([/?#][^{SPACES}]*)?$"
 """What the schema says a webhook_url is: an http(s) URL with a host and no credentials (IPv6 literals aside,
 which `_http_url` takes too). Every string it matches is accepted by `_http_url`, so a client generated from the
