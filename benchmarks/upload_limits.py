@@ -3,7 +3,7 @@
     python benchmarks/upload_limits.py [--mb 1]
 
 Uploads, through the real app (TestClient, a private Redis, the default 2 GiB upload limit), files of about
-`--mb` MB built to cost the most work per byte: blank lines, lines of one letter, blank lines between
+`--mb` MB built to cost the most work per byte: blank lines, 1 MiB lines of one letter, blank lines between
 incompressible ones, the smallest valid lines the line limit lets through (ending in a bad line, so that all are
 read before the answer), and, for comparison, plain .jsonl files of newlines and of the smallest valid lines
 (ending in a bad line). Prints status, seconds, and seconds per
@@ -12,6 +12,7 @@ MB uploaded for each.
 
 import argparse
 import gzip
+import io
 import json
 import random
 import string
@@ -45,9 +46,20 @@ def files(mb: float) -> dict[str, bytes]:
 
     # as many valid lines as the line limit allows: short random ids make each line cost about 4 gzip bytes
     dense = gz_of(lambda: b"".join(json.dumps({"text": letters(3)}).encode() + b"\n" for _ in range(1000)), size)
+
+    def gz_repeat(block: bytes, compressed: int) -> bytes:
+        """`block` repeated until the gzip holds about `compressed` bytes (a block of 1 MiB of one byte compresses
+        to about 1 KB), without holding the inflated bytes in memory."""
+        out = io.BytesIO()
+        with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6) as f:
+            while out.tell() < compressed:
+                f.write(block)
+        return out.getvalue()
+
+    mib = 1 << 20
     return {
-        "newlines.jsonl.gz": gzip.compress(b"\n" * (size * 1000), 6),
-        "one_letter.jsonl.gz": gzip.compress(b'{"text": "' + b"a" * (size * 1000) + b'"}\n', 6),
+        "newlines.jsonl.gz": gz_repeat(b"\n" * mib, size),
+        "one_letter_lines.jsonl.gz": gz_repeat(b'{"text": "' + b"a" * mib + b'"}\n', size),
         "padded.jsonl.gz": gz_of(lambda: json.dumps({"text": letters(200)}).encode() + b"\n" * 400, size),
         "dense_then_bad.jsonl.gz": gzip.compress(gzip.decompress(dense) + b"not json\n", 6),
         "newlines.jsonl": b"\n" * size,

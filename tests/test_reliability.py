@@ -16,7 +16,7 @@ from rq import Queue
 from rq.job import Job
 
 from app.main import create_app
-from fishersft.data.formats import GZ_BYTES_PER_LINE
+from fishersft.data.formats import GZ_BYTES_PER_LINE, GZ_MAX_INFLATION
 from fishersft.service.events import MAX_EVENTS, append_event, new_event
 from fishersft.service.protocol import JOB_SERIALIZER
 from fishersft.service.store import ArtifactStore
@@ -157,7 +157,11 @@ def test_a_jsonl_gz_that_inflates_or_holds_many_lines_for_its_size_is_refused_be
     for name, data, limit in [
         ("newlines", b"\n" * (4 << 20), lines_limit),
         ("padded", padded * 300, lines_limit),
-        ("repeated", b'{"text": "' + b"a" * (4 << 20) + b'"}\n', "inflates to more than 50 times its size"),
+        (
+            "repeated",
+            b'{"text": "' + b"a" * (4 << 20) + b'"}\n',
+            f"inflates to more than {GZ_MAX_INFLATION} times its size",
+        ),
     ]:
         refused = gzip_upload(service, tmp_path / f"{name}.jsonl.gz", data)
         assert refused.status_code == 413, refused.text

@@ -66,12 +66,12 @@ def as_jsonl(path: Path, directory: Path) -> Path:
 
 
 GZ_CHUNK = 1 << 20
-GZ_MAX_INFLATION = 50
-"""An uploaded .jsonl.gz may inflate to at most 50 times its size past its first GZ_FREE_BYTES (JSONL text
+GZ_MAX_INFLATION = 20
+"""An uploaded .jsonl.gz may inflate to at most 20 times its size past its first GZ_FREE_BYTES (JSONL text
 compresses 3 to 10 times): a small file of newlines or repeated lines would otherwise cost minutes of work."""
 GZ_FREE_BYTES = 1 << 20
-GZ_BYTES_PER_LINE = 16
-"""An uploaded .jsonl.gz may hold at most one line (blank ones too) per 16 bytes of the file past its first
+GZ_BYTES_PER_LINE = 32
+"""An uploaded .jsonl.gz may hold at most one line (blank ones too) per 32 bytes of the file past its first
 GZ_FREE_LINES: each line costs work (about 10 us for the smallest valid one), and an example of SFT text takes
 tens of bytes or more compressed. A plain .jsonl's smallest valid line, `{"text": "a"}`, takes 14 bytes."""
 GZ_FREE_LINES = 50_000
