@@ -106,6 +106,8 @@ def test_a_dataset_a_queued_job_uses_cannot_be_deleted_until_the_job_ends(servic
     ]
     assert service.client.get(f"/v1/datasets/{dataset['id']}").status_code == 200
     service.client.post(f"/v1/selections/{job['id']}/cancel")
+    events = service.client.get(f"/v1/selections/{job['id']}/events").json()["data"]
+    assert [e["type"] for e in events] == ["cancelled"]  # a job cancelled while queued says so too
     assert service.client.delete(f"/v1/datasets/{dataset['id']}").status_code == 204
 
 
