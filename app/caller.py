@@ -4,7 +4,7 @@ import hashlib
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from fishersft.contract.datasets import DatasetRecord
+from fishersft.contract.datasets import DatasetClaim, DatasetRecord
 from fishersft.service.store import ArtifactStore
 
 
@@ -38,15 +38,23 @@ class Datasets:
 
     def get(self, dataset_id: str) -> DatasetRecord | None:
         record = self.store.dataset(dataset_id)
-        return record if record is not None and self.caller.sees(self.store.owners(dataset_id)) else None
+        return self._view(record) if record is not None else None
 
     def all(self) -> list[DatasetRecord]:
-        return [r for r in self.store.datasets() if self.caller.sees(self.store.owners(r.id))]
+        return [view for r in self.store.datasets() if (view := self._view(r)) is not None]
 
-    def claim(self, dataset_id: str) -> None:
-        """The caller uploaded this dataset (maybe again, maybe after another key): it may see it from now on."""
+    def _view(self, record: DatasetRecord) -> DatasetRecord | None:
+        """The record as the caller sees it (with its own upload's name and time), or None if it may not."""
+        if not self.caller.sees(self.store.owners(record.id)):
+            return None
+        claim = self.store.claim(record.id, self.caller.owner) if self.caller.owner is not None else None
+        return record.model_copy(update=claim.model_dump()) if claim is not None else record
+
+    def claim(self, dataset_id: str, claim: DatasetClaim) -> None:
+        """The caller uploaded this dataset (maybe again, maybe after another key) with the name and at the time
+        of `claim`: it may see it from now on, under its first claim's name and time."""
         if self.caller.owner is not None:
-            self.store.add_owner(dataset_id, self.caller.owner)
+            self.store.add_owner(dataset_id, self.caller.owner, claim)
 
     def delete(self, record: DatasetRecord) -> None:
         """An admin (or an open service) deletes the dataset; a key gives up its claim, and the dataset goes when

@@ -70,7 +70,8 @@ ERROR_DESCRIPTIONS = {
     400: "The body is not JSON (or, for an upload, multipart form data) the API can parse.",
     401: "Missing or unknown API key (when keys are configured).",
     404: "No such resource (or not the caller's).",
-    409: "Conflict: not ready yet, already ended, or an Idempotency-Key reused with another body.",
+    409: "Conflict: not ready yet, already ended, a dataset in use by a job, or an Idempotency-Key reused with "
+    "another body.",
     413: "The body is over the upload limit.",
     422: "The request is not valid: `details` name each field or line.",
     429: "Too many queued or running jobs: retry after `Retry-After` seconds.",

@@ -4,6 +4,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from fastapi_offline import FastAPIOffline
 from redis import Redis
 
 from app import errors
@@ -32,7 +33,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
-    app = FastAPI(title="fishersft", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # /docs and /redoc load Swagger UI's and ReDoc's assets from the service itself (fastapi-offline's copies, at
+    # /static-offline-docs), not from a CDN: on a network with no way out they still render
+    app = FastAPIOffline(title="fishersft", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.redis = Redis.from_url(settings.redis_url)
     app.state.store = ArtifactStore(settings.data_dir)

@@ -165,13 +165,20 @@ class Client:
 
     def events(self, job: AnyJob) -> list[Event]:
         """The job's events, oldest first (started; finetunes: selected, evaluated, step, saved; how it ended; each
-        webhook attempt)."""
-        response = self._request("GET", f"/v1/{kind_for(type(job)).resource}/{job.id}/events")
-        try:
-            events = EVENTS.validate_json(response.content)
-        except ValidationError as e:
-            raise ClientError(f"{response.request.url}: not the events the contract describes: {e}") from None
-        return events.data
+        webhook attempt), every page."""
+        events: list[Event] = []
+        after: str | None = None
+        while True:
+            params = {"limit": 1000} | ({"after": after} if after is not None else {})
+            response = self._request("GET", f"/v1/{kind_for(type(job)).resource}/{job.id}/events", params=params)
+            try:
+                page = EVENTS.validate_json(response.content)
+            except ValidationError as e:
+                raise ClientError(f"{response.request.url}: not the events the contract describes: {e}") from None
+            events += page.data
+            if page.next_after is None:
+                return events
+            after = page.next_after
 
     def cancel(self, job: JobT) -> JobT:
         """Cancel a queued job at once, a running one at its next batch, pick or step; ApiError 409 if it ended."""

@@ -1,5 +1,6 @@
 """Helpers to run the service in tests: the app through TestClient, real RQ workers in subprocesses."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -29,17 +30,14 @@ class Service:
     def redis(self) -> Redis:
         return Redis.from_url(self.settings.redis_url)
 
-    def start_worker(self, *queues: str) -> subprocess.Popen:
-        """A worker on `queues` (default: both), once it has registered."""
+    def start_worker(self, *queues: str, log: Path | None = None) -> subprocess.Popen:
+        """A worker on `queues` (default: both), once it has registered; its output goes to `log` if given."""
         before = Worker.count(connection=self.redis)
         env = {**os.environ, **self.settings.to_env(), "PYTHONPATH": str(ROOT)}
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "workers", *queues],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        with open(log, "ab") if log is not None else contextlib.nullcontext(subprocess.DEVNULL) as output:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "workers", *queues], env=env, cwd=ROOT, stdout=output, stderr=output
+            )
         self.workers.append(worker)
         deadline = time.monotonic() + WAIT_S
         while Worker.count(connection=self.redis) <= before:

@@ -295,7 +295,11 @@ def test_each_key_sees_only_its_own_datasets_and_jobs_and_an_admin_sees_all(serv
     assert keyed.get(path, headers=bob).status_code == 200  # bob uploaded the same bytes: his too now
     other = keyed.post("/v1/selections", json=body, headers={**bob, "Idempotency-Key": "k1"}).json()
     assert other["id"] != job["id"]
-    # deleting gives up one key's claim; the dataset goes with the last one
+    # deleting gives up one key's claim, once no queued or running job of the key uses it; the dataset goes with
+    # the last one
+    assert_error(keyed.delete(path, headers=alice), 409, "dataset_in_use")
+    for headers, queued in ((alice, job), (bob, other)):
+        assert keyed.post(f"/v1/selections/{queued['id']}/cancel", headers=headers).status_code == 200
     assert keyed.delete(path, headers=alice).status_code == 204
     assert_error(keyed.get(path, headers=alice), 404)
     assert keyed.get(path, headers=bob).status_code == 200

@@ -70,6 +70,9 @@ def test_a_lost_job_is_queued_again_then_failed_with_nobody_reading(unread, long
     assert job_id in FailedJobRegistry(service.settings.queue, connection=service.redis, serializer=JOB_SERIALIZER)
     body = service.client.get(f"/v1/selections/{job_id}").json()
     assert body["status"] == "failed" and body["error"]["code"] == "worker_lost" and body["attempts"] == 2
+    events = service.client.get(f"/v1/selections/{job_id}/events").json()["data"]
+    assert [e["type"] for e in events] == ["started", "retried", "started", "failed"]  # it ends with its state
+    assert events[-1]["level"] == "error" and events[-1]["message"] == body["error"]["message"]
 
 
 def test_a_failed_stage_fails_its_selection_and_stops_the_others_with_nobody_reading(unread, tmp_path):

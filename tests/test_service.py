@@ -261,6 +261,10 @@ def test_idempotency_listing_deletion_and_models(service):
     models = service.client.get("/v1/models").json()
     assert {"name": "tiny", "default": True, "dim": 64} in models
     assert {"name": "smollm2-135m-instruct", "default": False, "dim": 576} in models
+    in_use = service.client.delete(f"/v1/datasets/{dataset['id']}")  # the queued selections use it
+    assert in_use.status_code == 409 and in_use.json()["error"]["code"] == "dataset_in_use"
+    for job_id in [first.json()["id"], *ids]:
+        assert service.client.post(f"/v1/selections/{job_id}/cancel").status_code == 200
     assert service.client.delete(f"/v1/datasets/{dataset['id']}").status_code == 204
     assert service.client.get(f"/v1/datasets/{dataset['id']}").status_code == 404
 

@@ -27,6 +27,7 @@ import workers.finetune
 import workers.selection
 import workers.stages
 import workers.webhooks  # noqa: F401
+from fishersft.contract.jobs import kind_of
 from fishersft.service.monitor import Monitor
 from fishersft.service.protocol import JOB_FUNCTIONS, JOB_SERIALIZER, WEBHOOK_QUEUE, WORKER_TTL_S
 from fishersft.service.settings import Settings
@@ -71,7 +72,10 @@ class FishersftWorker(SimpleWorker):
 
 def _notify(redis: Redis, job: Job) -> None:
     """Queue the job's webhook once RQ has recorded how it ended (the webhook's body is read from there); a
-    failure here is logged, never the job's."""
+    failure here is logged, never the job's. Only a job resource has a webhook: a stage job or a delivery has
+    none (and a delivery, kept with result_ttl=0, is gone from Redis by now)."""
+    if kind_of(job.id) is None:
+        return
     try:
         if job.get_status(refresh=True) in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED):
             notify(redis, job)

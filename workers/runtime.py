@@ -18,17 +18,18 @@ from pydantic import BaseModel
 from redis import Redis
 from rq import get_current_job
 from rq.job import Job
+from rq.timeouts import JobTimeoutException
 
-from fishersft.contract.jobs import Event, SavedJob
+from fishersft.contract.jobs import Event, JobError, SavedJob
 from fishersft.errors import InputError
 from fishersft.service import metrics
+from fishersft.service.events import DROPPED, append_event, new_event
 from fishersft.service.protocol import JOB_SERIALIZER, JobCancelled, JobInputError, alive_key, cancel_key
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
 from workers.feature_cache import FeatureCache
 
 PROGRESS_INTERVAL_S = 0.5
-MAX_EVENTS = 1000
 
 
 class JobProgress:
@@ -39,7 +40,6 @@ class JobProgress:
         self.job, self.kind = job, kind
         self.saved_at = self.phase_started = 0.0
         self.phase = ""
-        self.events: list[dict[str, Any]] = list(job.meta.get("events", []))  # an earlier attempt's too
 
     def __call__(self, phase: str, done: int, total: int) -> None:
         if self.job.connection.exists(cancel_key(self.job.id)):
@@ -61,10 +61,12 @@ class JobProgress:
 
     def event(self, type_: str, message: str, level: str = "info", **data: Any) -> None:
         """Append an event (GET .../events) and save it with the job's meta."""
-        created_at = datetime.now(UTC).isoformat()
-        self.events.append({"created_at": created_at, "level": level, "type": type_, "message": message, "data": data})
-        self.job.meta["events"] = self.events[-MAX_EVENTS:]
-        self.job.save_meta()
+        append_event(self.job, new_event(type_, message, level, **data))
+
+    @property
+    def events(self) -> list[Event]:
+        """The job's events, an earlier attempt's too."""
+        return [Event.model_validate(e) for e in self.job.meta.get("events", [])]
 
 
 @dataclass
@@ -111,7 +113,9 @@ def run_job(work: Work[Request], model: type[Request], request: dict[str, Any], 
             progress.event("failed", str(e), level="error")
             ended("failed")
             raise
-        except Exception:  # a bug, or the job's timeout: RQ fails it with the traceback
+        except Exception as e:  # a bug, or the job's timeout: RQ fails it, its traceback goes to the worker's log
+            job.meta["error"] = internal_error(e, settings.job_timeout_s).model_dump()
+            progress.event("failed", job.meta["error"]["message"], level="error")
             ended("failed")
             raise
     progress.event("succeeded", "succeeded")
@@ -123,13 +127,22 @@ def run_job(work: Work[Request], model: type[Request], request: dict[str, Any], 
             created_at=job.created_at or now,
             started_at=job.started_at or now,
             finished_at=now,
-            events=[Event.model_validate(e) for e in progress.events],
+            events=progress.events,
+            events_dropped=job.meta.get(DROPPED, 0),
             owner=job.meta.get("owner"),
             attempts=job.meta.get("attempts", 1),
         )
         store.put_result(job.id, saved)
     ended("succeeded")
     return result
+
+
+def internal_error(e: Exception, timeout_s: int) -> JobError:
+    """What a client is told of an unexpected exception: its kind, never its message (which may name server paths
+    or internals; the worker's log has the traceback)."""
+    if isinstance(e, JobTimeoutException):
+        return JobError(code="timed_out", message=f"the job ran longer than the service's job timeout, {timeout_s} s")
+    return JobError(code="internal_error", message=f"the job failed on an internal error ({type(e).__name__})")
 
 
 Result = TypeVar("Result", bound=BaseModel)

@@ -1,23 +1,31 @@
-"""The webhook delivery job (fishersft.service.webhooks): one attempt to POST a job's webhook, recorded as an
-event of that job (`webhook.delivered` or `webhook.failed`, with the status code), and filed to be tried again
-after the next of FISHERSFT_WEBHOOK_RETRY_S when it failed. It never raises: the job it reports on has ended,
-and nothing about delivery changes it."""
+"""The webhook delivery job (fishersft.service.webhooks): one attempt to POST a job's webhook, made at most once
+(its number is claimed first), recorded as an event of that job (`webhook.delivered` or `webhook.failed`, with the
+status code), and filed to be tried again after the next of FISHERSFT_WEBHOOK_RETRY_S when it failed. A failed
+attempt never raises: the job it reports on has ended, and nothing about delivery changes it."""
 
 import logging
-from datetime import UTC, datetime
 from typing import Any
 
 from rq import get_current_job
 from rq.exceptions import NoSuchJobError
 from rq.job import Job
 
-from fishersft.contract.jobs import WEBHOOK_TYPES, Event, WebhookPayload, kind_of
+from fishersft.contract.jobs import WEBHOOK_TYPES, WebhookPayload, kind_of
 from fishersft.contract.webhooks import WebhookOptions
+from fishersft.service.events import append_event, new_event
 from fishersft.service.job_body import job_body
 from fishersft.service.protocol import JOB_SERIALIZER
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
-from fishersft.service.webhooks import Attempt, allowed_host, post, retry_later
+from fishersft.service.webhooks import (
+    Attempt,
+    allowed_host,
+    delivery_id,
+    drop_attempt,
+    post,
+    settle_attempt,
+    start_attempt,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +40,7 @@ def deliver_webhook(job_id: str, attempt: int) -> None:
         job = Job.fetch(job_id, connection=redis, serializer=JOB_SERIALIZER)
     except NoSuchJobError:
         log.warning("webhook of %s not sent: the job is no longer in Redis", job_id)
+        drop_attempt(redis, job_id, attempt)
         return
     assert kind is not None, f"{job_id} is not a job resource's id"
     body = job_body(kind, job, store)
@@ -40,18 +49,22 @@ def deliver_webhook(job_id: str, attempt: int) -> None:
     type_ = WEBHOOK_TYPES.get(body.status)
     if type_ is None:  # notify runs once the end is recorded: not seen
         log.warning("webhook of %s not sent: it is %s", job_id, body.status)
+        drop_attempt(redis, job_id, attempt)
+        return
+    retries = settings.webhook_retry_s
+    if not start_attempt(redis, job_id, attempt, last=attempt > len(retries)):
+        log.info("attempt %d of the webhook of %s was made already", attempt, job_id)
+        drop_attempt(redis, job_id, attempt)
         return
     if settings.webhook_secret is None or not allowed_host(url, settings.webhook_hosts):
         outcome = Attempt(None, "its host is not in this worker's FISHERSFT_WEBHOOK_HOSTS (or no secret is set)")
-        _record(job, store, attempt, outcome, retry_s=None)
-        return
-    payload = WebhookPayload(type=type_, job=body)
-    outcome = post(url, payload, settings.webhook_secret.get_secret_value())
-    retries = settings.webhook_retry_s
-    retry_s = retries[attempt - 1] if not outcome.delivered and attempt <= len(retries) else None
+        retry_s = None
+    else:
+        payload = WebhookPayload(id=delivery_id(job_id, type_), type=type_, job=body)
+        outcome = post(url, payload, settings.webhook_secret.get_secret_value(), attempt)
+        retry_s = retries[attempt - 1] if not outcome.delivered and attempt <= len(retries) else None
     _record(job, store, attempt, outcome, retry_s)
-    if retry_s is not None:
-        retry_later(redis, job_id, attempt + 1, retry_s)
+    settle_attempt(redis, job_id, attempt, retry_s)
 
 
 def _record(job: Job, store: ArtifactStore, attempt: int, outcome: Attempt, retry_s: float | None) -> None:
@@ -59,24 +72,14 @@ def _record(job: Job, store: ArtifactStore, attempt: int, outcome: Attempt, retr
     GET .../events reads a succeeded job's events)."""
     data: dict[str, Any] = {"attempt": attempt, "status_code": outcome.status_code}
     if outcome.delivered:
-        event = Event(
-            created_at=datetime.now(UTC),
-            level="info",
-            type="webhook.delivered",
-            message=f"webhook delivered (attempt {attempt}): {outcome.status_code}",
-            data=data,
-        )
+        message = f"webhook delivered (attempt {attempt}): {outcome.status_code}"
+        event = new_event("webhook.delivered", message, **data)
     else:
         then = f"retrying in {retry_s:g} s" if retry_s is not None else "giving up"
-        event = Event(
-            created_at=datetime.now(UTC),
-            level="warning" if retry_s is not None else "error",
-            type="webhook.failed",
-            message=f"webhook not delivered (attempt {attempt}): {outcome.error}; {then}",
-            data={**data, "error": outcome.error, "retry_in_s": retry_s},
-        )
-    job.meta.setdefault("events", []).append(event.model_dump(mode="json"))
-    job.save_meta()
+        message = f"webhook not delivered (attempt {attempt}): {outcome.error}; {then}"
+        level = "warning" if retry_s is not None else "error"
+        event = new_event("webhook.failed", message, level, **data, error=outcome.error, retry_in_s=retry_s)
+    append_event(job, event)
     saved = store.result(job.id)
     if saved is not None:
         store.put_result(job.id, saved.model_copy(update={"events": [*saved.events, event]}))

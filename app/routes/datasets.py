@@ -13,16 +13,27 @@ from redis import Redis
 from app import deps
 from app.caller import Datasets
 from app.errors import ApiError, documented, shown
+from app.jobs import jobs_using
 from fishersft.contract.base import Text
-from fishersft.contract.datasets import DatasetFormat, DatasetRecord
+from fishersft.contract.datasets import DatasetClaim, DatasetFormat, DatasetRecord
+from fishersft.contract.jobs import ID_HEX
 from fishersft.contract.pages import Page
 from fishersft.data.dataset import Example, iter_examples
-from fishersft.data.formats import CONVERTED, MAX_LINE_BYTES, SUFFIXES, TEXT_FORMATS, TooLarge, dataset_format, to_jsonl
+from fishersft.data.formats import (
+    CONVERTED,
+    MAX_LINE_BYTES,
+    SUFFIXES,
+    TEXT_FORMATS,
+    TooLarge,
+    check_line_length,
+    dataset_format,
+    numbered_lines,
+    to_jsonl,
+)
 from fishersft.data.groups import LabelCounter
-from fishersft.errors import DatasetError, InputError, LineError
+from fishersft.errors import DatasetError, InputError
 from fishersft.features.files import load_features
 from fishersft.service import metrics
-from fishersft.service.protocol import ID_HEX
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
 
@@ -70,6 +81,7 @@ def create_dataset(
             n_examples, n_loss_tokens, dim, labels = _validated(counts, fmt, temp, file.filename)
             upload.finish()
         dataset_id = f"ds_{upload.sha256[:ID_HEX]}"
+        claim = DatasetClaim(name=name or file.filename, created_at=datetime.now(UTC))
         existing = store.dataset(dataset_id)
         if existing is None:
             if store.dataset_count() >= settings.max_datasets:
@@ -79,7 +91,7 @@ def create_dataset(
                 raise ApiError(507, "insufficient_storage", "the artifact store is out of disk space; retry later")
             record = DatasetRecord(
                 id=dataset_id,
-                name=name or file.filename,
+                name=claim.name,
                 format=fmt,
                 n_examples=n_examples,
                 n_loss_tokens=n_loss_tokens,
@@ -87,17 +99,18 @@ def create_dataset(
                 labels=labels,
                 sha256=upload.sha256,
                 bytes=upload.size,
-                created_at=datetime.now(UTC),
+                created_at=claim.created_at,
             )
             store.put_blob(converted if fmt in CONVERTED else temp, upload.sha256)
             existing = store.put_dataset_once(record)  # concurrent identical uploads: the first record wins
-        datasets.claim(dataset_id)
+        datasets.claim(dataset_id, claim)
+        seen = datasets.get(dataset_id) or existing  # the caller's view: its own claim's name and time
         metrics.count(redis, metrics.BYTES_UPLOADED, amount=upload.size)
     finally:
         temp.unlink(missing_ok=True)
         converted.unlink(missing_ok=True)
     response.headers["Location"] = f"/v1/datasets/{dataset_id}"
-    return existing
+    return seen
 
 
 class _Upload:
@@ -121,28 +134,23 @@ class _Upload:
             self.out.write(chunk)
             yield chunk
 
-    def lines(self) -> Iterator[bytes]:
-        """Lines as they arrive, in time linear in the upload (a line's bytes are scanned once, however long
-        it is); a line over MAX_LINE_BYTES is refused as soon as it passes the limit."""
+    def lines(self) -> Iterator[tuple[int, bytes]]:
+        """Lines that are not blank, with their 1-based numbers, as they arrive, in time linear in the upload (a
+        line's bytes are scanned once, however long it is; blank lines cost no Python-level work each); a line
+        over MAX_LINE_BYTES is refused as soon as it passes the limit."""
         pending = bytearray()
         for chunk in self.chunks():
             start = len(pending)
             pending += chunk
             cut = pending.rfind(b"\n", start)
             if cut >= 0:
-                complete = bytes(pending[:cut])
+                lines = bytes(pending[:cut]).split(b"\n")
                 del pending[: cut + 1]
-                for line in complete.split(b"\n"):
-                    self._check(len(line))
-                    self.lines_read += 1
-                    yield line
-            self._check(len(pending))
+                yield from numbered_lines(lines, self.lines_read, MAX_LINE_BYTES)
+                self.lines_read += len(lines)
+            check_line_length(self.lines_read + 1, len(pending), MAX_LINE_BYTES)
         if pending:
-            yield bytes(pending)
-
-    def _check(self, line_bytes: int) -> None:
-        if line_bytes > MAX_LINE_BYTES:
-            raise DatasetError([LineError(self.lines_read + 1, f"a line longer than {MAX_LINE_BYTES:,} bytes")])
+            yield from numbered_lines([bytes(pending)], self.lines_read, MAX_LINE_BYTES)
 
     def finish(self) -> None:
         """Copy whatever was not read yet."""
@@ -214,12 +222,24 @@ def get_dataset(dataset_id: str, datasets: Annotated[Datasets, Depends(deps.data
 
 
 @router.delete(
-    "/{dataset_id}", status_code=204, summary="Delete a dataset and its cached features", responses=documented(404)
+    "/{dataset_id}",
+    status_code=204,
+    summary="Delete a dataset and its cached features",
+    responses=documented(404, 409),
 )
-def delete_dataset(dataset_id: str, datasets: Annotated[Datasets, Depends(deps.datasets)]) -> Response:
+def delete_dataset(
+    dataset_id: str, datasets: Annotated[Datasets, Depends(deps.datasets)], redis: Annotated[Redis, Depends(deps.redis)]
+) -> Response:
     """With API keys, a key deletes its own claim; the dataset and its cached features go once no key holds it
-    (an admin key deletes it for all)."""
-    datasets.delete(_found(datasets, dataset_id))
+    (an admin key deletes it for all). 409 while a queued or running job of the caller's uses it, naming each:
+    cancel them, or wait for them to end."""
+    record = _found(datasets, dataset_id)
+    using = jobs_using(redis, record.id, datasets.caller)
+    if using:
+        details = [{"field": "dataset_id", "message": f"used by {job_id}"} for job_id in using[:20]]
+        message = f"dataset {record.id} is used by {len(using)} queued or running job(s): cancel them or wait"
+        raise ApiError(409, "dataset_in_use", message, details)
+    datasets.delete(record)
     return Response(status_code=204)
 
 

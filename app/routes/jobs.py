@@ -3,6 +3,7 @@ Location header, listing, reading, cancelling. Each resource adds its own POST b
 
 import hashlib
 import json
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Response
@@ -19,6 +20,10 @@ from fishersft.contract.webhooks import WebhookOptions
 from fishersft.service.protocol import KEEP_S, Plan
 
 BUSY_RETRY_AFTER_S = 30
+CLAIM_WAIT_S = 30
+"""How long a request with an Idempotency-Key waits for the job of a concurrent request with the same key to be
+created (a few Redis writes)."""
+CLAIM_POLL_S = 0.02
 
 IdempotencyKey = Annotated[
     str | None,
@@ -57,23 +62,35 @@ def create_job(
 
 
 def _idempotent(redis: Redis, jobs: Jobs, key: str, body: BaseModel, plan: Plan | None) -> JobBody:
+    """The job of this Idempotency-Key: the key is claimed (SET NX) for a job id before that job is created, so
+    however many requests race, one creates the job and the others answer it once it exists."""
     fingerprint = hashlib.sha256(json.dumps(body.model_dump(by_alias=True), sort_keys=True).encode()).hexdigest()
     redis_key = f"fishersft:idempotency:{jobs.kind.resource}:{jobs.caller.owner or ''}:{key}"  # keys are per caller
-    seen = redis.get(redis_key)
-    if seen is None:
-        job = jobs.create(body, plan)
-        if redis.set(redis_key, json.dumps([fingerprint, job.id]), nx=True, ex=KEEP_S):
+    job_id = jobs.new_id()
+    deadline = time.monotonic() + CLAIM_WAIT_S
+    while True:
+        # a claim whose request died before creating its job expires after CLAIM_WAIT_S; a created job's lasts
+        if redis.set(redis_key, json.dumps([fingerprint, job_id]), nx=True, ex=CLAIM_WAIT_S):
+            try:
+                job = jobs.create(body, plan, job_id)
+            except BaseException:
+                redis.delete(redis_key)
+                raise
+            redis.expire(redis_key, KEEP_S)
             return job
-        seen = redis.get(redis_key)  # a concurrent request with the same key won
-    if seen is None:  # the winner's key expired meanwhile
-        raise ApiError(409, "idempotency_key_reused", "the job created with this Idempotency-Key no longer exists")
-    first_fingerprint, job_id = json.loads(seen)
-    if first_fingerprint != fingerprint:
-        raise ApiError(409, "idempotency_key_reused", "this Idempotency-Key was used with a different body")
-    existing = jobs.get(job_id)
-    if existing is None:
-        raise ApiError(409, "idempotency_key_reused", "the job created with this Idempotency-Key no longer exists")
-    return existing
+        seen = redis.get(redis_key)
+        if seen is None:  # the claim was just released or expired: claim it
+            continue
+        first_fingerprint, first_id = json.loads(seen)
+        if first_fingerprint != fingerprint:
+            raise ApiError(409, "idempotency_key_reused", "this Idempotency-Key was used with a different body")
+        existing = jobs.get(first_id)
+        if existing is not None:
+            return existing
+        created = redis.ttl(redis_key) > CLAIM_WAIT_S  # its expiry was set to KEEP_S once the job existed
+        if created or time.monotonic() > deadline:
+            raise ApiError(409, "idempotency_key_reused", "the job created with this Idempotency-Key no longer exists")
+        time.sleep(CLAIM_POLL_S)  # the request that claimed the key is creating its job
 
 
 def found(job: JobBody | None, kind: JobKind, job_id: str) -> JobBody:
@@ -115,12 +132,28 @@ def job_router(kind: JobKind) -> APIRouter:
         summary=f"A {singular}'s events, oldest first",
         responses=documented(404),
     )
-    def get_events(job_id: str, jobs: KindJobs) -> Page[Event]:
+    def get_events(
+        job_id: str,
+        jobs: KindJobs,
+        limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 50,
+        after: Annotated[
+            str | None,
+            Query(
+                description="The `next_after` of the previous page: the number of the job's events read so far "
+                "(a poller may pass the count it has read, to get only newer ones).",
+                pattern=r"^[0-9]{1,9}$",
+            ),
+        ] = None,
+    ) -> Page[Event]:
         """started, then what the job reports on its way (finetunes: selected, evaluated, step with the sampled
         training loss, saved), succeeded / failed / cancelled, and each webhook attempt (webhook.delivered,
-        webhook.failed with the status code). One page holds them all: `next_after` is null."""
+        webhook.failed with the status code). Paged like every list; a job keeps its last 1,000 events."""
         found(jobs.get(job_id), kind, job_id)
-        return Page(data=jobs.events(job_id) or [], next_after=None)
+        events, dropped = jobs.events(job_id) or ([], 0)
+        start = max(0, int(after or 0) - dropped)
+        page = events[start : start + limit]
+        more = start + limit < len(events)
+        return Page(data=page, next_after=str(dropped + start + len(page)) if more else None)
 
     @router.post(
         "/{job_id}/cancel",

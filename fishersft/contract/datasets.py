@@ -15,7 +15,7 @@ DatasetFormat = TextFormat | FeaturesFormat
 
 class DatasetRecord(BaseModel):
     id: str = Field(description="Dataset id, derived from the content hash: the same file always gets the same id.")
-    name: str | None = Field(description="Name given at upload, else the file name.")
+    name: str | None = Field(description="Name given at upload, else the file name (the caller's own upload).")
     format: DatasetFormat = Field(
         description="The uploaded file's format. jsonl, jsonl.gz, parquet: examples (stored as JSONL); "
         "npz/safetensors: features."
@@ -32,9 +32,17 @@ class DatasetRecord(BaseModel):
         description="JSONL: the string fields the rows carry besides their text (`category`, `source`, ...), with "
         f"their distinct values (counted up to {MAX_LABEL_VALUES:,}); what `group_by` and `stratify_by` can name.",
     )
-    created_at: datetime = Field(description="When it was first uploaded (UTC).")
+    created_at: datetime = Field(description="When it was first uploaded (UTC; by the caller's key).")
 
     @property
     def is_text(self) -> bool:
         """Examples (embedded by a model; stored as JSONL whatever the upload's format), not a features file."""
         return self.format in get_args(TextFormat)
+
+
+class DatasetClaim(BaseModel):
+    """One API key's upload of a dataset: what that key sees as the dataset's name and time. Keys that upload the
+    same bytes share the dataset, never each other's names or times."""
+
+    name: str | None
+    created_at: datetime

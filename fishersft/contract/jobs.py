@@ -1,5 +1,6 @@
 """What every job resource answers (shared CONVENTIONS), its events, and the resources' bodies."""
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Literal, TypeVar
@@ -73,6 +74,15 @@ class Comparison(JobBody[ComparisonCreate, ComparisonResult]):
     pass
 
 
+ID_HEX = 24
+"""Hex digits after an id's prefix: `ds_` + the upload's SHA-256, `sel_`/`ft_`/`cmp_` + a random UUID."""
+
+
+def is_id(value: str, prefix: str) -> bool:
+    """Whether `value` has the shape of an id with this prefix; anything else names nothing (a 404)."""
+    return re.fullmatch(rf"{prefix}_[0-9a-f]{{{ID_HEX}}}", value) is not None
+
+
 @dataclass(frozen=True)
 class JobKind:
     """A kind of job resource: the one table the API's routes, the service's RQ glue, the metrics, the client and
@@ -120,8 +130,7 @@ JOB_KINDS: tuple[JobKind, ...] = (SELECTIONS, FINETUNES, COMPARISONS)
 
 def kind_of(job_id: str) -> JobKind | None:
     """The kind of a job resource's id (`sel_...`); None for any other id (a stage, a delivery)."""
-    prefix = job_id.partition("_")[0]
-    return next((kind for kind in JOB_KINDS if kind.prefix == prefix), None)
+    return next((kind for kind in JOB_KINDS if is_id(job_id, kind.prefix)), None)
 
 
 def kind_for(body: type[JobBody[Any, Any]]) -> JobKind:
@@ -139,6 +148,8 @@ class SavedJob(BaseModel):
     started_at: datetime
     finished_at: datetime
     events: list[Event] = Field(default_factory=list)
+    events_dropped: int = 0
+    """How many of its oldest events were dropped to keep the last 1,000 (they count in the events' cursor)."""
     owner: str | None = None
     attempts: int = 1
 
@@ -155,6 +166,10 @@ WEBHOOK_TYPES: dict[JobStatus, WebhookType] = {
 class WebhookPayload(BaseModel):
     """What a webhook POSTs when a job ends (README, Webhooks)."""
 
+    id: str = Field(
+        description="`<job id>.<type>`: the same on every attempt to deliver this webhook; a receiver that has "
+        "already handled this id ignores the delivery."
+    )
     type: WebhookType = Field(description="How the job ended.")
     job: SerializeAsAny[JobBody[Any, Any]] = Field(
         description="The job's body, exactly as GET /v1/<kind>/{id} answers it."

@@ -1,5 +1,6 @@
 """`webhook_url` on every job request: where the service POSTs the job once it ends (README, Webhooks)."""
 
+import unicodedata
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -11,7 +12,12 @@ MAX_URL = 2000
 
 
 def _http_url(value: str) -> str:
-    """An absolute http(s) URL with a host and no credentials: the host is what the allow-list checks."""
+    """An absolute http(s) URL with a host and no credentials: the host is what the allow-list checks. Spaces and
+    control characters are refused, not stripped as urlsplit strips tabs and newlines: the allow-list would check
+    another URL than the one stored (and an HTTP client refuses them at delivery)."""
+    bad = next((c for c in value if c.isspace() or unicodedata.category(c) == "Cc" or c == "\ufeff"), None)
+    if bad is not None:
+        raise ValueError(f"a URL holds no spaces or control characters: found {bad!r} at {value.index(bad)}")
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018  # raises on a port that is not a number in range
@@ -25,7 +31,10 @@ def _http_url(value: str) -> str:
 
 
 PORT = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
-URL_PATTERN = rf"^https?://[^\s/?#@:\[\]]+(:{PORT})?([/?#]\S*)?$"
+SPACES = r"\s\x00-\x1f\x7f-\x9f"
+"""For a character class: whitespace (what ECMA's `\\s` matches, U+FEFF included) and control characters (Unicode's
+Cc), which `_http_url` refuses in a URL."""
+URL_PATTERN = rf"^https?://[^{SPACES}/?#@:\[\]]+(:{PORT})?([/?#][^{SPACES}]*)?$"
 """What the schema says a webhook_url is: an http(s) URL with a host and no credentials (IPv6 literals aside,
 which `_http_url` takes too). Every string it matches is accepted by `_http_url`, so a client generated from the
 schema is not refused on the URL's form."""

@@ -12,6 +12,7 @@ string columns as labels), and a null is an absent field.
 """
 
 import gzip
+import itertools
 import json
 import zlib
 from collections.abc import Iterator
@@ -64,15 +65,28 @@ def as_jsonl(path: Path, directory: Path) -> Path:
     return out
 
 
+GZ_CHUNK = 1 << 20
+GZ_MAX_INFLATION = 20
+"""An uploaded .jsonl.gz may inflate to at most 20 times its size past its first GZ_FREE_BYTES (JSONL text
+compresses 3 to 10 times): a small file of newlines or repeated lines would otherwise cost minutes of work."""
+GZ_FREE_BYTES = 1 << 20
+GZ_BYTES_PER_LINE = 32
+"""An uploaded .jsonl.gz may hold at most one line (blank ones too) per 32 bytes of the file past its first
+GZ_FREE_LINES: each line costs work (about 10 us for the smallest valid one), and an example of SFT text takes
+tens of bytes or more compressed. A plain .jsonl's smallest valid line, `{"text": "a"}`, takes 14 bytes."""
+GZ_FREE_LINES = 50_000
+
+
 def to_jsonl(source: Path, fmt: TextFormat, out: Path, max_bytes: int | None = None) -> Iterator[Example]:
     """Convert the `.jsonl.gz` or `.parquet` file `source` into JSONL at `out`, yielding its examples validated as
-    they are written (DatasetError names the bad lines or rows, as for JSONL). TooLarge once `out` would pass
-    `max_bytes`."""
+    they are written (DatasetError names the bad lines or rows, as for JSONL). With `max_bytes` (an upload):
+    TooLarge once `out` would pass `max_bytes`, or a .jsonl.gz inflates past GZ_MAX_INFLATION times its size or
+    holds more lines than GZ_BYTES_PER_LINE allows."""
     with open(out, "wb") as f:
-        sink = _Sink(f, max_bytes)
         if fmt == "jsonl.gz":
-            yield from iter_examples(sink.copied(_gzip_lines(source)))
+            yield from iter_examples(_gzip_lines(source, f, max_bytes))
         elif fmt == "parquet":
+            sink = _Sink(f, max_bytes)
             for example in iter_records(((n, _present, row) for n, row in _parquet_rows(source)), unit="row"):
                 sink.write(json.dumps(example_record(example), ensure_ascii=False).encode("utf-8"))
                 yield example
@@ -87,27 +101,73 @@ class _Sink:
     def write(self, line: bytes) -> None:
         self.size += len(line) + 1
         if self.max_bytes is not None and self.size > self.max_bytes:
-            raise TooLarge(f"the dataset takes more than {self.max_bytes:,} bytes as JSONL, the upload size limit")
+            raise TooLarge(_too_large(self.max_bytes))
         self.out.write(line + b"\n")
 
-    def copied(self, lines: Iterator[bytes]) -> Iterator[bytes]:
-        for line in lines:
-            self.write(line)
-            yield line
+
+def _too_large(max_bytes: int) -> str:
+    return f"the dataset takes more than {max_bytes:,} bytes as JSONL, the upload size limit"
 
 
-def _gzip_lines(path: Path) -> Iterator[bytes]:
-    """The decompressed lines (without their newline), each read up to MAX_LINE_BYTES and no further."""
-    number = 0
+def _gzip_lines(path: Path, out: IO[bytes], max_bytes: int | None) -> Iterator[tuple[int, bytes]]:
+    """Decompress `path` into `out` a chunk at a time, as it is (a final newline added if missing), and yield its
+    lines that are not blank with their 1-based numbers. Blank lines are skipped in bulk, never one at a time in
+    Python, and the limits are checked before each chunk is split."""
+    size = path.stat().st_size
+    limits = max_bytes is not None
+    max_inflated = max(GZ_FREE_BYTES, GZ_MAX_INFLATION * size)
+    max_lines = max(GZ_FREE_LINES, size // GZ_BYTES_PER_LINE)
+    number, inflated, pending = 0, 0, bytearray()
     try:
         with gzip.open(path, "rb") as f:
-            while line := f.readline(MAX_LINE_BYTES + 1):
-                number += 1
-                if len(line) > MAX_LINE_BYTES:
-                    raise DatasetError([LineError(number, f"a line longer than {MAX_LINE_BYTES:,} bytes")])
-                yield line.removesuffix(b"\n")
+            while chunk := f.read(GZ_CHUNK):
+                inflated += len(chunk)
+                if max_bytes is not None and inflated > max_bytes:
+                    raise TooLarge(_too_large(max_bytes))
+                if limits and inflated > max_inflated:
+                    raise TooLarge(
+                        f"the .jsonl.gz inflates to more than {GZ_MAX_INFLATION} times its size, the limit for a "
+                        "compressed upload: upload it as .jsonl"
+                    )
+                if limits and number + chunk.count(b"\n") > max_lines:
+                    raise TooLarge(
+                        f"the .jsonl.gz holds more than {max_lines:,} lines (blank ones too): at most one per "
+                        f"{GZ_BYTES_PER_LINE} bytes of a compressed upload; upload it as .jsonl"
+                    )
+                out.write(chunk)
+                start = len(pending)
+                pending += chunk
+                cut = pending.rfind(b"\n", start)
+                if cut < 0:
+                    check_line_length(number + 1, len(pending))
+                    continue
+                lines = bytes(pending[:cut]).split(b"\n")
+                del pending[: cut + 1]
+                yield from numbered_lines(lines, number)
+                number += len(lines)
+        if pending:
+            if max_bytes is not None and inflated + 1 > max_bytes:
+                raise TooLarge(_too_large(max_bytes))
+            out.write(b"\n")
+            yield from numbered_lines([bytes(pending)], number)
     except (OSError, EOFError, zlib.error) as e:
         raise InputError(f"not a readable gzip file after line {number} ({e})") from None
+
+
+def numbered_lines(
+    lines: list[bytes], before: int, max_line_bytes: int = MAX_LINE_BYTES
+) -> Iterator[tuple[int, bytes]]:
+    """The lines that are not blank, numbered from `before + 1`: filtered by C-level iterators, so that blank lines
+    cost no Python-level work each. DatasetError for a line over `max_line_bytes`, naming it."""
+    if lines and max(map(len, lines)) > max_line_bytes:
+        longest = next(k for k, line in enumerate(lines) if len(line) > max_line_bytes)
+        check_line_length(before + 1 + longest, len(lines[longest]), max_line_bytes)
+    yield from itertools.compress(enumerate(lines, before + 1), map(bytes.strip, lines))
+
+
+def check_line_length(number: int, length: int, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+    if length > max_line_bytes:
+        raise DatasetError([LineError(number, f"a line longer than {max_line_bytes:,} bytes")])
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, Record]]:

@@ -44,6 +44,7 @@ from rq.registry import DeferredJobRegistry, FailedJobRegistry, StartedJobRegist
 
 from fishersft.contract.jobs import JobError
 from fishersft.service import metrics
+from fishersft.service.events import append_event, new_event
 from fishersft.service.protocol import JOB_SERIALIZER, KEEP_S, WORKER_TTL_S, Plan, Stage, alive_key, cancel_key
 from fishersft.service.settings import Settings
 from fishersft.service.webhooks import enqueue_due, notify
@@ -201,6 +202,7 @@ def stop(redis: Redis, job: Job) -> None:
     if status == JobStatus.STARTED:
         redis.set(cancel_key(job.id), 1, ex=KEEP_S)
     elif status in QUEUED:
+        append_event(job, new_event("cancelled", "cancelled on request while queued"))
         job.cancel()
         notify(redis, job)
         metrics.job_ended(redis, job.id, metrics.job_kind(job.func_name), "cancelled")
@@ -220,16 +222,8 @@ def _retry(redis: Redis, job: Job) -> None:
         return
     job.meta["attempts"] = attempt
     job.meta.pop("progress", None)
-    job.meta.setdefault("events", []).append(
-        {
-            "created_at": datetime.now(UTC).isoformat(),
-            "level": "warning",
-            "type": "retried",
-            "message": f"its worker was lost; queued again (attempt {attempt} of {MAX_ATTEMPTS})",
-            "data": {"attempt": attempt},
-        }
-    )
-    job.save_meta()
+    message = f"its worker was lost; queued again (attempt {attempt} of {MAX_ATTEMPTS})"
+    append_event(job, new_event("retried", message, "warning", attempt=attempt))
     queue = Queue(job.origin, connection=redis, serializer=JOB_SERIALIZER)
     with redis.pipeline() as pipe:
         StartedJobRegistry(queue=queue).remove_executions(job, pipeline=pipe)
@@ -239,7 +233,7 @@ def _retry(redis: Redis, job: Job) -> None:
 
 def _fail(redis: Redis, job: Job, code: str, message: str) -> None:
     job.meta["error"] = {"code": code, "message": message}
-    job.save_meta()
+    append_event(job, new_event("failed", message, "error", code=code))
     queue = Queue(job.origin, connection=redis, serializer=JOB_SERIALIZER)
     with redis.pipeline() as pipe:
         job.set_status(JobStatus.FAILED, pipeline=pipe)

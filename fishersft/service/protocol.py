@@ -1,6 +1,5 @@
 """What the API and the workers agree on in Redis, beside RQ's own job records, and the shapes of ids."""
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,15 +25,6 @@ WEBHOOK_QUEUE = "fishersft-webhooks"
 
 KEEP_S = 30 * 24 * 3600
 """How long finished jobs (and the keys kept beside them) stay in Redis; results stay in the artifact store."""
-
-ID_HEX = 24
-"""Hex digits after an id's prefix: `ds_` + the upload's SHA-256, `sel_`/`ft_`/`cmp_` + a random UUID."""
-
-
-def is_id(value: str, prefix: str) -> bool:
-    """Whether `value` has the shape of an id with this prefix; anything else names nothing (a 404)."""
-    return re.fullmatch(rf"{prefix}_[0-9a-f]{{{ID_HEX}}}", value) is not None
-
 
 WORKER_TTL_S = 30
 """An idle worker heartbeats every WORKER_TTL_S - 15 seconds (RQ's dequeue timeout); one silent for longer than

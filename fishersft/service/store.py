@@ -20,10 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fishersft.contract.datasets import DatasetRecord
-from fishersft.contract.jobs import SavedJob
+from fishersft.contract.datasets import DatasetClaim, DatasetRecord
+from fishersft.contract.jobs import SavedJob, is_id
 from fishersft.features.set import STORE_VERSION
-from fishersft.service.protocol import is_id
 
 
 class ArtifactStore:
@@ -64,13 +63,29 @@ class ArtifactStore:
     def owners(self, dataset_id: str) -> set[str]:
         """Fingerprints of the API keys that uploaded a dataset (empty when uploaded to an open service)."""
         folder = self.root / "datasets" / f"{dataset_id}.owners"
-        return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+        return {p.name for p in folder.iterdir() if not p.name.startswith(".")} if folder.is_dir() else set()
 
-    def add_owner(self, dataset_id: str, owner: str) -> None:
-        """One empty file per owner: concurrent uploads by different keys never lose one."""
+    def add_owner(self, dataset_id: str, owner: str, claim: DatasetClaim) -> None:
+        """One file per owner, holding its claim: concurrent uploads by different keys never lose one, and a key's
+        first claim stays."""
         folder = self.root / "datasets" / f"{dataset_id}.owners"
         folder.mkdir(exist_ok=True)
-        (folder / _safe(owner)).touch()
+        path = folder / _safe(owner)
+        temp = _write_temp(path, claim.model_dump(mode="json"))
+        try:
+            os.link(temp, path)  # atomic create-if-absent
+        except FileExistsError:
+            pass
+        finally:
+            temp.unlink()
+
+    def claim(self, dataset_id: str, owner: str) -> DatasetClaim | None:
+        """The owner's claim of a dataset (None for none, or one stored before claims had a name and time)."""
+        try:
+            text = (self.root / "datasets" / f"{dataset_id}.owners" / _safe(owner)).read_text()
+        except FileNotFoundError:
+            return None
+        return DatasetClaim.model_validate_json(text) if text else None
 
     def remove_owner(self, dataset_id: str, owner: str) -> set[str]:
         """Drop one owner; returns those left."""

@@ -5,9 +5,16 @@
   of a queued job, the monitor failing a lost job or a selection whose stage failed); it queues one delivery
   job (workers.webhooks) on WEBHOOK_QUEUE, once per job, and returns: delivery never delays or fails the job.
 - A delivery that gets no 2xx answer (or none within TIMEOUT_S) is tried again after each of
-  FISHERSFT_WEBHOOK_RETRY_S: `retry_later` files it in a Redis sorted set by due time, and the monitor's pass
+  FISHERSFT_WEBHOOK_RETRY_S: the attempt is filed in a Redis sorted set by due time, and the monitor's pass
   (`enqueue_due`) queues it when due. RQ's own retry intervals would need RQ's scheduler, a process forked from
   the worker (which may hold CUDA).
+- The delivery's state lives in that set, not in a worker: an attempt queued is filed LEASE_S ahead as well (a
+  worker that dies before making it leaves it due again), and an attempt starts (`start_attempt`) by claiming its
+  number once and filing the next attempt LEASE_S ahead, atomically, so a worker that dies while posting leaves
+  the next attempt due; `settle_attempt` then drops it (delivered, or no retry left) or files it at its retry
+  time. So each attempt is POSTed at most once, and one lost with its worker is followed by the next.
+- Every attempt carries the same payload `id` (`<job id>.<type>`), the key a receiver deduplicates on, and its
+  number in the ATTEMPT_HEADER.
 - Against SSRF, only hosts in FISHERSFT_WEBHOOK_HOSTS are accepted (checked when the job is requested, and again
   before each attempt) and redirects are never followed.
 """
@@ -30,10 +37,22 @@ from fishersft.contract.jobs import WebhookPayload
 from fishersft.service.protocol import JOB_SERIALIZER, KEEP_S, RUN_WEBHOOK, WEBHOOK_QUEUE
 
 SIGNATURE_HEADER = "Fishersft-Signature"
+ATTEMPT_HEADER = "Fishersft-Attempt"
 TIMEOUT_S = 10.0
 """An attempt that gets no answer within this long failed (and is retried)."""
+LEASE_S = 3 * TIMEOUT_S
+"""How long after it was queued or started an attempt not settled is taken for lost with its worker (the
+delivery job's timeout)."""
 DUE_KEY = "fishersft:webhooks:due"
-"""Sorted set of deliveries to try again, `[job id, attempt]` as JSON, scored by the time they are due."""
+"""Sorted set of delivery attempts to queue, `[job id, attempt]` as JSON, scored by the time they are due."""
+_START = """
+if redis.call('set', KEYS[1], 1, 'NX', 'EX', ARGV[1]) then
+  redis.call('zrem', KEYS[2], ARGV[2])
+  if ARGV[3] ~= '' then redis.call('zadd', KEYS[2], ARGV[4], ARGV[3]) end
+  return 1
+end
+return 0
+"""
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +81,24 @@ class Attempt:
         return self.error is None
 
 
-def post(url: str, payload: WebhookPayload, secret: str) -> Attempt:
-    """POST the payload, signed now; redirects are not followed (a 3xx is a failed attempt)."""
+def delivery_id(job_id: str, type_: str) -> str:
+    """The payload's `id`: the same on every attempt to deliver the job's webhook."""
+    return f"{job_id}.{type_}"
+
+
+def post(url: str, payload: WebhookPayload, secret: str, attempt: int) -> Attempt:
+    """POST the payload, signed now; redirects are not followed (a 3xx is a failed attempt). It never raises:
+    whatever stops the attempt is its error."""
     body = payload.model_dump_json(by_alias=True).encode()
     headers = {
         "Content-Type": "application/json",
         "User-Agent": "fishersft-webhooks",
         SIGNATURE_HEADER: signature(secret, int(time.time()), body),
+        ATTEMPT_HEADER: str(attempt),
     }
     try:
         response = httpx.post(url, content=body, headers=headers, timeout=TIMEOUT_S, follow_redirects=False)
-    except httpx.HTTPError as e:
+    except Exception as e:  # httpx.HTTPError, and InvalidURL or anything else the client raises on this URL
         return Attempt(None, f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
     if response.is_success:
         return Attempt(response.status_code, None)
@@ -86,9 +112,36 @@ def notify(redis: Redis, job: Job) -> None:
         _enqueue(redis, job.id, 1)
 
 
-def retry_later(redis: Redis, job_id: str, attempt: int, delay_s: float) -> None:
-    """File delivery attempt `attempt` to be queued by the monitor in `delay_s` seconds."""
-    redis.zadd(DUE_KEY, {json.dumps([job_id, attempt]): time.time() + delay_s})
+def start_attempt(redis: Redis, job_id: str, attempt: int, last: bool) -> bool:
+    """Claim attempt `attempt` of the job's delivery: False if it was made (or started) already. Atomically with
+    the claim, its own entry in DUE_KEY goes and, unless it is the `last`, the next attempt is filed LEASE_S ahead:
+    if this worker dies before `settle_attempt`, that one is made then."""
+    following = "" if last else _member(job_id, attempt + 1)
+    claimed = redis.eval(
+        _START,
+        2,
+        f"fishersft:webhook:{job_id}:attempt:{attempt}",
+        DUE_KEY,
+        KEEP_S,
+        _member(job_id, attempt),
+        following,
+        time.time() + LEASE_S,
+    )
+    return bool(claimed)
+
+
+def settle_attempt(redis: Redis, job_id: str, attempt: int, retry_s: float | None) -> None:
+    """After attempt `attempt`: the next is made in `retry_s` seconds, or (None: delivered, or given up) never."""
+    following = _member(job_id, attempt + 1)
+    if retry_s is None:
+        redis.zrem(DUE_KEY, following)
+    else:
+        redis.zadd(DUE_KEY, {following: time.time() + retry_s})
+
+
+def drop_attempt(redis: Redis, job_id: str, attempt: int) -> None:
+    """Forget an attempt that will not be made (its job is gone from Redis)."""
+    redis.zrem(DUE_KEY, _member(job_id, attempt))
 
 
 def enqueue_due(redis: Redis) -> None:
@@ -99,13 +152,19 @@ def enqueue_due(redis: Redis) -> None:
             _enqueue(redis, job_id, attempt)
 
 
+def _member(job_id: str, attempt: int) -> str:
+    return json.dumps([job_id, attempt])
+
+
 def _enqueue(redis: Redis, job_id: str, attempt: int) -> None:
+    """Queue the attempt, filed LEASE_S ahead too: queued again then, if its worker died before starting it."""
+    redis.zadd(DUE_KEY, {_member(job_id, attempt): time.time() + LEASE_S})
     queue = Queue(WEBHOOK_QUEUE, connection=redis, serializer=JOB_SERIALIZER)
     queue.enqueue(
         RUN_WEBHOOK,
         kwargs={"job_id": job_id, "attempt": attempt},
         job_id=f"{job_id}-webhook-{attempt}",
-        job_timeout=int(3 * TIMEOUT_S),
+        job_timeout=int(LEASE_S),
         result_ttl=0,
         failure_ttl=KEEP_S,
     )
