@@ -16,7 +16,6 @@ from fishersft.contract.comparison import ComparisonCreate
 from fishersft.contract.datasets import DatasetRecord
 from fishersft.contract.errors import ErrorBody, ErrorDetail, ErrorInfo
 from fishersft.contract.jobs import JOB_KINDS, Comparison, Event, Finetune, Selection, kind_for
-from fishersft.contract.jobs import kind_of as job_kind_of
 from fishersft.contract.pages import Page
 from fishersft.contract.selection import SelectionCreate
 from fishersft.contract.training import FinetuneCreate
@@ -31,11 +30,13 @@ POLL_FIRST_S, POLL_GROWTH, POLL_MAX_S = 0.2, 1.5, 5.0
 
 
 def kind_of(job_id: str) -> type[AnyJob]:
-    """The kind of a job from its id's prefix (`sel_`, `ft_`, `cmp_`)."""
-    kind = job_kind_of(job_id)
+    """The kind of a job from its id's prefix (`sel_`, `ft_`, `cmp_`); whether such a job exists is the
+    service's answer."""
+    prefix = job_id.partition("_")[0]
+    kind = next((k for k in JOB_KINDS if k.prefix == prefix), None)
     if kind is None:
-        prefixes = " or ".join(f"{k.prefix}_" for k in JOB_KINDS)
-        raise InputError(f"{job_id!r} is not a job id: one starts with {prefixes}")
+        prefixes = [f"{k.prefix}_" for k in JOB_KINDS]
+        raise InputError(f"{job_id!r} is not a job id: one starts with {', '.join(prefixes[:-1])} or {prefixes[-1]}")
     return cast(type[AnyJob], kind.body)
 
 
