@@ -156,8 +156,10 @@ class SelectionOptions(RequestModel):
     group_by: Text | None = Field(
         None,
         max_length=200,
-        description="A string field of the rows (see the dataset's `labels`) whose groups the result counts; "
-        "default: `category` or `source`, whichever the rows carry.",
+        description="A string field of the rows (see the dataset's `labels`) whose groups the result counts "
+        "(default: `category` or `source`, whichever the rows carry); named, it also balances method `random`: "
+        "each group's share of the budget follows its share of the pool (examples, or loss tokens under a token "
+        "budget), by largest remainder.",
     )
     lambda_: Ridge = Field(1.0, alias="lambda")
     seed: int = Field(0, ge=0, le=MAX_ID, description="Seed of the random method.")

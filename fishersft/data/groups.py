@@ -2,6 +2,8 @@
 
 from collections.abc import Iterable, Mapping, Sequence
 
+import numpy as np
+
 from fishersft.contract.datasets import MAX_LABEL_VALUES
 from fishersft.contract.selection import GroupCoverage
 
@@ -15,6 +17,16 @@ def group_field(labels: Iterable[Mapping[str, str]], requested: str | None = Non
         return requested
     present = set().union(*labels)
     return next((f for f in GROUP_FIELDS if f in present), None)
+
+
+def group_codes(labels: Sequence[Mapping[str, str]], field: str) -> tuple[np.ndarray, list[str | None]]:
+    """Each row's group as an index [N] into the returned names (sorted; None, last, for rows without `field`)."""
+    values = [row.get(field) for row in labels]
+    names: list[str | None] = [*sorted({v for v in values if v is not None})]
+    if None in values:
+        names.append(None)
+    code = {name: k for k, name in enumerate(names)}
+    return np.asarray([code[v] for v in values], dtype=np.int64), names
 
 
 def group_coverage(

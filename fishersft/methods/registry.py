@@ -25,12 +25,14 @@ BudgetKind = Literal["examples", "tokens"]
 @dataclass(frozen=True)
 class RankingInputs:
     """What a ranking orders examples by, beside their costs: each example's mean feature [N x d] (`points`), the
-    target set's mean features [M x d] (`target`), a score per example [N] (`scores`). Only what the method's
-    spec asks for is computed."""
+    target set's mean features [M x d] (`target`), a score per example [N] (`scores`), each example's group
+    index [N] (`groups`: its value of the request's `group_by`, when it names one). Only what the method's spec
+    asks for is computed."""
 
     points: "Tensor | None" = None
     target: "Tensor | None" = None
     scores: "Tensor | None" = None
+    groups: "Tensor | None" = None
 
 
 class Ranking(Protocol):
@@ -69,6 +71,8 @@ class MethodSpec:
     score: Score | None = None
     uses_points: bool = False
     """Whether the ranking needs each example's mean feature (`RankingInputs.points`)."""
+    uses_groups: bool = False
+    """Whether the ranking takes each example's group (`RankingInputs.groups`) when the request names `group_by`."""
     partitions: bool = False
     """Whether GreeDi can partition it (a greedy with a submodular objective)."""
     seeded: bool = False

@@ -19,7 +19,7 @@ from fishersft.contract.selection import (
     TargetSummary,
     target_problem,
 )
-from fishersft.data.groups import group_coverage, group_field
+from fishersft.data.groups import group_codes, group_coverage, group_field
 from fishersft.errors import InputError
 from fishersft.features.set import FeatureSet, feature_blocks
 from fishersft.features.target import TargetSet, target_means, target_second_moment
@@ -75,6 +75,7 @@ def select_features(
     position = np.full(len(features.ids), -1)
     position[read] = np.arange(len(read))
     moment = None if target is None else target_second_moment(features, target.features, weighting)
+    groups = None if labels is None or options.group_by is None else group_codes(labels, options.group_by)[0][read]
     selection = select_blocks(
         *feature_blocks(local, weighting),
         budget,
@@ -87,7 +88,9 @@ def select_features(
         epsilon=options.epsilon,
         device=resolve_device(device),
         on_step=on_step,
-        ranking_inputs=ranking_inputs(local, options.method, features, None if target is None else target.features),
+        ranking_inputs=ranking_inputs(
+            local, options.method, features, None if target is None else target.features, groups
+        ),
         target=moment,
     )
     chosen = read[selection.indices].tolist()
@@ -133,10 +136,15 @@ def select_features(
 
 
 def ranking_inputs(
-    local: FeatureSet, method: Method, features: FeatureSet, target: FeatureSet | None
+    local: FeatureSet,
+    method: Method,
+    features: FeatureSet,
+    target: FeatureSet | None,
+    groups: np.ndarray | None = None,
 ) -> RankingInputs | None:
     """What `method` ranks `local`'s examples by, as its spec asks (see fishersft.methods); None for the greedy
-    objective. `features` is the store `local` was read from (its projection maps the target's means)."""
+    objective. `features` is the store `local` was read from (its projection maps the target's means); `groups`:
+    each of `local`'s examples' group index, when the request names `group_by`."""
     spec = method_spec(method)
     if spec.objective:
         return None
@@ -151,7 +159,8 @@ def ranking_inputs(
         scores = torch.from_numpy(np.asarray(values, dtype=np.float64))
     points = torch.from_numpy(np.asarray(local.mean_rows(), dtype=np.float32)) if spec.uses_points else None
     target_points = target_means(features, target) if target is not None and spec.target != "refused" else None
-    return RankingInputs(points=points, target=target_points, scores=scores)
+    group_index = torch.from_numpy(groups) if groups is not None and spec.uses_groups else None
+    return RankingInputs(points=points, target=target_points, scores=scores, groups=group_index)
 
 
 def missing_score(score: str, features: FeatureSet) -> str:

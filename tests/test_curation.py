@@ -1,0 +1,97 @@
+"""Curation options of any selection against brute force: random balanced by group, budgets as a fraction of the
+pool, group quotas, near-duplicate removal."""
+
+from collections import Counter
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+
+from fishersft.contract.selection import Budget, SelectionOptions
+from fishersft.features.set import FeatureSet
+from fishersft.pipeline import select_features
+from fishersft.selection.balanced import balanced_random_order, largest_remainder
+
+
+def labelled_set(n: int = 60, dim: int = 6, seed: int = 0, shares=(0.6, 0.3, 0.1)):
+    """Random features whose rows carry a `source` drawn with `shares` (the first group dominates)."""
+    rng = np.random.default_rng(seed)
+    offsets = np.concatenate([[0], np.cumsum(rng.integers(1, 6, n))])
+    features = rng.standard_normal((offsets[-1], dim)).astype(np.float32)
+    names = [f"s{k}" for k in range(len(shares))]
+    labels = [{"source": str(v)} for v in rng.choice(names, n, p=list(shares))]
+    return FeatureSet(features, offsets, [f"x{i}" for i in range(n)]), labels
+
+
+def exact_shares(weights: list[int], total: int) -> list[Fraction]:
+    return [Fraction(total * w, sum(weights)) for w in weights]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_largest_remainder_gives_each_group_its_floor_and_the_leftovers_to_the_largest_remainders(seed):
+    g = torch.Generator().manual_seed(seed)
+    weights = torch.randint(0, 50, (int(torch.randint(1, 8, (1,), generator=g)),), generator=g).tolist()
+    weights[0] += 1  # at least one group with weight
+    total = int(torch.randint(0, sum(weights) + 1, (1,), generator=g))
+    shares = largest_remainder(weights, total, torch.Generator().manual_seed(seed))
+    exact = exact_shares(weights, total)
+    assert sum(shares) == total
+    assert all(s - int(e) in (0, 1) for s, e in zip(shares, exact, strict=True))
+    # a group that got the extra unit never has a smaller remainder than one that did not
+    up = [e - int(e) for s, e in zip(shares, exact, strict=True) if s > int(e)]
+    down = [e - int(e) for s, e in zip(shares, exact, strict=True) if s == int(e)]
+    assert not up or not down or min(up) >= max(down)
+
+
+def test_largest_remainder_breaks_ties_by_the_seed():
+    winners = {largest_remainder([1, 1, 1], 1, torch.Generator().manual_seed(s)).index(1) for s in range(20)}
+    assert winners == {0, 1, 2}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_balanced_random_under_an_example_budget_draws_each_group_its_share(seed):
+    groups = torch.tensor([0] * 30 + [1] * 15 + [2] * 5)
+    candidates = torch.arange(3, 50)  # the first three are not candidates: shares follow the candidates
+    costs = torch.ones(50, dtype=torch.float64)
+    picks = balanced_random_order(groups, costs, 10, candidates, seed)
+    counts = Counter(groups[picks].tolist())
+    weights = [27, 15, 5]
+    expected = largest_remainder(weights, 10, _after_shuffle(candidates, seed))
+    assert [counts[g] for g in range(3)] == expected
+    assert len(set(picks)) == 10 and set(picks) <= set(candidates.tolist())
+    assert picks == balanced_random_order(groups, costs, 10, candidates, seed)
+
+
+def _after_shuffle(candidates: torch.Tensor, seed: int) -> torch.Generator:
+    """The generator as `balanced_random_order` hands it to `largest_remainder`: after its shuffle."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.randperm(len(candidates), generator=generator)
+    return generator
+
+
+def test_balanced_random_under_a_token_budget_shares_the_loss_tokens():
+    g = torch.Generator().manual_seed(3)
+    groups = torch.tensor([0] * 60 + [1] * 20)
+    costs = torch.randint(1, 6, (80,), generator=g).to(torch.float64)
+    picks = balanced_random_order(groups, costs, 60, torch.arange(80), seed=1)
+    spent = [float(costs[[i for i in picks if groups[i] == k]].sum()) for k in range(2)]
+    assert sum(spent) <= 60
+    share = [float(costs[:60].sum()) / float(costs.sum()) * 60, float(costs[60:].sum()) / float(costs.sum()) * 60]
+    # each group holds its share give or take one example's cost (a group's unspent share is filled from the rest)
+    assert all(abs(s - e) <= 6 for s, e in zip(spent, share, strict=True))
+
+
+def test_random_with_group_by_is_balanced_and_without_it_uniform():
+    features, labels = labelled_set(n=200, shares=(0.8, 0.15, 0.05))
+    budget = Budget(examples=20)
+    balanced = select_features(
+        features, SelectionOptions(budget=budget, method="random", group_by="source", seed=4), labels=labels
+    )
+    pool = Counter(row["source"] for row in labels)
+    picked = Counter(labels[features.index[str(i)]]["source"] for i in balanced.selected)
+    for name, n in pool.items():
+        assert abs(picked[name] - 20 * n / 200) < 1  # its share, rounded up or down
+    uniform = select_features(features, SelectionOptions(budget=budget, method="random", seed=4), labels=labels)
+    generator = torch.Generator().manual_seed(4)
+    assert uniform.selected == [features.ids[i] for i in torch.randperm(200, generator=generator)[:20].tolist()]
