@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from fishersft.contract.comparison import ComparisonBudget, ComparisonOptions, ComparisonRun
 from fishersft.contract.selection import Budget, SelectionOptions
 from fishersft.features.set import FeatureSet
 from fishersft.pipeline import select_features
 from fishersft.selection.balanced import balanced_random_order, largest_remainder
+from fishersft.training.comparison import comparison_runs, summarize
 
 
 def labelled_set(n: int = 60, dim: int = 6, seed: int = 0, shares=(0.6, 0.3, 0.1)):
@@ -95,3 +97,50 @@ def test_random_with_group_by_is_balanced_and_without_it_uniform():
     uniform = select_features(features, SelectionOptions(budget=budget, method="random", seed=4), labels=labels)
     generator = torch.Generator().manual_seed(4)
     assert uniform.selected == [features.ids[i] for i in torch.randperm(200, generator=generator)[:20].tolist()]
+
+
+def test_a_comparison_on_grouped_rows_trains_random_balanced_too_and_judges_against_the_stronger():
+    features, labels = labelled_set(n=120, shares=(0.8, 0.15, 0.05))
+    options = ComparisonOptions(budget=ComparisonBudget(examples=12), random_seeds=2, weightings=["tokens"])
+    runs = comparison_runs(features, options, [0, 1], labels=labels, balance_by="source")
+    balanced = [r for r in runs if r.balanced_by == "source"]
+    assert [r.seed for r in balanced] == [0, 1] and all(r.method == "random" for r in balanced)
+    pool = Counter(labels[i]["source"] for i in range(2, 120))
+    for run in balanced:
+        assert 0 not in run.indices and 1 not in run.indices
+        picked = Counter(labels[i]["source"] for i in run.indices)
+        assert all(abs(picked[name] - 12 * n / 118) < 1 for name, n in pool.items())
+    assert len(runs) == len(comparison_runs(features, options, [0, 1])) + 2  # no field, no balanced runs
+    assert comparison_runs(features, options, [0, 1], labels=labels, balance_by="category") == comparison_runs(
+        features, options, [0, 1]
+    )
+
+    def row(run, loss: float) -> ComparisonRun:
+        return ComparisonRun(
+            method=run.method,
+            weighting=run.weighting,
+            seed=run.seed,
+            balanced_by=run.balanced_by,
+            budget_kind=run.budget.kind,
+            budget=run.budget,
+            examples=len(run.indices),
+            loss_tokens=1,
+            length_ratio=1.0,
+            groups={"field": "source", "covered": 1, "total": 3},
+            ids_sha256="x",
+            loss_before=3.0,
+            loss_after=loss,
+            perplexity_before=20.0,
+            perplexity_after=10.0,
+            worst_group=None,
+            steps=1,
+            curve=[],
+            train_s=0.0,
+        )
+
+    examples = [r for r in runs if r.budget.kind == "examples"]
+    uniform_better = summarize([row(r, 2.0 if r.balanced_by else 1.5) for r in examples])["examples"]
+    assert uniform_better.yardstick == "random" and uniform_better.random_balanced.mean == 2.0
+    balanced_better = summarize([row(r, 1.0 if r.balanced_by else 1.5) for r in examples])["examples"]
+    assert balanced_better.yardstick == "random-balanced" and balanced_better.random.mean == 1.5
+    assert [row(r, 1.0).label for r in balanced] == ["random-balanced/0", "random-balanced/1"]

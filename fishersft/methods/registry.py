@@ -89,9 +89,10 @@ class MethodSpec:
         """Whether it needs the base model's pass: text datasets only, never a features file."""
         return self.score is not None
 
-    def label(self, weighting: str | None = None, seed: int | None = None) -> str:
-        """What a run of it is called in tables and plots: `fisher/uncertainty`, `random/1`, `kcenter`."""
-        parts = [self.name]
+    def label(self, weighting: str | None = None, seed: int | None = None, balanced: bool = False) -> str:
+        """What a run of it is called in tables and plots: `fisher/uncertainty`, `random/1`, `kcenter`; a run
+        balanced by group (`uses_groups`): `random-balanced/1`."""
+        parts = [f"{self.name}-balanced" if balanced else self.name]
         if self.objective and weighting is not None:
             parts.append(weighting)
         if self.seeded and seed is not None:
