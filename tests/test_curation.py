@@ -7,11 +7,12 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
 from fishersft.contract.comparison import ComparisonBudget, ComparisonOptions, ComparisonRun
 from fishersft.contract.selection import Budget, SelectionOptions
 from fishersft.features.set import FeatureSet
-from fishersft.pipeline import select_features
+from fishersft.pipeline import select_features, select_partitioned
 from fishersft.selection.balanced import balanced_random_order, largest_remainder
 from fishersft.training.comparison import comparison_runs, summarize
 
@@ -144,3 +145,35 @@ def test_a_comparison_on_grouped_rows_trains_random_balanced_too_and_judges_agai
     balanced_better = summarize([row(r, 1.0 if r.balanced_by else 1.5) for r in examples])["examples"]
     assert balanced_better.yardstick == "random-balanced" and balanced_better.random.mean == 1.5
     assert [row(r, 1.0).label for r in balanced] == ["random-balanced/0", "random-balanced/1"]
+
+
+def test_a_budget_is_exactly_one_count_or_fraction_in_zero_to_one():
+    assert Budget(examples_fraction=0.25).kind == "examples" and Budget(tokens_fraction=1).kind == "tokens"
+    for given in ({}, {"examples": 3, "examples_fraction": 0.1}, {"examples_fraction": 0}, {"tokens_fraction": 1.5}):
+        with pytest.raises(ValidationError):
+            Budget.model_validate(given)
+    assert Budget(examples_fraction=0.1).resolved(45, 900) == Budget(examples=4)  # round(4.5): even
+    assert Budget(tokens_fraction=0.1).resolved(45, 905) == Budget(tokens=90)
+    assert Budget(examples_fraction=0.001).resolved(45, 900) == Budget(examples=1)  # at least one
+    assert Budget(examples=7).resolved(45, 900) == Budget(examples=7)
+    with pytest.raises(ValueError, match="resolve"):
+        _ = Budget(examples_fraction=0.1).limit
+
+
+@pytest.mark.parametrize("kind", ["examples", "tokens"])
+def test_a_fraction_budget_selects_what_its_count_over_the_pool_selects(kind):
+    features, _ = labelled_set(n=60)
+    held, warm = [0, 5, 9], ["x3", "x4"]
+    pool = sorted(set(range(60)) - {0, 5, 9, 3, 4})
+    count = round(0.2 * (len(pool) if kind == "examples" else int(features.lengths[pool].sum())))
+    fraction = select_features(
+        features, SelectionOptions(budget={f"{kind}_fraction": 0.2}, warm_start_ids=warm), exclude=held
+    )
+    assert fraction.resolved_budget == Budget(**{kind: count}) and fraction.budget.fraction == 0.2
+    counted = select_features(features, SelectionOptions(budget={kind: count}, warm_start_ids=warm), exclude=held)
+    assert fraction.selected == counted.selected and counted.resolved_budget == counted.budget
+    # GreeDi's partitions resolve it against the whole pool, not their own candidates
+    options = SelectionOptions(budget={f"{kind}_fraction": 0.2}, warm_start_ids=warm, partitions=2)
+    partitioned = select_partitioned(features, options, 2, exclude=held)
+    assert partitioned.resolved_budget == Budget(**{kind: count})
+    assert partitioned.partitions is not None and all(r.picks for r in partitioned.partitions.rounds)

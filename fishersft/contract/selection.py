@@ -22,7 +22,6 @@ from fishersft.contract.base import (
     RequestExampleId,
     RequestModel,
     Text,
-    exactly_one,
     one_of,
 )
 from fishersft.contract.compression import (
@@ -115,31 +114,71 @@ FALLBACK_WEIGHTING: Weighting = "tokens"
 """The token budget's default for features without a model."""
 
 
+FRACTION = {"type": "number", "exclusiveMinimum": 0, "maximum": 1}
+BUDGET_FIELDS = ("examples", "tokens", "examples_fraction", "tokens_fraction")
+
+
 class Budget(RequestModel):
-    """At most `examples` examples, or at most `tokens` loss tokens: exactly one of the two."""
+    """At most `examples` examples or `tokens` loss tokens, or a fraction of the pool's examples or loss tokens:
+    exactly one of the four. A fraction is resolved to a count against the pool (`resolved`)."""
 
     model_config = ConfigDict(
-        **REQUEST, frozen=True, json_schema_extra=one_of({"examples": POSITIVE}, {"tokens": POSITIVE})
+        **REQUEST,
+        frozen=True,
+        json_schema_extra=one_of(
+            *({f: POSITIVE if f in ("examples", "tokens") else FRACTION} for f in BUDGET_FIELDS)
+        ),
     )
     examples: int | None = Field(None, gt=0, description="Select at most this many examples.")
     tokens: int | None = Field(None, gt=0, description="Select at most this many loss tokens (cost-aware greedy).")
+    examples_fraction: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Select at most this fraction of the examples selection may choose from (the dataset less the "
+        "held-out set and the warm start), rounded, at least 1; the result's `resolved_budget` says how many.",
+    )
+    tokens_fraction: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Select at most this fraction of the loss tokens of the examples selection may choose from, "
+        "rounded, at least 1 (a token budget); the result's `resolved_budget` says how many.",
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "Budget":
-        return exactly_one(self, "examples", "tokens")
+        if sum(getattr(self, f) is not None for f in BUDGET_FIELDS) != 1:
+            raise ValueError("give exactly one of " + ", ".join(f"`{f}`" for f in BUDGET_FIELDS))
+        return self
 
     @model_serializer(mode="wrap")
-    def _given(self, handler: SerializerFunctionWrapHandler) -> dict[str, int]:
-        """`{"examples": K}` or `{"tokens": T}`: the field not given is left out."""
+    def _given(self, handler: SerializerFunctionWrapHandler) -> dict[str, int | float]:
+        """`{"examples": K}`, `{"tokens": T}`, `{"examples_fraction": f}`...: the fields not given are left out."""
         return {k: v for k, v in handler(self).items() if v is not None}
 
     @property
     def kind(self) -> Literal["examples", "tokens"]:
-        return "examples" if self.examples is not None else "tokens"
+        return "examples" if self.examples is not None or self.examples_fraction is not None else "tokens"
+
+    @property
+    def fraction(self) -> float | None:
+        return self.examples_fraction if self.examples_fraction is not None else self.tokens_fraction
 
     @property
     def limit(self) -> int:
+        """The count: examples or loss tokens (a fraction must be `resolved` against the pool first)."""
+        if self.fraction is not None:
+            raise ValueError(f"budget {self.model_dump()}: a fraction, resolve it against the pool first")
         return self.examples if self.examples is not None else (self.tokens or 0)
+
+    def resolved(self, pool_examples: int, pool_tokens: int) -> "Budget":
+        """This budget as a count: itself, or its fraction of the pool's examples or loss tokens (rounded, at
+        least 1)."""
+        if self.fraction is None:
+            return self
+        count = max(1, round(self.fraction * (pool_examples if self.kind == "examples" else pool_tokens)))
+        return Budget(examples=count) if self.kind == "examples" else Budget(tokens=count)
 
     def default_weighting(self, from_model: bool) -> Weighting:
         """This kind's default for features the model made (`from_model`) or not (an uploaded file)."""
@@ -150,7 +189,9 @@ class Budget(RequestModel):
 class SelectionOptions(RequestModel):
     """How to select, whatever the features came from: what the selection math and its bookkeeping take."""
 
-    budget: Budget = Field(description="`{examples: K}` or `{tokens: T}`.")
+    budget: Budget = Field(
+        description="`{examples: K}`, `{tokens: T}`, `{examples_fraction: f}` or `{tokens_fraction: f}`."
+    )
     method: Method = Field(DEFAULT_METHOD, description=METHOD_DOC)
     weighting: Weighting | None = Field(None, description=WEIGHTING_DOC)
     group_by: Text | None = Field(
@@ -332,6 +373,11 @@ class SelectionResult(BaseModel):
     )
     epsilon: float | None = Field(None, description="Stochastic greedy's epsilon; null for the other algorithms.")
     budget: Budget = Field(description="The budget asked for.")
+    resolved_budget: Budget | None = Field(
+        None,
+        description="The budget as a count, `{examples: K}` or `{tokens: T}`: the one asked for, or its fraction "
+        "of the pool (the examples selection could choose from) resolved.",
+    )
     lambda_: float = Field(1.0, alias="lambda", description=LAMBDA_DOC)
     n_candidates: int = Field(description="Examples in the dataset.")
     n_loss_tokens: int = Field(description="Loss tokens in the dataset.")

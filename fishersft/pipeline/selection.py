@@ -53,7 +53,7 @@ def select_features(
     `target`: the set method `similarity` selects for, or fisher serves (targeted design); the result reports its
     predictive variance whatever the method."""
     start = time.perf_counter()
-    budget, weighting = options.budget, options.resolved_weighting(features.uncertainty is not None)
+    weighting = options.resolved_weighting(features.uncertainty is not None)
     index = features.index
     unknown = [i for i in options.warm_start_ids if str(i) not in index]
     if unknown:
@@ -64,6 +64,8 @@ def select_features(
     pool = np.setdiff1d(every if candidates is None else np.asarray(candidates, dtype=np.int64), excluded)
     pool = np.setdiff1d(pool, warm_start)
     lengths = features.lengths
+    choosable = np.setdiff1d(np.setdiff1d(every, excluded), warm_start)  # the whole pool, whatever `candidates`
+    budget = options.budget.resolved(len(choosable), int(lengths[choosable].sum()))
     total = min(budget.limit, len(pool) if budget.examples is not None else int(lengths[pool].sum()))
 
     def on_step(spent: float) -> None:
@@ -121,7 +123,8 @@ def select_features(
         compression=features.recorded_compression,
         algorithm="exact" if targeted else options.algorithm,
         epsilon=options.epsilon if options.algorithm == "stochastic" and not targeted else None,
-        budget=budget,
+        budget=options.budget,
+        resolved_budget=budget,
         lambda_=options.lambda_,
         n_candidates=len(features.ids),
         n_loss_tokens=features.n_tokens,
