@@ -125,9 +125,7 @@ class Budget(RequestModel):
     model_config = ConfigDict(
         **REQUEST,
         frozen=True,
-        json_schema_extra=one_of(
-            *({f: POSITIVE if f in ("examples", "tokens") else FRACTION} for f in BUDGET_FIELDS)
-        ),
+        json_schema_extra=one_of(*({f: POSITIVE if f in ("examples", "tokens") else FRACTION} for f in BUDGET_FIELDS)),
     )
     examples: int | None = Field(None, gt=0, description="Select at most this many examples.")
     tokens: int | None = Field(None, gt=0, description="Select at most this many loss tokens (cost-aware greedy).")
