@@ -7,23 +7,22 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SerializerFunctionWrapHandler,
     ValidationInfo,
     field_validator,
-    model_serializer,
-    model_validator,
 )
 
 from fishersft.contract.base import (
     MAX_ID,
-    POSITIVE,
-    REQUEST,
     ExampleId,
     RequestExampleId,
     RequestModel,
     Text,
-    one_of,
 )
+from fishersft.contract.budget import DEFAULT_WEIGHTING as DEFAULT_WEIGHTING
+from fishersft.contract.budget import MODEL_WEIGHTINGS as MODEL_WEIGHTINGS
+from fishersft.contract.budget import WEIGHTINGS as WEIGHTINGS
+from fishersft.contract.budget import Budget as Budget
+from fishersft.contract.budget import Weighting as Weighting
 from fishersft.contract.compression import (
     DEFAULT_SELECTION_MEMORY,
     Compression,
@@ -31,6 +30,7 @@ from fishersft.contract.compression import (
     RecordedCompression,
     resolve_compression,
 )
+from fishersft.contract.curation import DEDUP_DOC, QUOTAS_DOC, Dedup, DedupSummary, Quotas
 from fishersft.contract.webhooks import WebhookOptions
 from fishersft.methods import DEFAULT_METHOD, method_spec, model_passes, registered
 
@@ -73,10 +73,6 @@ METHOD_DOC = (
 )
 Algorithm = Literal["lazy", "exact", "stochastic", "batched"]
 ALGORITHMS: tuple[Algorithm, ...] = ("lazy", "exact", "stochastic", "batched")
-Weighting = Literal["tokens", "examples", "mean", "uncertainty"]
-WEIGHTINGS: tuple[Weighting, ...] = ("tokens", "examples", "mean", "uncertainty")
-MODEL_WEIGHTINGS: tuple[Weighting, ...] = ("uncertainty",)
-"""Weightings that need the model's softmax at each loss token: text datasets only."""
 DEFAULT_EPSILON = 0.01
 MAX_PARTITIONS = 64
 LAMBDA_DOC = "Ridge term of Sigma = lambda*I + sum x x^T."
@@ -104,84 +100,6 @@ MAX_LENGTH_DOC = (
     "Tokens per example at most (the prompt is cut first); default 1024, or the largest allowed when smaller: the "
     "model's context and the service's FISHERSFT_MAX_LENGTH_LIMIT (422 above it)."
 )
-DEFAULT_WEIGHTING: dict[str, Weighting] = {"examples": "mean", "tokens": "uncertainty"}
-"""The weighting a selection gets unless it names one, per budget kind, chosen by held-out loss after LoRA
-fine-tuning. Under a token budget, `uncertainty`: in the selection study (README, "Which method wins where") it
-was ahead of the paper's `tokens` in most cells and turned fisher's loss to random on chatterbot English at 30%
-into a win; features without a model (an uploaded file) have no uncertainty and get `tokens`. Under an example
-budget every weighting lost to random, `mean` least (it does not buy length; "What the objective buys")."""
-FALLBACK_WEIGHTING: Weighting = "tokens"
-"""The token budget's default for features without a model."""
-
-
-FRACTION = {"type": "number", "exclusiveMinimum": 0, "maximum": 1}
-BUDGET_FIELDS = ("examples", "tokens", "examples_fraction", "tokens_fraction")
-
-
-class Budget(RequestModel):
-    """At most `examples` examples or `tokens` loss tokens, or a fraction of the pool's examples or loss tokens:
-    exactly one of the four. A fraction is resolved to a count against the pool (`resolved`)."""
-
-    model_config = ConfigDict(
-        **REQUEST,
-        frozen=True,
-        json_schema_extra=one_of(*({f: POSITIVE if f in ("examples", "tokens") else FRACTION} for f in BUDGET_FIELDS)),
-    )
-    examples: int | None = Field(None, gt=0, description="Select at most this many examples.")
-    tokens: int | None = Field(None, gt=0, description="Select at most this many loss tokens (cost-aware greedy).")
-    examples_fraction: float | None = Field(
-        None,
-        gt=0,
-        le=1,
-        description="Select at most this fraction of the examples selection may choose from (the dataset less the "
-        "held-out set and the warm start), rounded, at least 1; the result's `resolved_budget` says how many.",
-    )
-    tokens_fraction: float | None = Field(
-        None,
-        gt=0,
-        le=1,
-        description="Select at most this fraction of the loss tokens of the examples selection may choose from, "
-        "rounded, at least 1 (a token budget); the result's `resolved_budget` says how many.",
-    )
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> "Budget":
-        if sum(getattr(self, f) is not None for f in BUDGET_FIELDS) != 1:
-            raise ValueError("give exactly one of " + ", ".join(f"`{f}`" for f in BUDGET_FIELDS))
-        return self
-
-    @model_serializer(mode="wrap")
-    def _given(self, handler: SerializerFunctionWrapHandler) -> dict[str, int | float]:
-        """`{"examples": K}`, `{"tokens": T}`, `{"examples_fraction": f}`...: the fields not given are left out."""
-        return {k: v for k, v in handler(self).items() if v is not None}
-
-    @property
-    def kind(self) -> Literal["examples", "tokens"]:
-        return "examples" if self.examples is not None or self.examples_fraction is not None else "tokens"
-
-    @property
-    def fraction(self) -> float | None:
-        return self.examples_fraction if self.examples_fraction is not None else self.tokens_fraction
-
-    @property
-    def limit(self) -> int:
-        """The count: examples or loss tokens (a fraction must be `resolved` against the pool first)."""
-        if self.fraction is not None:
-            raise ValueError(f"budget {self.model_dump()}: a fraction, resolve it against the pool first")
-        return self.examples if self.examples is not None else (self.tokens or 0)
-
-    def resolved(self, pool_examples: int, pool_tokens: int) -> "Budget":
-        """This budget as a count: itself, or its fraction of the pool's examples or loss tokens (rounded, at
-        least 1)."""
-        if self.fraction is None:
-            return self
-        count = max(1, round(self.fraction * (pool_examples if self.kind == "examples" else pool_tokens)))
-        return Budget(examples=count) if self.kind == "examples" else Budget(tokens=count)
-
-    def default_weighting(self, from_model: bool) -> Weighting:
-        """This kind's default for features the model made (`from_model`) or not (an uploaded file)."""
-        weighting = DEFAULT_WEIGHTING[self.kind]
-        return weighting if from_model or weighting not in MODEL_WEIGHTINGS else FALLBACK_WEIGHTING
 
 
 class SelectionOptions(RequestModel):
@@ -220,6 +138,8 @@ class SelectionOptions(RequestModel):
         "Default: centralized greedy on one worker. Refused by the methods that rank (no greedy to partition) and "
         "with a target.",
     )
+    quotas: Quotas | None = Field(None, description=QUOTAS_DOC)
+    dedup: Dedup | None = Field(None, description=DEDUP_DOC)
 
     @field_validator("partitions")
     @classmethod
@@ -227,6 +147,31 @@ class SelectionOptions(RequestModel):
         method = info.data.get("method")
         if value is not None and method is not None and not method_spec(method).partitions:
             raise ValueError(f"GreeDi partitions a greedy selection; method {method!r} takes none")
+        return value
+
+    @field_validator("quotas")
+    @classmethod
+    def _quotas_fit(cls, value: Quotas | None, info: ValidationInfo) -> Quotas | None:
+        if value is None:
+            return value
+        group_by, budget, method = info.data.get("group_by"), info.data.get("budget"), info.data.get("method")
+        if group_by is not None and group_by != value.by:
+            raise ValueError(f"quotas are by {value.by!r} and group_by names {group_by!r}: name one field")
+        if info.data.get("partitions") is not None:
+            raise ValueError("quotas hold over the whole selection: GreeDi's partitions do not keep them")
+        algorithm = info.data.get("algorithm")
+        if method is not None and method_spec(method).objective and algorithm in ("stochastic", "batched"):
+            raise ValueError(f"quotas run lazy or exact greedy, not {algorithm}")
+        needed = sum(value.min.values())
+        if budget is not None and budget.examples is not None and needed > budget.examples:
+            raise ValueError(f"the mins sum to {needed} examples, above the budget of {budget.examples}")
+        return value
+
+    @field_validator("dedup")
+    @classmethod
+    def _dedup_fits(cls, value: Dedup | None, info: ValidationInfo) -> Dedup | None:
+        if value is not None and info.data.get("partitions") is not None:
+            raise ValueError("near-duplicate removal compares the whole pool: GreeDi's partitions do not")
         return value
 
     def resolved_weighting(self, from_model: bool) -> Weighting:
@@ -291,9 +236,14 @@ class SelectionCreate(FeatureOptions, SelectionOptions, WebhookOptions):
 
 
 class GroupCoverage(BaseModel):
-    field: str = Field(description="The grouping field: the request's `group_by`, else `category` or `source`.")
+    field: str = Field(
+        description="The grouping field: the request's `group_by`, else its quotas' `by`, else `category` or `source`."
+    )
     covered: int = Field(description="Distinct values of the field among the selected examples.")
     total: int = Field(description="Distinct values among the examples selection could choose from.")
+    counts: dict[str, int] = Field(
+        default_factory=dict, description="Selected examples per group (rows without the field are not counted)."
+    )
 
 
 class TargetSummary(BaseModel):
@@ -406,6 +356,9 @@ class SelectionResult(BaseModel):
     partitions: Partitions | None = Field(None, description="GreeDi's rounds, when the request asked for partitions.")
     target: TargetSummary | None = Field(
         None, description="The target set the selection served (`target_dataset_id`); null without one."
+    )
+    dedup: DedupSummary | None = Field(
+        None, description="The near-duplicates removed before the method ran (`dedup`); null without it."
     )
 
     def with_cost(self, cost: FeaturesCost) -> "SelectionResult":

@@ -19,9 +19,11 @@ def random_order(
     if inputs.groups is not None:
         from fishersft.selection.balanced import balanced_random_order
 
-        return balanced_random_order(inputs.groups, costs, limit, candidates, seed)
+        return balanced_random_order(inputs.groups, costs, limit, candidates, seed, inputs.quotas)
     generator = torch.Generator().manual_seed(seed)
-    return fitting(candidates[torch.randperm(len(candidates), generator=generator)].tolist(), costs, limit)
+    return fitting(
+        candidates[torch.randperm(len(candidates), generator=generator)].tolist(), costs, limit, inputs.quotas
+    )
 
 
 RANDOM = register_method(

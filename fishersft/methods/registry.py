@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Literal, Protocol
 if TYPE_CHECKING:
     from torch import Tensor
 
+    from fishersft.selection.quotas import GroupLimits
+
 TargetUse = Literal["refused", "accepted", "required"]
 """Whether a method selects for a target set: refuses one, takes one (it changes what it does), or needs one."""
 Score = Literal["loss", "ifd"]
@@ -27,12 +29,14 @@ class RankingInputs:
     """What a ranking orders examples by, beside their costs: each example's mean feature [N x d] (`points`), the
     target set's mean features [M x d] (`target`), a score per example [N] (`scores`), each example's group
     index [N] (`groups`: its value of the request's `group_by`, when it names one). Only what the method's spec
-    asks for is computed."""
+    asks for is computed. `quotas`: the request's group quotas, which every ranking keeps (the selector sets
+    them)."""
 
     points: "Tensor | None" = None
     target: "Tensor | None" = None
     scores: "Tensor | None" = None
     groups: "Tensor | None" = None
+    quotas: "GroupLimits | None" = None
 
 
 class Ranking(Protocol):

@@ -25,6 +25,7 @@ from fishersft.features.set import FeatureSet, feature_blocks
 from fishersft.features.target import TargetSet, target_means, target_second_moment
 from fishersft.methods import RankingInputs, method_spec
 from fishersft.models.loading import resolve_device
+from fishersft.pipeline.curation import quota_limits
 from fishersft.pipeline.progress import Progress
 from fishersft.selection import greedi
 from fishersft.selection.selector import select_blocks
@@ -78,6 +79,8 @@ def select_features(
     position[read] = np.arange(len(read))
     moment = None if target is None else target_second_moment(features, target.features, weighting)
     groups = None if labels is None or options.group_by is None else group_codes(labels, options.group_by)[0][read]
+    quotas = options.quotas
+    limits = None if quotas is None else quota_limits(quotas, labels, read, position[pool], budget, lengths[read])
     selection = select_blocks(
         *feature_blocks(local, weighting),
         budget,
@@ -94,6 +97,7 @@ def select_features(
             local, options.method, features, None if target is None else target.features, groups
         ),
         target=moment,
+        quotas=limits,
     )
     chosen = read[selection.indices].tolist()
     if progress:  # a token budget often ends short of its total: the last report says the selection is done
@@ -130,7 +134,13 @@ def select_features(
         n_loss_tokens=features.n_tokens,
         n_selected_loss_tokens=n_selected_tokens,
         length_ratio=length_ratio,
-        groups=_groups(labels, options.group_by, len(features.ids), chosen, np.setdiff1d(every, excluded).tolist()),
+        groups=_groups(
+            labels,
+            options.group_by or (quotas.by if quotas else None),
+            len(features.ids),
+            chosen,
+            np.setdiff1d(every, excluded).tolist(),
+        ),
         warnings=warnings,
         gain_evaluations=selection.evaluations,
         timings={"select_s": time.perf_counter() - start},

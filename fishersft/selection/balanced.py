@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from fishersft.methods.fitting import fitting
+from fishersft.selection.quotas import GroupLimits
 
 
 def largest_remainder(weights: list[int], total: int, generator: torch.Generator) -> list[int]:
@@ -25,12 +26,15 @@ def largest_remainder(weights: list[int], total: int, generator: torch.Generator
     return shares
 
 
-def balanced_random_order(groups: Tensor, costs: Tensor, limit: float, candidates: Tensor, seed: int) -> list[int]:
+def balanced_random_order(
+    groups: Tensor, costs: Tensor, limit: float, candidates: Tensor, seed: int, quotas: GroupLimits | None = None
+) -> list[int]:
     """A seeded random subset of `candidates` whose cost (`costs`: 1 an example, or its loss tokens) fits `limit`,
     each group (`groups[i]`: example i's group index) holding its largest-remainder share of min(limit, the
     candidates' cost) in proportion to its candidates' cost. Within a group the examples come in a seeded random
     order while they fit its share; budget a group's share leaves unspent (a token budget rarely ends exactly) is
-    filled from the rest in the same random order. The picks come in that order."""
+    filled from the rest in the same random order. The picks come in that order; `quotas`, when given, have the
+    last word (fishersft.selection.quotas)."""
     generator = torch.Generator().manual_seed(seed)
     shuffled = candidates[torch.randperm(len(candidates), generator=generator)]
     if len(shuffled) == 0:
@@ -45,4 +49,4 @@ def balanced_random_order(groups: Tensor, costs: Tensor, limit: float, candidate
         taken = fitting(members.tolist(), cost, share)
         chosen[taken] = True
     order = torch.cat([shuffled[chosen], shuffled[~chosen]])
-    return fitting(order.tolist(), costs, limit)
+    return fitting(order.tolist(), costs, limit, quotas)
