@@ -1,5 +1,6 @@
-"""A selection's curation options on the features and rows it selects from: group quotas as the selection math's
-limits (fishersft.selection.quotas), checked against the pool first."""
+"""A selection's curation options on the features and rows it selects from: near-duplicates removed from the pool
+(fishersft.selection.dedup), group quotas as the selection math's limits (fishersft.selection.quotas), checked
+against the pool first."""
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -7,10 +8,13 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from fishersft.contract.curation import Quotas
+from fishersft.contract.curation import Dedup, DedupSummary, Quotas, RemovedDuplicate
 from fishersft.contract.selection import Budget
 from fishersft.data.groups import group_codes, quota_problems
 from fishersft.errors import InputError
+from fishersft.features.set import FeatureSet
+from fishersft.pipeline.progress import Progress
+from fishersft.selection.dedup import near_duplicates
 from fishersft.selection.quotas import UNBOUNDED, GroupLimits, QuotaState
 from fishersft.selection.selector import budget_costs
 
@@ -51,3 +55,23 @@ def quota_limits(
             f"of {limit:.0f}"
         )
     return limits
+
+
+def deduplicated(
+    features: FeatureSet, pool: np.ndarray, dedup: Dedup, device: torch.device | str, progress: Progress | None
+) -> tuple[np.ndarray, DedupSummary]:
+    """The examples of `pool` (ascending indices) that near-duplicate removal keeps, and the removed ones, each
+    with its survivor, on the examples' mean features."""
+
+    def on_block(done: int) -> None:
+        if progress:
+            progress("deduplicating", done, len(pool))
+
+    rows = torch.from_numpy(pool)
+    survivor = near_duplicates(features.mean_rows(), dedup.threshold, rows, device, on_block=on_block).numpy()
+    removed = survivor >= 0
+    pairs = [
+        RemovedDuplicate(id=features.ids[pool[k]], survivor=features.ids[pool[s]])
+        for k, s in zip(np.flatnonzero(removed).tolist(), survivor[removed].tolist(), strict=True)
+    ]
+    return pool[~removed], DedupSummary(threshold=dedup.threshold, removed=pairs)

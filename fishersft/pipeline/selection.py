@@ -25,7 +25,7 @@ from fishersft.features.set import FeatureSet, feature_blocks
 from fishersft.features.target import TargetSet, target_means, target_second_moment
 from fishersft.methods import RankingInputs, method_spec
 from fishersft.models.loading import resolve_device
-from fishersft.pipeline.curation import quota_limits
+from fishersft.pipeline.curation import deduplicated, quota_limits
 from fishersft.pipeline.progress import Progress
 from fishersft.selection import greedi
 from fishersft.selection.selector import select_blocks
@@ -67,6 +67,9 @@ def select_features(
     lengths = features.lengths
     choosable = np.setdiff1d(np.setdiff1d(every, excluded), warm_start)  # the whole pool, whatever `candidates`
     budget = options.budget.resolved(len(choosable), int(lengths[choosable].sum()))
+    dedup = None
+    if options.dedup is not None:  # after the budget's fraction: with or without it, the same cost
+        pool, dedup = deduplicated(features, pool, options.dedup, resolve_device(device), progress)
     total = min(budget.limit, len(pool) if budget.examples is not None else int(lengths[pool].sum()))
 
     def on_step(spent: float) -> None:
@@ -145,6 +148,7 @@ def select_features(
         gain_evaluations=selection.evaluations,
         timings={"select_s": time.perf_counter() - start},
         target=_target_summary(target, selection.variance),
+        dedup=dedup,
     )
 
 
