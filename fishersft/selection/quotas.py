@@ -39,7 +39,9 @@ class QuotaState:
 
     def __init__(self, limits: GroupLimits, costs: Tensor, candidates: Sequence[int]) -> None:
         self.limits = limits
-        self.cost: list[float] = costs.to(torch.float64).tolist()
+        self.costs = costs.to(torch.float64)
+        self.cost: list[float] = self.costs.tolist()
+        self.maximum = torch.tensor(limits.maximum)
         self.group: list[int] = limits.groups.tolist()
         n_groups = len(limits.minimum)
         self.count = [0] * n_groups
@@ -57,14 +59,6 @@ class QuotaState:
         for g in range(n_groups):
             self._update(g)
 
-    def shortfalls(self) -> dict[int, int]:
-        """Groups whose candidates are fewer than their unmet min: how many they lack."""
-        return {
-            g: self.missing(g) - len(members)
-            for g, members in enumerate(self.remaining)
-            if self.missing(g) > len(members)
-        }
-
     def missing(self, g: int) -> int:
         return max(0, self.limits.minimum[g] - self.count[g])
 
@@ -79,9 +73,9 @@ class QuotaState:
     def admissible(self, idx: Tensor, left: float) -> Tensor:
         """`allows` for every index of `idx`, at once."""
         g = self.limits.groups[idx]
-        cost = torch.tensor(self.cost, dtype=torch.float64)[idx]
+        cost = self.costs[idx]
         count = torch.tensor(self.count)[g]
-        maximum = torch.tensor(self.limits.maximum)[g]
+        maximum = self.maximum[g]
         missing = torch.tensor([self.missing(k) for k in range(len(self.count))])[g] > 0
         relief = torch.where(missing, torch.minimum(cost, torch.tensor(self.largest, dtype=torch.float64)[g]), 0.0)
         return (count < maximum) & (cost <= left) & (left - cost >= self.reserve - relief - ROUNDING_TOLERANCE)
