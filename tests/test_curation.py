@@ -10,6 +10,7 @@ import torch
 from pydantic import ValidationError
 from rq import Queue
 
+import fishersft
 from fishersft.cli import build_parser
 from fishersft.cli.common import request_options
 from fishersft.contract.comparison import ComparisonBudget, ComparisonOptions, ComparisonRun
@@ -489,3 +490,18 @@ def test_a_service_job_with_every_curation_option_gives_the_pipelines_picks(serv
     assert result["dedup"] == expected.dedup.model_dump() and result["dedup"]["threshold"] == 0.98
     removed = {r["id"] for r in result["dedup"]["removed"]}
     assert not removed & set(result["selected"])
+
+
+def test_the_library_takes_the_curation_options_by_the_contracts_names(tmp_path):
+    features, _ = labelled_set(n=30)
+    rows = np.array(features.features)
+    rows[features.offsets[20] : features.offsets[21]] = rows[features.offsets[4]]  # 20's rows: one of 4's...
+    rows[features.offsets[4] : features.offsets[5]] = rows[features.offsets[4]]  # ...and so are all of 4's
+    np.savez(tmp_path / "f.npz", features=rows, offsets=features.offsets)
+    result = fishersft.select(tmp_path / "f.npz", budget={"examples_fraction": 0.5}, dedup={"threshold": 1.0})
+    assert result.resolved_budget == Budget(examples=15) and len(result.selected) == 15
+    assert [(r.id, r.survivor) for r in result.dedup.removed] == [(20, 4)]
+    with pytest.raises(InputError, match="quotas: for JSONL"):
+        fishersft.select(tmp_path / "f.npz", budget={"examples": 3}, quotas={"by": "source", "max": {"a": 1}})
+    with pytest.raises(ValidationError, match="dedup"):
+        fishersft.select(tmp_path / "f.npz", budget={"examples": 3}, dedup={"threshold": 0})
