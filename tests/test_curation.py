@@ -127,6 +127,10 @@ def test_a_comparison_on_grouped_rows_trains_random_balanced_too_and_judges_agai
     assert comparison_runs(features, options, [0, 1], labels=labels, balance_by="category") == comparison_runs(
         features, options, [0, 1]
     )
+    one_group = [{"source": "s0"}] * 120  # balanced would be uniform: not trained twice
+    assert comparison_runs(features, options, [0, 1], labels=one_group, balance_by="source") == comparison_runs(
+        features, options, [0, 1]
+    )
 
     def row(run, loss: float) -> ComparisonRun:
         return ComparisonRun(

@@ -60,11 +60,12 @@ def comparison_runs(
     labels: Sequence[Mapping[str, str]] | None = None,
     balance_by: str | None = None,
 ) -> list[Run]:
-    """The subsets a comparison trains: each seeded random subset at K examples, uniform and, when some of the rows
-    (`labels`) carry the field `balance_by`, balanced by it; fisher under each weighting, and each other method, at
-    K examples and at the uniform random subsets' mean loss tokens (equal cost: a fisher subset of K examples can
-    hold several times the tokens of a random one), of those two the options' `budget_kinds`. `exclude`: never
-    selected; `target`: the features method similarity selects for, and fisher serves (targeted design)."""
+    """The subsets a comparison trains: each seeded random subset at K examples, uniform and, when the rows
+    (`labels`) fall in two groups or more of the field `balance_by` (rows without it: a group), balanced by it;
+    fisher under each weighting, and each other method, at K examples and at the uniform random subsets' mean
+    loss tokens (equal cost: a fisher subset of K examples can hold several times the tokens of a random one), of
+    those two the options' `budget_kinds`. `exclude`: never selected; `target`: the features method similarity
+    selects for, and fisher serves (targeted design)."""
     weightings, methods, lam = options.weightings, options.methods, options.lambda_
     lengths = np.asarray(features.lengths)
     blocks = {w: feature_blocks(features, w) for w in {"tokens", *weightings}}
@@ -99,8 +100,9 @@ def comparison_runs(
     by_examples = Budget(examples=options.budget.examples)
     seeds = range(options.random_seeds)
     random = [Run(YARDSTICK, s, by_examples, pick(by_examples, YARDSTICK, s)) for s in seeds]
-    if balance_by is not None and labels is not None and any(balance_by in row for row in labels):
-        groups = RankingInputs(groups=torch.from_numpy(group_codes(labels, balance_by)[0]))
+    codes, names = group_codes(labels, balance_by) if balance_by is not None and labels is not None else (None, [])
+    if codes is not None and len(names) > 1:  # one group: balanced is uniform
+        groups = RankingInputs(groups=torch.from_numpy(codes))
         random += [
             Run(YARDSTICK, s, by_examples, pick(by_examples, YARDSTICK, s, given=groups), balanced_by=balance_by)
             for s in seeds
