@@ -1,5 +1,6 @@
-"""Curation options of any selection against brute force: random balanced by group, budgets as a fraction of the
-pool, group quotas, near-duplicate removal."""
+"""Curation options of any selection: random balanced by group (against exact largest remainders), budgets as a
+fraction of the pool, and all of them through the API, the CLI, the library and a service job (quotas and
+near-duplicate removal against brute force: test_quotas.py, test_dedup.py)."""
 
 from collections import Counter
 from fractions import Fraction
@@ -18,13 +19,8 @@ from fishersft.contract.selection import Budget, SelectionOptions
 from fishersft.data.dataset import read_labels
 from fishersft.errors import InputError
 from fishersft.features.set import FeatureSet
-from fishersft.features.target import TargetSet
-from fishersft.methods.fitting import fitting
 from fishersft.pipeline import embed_dataset, select_features, select_partitioned
 from fishersft.selection.balanced import balanced_random_order, largest_remainder
-from fishersft.selection.dedup import near_duplicates
-from fishersft.selection.quotas import GroupLimits
-from fishersft.selection.selector import budget_costs, select
 from fishersft.training.comparison import comparison_runs, summarize
 from tests.conftest import SAMPLE
 
@@ -195,165 +191,6 @@ def test_a_fraction_budget_selects_what_its_count_over_the_pool_selects(kind):
     assert partitioned.partitions is not None and all(r.picks for r in partitioned.partitions.rounds)
 
 
-def naive_feasible(taken, candidates, groups, costs, left, minimum):
-    """Whether the unmet mins can still be met within `left`: each group's cheapest untaken candidates, from
-    scratch."""
-    need = 0.0
-    for g, m in enumerate(minimum):
-        missing = m - sum(1 for i in taken if groups[i] == g)
-        if missing > 0:
-            pool = sorted(costs[i] for i in candidates if groups[i] == g and i not in taken)
-            if len(pool) < missing:
-                return False
-            need += sum(pool[:missing])
-    return need <= left + 1e-9
-
-
-def naive_allowed(i, taken, candidates, groups, costs, left, minimum, maximum):
-    g = groups[i]
-    if sum(1 for j in taken if groups[j] == g) >= maximum[g] or costs[i] > left:
-        return False
-    return naive_feasible([*taken, i], candidates, groups, costs, left - costs[i], minimum)
-
-
-def naive_quota_greedy(rows, offsets, costs, limit, candidates, groups, minimum, maximum, warm=()):
-    """Constrained greedy from scratch: every step, every allowed candidate's gain by two log determinants of
-    Sigma = I + the warm start's and the picks' X^T X (float64)."""
-    blocks = [rows[offsets[i] : offsets[i + 1]].double() for i in range(len(offsets) - 1)]
-    sigma = torch.eye(rows.shape[1], dtype=torch.float64) + sum((blocks[w].T @ blocks[w] for w in warm), 0)
-    taken, left = [], limit
-    while True:
-        allowed = [
-            i
-            for i in candidates
-            if i not in taken and naive_allowed(i, taken, candidates, groups, costs, left, minimum, maximum)
-        ]
-        if not allowed:
-            return taken
-        base = torch.linalg.slogdet(sigma).logabsdet
-        gain = {i: float(torch.linalg.slogdet(sigma + blocks[i].T @ blocks[i]).logabsdet - base) for i in allowed}
-        best = max(allowed, key=lambda i: (gain[i] / costs[i], -i))
-        taken.append(best)
-        sigma = sigma + blocks[best].T @ blocks[best]
-        left -= costs[best]
-
-
-def quota_case(seed: int, n: int = 24, d: int = 4, n_groups: int = 3):
-    g = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(1, 5, (n,), generator=g)
-    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
-    rows = torch.randn(int(offsets[-1]), d, generator=g)
-    groups = torch.randint(0, n_groups, (n,), generator=g)
-    sizes = torch.bincount(groups, minlength=n_groups).tolist()
-    minimum = [min(s, int(torch.randint(0, 3, (1,), generator=g))) for s in sizes]
-    maximum = [m + int(torch.randint(0, 3, (1,), generator=g)) for m in minimum]
-    return rows, offsets, lengths, groups, minimum, maximum
-
-
-@pytest.mark.parametrize("seed", range(8))
-@pytest.mark.parametrize("kind", ["examples", "tokens"])
-def test_fisher_under_quotas_is_the_brute_force_constrained_greedy(seed, kind):
-    rows, offsets, lengths, groups, minimum, maximum = quota_case(seed)
-    budget = Budget(examples=6) if kind == "examples" else Budget(tokens=16)
-    costs, limit = budget_costs(budget, lengths)
-    candidates = [i for i in range(24) if i not in (2, 7)]  # 2 excluded, 7 the warm start
-    if not naive_feasible([], candidates, groups.tolist(), costs.tolist(), limit, minimum):
-        minimum = [0] * len(minimum)
-    limits = GroupLimits(groups, minimum, maximum)
-    for algorithm in ("lazy", "exact"):
-        picked = select(rows, offsets, budget, quotas=limits, algorithm=algorithm, exclude=[2], warm_start=[7])
-        expected = naive_quota_greedy(
-            rows, offsets, costs.tolist(), limit, candidates, groups.tolist(), minimum, maximum, warm=[7]
-        )
-        assert picked.indices == expected, algorithm
-        counts = Counter(groups[picked.indices].tolist())
-        assert all(minimum[g] <= counts[g] <= maximum[g] for g in range(len(minimum)))
-
-
-@pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("kind", ["examples", "tokens"])
-def test_a_ranking_under_quotas_takes_its_order_where_the_brute_force_allows(seed, kind):
-    _, _, lengths, groups, minimum, maximum = quota_case(seed)
-    budget = Budget(examples=6) if kind == "examples" else Budget(tokens=16)
-    costs, limit = budget_costs(budget, lengths)
-    order = torch.randperm(24, generator=torch.Generator().manual_seed(seed)).tolist()
-    if not naive_feasible([], order, groups.tolist(), costs.tolist(), limit, minimum):
-        minimum = [0] * len(minimum)
-    taken, left = [], limit
-    for i in order:  # one pass, from scratch: each example if allowed when its turn comes
-        if naive_allowed(i, taken, order, groups.tolist(), costs.tolist(), left, minimum, maximum):
-            taken.append(i)
-            left -= float(costs[i])
-    assert fitting(order, costs, limit, GroupLimits(groups, minimum, maximum)) == taken
-    # one pass is enough: nothing the pass refused would be allowed after it
-    assert not [
-        i
-        for i in order
-        if i not in taken and naive_allowed(i, taken, order, groups.tolist(), costs.tolist(), left, minimum, maximum)
-    ]
-
-
-@pytest.mark.parametrize("method", ["fisher", "random", "kcenter", "similarity", "loss"])
-@pytest.mark.parametrize("budget", [{"examples": 8}, {"tokens": 30}])
-def test_every_method_keeps_the_quotas_and_reports_the_counts(method, budget):
-    features, labels = labelled_set(n=60, shares=(0.8, 0.15, 0.05))
-    features.losses = np.random.default_rng(1).random(60)
-    sizes = Counter(row["source"] for row in labels)
-    quotas = {"by": "source", "min": {"s2": min(2, sizes["s2"]), "s1": 2}, "max": {"s0": 4}}
-    target = TargetSet("t", labelled_set(n=4, seed=9)[0]) if method == "similarity" else None
-    options = SelectionOptions(budget=budget, method=method, quotas=quotas, group_by="source")
-    result = select_features(features, options, labels=labels, target=target)
-    counts = Counter(labels[features.index[str(i)]]["source"] for i in result.selected)
-    assert result.groups is not None and result.groups.counts == dict(sorted(counts.items()))
-    assert counts["s2"] >= quotas["min"]["s2"] and counts["s1"] >= 2 and counts["s0"] <= 4
-    free = select_features(features, SelectionOptions(budget=budget, method=method), labels=labels, target=target)
-    if method != "random":  # random's balanced draw already differs by group_by
-        assert Counter(labels[features.index[str(i)]]["source"] for i in free.selected)["s0"] > 4  # they bind
-
-
-def test_quotas_the_pool_cannot_meet_are_refused_naming_the_group():
-    features, labels = labelled_set(n=60, shares=(0.8, 0.15, 0.05))
-    sizes = Counter(row["source"] for row in labels)
-
-    def refused(quotas, budget=None, **context):
-        options = SelectionOptions(budget=budget or {"examples": 8}, quotas={"by": "source", **quotas})
-        with pytest.raises(InputError) as error:
-            select_features(features, options, labels=labels, **context)
-        return str(error.value)
-
-    assert "quotas.min.s9" in refused({"min": {"s9": 1}})
-    assert "quotas.max.s9" in refused({"max": {"s9": 1}})
-    assert "quotas.min.s2" in refused({"min": {"s2": sizes["s2"] + 1}}, {"examples": 50})
-    held = [i for i, row in enumerate(labels) if row["source"] == "s2"][:1]  # held out: not in the pool
-    assert "quotas.min.s2" in refused({"min": {"s2": sizes["s2"]}}, {"examples": 50}, exclude=held)
-    assert "quotas.min:" in refused({"min": {"s0": 8}}, {"tokens": 7})  # 8 examples hold 8 tokens at least
-    assert "quotas.min" in refused({"min": {"s0": 5}}, {"examples_fraction": 0.05})  # 3 examples
-    with pytest.raises(InputError, match="quotas: for JSONL"):
-        select_features(features, SelectionOptions(budget={"examples": 3}, quotas={"by": "source", "max": {"a": 1}}))
-    with pytest.raises(InputError, match=r"quotas\.by"):
-        select_features(
-            features, SelectionOptions(budget={"examples": 3}, quotas={"by": "lang", "max": {"a": 1}}), labels=labels
-        )
-
-
-@pytest.mark.parametrize(
-    ("options", "message"),
-    [
-        ({"budget": {"examples": 3}, "quotas": {"by": "source", "min": {"a": 2, "b": 2}}}, "above the budget"),
-        ({"budget": {"examples": 3}, "quotas": {"by": "source", "min": {"a": 2}, "max": {"a": 1}}}, "below its min"),
-        ({"budget": {"examples": 3}, "quotas": {"by": "source"}}, "name a group"),
-        ({"budget": {"examples": 3}, "quotas": {"by": "source", "min": {"a": -1}}}, "greater than or equal"),
-        ({"budget": {"examples": 3}, "group_by": "category", "quotas": {"by": "source", "max": {"a": 1}}}, "one field"),
-        ({"budget": {"examples": 3}, "partitions": 2, "quotas": {"by": "source", "max": {"a": 1}}}, "partitions"),
-        ({"budget": {"examples": 3}, "algorithm": "batched", "quotas": {"by": "s", "max": {"a": 1}}}, "batched"),
-    ],
-)
-def test_quotas_no_pool_could_meet_are_refused_by_the_contract(options, message):
-    with pytest.raises(ValidationError, match=message) as error:
-        SelectionOptions.model_validate(options)
-    assert error.value.errors()[0]["loc"][0] == "quotas"
-
-
 def test_curation_requests_no_pool_could_serve_are_a_422_naming_the_field_and_nothing_is_queued(service):
     text = service.upload(SAMPLE)  # 200 rows; category: arithmetic 44, geography 43, code 42, writing 37, cooking 34
     quotas = {"by": "category", "min": {"code": 2}}
@@ -411,66 +248,6 @@ def test_the_cli_spells_each_option_as_the_contract_does():
     assert options.quotas.min == {"code": 2, "a=b": 1} and options.quotas.max == {"chat": 3}
     with pytest.raises(SystemExit):
         build_parser().parse_args(["select", "rows.jsonl", "--budget", "3", "--quotas-min", "code"])
-
-
-def naive_dedup(points: torch.Tensor, threshold: float) -> list[int]:
-    """The N x N similarity matrix, then rows in order: removed by the first earlier kept row at the threshold."""
-    unit = torch.nn.functional.normalize(points.double(), dim=1)
-    similar = unit @ unit.T >= threshold - 1e-6
-    survivor = []
-    for i in range(len(points)):
-        earlier = [j for j in range(i) if survivor[j] < 0 and similar[i, j]]
-        survivor.append(earlier[0] if earlier else -1)
-    return survivor
-
-
-def duplicated_points(seed: int, n: int = 60, d: int = 5) -> torch.Tensor:
-    """Random rows, a third of them noisy copies of earlier ones (some of copies), a few zero rows."""
-    g = torch.Generator().manual_seed(seed)
-    points = torch.randn(n, d, generator=g)
-    for i in range(n // 3, n, 2):
-        source = int(torch.randint(0, i, (1,), generator=g))
-        points[i] = points[source] * float(torch.rand(1, generator=g) + 0.5) + 0.05 * torch.randn(d, generator=g)
-    points[[3, 17]] = 0.0
-    return points
-
-
-@pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("threshold", [0.9, 0.99, 1.0])
-@pytest.mark.parametrize("block", [1, 7, 4096])
-def test_near_duplicates_are_the_brute_force_n_by_n_ones(seed, threshold, block):
-    points = duplicated_points(seed)
-    points[40] = points[12]  # an exact copy: removed even at threshold 1
-    survivor = near_duplicates(points, threshold, block=block)
-    assert survivor.tolist() == naive_dedup(points, threshold)
-    assert survivor[40] == 12 or survivor[40] == survivor[12]  # 12's survivor, when 12 was removed itself
-    as_numpy = near_duplicates(points.numpy(), threshold, rows=torch.arange(10, 60), block=block)
-    assert as_numpy.tolist() == naive_dedup(points[10:], threshold)  # positions in `rows`
-
-
-def test_dedup_removes_them_before_the_method_and_lists_each_with_its_survivor():
-    features, labels = labelled_set(n=40)
-    copies = {25: 3, 30: 3, 33: 8}  # example 25 and 30 copy 3's rows, 33 copies 8's
-    rows = np.array(features.features)
-    for copy, source in copies.items():
-        start, stop = features.offsets[source], features.offsets[source + 1]
-        rows[features.offsets[copy] : features.offsets[copy + 1]] = rows[start : start + 1]
-        rows[start:stop] = rows[start : start + 1]
-    features = FeatureSet(rows, features.offsets, features.ids)
-    means = features.mean_rows()
-    assert np.allclose(means[25], means[3])
-    for method in ("fisher", "random", "kcenter"):
-        options = SelectionOptions(
-            budget={"examples_fraction": 1.0}, method=method, dedup={"threshold": 0.999}, warm_start_ids=["x8"]
-        )
-        result = select_features(features, options, exclude=[30], labels=labels)
-        # 30 is held out and 8 the warm start: neither is in the pool, so 33 has no survivor there
-        assert [(r.id, r.survivor) for r in result.dedup.removed] == [("x25", "x3")]
-        assert "x25" not in result.selected and "x3" in result.selected and "x33" in result.selected
-        assert result.resolved_budget == Budget(examples=38)  # the fraction: of the pool before dedup
-        assert result.dedup.threshold == 0.999
-    plain = select_features(features, SelectionOptions(budget={"examples": 5}))
-    assert plain.dedup is None
 
 
 def test_a_service_job_with_every_curation_option_gives_the_pipelines_picks(service, llama_dir, tmp_path):
