@@ -1,13 +1,16 @@
 """Checks of a request against the store and the settings, shared by the job routes: each answers a 404 or a
 422 naming the request field, so that nothing a worker would fail on is queued."""
 
+from collections import Counter
+
 from app.caller import Datasets
 from app.errors import ApiError, invalid, shown
 from fishersft.contract.base import ExampleId
 from fishersft.contract.datasets import DatasetRecord
-from fishersft.contract.selection import MODEL_WEIGHTINGS, SCORED_METHODS, Method, Weighting
+from fishersft.contract.selection import MODEL_WEIGHTINGS, SCORED_METHODS, Method, SelectionOptions, Weighting
 from fishersft.contract.training import EvalRequest, LoraConfig
-from fishersft.data.dataset import DEFAULT_MAX_LENGTH, read_ids
+from fishersft.data.dataset import DEFAULT_MAX_LENGTH, read_ids, read_labels
+from fishersft.data.groups import quota_problems
 from fishersft.features.files import read_features
 from fishersft.service.settings import Settings
 from fishersft.service.store import ArtifactStore
@@ -152,3 +155,20 @@ def model_pass(dataset: DatasetRecord, method: Method, weighting: Weighting) -> 
             f"weighting {weighting!r} scales each loss token by the model's uncertainty: a features file has no model",
             "select from a JSONL dataset, or use another weighting",
         )
+
+
+def quotas_met(store: ArtifactStore, dataset: DatasetRecord, options: SelectionOptions, prefix: str) -> None:
+    """A 422 naming the field (`<prefix>.quotas.min.<group>`) for quotas the dataset cannot meet: a field its rows
+    lack, a group no row has, a group with fewer examples than its min, mins past an example budget (a fraction:
+    of the whole dataset; the worker checks again against the pool less the held-out set)."""
+    quotas = options.quotas
+    if quotas is None:
+        return
+    known_label(dataset, quotas.by, f"{prefix}.quotas.by")
+    sizes = Counter(row[quotas.by] for row in read_labels(store.blob(dataset.sha256)) if quotas.by in row)
+    budget = options.budget
+    examples = budget.resolved(dataset.n_examples, 0).examples if budget.kind == "examples" else None
+    problems = quota_problems(quotas, sizes, examples)
+    if problems:
+        details = [{"field": f"{prefix}.{field}", "message": message} for field, message in problems[:20]]
+        raise ApiError(422, "invalid_request", f"{problems[0][0]}: {problems[0][1]}", details)

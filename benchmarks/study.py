@@ -194,24 +194,41 @@ def verdict(loss: float, random: list[float]) -> str:
     return "win" if loss < min(random) else "loss" if loss > max(random) else "tie"
 
 
+def uniform(runs: list[dict]) -> list[dict]:
+    """The uniform random runs (their mean loss tokens are the other methods' token budget)."""
+    return [r for r in runs if r["method"] == "random" and not r.get("balanced_by")]
+
+
+def yardstick(runs: list[dict]) -> tuple[str, list[dict]]:
+    """What the methods are judged against: the uniform random runs, or the balanced ones (grouped rows) when their
+    mean held-out loss is lower."""
+    balanced = [r for r in runs if r["method"] == "random" and r.get("balanced_by")]
+    plain = uniform(runs)
+    if balanced and statistics.mean(r["loss_after"] for r in balanced) < statistics.mean(
+        r["loss_after"] for r in plain
+    ):
+        return "random-balanced", balanced
+    return "random", plain
+
+
 def markdown(results: list[dict]) -> str:
-    """Per dataset and budget, at equal loss tokens: the random runs' mean [min, max], then each method's held-out
-    loss and worst-group loss with its verdict against the random seeds."""
+    """Per dataset and budget, at equal loss tokens: the yardstick's random runs' mean [min, max], then each
+    method's held-out loss and worst-group loss with its verdict against those random seeds."""
     lines = [
         "| data | budget (loss tokens) | run | held-out loss | | worst group | |",
         "|---|---|---|---|---|---|---|",
     ]
     for result in sorted(results, key=lambda r: (r["dataset"], r["fraction"])):
         runs = result["runs"]
-        random = [r for r in runs if r["method"] == "random"]
-        tokens = round(statistics.mean(r["loss_tokens"] for r in random))
+        name, random = yardstick(runs)
+        tokens = round(statistics.mean(r["loss_tokens"] for r in uniform(runs)))
         spread = {m: [value(r, m) for r in random] for m in ("loss_after", "worst")}
 
         def shown(values: list[float]) -> str:
             return f"{statistics.mean(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
 
         lines.append(
-            f"| {result['dataset']} | {result['fraction']:.0%} ({tokens:,}) | random, {len(random)} seeds "
+            f"| {result['dataset']} | {result['fraction']:.0%} ({tokens:,}) | {name}, {len(random)} seeds "
             f"| {shown(spread['loss_after'])} | | {shown(spread['worst'])} | |"
         )
         for r in sorted((r for r in runs if r["method"] != "random" and r["budget_kind"] == "tokens"), key=label):
@@ -235,11 +252,11 @@ def plot(results: list[dict], out: Path) -> None:
     figure, axes = plt.subplots(2, len(datasets), figsize=(5 * len(datasets), 7), squeeze=False)
     for column, dataset in enumerate(datasets):
         chosen = sorted((r for r in results if r["dataset"] == dataset), key=lambda r: r["fraction"])
-        tokens = [statistics.mean(r["loss_tokens"] for r in c["runs"] if r["method"] == "random") for c in chosen]
+        tokens = [statistics.mean(r["loss_tokens"] for r in uniform(c["runs"])) for c in chosen]
         ticks = [f"{c['fraction']:.0%}\n{n:,.0f} tok" for c, n in zip(chosen, tokens, strict=True)]
         for row, metric in enumerate(("loss_after", "worst")):
             axis = axes[row][column]
-            random = [[value(r, metric) for r in c["runs"] if r["method"] == "random"] for c in chosen]
+            random = [[value(r, metric) for r in yardstick(c["runs"])[1]] for c in chosen]
             means = [statistics.mean(v) for v in random]
             axis.fill_between(
                 range(len(chosen)),
@@ -247,9 +264,9 @@ def plot(results: list[dict], out: Path) -> None:
                 [max(v) for v in random],
                 color="grey",
                 alpha=0.3,
-                label="random (range)",
+                label="random yardstick (range)",
             )
-            axis.plot(range(len(chosen)), means, color="grey", linewidth=2, label="random (mean)")
+            axis.plot(range(len(chosen)), means, color="grey", linewidth=2, label="random yardstick (mean)")
             labels = sorted({label(r) for c in chosen for r in c["runs"] if r["method"] != "random"})
             for name in labels:
                 points = [

@@ -83,7 +83,7 @@ def test_select_on_a_features_file_with_token_budget_random_and_warm_start(tmp_p
         (["select", "{bad}", "--model", "{model}", "--budget", "3"], "line 2: not valid JSON"),
         (["select", "{tmp}/missing.npz", "--budget", "3"], "no such file"),
         (["select", "{data}", "--budget", "0"], "budget.examples: Input should be greater than 0"),
-        (["select", "{data}", "--budget", "3", "--budget-tokens", "9"], "give exactly one of `examples` and `tokens`"),
+        (["select", "{data}", "--budget", "3", "--budget-tokens", "9"], "give exactly one of `examples`, `tokens`"),
         (["select", "{data}", "--model", "{model}", "--budget", "3", "--features-out", "{tmp}"], "already exists"),
         (["select", "{data}", "--model", "{model}", "--budget", "3", "--method", "similarity"], "selects for a target"),
         (

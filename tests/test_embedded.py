@@ -143,7 +143,9 @@ def test_serve_and_the_client_commands(tmp_path):
             "compare", SAMPLE, "--budget", 4, "--random-seeds", 1, *quick, "--out-dir", tmp_path / "cmp", env=env
         )
         assert compared.returncode == 0, compared.stderr
-        assert len(json.loads((tmp_path / "cmp" / "comparison.json").read_text())["runs"]) == 3
+        runs = json.loads((tmp_path / "cmp" / "comparison.json").read_text())["runs"]
+        assert [r["balanced_by"] for r in runs if r["method"] == "random"] == [None, "category"]
+        assert len(runs) == 4
         assert (tmp_path / "cmp" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
         banner = next(line for line in server.stderr if line.startswith("fishersft at"))
         redis_port = int(banner.split("Redis redis://127.0.0.1:")[1].split("/")[0])

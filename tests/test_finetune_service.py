@@ -128,25 +128,31 @@ def test_a_comparison_makes_its_table_and_plot(service, task):
     done = service.wait(created.json()["id"])
     assert done["status"] == "succeeded", done
     runs = done["result"]["runs"]
-    assert [(r["method"], r["weighting"], r["seed"], r["budget_kind"]) for r in runs] == [
-        ("fisher", "tokens", None, "examples"),
-        ("fisher", "mean", None, "examples"),
-        ("random", None, 0, "examples"),
-        ("random", None, 1, "examples"),
-        ("fisher", "tokens", None, "tokens"),
-        ("fisher", "mean", None, "tokens"),
+    assert [(r["method"], r["weighting"], r["seed"], r["budget_kind"], r["balanced_by"]) for r in runs] == [
+        ("fisher", "tokens", None, "examples", None),
+        ("fisher", "mean", None, "examples", None),
+        ("random", None, 0, "examples", None),
+        ("random", None, 1, "examples", None),
+        ("random", None, 0, "examples", "category"),  # the rows carry the eval's stratify_by: balanced too
+        ("random", None, 1, "examples", "category"),
+        ("fisher", "tokens", None, "tokens", None),
+        ("fisher", "mean", None, "tokens", None),
     ]
-    assert all(r["examples"] == 8 for r in runs[:4])
-    mean_tokens = round((runs[2]["loss_tokens"] + runs[3]["loss_tokens"]) / 2)
-    assert all(r["budget"] == {"tokens": mean_tokens} and r["loss_tokens"] <= mean_tokens for r in runs[4:])
+    assert all(r["examples"] == 8 for r in runs[:6])
+    mean_tokens = round((runs[2]["loss_tokens"] + runs[3]["loss_tokens"]) / 2)  # the uniform random subsets'
+    assert all(r["budget"] == {"tokens": mean_tokens} and r["loss_tokens"] <= mean_tokens for r in runs[6:])
     assert all(r["groups"]["field"] == "category" and r["groups"]["total"] == 2 for r in runs)
     assert all(r["length_ratio"] > 0 for r in runs)
     assert len({r["loss_before"] for r in runs}) == 1
     assert all(r["curve"][0] == [0, r["loss_before"]] and r["curve"][-1][0] == r["steps"] for r in runs)
     summary = done["result"]["summary"]
     assert set(summary) == {"examples", "tokens"}
-    assert summary["tokens"]["fisher"] == {"tokens": runs[4]["loss_after"], "mean": runs[5]["loss_after"]}
+    assert summary["tokens"]["fisher"] == {"tokens": runs[6]["loss_after"], "mean": runs[7]["loss_after"]}
     assert summary["examples"]["random"]["min"] == min(runs[2]["loss_after"], runs[3]["loss_after"])
+    balanced = summary["examples"]["random_balanced"]
+    assert balanced["min"] == min(runs[4]["loss_after"], runs[5]["loss_after"])
+    stronger = "random-balanced" if balanced["mean"] < summary["examples"]["random"]["mean"] else "random"
+    assert summary["examples"]["yardstick"] == summary["tokens"]["yardstick"] == stronger
     plot = service.client.get(done["result"]["plot_url"])
     assert plot.status_code == 200 and plot.headers["content-type"] == "image/png"
     image = matplotlib.image.imread(io.BytesIO(plot.content), format="png")

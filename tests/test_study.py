@@ -31,11 +31,18 @@ def test_the_study_runs_on_a_jsonl_dataset_and_a_target_of_ones_own(tmp_path, ll
     cell = json.loads((out / "pool-0.05.json").read_text())
     assert cell["dataset"] == "pool.jsonl, target code.jsonl" and cell["fraction"] == 0.05
     labels = sorted(ComparisonRun.model_validate(r).label for r in cell["runs"])
-    assert labels == ["fisher/uncertainty", "random/0", "random/1", "similarity"]
+    assert labels == [
+        "fisher/uncertainty",
+        "random-balanced/0",
+        "random-balanced/1",
+        "random/0",
+        "random/1",
+        "similarity",
+    ]
     assert cell["held_out"]["source"] == "target" and 0 < cell["held_out"]["n_examples"] < count_lines(target)
     table = (out / "study.md").read_text()
     assert "pool.jsonl, target code.jsonl" in table and "fisher/uncertainty" in table
-    assert (out / "study.png").stat().st_size > 0 and len(json.loads((out / "study.json").read_text())) == 4
+    assert (out / "study.png").stat().st_size > 0 and len(json.loads((out / "study.json").read_text())) == 6
 
     refused = study("--target", target, *common, "--out", out)
     assert refused.returncode == 2 and "--target goes with --data" in refused.stderr

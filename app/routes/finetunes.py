@@ -8,7 +8,15 @@ from redis import Redis
 
 from app import deps
 from app.caller import Datasets
-from app.checks import allowed_max_length, check_training, dataset_for, known_ids, known_label, known_model
+from app.checks import (
+    allowed_max_length,
+    check_training,
+    dataset_for,
+    known_ids,
+    known_label,
+    known_model,
+    quotas_met,
+)
 from app.errors import ApiError, documented, invalid, shown
 from app.jobs import Jobs
 from app.routes.jobs import IdempotencyKey, create_job, found, job_router
@@ -66,6 +74,7 @@ def create_finetune(
             known_label(dataset, body.selection.group_by, "body.selection.group_by")
         if body.selection.warm_start_ids:
             known_ids(store, dataset, body.selection.warm_start_ids, "body.selection.warm_start_ids")
+        quotas_met(store, dataset, body.selection, "body.selection")
         body.model = known_model(settings, body.model, "body.model")
         body.training.max_length = allowed_max_length(
             settings, body.model, body.training.max_length, "body.training.max_length"

@@ -16,6 +16,7 @@ from app.checks import (
     known_model,
     known_target,
     model_pass,
+    quotas_met,
 )
 from app.errors import ApiError, documented
 from app.jobs import Jobs
@@ -60,6 +61,7 @@ def create_selection(
     known_target(datasets, dataset, body.target_dataset_id, "body.target_dataset_id")
     if body.warm_start_ids:
         known_ids(store, dataset, body.warm_start_ids, "body.warm_start_ids")
+    quotas_met(store, dataset, body, "body")
     return create_job(jobs, redis, body, idempotency_key, response, plan(dataset, body, settings, store))
 
 

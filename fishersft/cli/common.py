@@ -109,7 +109,10 @@ class ProgressBars:
             for bar in self.bars.values():
                 bar.close()
             self.bars[phase] = tqdm(
-                total=total, desc=phase, unit="ex" if phase in ("embedding", "scoring") else "", leave=True
+                total=total,
+                desc=phase,
+                unit="ex" if phase in ("embedding", "scoring", "deduplicating") else "",
+                leave=True,
             )
         bar = self.bars[phase]
         bar.update(done - bar.n)

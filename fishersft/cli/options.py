@@ -1,14 +1,14 @@
 """Command-line flags built from the contract's models: a flag's name, type, choices, default and help all come
 from a model field, so the CLI cannot drift from the API. A nested model's fields become `--parent-child` flags
-(`--budget-tokens`, `--lora-r`), a list a comma-separated value; only a flag's name may be given here instead
-(`renames`), and fields the command takes another way are skipped."""
+(`--budget-tokens`, `--lora-r`), a list a comma-separated value, a mapping `KEY=VALUE,KEY=VALUE`; only a flag's
+name may be given here instead (`renames`), and fields the command takes another way are skipped."""
 
 import argparse
 import types
 import typing
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
@@ -85,10 +85,15 @@ def _kind(annotation: Any) -> dict[str, Any]:
     if get_origin(annotation) is Literal:
         values = get_args(annotation)
         return {"type": type(values[0]), "choices": values}
+    if get_origin(annotation) is dict:
+        _, value = get_args(annotation)
+        return {"type": _mapping(_scalar(value)), "metavar": "KEY=X[,KEY=X]"}
     return {"type": _scalar(annotation), "metavar": _scalar(annotation).__name__.upper()}
 
 
 def _scalar(annotation: Any) -> Callable[[str], Any]:
+    if get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
     if get_origin(annotation) is Literal:
         return type(get_args(annotation)[0])
     if annotation in (int, float, bool):
@@ -107,10 +112,23 @@ def _comma_list(item: Callable[[str], Any], choices: tuple[Any, ...] | None) -> 
     return parse
 
 
+def _mapping(value: Callable[[str], Any]) -> Callable[[str], dict[str, Any]]:
+    def parse(text: str) -> dict[str, Any]:
+        pairs = [item.rpartition("=") for item in text.split(",") if item.strip()]
+        if any(not key.strip() for key, _, _ in pairs):
+            raise argparse.ArgumentTypeError(f"{text}: give KEY=VALUE pairs, comma-separated")
+        try:
+            return {key.strip(): value(v.strip()) for key, _, v in pairs}
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"{text}: {e}") from None
+
+    return parse
+
+
 def _help(given: str | None, field: FieldInfo) -> str:
     text = given or field.description or ""
     default = field.get_default(call_default_factory=True)
-    if default is not PydanticUndefined and default is not None and not isinstance(default, BaseModel):
+    if default not in (PydanticUndefined, None, {}) and not isinstance(default, BaseModel):
         shown = ",".join(map(str, default)) if isinstance(default, list) else default
         text += f" (default: {shown})"
     return text.replace("%", "%%")

@@ -45,7 +45,13 @@ class ComparisonOptions(RequestModel):
     """How to compare, whatever the data: what `training.comparison.compare` takes."""
 
     budget: ComparisonBudget = Field(description="`{examples: K}`.")
-    random_seeds: int = Field(3, ge=1, le=20, description="How many seeded random subsets (seeds 0..N-1).")
+    random_seeds: int = Field(
+        3,
+        ge=1,
+        le=20,
+        description="How many seeded random subsets (seeds 0..N-1); as many again balanced by group "
+        "(`random-balanced`) when the rows carry the eval's `stratify_by` field.",
+    )
     lambda_: Ridge = Field(1.0, alias="lambda")
     max_length: int | None = Field(None, ge=2, le=32768, description=MAX_LENGTH_DOC)
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings, the same for every run.")
@@ -127,6 +133,11 @@ class ComparisonRun(BaseModel):
     examples: int = Field(description="Examples trained on.")
     loss_tokens: int = Field(description="Their loss tokens.")
     length_ratio: float = Field(description="Loss tokens per example over the pool's mean (random: about 1).")
+    balanced_by: str | None = Field(
+        None,
+        description="The field a random subset was balanced by (each group its share of the budget): the eval's "
+        "`stratify_by`; null for uniform random and the other methods.",
+    )
     groups: GroupCoverage = Field(description="Groups of the eval's `stratify_by` field the subset covers.")
     ids_sha256: str = Field(description="Fingerprint of the subset.")
     loss_before: float = Field(description="Held-out loss of the base model.")
@@ -141,7 +152,7 @@ class ComparisonRun(BaseModel):
     @property
     def label(self) -> str:
         """`fisher/tokens`, `random/1`, `kcenter`: what the run is called in tables and plots."""
-        return method_spec(self.method).label(self.weighting, self.seed)
+        return method_spec(self.method).label(self.weighting, self.seed, self.balanced_by is not None)
 
 
 class Spread(BaseModel):
@@ -153,7 +164,17 @@ class Spread(BaseModel):
 class KindSummary(BaseModel):
     fisher: dict[str, float] = Field(description="Fisher's held-out loss after training, per weighting.")
     methods: dict[str, float] = Field(default_factory=dict, description="The other methods' held-out loss.")
-    random: Spread = Field(description="The random runs' held-out loss after training.")
+    random: Spread = Field(description="The uniform random runs' held-out loss after training.")
+    random_balanced: Spread | None = Field(
+        None,
+        description="The random runs balanced by the eval's `stratify_by` field (RDS+'s yardstick), when the rows "
+        "carry it: their held-out loss after training.",
+    )
+    yardstick: str = Field(
+        YARDSTICK,
+        description="What the methods are judged against: `random`, or `random-balanced` when its mean held-out "
+        "loss is lower (the stronger of the two).",
+    )
     ranking: list[str] = Field(
         default_factory=list, description="The non-random runs (`fisher/tokens`, `kcenter`, ...), lowest loss first."
     )

@@ -12,12 +12,13 @@ from fishersft.contract.selection import SelectionCreate, SelectionResult
 from fishersft.contract.training import FinetuneCreate, FinetuneResult
 
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-Phase = Literal["embedding", "scoring", "selecting", "evaluating", "training"]
+Phase = Literal["embedding", "scoring", "deduplicating", "selecting", "evaluating", "training"]
 
 
 class Progress(BaseModel):
     phase: Phase = Field(
         description="embedding counts examples; scoring counts examples too (the IFD pass, method ifd only); "
+        "deduplicating counts the pool's examples compared (near-duplicate removal, `dedup`, only); "
         "selecting counts the budget spent (examples or tokens); "
         "evaluating counts held-out evaluations; training counts optimizer steps (over all runs of a comparison)."
     )

@@ -7,24 +7,22 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SerializerFunctionWrapHandler,
     ValidationInfo,
     field_validator,
-    model_serializer,
-    model_validator,
 )
 
 from fishersft.contract.base import (
     MAX_ID,
-    POSITIVE,
-    REQUEST,
     ExampleId,
     RequestExampleId,
     RequestModel,
     Text,
-    exactly_one,
-    one_of,
 )
+from fishersft.contract.budget import DEFAULT_WEIGHTING as DEFAULT_WEIGHTING
+from fishersft.contract.budget import MODEL_WEIGHTINGS as MODEL_WEIGHTINGS
+from fishersft.contract.budget import WEIGHTINGS as WEIGHTINGS
+from fishersft.contract.budget import Budget as Budget
+from fishersft.contract.budget import Weighting as Weighting
 from fishersft.contract.compression import (
     DEFAULT_SELECTION_MEMORY,
     Compression,
@@ -32,6 +30,7 @@ from fishersft.contract.compression import (
     RecordedCompression,
     resolve_compression,
 )
+from fishersft.contract.curation import DEDUP_DOC, QUOTAS_DOC, Dedup, DedupSummary, Quotas
 from fishersft.contract.webhooks import WebhookOptions
 from fishersft.methods import DEFAULT_METHOD, method_spec, model_passes, registered
 
@@ -74,10 +73,6 @@ METHOD_DOC = (
 )
 Algorithm = Literal["lazy", "exact", "stochastic", "batched", "incremental"]
 ALGORITHMS: tuple[Algorithm, ...] = ("lazy", "exact", "stochastic", "batched", "incremental")
-Weighting = Literal["tokens", "examples", "mean", "uncertainty"]
-WEIGHTINGS: tuple[Weighting, ...] = ("tokens", "examples", "mean", "uncertainty")
-MODEL_WEIGHTINGS: tuple[Weighting, ...] = ("uncertainty",)
-"""Weightings that need the model's softmax at each loss token: text datasets only."""
 DEFAULT_EPSILON = 0.01
 MAX_PARTITIONS = 64
 LAMBDA_DOC = "Ridge term of Sigma = lambda*I + sum x x^T."
@@ -107,59 +102,23 @@ MAX_LENGTH_DOC = (
     "Tokens per example at most (the prompt is cut first); default 1024, or the largest allowed when smaller: the "
     "model's context and the service's FISHERSFT_MAX_LENGTH_LIMIT (422 above it)."
 )
-DEFAULT_WEIGHTING: dict[str, Weighting] = {"examples": "mean", "tokens": "uncertainty"}
-"""The weighting a selection gets unless it names one, per budget kind, chosen by held-out loss after LoRA
-fine-tuning. Under a token budget, `uncertainty`: in the selection study (README, "Which method wins where") it
-was ahead of the paper's `tokens` in most cells and turned fisher's loss to random on chatterbot English at 30%
-into a win; features without a model (an uploaded file) have no uncertainty and get `tokens`. Under an example
-budget every weighting lost to random, `mean` least (it does not buy length; "What the objective buys")."""
-FALLBACK_WEIGHTING: Weighting = "tokens"
-"""The token budget's default for features without a model."""
-
-
-class Budget(RequestModel):
-    """At most `examples` examples, or at most `tokens` loss tokens: exactly one of the two."""
-
-    model_config = ConfigDict(
-        **REQUEST, frozen=True, json_schema_extra=one_of({"examples": POSITIVE}, {"tokens": POSITIVE})
-    )
-    examples: int | None = Field(None, gt=0, description="Select at most this many examples.")
-    tokens: int | None = Field(None, gt=0, description="Select at most this many loss tokens (cost-aware greedy).")
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> "Budget":
-        return exactly_one(self, "examples", "tokens")
-
-    @model_serializer(mode="wrap")
-    def _given(self, handler: SerializerFunctionWrapHandler) -> dict[str, int]:
-        """`{"examples": K}` or `{"tokens": T}`: the field not given is left out."""
-        return {k: v for k, v in handler(self).items() if v is not None}
-
-    @property
-    def kind(self) -> Literal["examples", "tokens"]:
-        return "examples" if self.examples is not None else "tokens"
-
-    @property
-    def limit(self) -> int:
-        return self.examples if self.examples is not None else (self.tokens or 0)
-
-    def default_weighting(self, from_model: bool) -> Weighting:
-        """This kind's default for features the model made (`from_model`) or not (an uploaded file)."""
-        weighting = DEFAULT_WEIGHTING[self.kind]
-        return weighting if from_model or weighting not in MODEL_WEIGHTINGS else FALLBACK_WEIGHTING
 
 
 class SelectionOptions(RequestModel):
     """How to select, whatever the features came from: what the selection math and its bookkeeping take."""
 
-    budget: Budget = Field(description="`{examples: K}` or `{tokens: T}`.")
+    budget: Budget = Field(
+        description="`{examples: K}`, `{tokens: T}`, `{examples_fraction: f}` or `{tokens_fraction: f}`."
+    )
     method: Method = Field(DEFAULT_METHOD, description=METHOD_DOC)
     weighting: Weighting | None = Field(None, description=WEIGHTING_DOC)
     group_by: Text | None = Field(
         None,
         max_length=200,
-        description="A string field of the rows (see the dataset's `labels`) whose groups the result counts; "
-        "default: `category` or `source`, whichever the rows carry.",
+        description="A string field of the rows (see the dataset's `labels`) whose groups the result counts "
+        "(default: `category` or `source`, whichever the rows carry); named, it also balances method `random`: "
+        "each group's share of the budget follows its share of the pool (examples, or loss tokens under a token "
+        "budget), by largest remainder.",
     )
     lambda_: Ridge = Field(1.0, alias="lambda")
     seed: int = Field(0, ge=0, le=MAX_ID, description="Seed of the random method.")
@@ -181,6 +140,8 @@ class SelectionOptions(RequestModel):
         "Default: centralized greedy on one worker. Refused by the methods that rank (no greedy to partition) and "
         "with a target.",
     )
+    quotas: Quotas | None = Field(None, description=QUOTAS_DOC)
+    dedup: Dedup | None = Field(None, description=DEDUP_DOC)
 
     @field_validator("partitions")
     @classmethod
@@ -188,6 +149,35 @@ class SelectionOptions(RequestModel):
         method = info.data.get("method")
         if value is not None and method is not None and not method_spec(method).partitions:
             raise ValueError(f"GreeDi partitions a greedy selection; method {method!r} takes none")
+        return value
+
+    @field_validator("quotas")
+    @classmethod
+    def _quotas_fit(cls, value: Quotas | None, info: ValidationInfo) -> Quotas | None:
+        if value is None:
+            return value
+        group_by, budget, method = info.data.get("group_by"), info.data.get("budget"), info.data.get("method")
+        if group_by is not None and group_by != value.by:
+            raise ValueError(f"quotas are by {value.by!r} and group_by names {group_by!r}: name one field")
+        if info.data.get("partitions") is not None:
+            raise ValueError("quotas hold over the whole selection: GreeDi's partitions do not keep them")
+        algorithm = info.data.get("algorithm")
+        if (
+            method is not None
+            and method_spec(method).objective
+            and algorithm in ("stochastic", "batched", "incremental")
+        ):
+            raise ValueError(f"quotas run lazy or exact greedy, not {algorithm}")
+        needed = sum(value.min.values())
+        if budget is not None and budget.examples is not None and needed > budget.examples:
+            raise ValueError(f"the mins sum to {needed} examples, above the budget of {budget.examples}")
+        return value
+
+    @field_validator("dedup")
+    @classmethod
+    def _dedup_fits(cls, value: Dedup | None, info: ValidationInfo) -> Dedup | None:
+        if value is not None and info.data.get("partitions") is not None:
+            raise ValueError("near-duplicate removal compares the whole pool: GreeDi's partitions do not")
         return value
 
     def resolved_weighting(self, from_model: bool) -> Weighting:
@@ -252,9 +242,14 @@ class SelectionCreate(FeatureOptions, SelectionOptions, WebhookOptions):
 
 
 class GroupCoverage(BaseModel):
-    field: str = Field(description="The grouping field: the request's `group_by`, else `category` or `source`.")
+    field: str = Field(
+        description="The grouping field: the request's `group_by`, else its quotas' `by`, else `category` or `source`."
+    )
     covered: int = Field(description="Distinct values of the field among the selected examples.")
     total: int = Field(description="Distinct values among the examples selection could choose from.")
+    counts: dict[str, int] = Field(
+        default_factory=dict, description="Selected examples per group (rows without the field are not counted)."
+    )
 
 
 class TargetSummary(BaseModel):
@@ -333,6 +328,11 @@ class SelectionResult(BaseModel):
     )
     epsilon: float | None = Field(None, description="Stochastic greedy's epsilon; null for the other algorithms.")
     budget: Budget = Field(description="The budget asked for.")
+    resolved_budget: Budget | None = Field(
+        None,
+        description="The budget as a count, `{examples: K}` or `{tokens: T}`: the one asked for, or its fraction "
+        "of the pool (the examples selection could choose from) resolved.",
+    )
     lambda_: float = Field(1.0, alias="lambda", description=LAMBDA_DOC)
     n_candidates: int = Field(description="Examples in the dataset.")
     n_loss_tokens: int = Field(description="Loss tokens in the dataset.")
@@ -363,6 +363,9 @@ class SelectionResult(BaseModel):
     partitions: Partitions | None = Field(None, description="GreeDi's rounds, when the request asked for partitions.")
     target: TargetSummary | None = Field(
         None, description="The target set the selection served (`target_dataset_id`); null without one."
+    )
+    dedup: DedupSummary | None = Field(
+        None, description="The near-duplicates removed before the method ran (`dedup`); null without it."
     )
 
     def with_cost(self, cost: FeaturesCost) -> "SelectionResult":

@@ -16,7 +16,7 @@ def kcenter_order(
     from fishersft.selection.kcenter import kcenter_greedy  # tensor code: imported when it runs
 
     assert inputs.points is not None, "kcenter's spec asks for points"
-    return kcenter_greedy(inputs.points, costs, limit, candidates, warm_start).order
+    return kcenter_greedy(inputs.points, costs, limit, candidates, warm_start, quotas=inputs.quotas).order
 
 
 KCENTER = register_method(

@@ -19,7 +19,7 @@ def highest_score(
 
     assert inputs.scores is not None, "a scored method's spec asks for its score"
     ranked = candidates[torch.argsort(inputs.scores[candidates].to(torch.float64), descending=True, stable=True)]
-    return fitting(ranked.tolist(), costs, limit)
+    return fitting(ranked.tolist(), costs, limit, inputs.quotas)
 
 
 LOSS = register_method(

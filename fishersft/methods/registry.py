@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Literal, Protocol
 if TYPE_CHECKING:
     from torch import Tensor
 
+    from fishersft.selection.quotas import GroupLimits
+
 TargetUse = Literal["refused", "accepted", "required"]
 """Whether a method selects for a target set: refuses one, takes one (it changes what it does), or needs one."""
 Score = Literal["losses", "ifd"]
@@ -26,12 +28,16 @@ BudgetKind = Literal["examples", "tokens"]
 @dataclass(frozen=True)
 class RankingInputs:
     """What a ranking orders examples by, beside their costs: each example's mean feature [N x d] (`points`), the
-    target set's mean features [M x d] (`target`), a score per example [N] (`scores`). Only what the method's
-    spec asks for is computed."""
+    target set's mean features [M x d] (`target`), a score per example [N] (`scores`), each example's group
+    index [N] (`groups`: its value of the request's `group_by`, when it names one). Only what the method's spec
+    asks for is computed. `quotas`: the request's group quotas, which every ranking keeps (the selector sets
+    them)."""
 
     points: "Tensor | None" = None
     target: "Tensor | None" = None
     scores: "Tensor | None" = None
+    groups: "Tensor | None" = None
+    quotas: "GroupLimits | None" = None
 
 
 class Ranking(Protocol):
@@ -68,6 +74,8 @@ class MethodSpec:
     score: Score | None = None
     uses_points: bool = False
     """Whether the ranking needs each example's mean feature (`RankingInputs.points`)."""
+    uses_groups: bool = False
+    """Whether the ranking takes each example's group (`RankingInputs.groups`) when the request names `group_by`."""
     partitions: bool = False
     """Whether GreeDi can partition it (a greedy with a submodular objective)."""
     seeded: bool = False
@@ -84,9 +92,10 @@ class MethodSpec:
         """Whether it needs the base model's pass: text datasets only, never a features file."""
         return self.score is not None
 
-    def label(self, weighting: str | None = None, seed: int | None = None) -> str:
-        """What a run of it is called in tables and plots: `fisher/uncertainty`, `random/1`, `kcenter`."""
-        parts = [self.name]
+    def label(self, weighting: str | None = None, seed: int | None = None, balanced: bool = False) -> str:
+        """What a run of it is called in tables and plots: `fisher/uncertainty`, `random/1`, `kcenter`; a run
+        balanced by group (`uses_groups`): `random-balanced/1`."""
+        parts = [f"{self.name}-balanced" if balanced else self.name]
         if self.objective and weighting is not None:
             parts.append(weighting)
         if self.seeded and seed is not None:

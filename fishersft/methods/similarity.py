@@ -16,7 +16,7 @@ def similarity_ranking(
     from fishersft.selection.similarity import similarity_order  # tensor code: imported when it runs
 
     assert inputs.points is not None and inputs.target is not None, "similarity's spec asks for points and a target"
-    return similarity_order(inputs.points, inputs.target, costs, limit, candidates).order
+    return similarity_order(inputs.points, inputs.target, costs, limit, candidates, quotas=inputs.quotas).order
 
 
 SIMILARITY = register_method(

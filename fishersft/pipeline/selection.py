@@ -19,12 +19,13 @@ from fishersft.contract.selection import (
     TargetSummary,
     target_problem,
 )
-from fishersft.data.groups import group_coverage, group_field
+from fishersft.data.groups import group_codes, group_coverage, group_field
 from fishersft.errors import InputError
 from fishersft.features.set import FeatureSet, feature_blocks
 from fishersft.features.target import TargetSet, target_means, target_second_moment
 from fishersft.methods import RankingInputs, method_spec
 from fishersft.models.loading import resolve_device
+from fishersft.pipeline.curation import deduplicated, quota_limits
 from fishersft.pipeline.progress import Progress
 from fishersft.selection import greedi
 from fishersft.selection.selector import select_blocks
@@ -53,7 +54,7 @@ def select_features(
     `target`: the set method `similarity` selects for, or fisher serves (targeted design); the result reports its
     predictive variance whatever the method."""
     start = time.perf_counter()
-    budget, weighting = options.budget, options.resolved_weighting(features.uncertainty is not None)
+    weighting = options.resolved_weighting(features.uncertainty is not None)
     index = features.index
     unknown = [i for i in options.warm_start_ids if str(i) not in index]
     if unknown:
@@ -64,6 +65,11 @@ def select_features(
     pool = np.setdiff1d(every if candidates is None else np.asarray(candidates, dtype=np.int64), excluded)
     pool = np.setdiff1d(pool, warm_start)
     lengths = features.lengths
+    choosable = np.setdiff1d(np.setdiff1d(every, excluded), warm_start)  # the whole pool, whatever `candidates`
+    budget = options.budget.resolved(len(choosable), int(lengths[choosable].sum()))
+    dedup = None
+    if options.dedup is not None:  # after the budget's fraction: with or without it, the same cost
+        pool, dedup = deduplicated(features, pool, options.dedup, resolve_device(device), progress)
     total = min(budget.limit, len(pool) if budget.examples is not None else int(lengths[pool].sum()))
 
     def on_step(spent: float) -> None:
@@ -75,6 +81,9 @@ def select_features(
     position = np.full(len(features.ids), -1)
     position[read] = np.arange(len(read))
     moment = None if target is None else target_second_moment(features, target.features, weighting)
+    groups = None if labels is None or options.group_by is None else group_codes(labels, options.group_by)[0][read]
+    quotas = options.quotas
+    limits = None if quotas is None else quota_limits(quotas, labels, read, position[pool], budget, lengths[read])
     selection = select_blocks(
         *feature_blocks(local, weighting),
         budget,
@@ -87,8 +96,11 @@ def select_features(
         epsilon=options.epsilon,
         device=resolve_device(device),
         on_step=on_step,
-        ranking_inputs=ranking_inputs(local, options.method, features, None if target is None else target.features),
+        ranking_inputs=ranking_inputs(
+            local, options.method, features, None if target is None else target.features, groups
+        ),
         target=moment,
+        quotas=limits,
     )
     chosen = read[selection.indices].tolist()
     if progress:  # a token budget often ends short of its total: the last report says the selection is done
@@ -118,25 +130,38 @@ def select_features(
         compression=features.recorded_compression,
         algorithm=selection.algorithm,
         epsilon=options.epsilon if options.algorithm == "stochastic" and not targeted else None,
-        budget=budget,
+        budget=options.budget,
+        resolved_budget=budget,
         lambda_=options.lambda_,
         n_candidates=len(features.ids),
         n_loss_tokens=features.n_tokens,
         n_selected_loss_tokens=n_selected_tokens,
         length_ratio=length_ratio,
-        groups=_groups(labels, options.group_by, len(features.ids), chosen, np.setdiff1d(every, excluded).tolist()),
+        groups=_groups(
+            labels,
+            options.group_by or (quotas.by if quotas else None),
+            len(features.ids),
+            chosen,
+            np.setdiff1d(every, excluded).tolist(),
+        ),
         warnings=warnings,
         gain_evaluations=selection.evaluations,
         timings={"select_s": time.perf_counter() - start},
         target=_target_summary(target, selection.variance),
+        dedup=dedup,
     )
 
 
 def ranking_inputs(
-    local: FeatureSet, method: Method, features: FeatureSet, target: FeatureSet | None
+    local: FeatureSet,
+    method: Method,
+    features: FeatureSet,
+    target: FeatureSet | None,
+    groups: np.ndarray | None = None,
 ) -> RankingInputs | None:
     """What `method` ranks `local`'s examples by, as its spec asks (see fishersft.methods); None for the greedy
-    objective. `features` is the store `local` was read from (its projection maps the target's means)."""
+    objective. `features` is the store `local` was read from (its projection maps the target's means); `groups`:
+    each of `local`'s examples' group index, when the request names `group_by`."""
     spec = method_spec(method)
     if spec.objective:
         return None
@@ -151,7 +176,8 @@ def ranking_inputs(
         scores = torch.from_numpy(np.asarray(values, dtype=np.float64))
     points = torch.from_numpy(np.asarray(local.mean_rows(), dtype=np.float32)) if spec.uses_points else None
     target_points = target_means(features, target) if target is not None and spec.target != "refused" else None
-    return RankingInputs(points=points, target=target_points, scores=scores)
+    group_index = torch.from_numpy(groups) if groups is not None and spec.uses_groups else None
+    return RankingInputs(points=points, target=target_points, scores=scores, groups=group_index)
 
 
 def missing_score(score: str, features: FeatureSet) -> str:

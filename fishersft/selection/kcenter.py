@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from fishersft.selection.greedy import GreedyResult, StepCallback
+from fishersft.selection.quotas import GroupLimits, QuotaState
 
 CHUNK_ELEMENTS = 1 << 24
 """Float32 elements (64 MiB) per chunk of normalised rows or of row-to-center distances."""
@@ -31,6 +32,7 @@ def kcenter_greedy(
     candidates: Tensor,
     warm_start: Sequence[int] = (),
     on_step: StepCallback | None = None,
+    quotas: GroupLimits | None = None,
 ) -> GreedyResult:
     """Farthest-first traversal over `candidates` (indices of the rows of `points` [N x d], each example's
     vector) under a budget: example i costs costs[i] and the picks may cost at most `limit`.
@@ -43,7 +45,8 @@ def kcenter_greedy(
 
     Gains are each pick's distance to its nearest center when it was picked (the first pick of a cold start: its
     distance to the mean). Apart from that one they never increase: each is the covering radius, by the
-    centers before it, of the remaining candidates that fit.
+    centers before it, of the remaining candidates that fit. With `quotas`, only the candidates their group's
+    quota allows are considered at each step (fishersft.selection.quotas).
     """
     device = points.device
     rows = torch.sort(candidates.to(device)).values
@@ -64,12 +67,18 @@ def kcenter_greedy(
     gains: list[float] = []
     left = limit
     cold = not warm_start  # the mean stood in for a center: replaced, not joined, by the first pick
+    state = None if quotas is None else QuotaState(quotas, costs, rows.tolist())
     while True:
-        score = torch.where(alive & (cost <= left), nearest, -torch.inf)
+        allowed = alive & (cost <= left)
+        if state is not None:
+            allowed &= state.admissible(rows.cpu(), left).to(device)
+        score = torch.where(allowed, nearest, -torch.inf)
         best = int(torch.argmax(score))  # the first maximum: the lowest index
         if not bool(torch.isfinite(score[best])):
             break
         i = int(rows[best])
+        if state is not None:
+            state.take(i)
         order.append(i)
         gains.append(float(nearest[best]))
         alive[best] = False

@@ -3,7 +3,7 @@ predictive variance when a target is given) or a baseline's order."""
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -17,6 +17,7 @@ from fishersft.selection.blocks import FeatureBlocks
 from fishersft.selection.greedy import GreedyResult, StepCallback, exact_greedy, lazy_greedy, stochastic_greedy
 from fishersft.selection.incremental import incremental_greedy
 from fishersft.selection.logdet import LogDetObjective
+from fishersft.selection.quotas import GroupLimits, quota_greedy
 from fishersft.selection.targeted import TargetedObjective, predictive_variance
 
 
@@ -69,6 +70,7 @@ def select_blocks(
     on_step: StepCallback | None = None,
     ranking_inputs: RankingInputs | None = None,
     target: Tensor | None = None,
+    quotas: GroupLimits | None = None,
 ) -> Selection:
     """Select examples given their (weighted) feature blocks and loss tokens `lengths` (the costs of a token
     budget). Examples in `warm_start` (indices) are already in the design: they seed Sigma and are not chosen
@@ -80,7 +82,9 @@ def select_blocks(
     (see fishersft.methods) takes examples in its own order, from the `ranking_inputs` its spec asks for; its gains
     are measured on the same objective. `target`: a target set's second moment A [d x d] (see
     fishersft.selection.targeted); with it, fisher is exact greedy on the target's predictive variance (whatever
-    `algorithm`), and every method reports that variance."""
+    `algorithm`), and every method reports that variance. `quotas`: each group's min and max picks, which every
+    method keeps (fishersft.selection.quotas; fisher runs lazy greedy, or exact with `algorithm` exact or a target,
+    over the candidates they allow)."""
     objective = LogDetObjective(blocks, lam, device)
     for i in warm_start:
         objective.add(i)
@@ -93,18 +97,25 @@ def select_blocks(
     costs, limit = budget_costs(budget, lengths)
     evaluations = 0
     spec = method_spec(method)
-    if spec.objective and target is None:
+    if spec.objective and target is None and quotas is None:  # quotas run lazy or exact greedy (quota_greedy)
         algorithm = greedy_algorithm(algorithm, blocks, candidates)
     if spec.objective and target is not None:
         algorithm = "exact"
         targeted = TargetedObjective(blocks, target, lam, device)
         for i in warm_start:
             targeted.add(i)
-        result = _measured(objective, exact_greedy(targeted, costs, limit, candidates, on_step).order, costs, None)
+        if quotas is None:
+            picks = exact_greedy(targeted, costs, limit, candidates, on_step).order
+        else:
+            picks = quota_greedy(targeted, costs, limit, candidates, quotas, lazy=False, on_step=on_step).order
+        result = _measured(objective, picks, costs, None)
         evaluations = targeted.evaluations
     elif spec.ranking is not None:
-        order = spec.ranking(ranking_inputs or RankingInputs(), costs, limit, candidates, warm_start, seed)
+        inputs = replace(ranking_inputs or RankingInputs(), quotas=quotas)
+        order = spec.ranking(inputs, costs, limit, candidates, warm_start, seed)
         result = _measured(objective, order, costs, on_step)
+    elif quotas is not None:
+        result = quota_greedy(objective, costs, limit, candidates, quotas, lazy=algorithm != "exact", on_step=on_step)
     elif algorithm == "batched":
         result = batched_greedy(objective, costs, limit, candidates, on_step)
     elif algorithm == "incremental":

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from fishersft.selection.greedy import GreedyResult, StepCallback
+from fishersft.selection.quotas import GroupLimits, QuotaState
 
 CHUNK_ELEMENTS = 1 << 24
 """Float32 elements (64 MiB) per chunk of normalised rows or of candidate-by-target similarities."""
@@ -31,13 +32,14 @@ def similarity_order(
     limit: float,
     candidates: Tensor,
     on_step: StepCallback | None = None,
+    quotas: GroupLimits | None = None,
 ) -> GreedyResult:
     """RDS+ over `candidates` (indices of the rows of `points` [N x d], each example's vector) towards `target`
     [M x d] (the target examples' vectors), under a budget: example i costs costs[i], the picks at most `limit`.
 
     Candidates are taken in decreasing order of their highest cosine similarity to a target example (ties:
-    lowest index), each one if it still fits what is left of the budget, until none fits. Gains are those
-    similarity scores.
+    lowest index), each one if it still fits what is left of the budget (and, with `quotas`, its group's quota
+    allows it: fishersft.selection.quotas), until none fits. Gains are those similarity scores.
     """
     if len(target) == 0:
         raise ValueError("the target set is empty")
@@ -50,10 +52,13 @@ def similarity_order(
     order: list[int] = []
     gains: list[float] = []
     left = limit
+    state = None if quotas is None else QuotaState(quotas, costs, index)
     for position in ranked.tolist():
         if left < cheapest:  # nothing fits any more
             break
-        if affordable[position] <= left:
+        if affordable[position] <= left and (state is None or state.allows(index[position], left)):
+            if state is not None:
+                state.take(index[position])
             order.append(index[position])
             gains.append(similarity[position])
             left -= affordable[position]

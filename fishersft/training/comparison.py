@@ -3,7 +3,7 @@ judged on one held-out set, at equal examples and at equal loss tokens."""
 
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -27,10 +27,10 @@ from fishersft.contract.selection import Budget, Method, Weighting
 from fishersft.contract.training import EvalMetrics, EvalRequest, TrainingRun
 from fishersft.data.dataset import DEFAULT_MAX_LENGTH, Example
 from fishersft.data.encoding import Encoded, encode_file
-from fishersft.data.groups import group_coverage
+from fishersft.data.groups import group_codes, group_coverage
 from fishersft.features.set import FeatureSet, feature_blocks
 from fishersft.features.target import target_second_moment
-from fishersft.methods import YARDSTICK, method_spec
+from fishersft.methods import YARDSTICK, RankingInputs, method_spec
 from fishersft.pipeline import Progress, ranking_inputs
 from fishersft.selection.selector import select_blocks
 from fishersft.training.evaluation import HeldOut, finetune, held_out_file, held_out_split, ids_sha256
@@ -48,16 +48,24 @@ class Run:
     indices: list[int]
     weighting: Weighting | None = None
     """The fisher objective's weighting; None for random subsets."""
+    balanced_by: str | None = None
+    """The field a random subset is balanced by; None for uniform random and the other methods."""
 
 
 def comparison_runs(
-    features: FeatureSet, options: ComparisonOptions, exclude: Sequence[int], target: FeatureSet | None = None
+    features: FeatureSet,
+    options: ComparisonOptions,
+    exclude: Sequence[int],
+    target: FeatureSet | None = None,
+    labels: Sequence[Mapping[str, str]] | None = None,
+    balance_by: str | None = None,
 ) -> list[Run]:
-    """The subsets a comparison trains: each seeded random subset at K examples; fisher under each weighting, and
-    each other method, at K examples and at the random subsets' mean loss tokens (equal cost: a fisher subset of K
-    examples can hold several times the tokens of a random one), of those two the options' `budget_kinds`.
-    `exclude`: never selected; `target`: the features method similarity selects for, and fisher serves (targeted
-    design)."""
+    """The subsets a comparison trains: each seeded random subset at K examples, uniform and, when the rows
+    (`labels`) fall in two groups or more of the field `balance_by` (rows without it: a group), balanced by it;
+    fisher under each weighting, and each other method, at K examples and at the uniform random subsets' mean
+    loss tokens (equal cost: a fisher subset of K examples can hold several times the tokens of a random one), of
+    those two the options' `budget_kinds`. `exclude`: never selected; `target`: the features method similarity
+    selects for, and fisher serves (targeted design)."""
     weightings, methods, lam = options.weightings, options.methods, options.lambda_
     lengths = np.asarray(features.lengths)
     blocks = {w: feature_blocks(features, w) for w in {"tokens", *weightings}}
@@ -66,7 +74,13 @@ def comparison_runs(
     inputs = {m: ranking_inputs(features, m, features, target) for m in others}
     moments = {w: target_second_moment(features, target, w) for w in weightings} if target is not None else {}
 
-    def pick(budget: Budget, method: Method, seed: int = 0, weighting: Weighting = "tokens") -> list[int]:
+    def pick(
+        budget: Budget,
+        method: Method,
+        seed: int = 0,
+        weighting: Weighting = "tokens",
+        given: RankingInputs | None = None,
+    ) -> list[int]:
         objective = method_spec(method).objective
         return select_blocks(
             *blocks[weighting],
@@ -75,7 +89,7 @@ def comparison_runs(
             lam=lam,
             seed=seed,
             exclude=exclude,
-            ranking_inputs=inputs.get(method),
+            ranking_inputs=given or inputs.get(method),
             target=moments.get(weighting) if objective else None,
         ).indices
 
@@ -84,10 +98,19 @@ def comparison_runs(
         return weighted + [Run(m, None, budget, pick(budget, m)) for m in others]
 
     by_examples = Budget(examples=options.budget.examples)
-    random = [Run(YARDSTICK, s, by_examples, pick(by_examples, YARDSTICK, s)) for s in range(options.random_seeds)]
+    seeds = range(options.random_seeds)
+    random = [Run(YARDSTICK, s, by_examples, pick(by_examples, YARDSTICK, s)) for s in seeds]
+    codes, names = group_codes(labels, balance_by) if balance_by is not None and labels is not None else (None, [])
+    if codes is not None and len(names) > 1:  # one group: balanced is uniform
+        groups = RankingInputs(groups=torch.from_numpy(codes))
+        random += [
+            Run(YARDSTICK, s, by_examples, pick(by_examples, YARDSTICK, s, given=groups), balanced_by=balance_by)
+            for s in seeds
+        ]
     kinds = options.budget_kinds
     runs = (chosen(by_examples) if "examples" in kinds else []) + random
-    tokens = round(statistics.mean(int(lengths[r.indices].sum()) for r in random)) if random else 0
+    uniform = [r for r in random if r.balanced_by is None]
+    tokens = round(statistics.mean(int(lengths[r.indices].sum()) for r in uniform)) if uniform else 0
     return runs + (chosen(Budget(tokens=tokens)) if tokens and "tokens" in kinds else [])
 
 
@@ -108,6 +131,7 @@ def run_row(
         method=run.method,
         weighting=run.weighting,
         seed=run.seed,
+        balanced_by=run.balanced_by,
         budget_kind=run.budget.kind,
         budget=run.budget,
         examples=len(run.indices),
@@ -128,9 +152,12 @@ def run_row(
 
 def summarize(rows: Sequence[ComparisonRun]) -> dict[BudgetKind, KindSummary]:
     """Per budget kind: each fisher weighting's and each other method's held-out loss after training against the
-    random runs' mean, min and max (and the same for the worst group), and the runs ranked by that loss."""
+    uniform random runs' mean, min and max (and the same for the worst group), the balanced random runs' when
+    there are any, which of the two is the yardstick (the lower mean loss), and the runs ranked by that loss."""
     summary: dict[BudgetKind, KindSummary] = {}
-    random = [r for r in rows if r.method == YARDSTICK]
+    random = [r for r in rows if r.method == YARDSTICK and r.balanced_by is None]
+    balanced = [r for r in rows if r.method == YARDSTICK and r.balanced_by is not None]
+    balanced_loss = _spread([r.loss_after for r in balanced]) if balanced else None
     kinds: tuple[BudgetKind, ...] = ("examples", "tokens")
     for kind in kinds:
         chosen = [r for r in rows if r.budget_kind == kind and r.method != YARDSTICK]
@@ -142,12 +169,15 @@ def summarize(rows: Sequence[ComparisonRun]) -> dict[BudgetKind, KindSummary]:
             fisher={str(r.weighting): r.loss_after for r in fisher},
             methods={r.method: r.loss_after for r in others},
             random=_spread([r.loss_after for r in random]),
+            random_balanced=balanced_loss,
             ranking=[r.label for r in sorted(chosen, key=lambda r: r.loss_after)],
         )
         if all(r.worst_group for r in chosen + random):
             entry.fisher_worst_group = {str(r.weighting): r.worst_group.loss for r in fisher if r.worst_group}
             entry.methods_worst_group = {r.method: r.worst_group.loss for r in others if r.worst_group}
             entry.random_worst_group = _spread([r.worst_group.loss for r in random if r.worst_group])
+        if balanced_loss is not None and balanced_loss.mean < entry.random.mean:
+            entry.yardstick = method_spec(YARDSTICK).label(balanced=True)
         summary[kind] = entry
     return summary
 
@@ -234,7 +264,8 @@ def compare(
     if target is not None and chosen.target_held:
         target = target.subset(sorted(set(range(len(target.ids))) - set(chosen.target_held)))
     before = held.evaluate_base(model_dir, device)
-    runs = comparison_runs(features, options, exclude, target)
+    labels = [e.labels for e in examples]
+    runs = comparison_runs(features, options, exclude, target, labels, chosen.stratify_by)
     pool = sorted(set(range(len(examples))) - set(exclude))
     prepared_s = time.perf_counter() - started
     trains = [[encoded[i] for i in run.indices] for run in runs]
