@@ -185,11 +185,10 @@ def test_greedi_with_one_partition_equals_centralized_greedy_and_more_partitions
     assert len(four["selected"]) == 15 and four["objective"] >= max(r["objective"] for r in rounds)
     local = select_features(load_features(path), SelectionOptions(budget=Budget(examples=15)))
     assert four["objective"] >= 0.9 * local.objective
-    # the random method has no greedy to partition: it runs as without partitions
-    random_ = {"dataset_id": dataset["id"], "budget": budget, "method": "random"}
-    plain = sharded.wait(sharded.select(**random_)["id"])["result"]
-    asked = sharded.wait(sharded.select(**random_, partitions=4)["id"])["result"]
-    assert asked["selected"] == plain["selected"] and asked["partitions"] is None
+    # the random method has no greedy to partition: partitions are refused, naming the field (as the CLI does)
+    random_ = {"dataset_id": dataset["id"], "budget": budget, "method": "random", "partitions": 4}
+    refused = sharded.client.post("/v1/selections", json=random_)
+    assert refused.status_code == 422 and refused.json()["error"]["details"][0]["field"] == "body.partitions"
 
 
 def test_shards_are_whole_chunks_of_the_embedder(monkeypatch):
