@@ -84,10 +84,12 @@ def _idempotent(redis: Redis, jobs: Jobs, key: str, body: BaseModel, plan: Plan 
         first_fingerprint, first_id = json.loads(seen)
         if first_fingerprint != fingerprint:
             raise ApiError(409, "idempotency_key_reused", "this Idempotency-Key was used with a different body")
+        # read whether the job was created before looking it up: the other way round, a job created between the
+        # two reads would look gone
+        created = redis.ttl(redis_key) > CLAIM_WAIT_S  # its expiry was set to KEEP_S once the job existed
         existing = jobs.get(first_id)
         if existing is not None:
             return existing
-        created = redis.ttl(redis_key) > CLAIM_WAIT_S  # its expiry was set to KEEP_S once the job existed
         if created or time.monotonic() > deadline:
             raise ApiError(409, "idempotency_key_reused", "the job created with this Idempotency-Key no longer exists")
         time.sleep(CLAIM_POLL_S)  # the request that claimed the key is creating its job
