@@ -11,8 +11,9 @@ realistic (its 10% and 30%)."""
 REALISTIC_FISHER: dict[str, str] = {
     "tokens": "behind random on chatterbot English, ahead on HumanEval, behind at 30% of English + HumanEval pooled",
     "uncertainty": (
-        "ahead of random on HumanEval and on English + HumanEval pooled, level with it on chatterbot English at 10% "
-        "(ahead at 30%) and on a language shift at 10% (behind at 30%)"
+        "ahead of random on HumanEval and on English + HumanEval pooled (of balanced random too), level with uniform "
+        "random and behind balanced random on chatterbot English at 10% (ahead at 30%), level on a language shift "
+        "at 10% (behind at 30%)"
     ),
 }
 """What the study found for fisher at realistic token budgets, per weighting."""
