@@ -88,7 +88,7 @@ def demo_command(args: argparse.Namespace) -> None:
     print(
         f"\nDefaults (weighting `{DEFAULT_WEIGHTING['examples']}` under an example budget, "
         f"`{DEFAULT_WEIGHTING['tokens']}` under a token budget) were chosen by held-out loss after LoRA fine-tuning: "
-        "see the README's study."
+        "see docs/results.md."
     )
     print(f"end to end {time.perf_counter() - started:.1f}s")
 

@@ -13,7 +13,7 @@ MODEL_WEIGHTINGS: tuple[Weighting, ...] = ("uncertainty",)
 """Weightings that need the model's softmax at each loss token: text datasets only."""
 DEFAULT_WEIGHTING: dict[str, Weighting] = {"examples": "mean", "tokens": "uncertainty"}
 """The weighting a selection gets unless it names one, per budget kind, chosen by held-out loss after LoRA
-fine-tuning. Under a token budget, `uncertainty`: in the selection study (README, "Which method wins where") it
+fine-tuning. Under a token budget, `uncertainty`: in the selection study (docs/results.md, "Which method wins where") it
 was ahead of the paper's `tokens` in most cells and turned fisher's loss to random on chatterbot English at 30%
 into a win; features without a model (an uploaded file) have no uncertainty and get `tokens`. Under an example
 budget every weighting lost to random, `mean` least (it does not buy length; "What the objective buys")."""

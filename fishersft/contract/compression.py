@@ -47,7 +47,7 @@ COMPRESSION_LADDER: tuple[Compression, ...] = (
     Compression(rank=8, dim=256),
     Compression(rank=8, dim=128),
 )
-"""From most faithful to smallest. Measured (README, "Scale"): rank 64 at the model's dimension kept >= 0.99 of the
+"""From most faithful to smallest. Measured (docs/scale.md): rank 64 at the model's dimension kept >= 0.99 of the
 full-feature objective on every dataset and budget tried, down to 30-example budgets, where truncation costs most;
 the steps below trade fidelity at small budgets for memory on large datasets, where the budget is large too."""
 DEFAULT_COMPRESSION = COMPRESSION_LADDER[0]

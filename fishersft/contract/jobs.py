@@ -165,7 +165,7 @@ WEBHOOK_TYPES: dict[JobStatus, WebhookType] = {
 
 
 class WebhookPayload(BaseModel):
-    """What a webhook POSTs when a job ends (README, Webhooks)."""
+    """What a webhook POSTs when a job ends (docs/service.md, Webhooks)."""
 
     id: str = Field(
         description="`<job id>.<type>`: the same on every attempt to deliver this webhook; a receiver that has "

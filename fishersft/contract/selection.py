@@ -96,7 +96,7 @@ WEIGHTING_DOC = (
     "sqrt(1 - sum_k p_k^2) with p the model's softmax at the token (the trace of the softmax covariance the "
     "paper's lower bound drops), so tokens the model already predicts with certainty add nothing (JSONL datasets "
     "only: a features file has no model). Default: `mean` under an example budget; under a token budget "
-    "`uncertainty`, or `tokens` for a features file (chosen by held-out loss after fine-tuning; see the README)."
+    "`uncertainty`, or `tokens` for a features file (chosen by held-out loss after fine-tuning; see docs/results.md)."
 )
 MAX_LENGTH_DOC = (
     "Tokens per example at most (the prompt is cut first); default 1024, or the largest allowed when smaller: the "
@@ -136,7 +136,7 @@ class SelectionOptions(RequestModel):
         description="GreeDi (distributed greedy, method fisher): split the candidates into this many seeded random "
         "partitions, run greedy with the whole budget on each as parallel jobs (each worker holds 1/m of the "
         "features), then greedy over the union of their picks. Approximate: within 0.01% of centralized greedy's "
-        "objective on the README's benchmark (N = 200k, K = 2,000, m = 2 to 8); 1 equals centralized greedy. "
+        "objective on the benchmark in docs/scale.md (N = 200k, K = 2,000, m = 2 to 8); 1 equals centralized greedy. "
         "Default: centralized greedy on one worker. Refused by the methods that rank (no greedy to partition) and "
         "with a target.",
     )
@@ -197,7 +197,7 @@ class FeatureOptions(RequestModel):
         description="Feature rows kept per example: an example with more loss tokens keeps the best rank-`rank` "
         "factor of its X^T X (exact below). Default: chosen with `dim` by the dataset's size, the most faithful "
         "compression whose features fit the service's selection memory (rank 64 and every dimension unless the "
-        "dataset is large; see the README's Scale section). The result's `compression` says what was used.",
+        "dataset is large; see docs/scale.md). The result's `compression` says what was used.",
     )
     dim: int | None = Field(
         None,

@@ -1,4 +1,4 @@
-"""`webhook_url` on every job request: where the service POSTs the job once it ends (README, Webhooks)."""
+"""`webhook_url` on every job request: where the service POSTs the job once it ends (docs/service.md, Webhooks)."""
 
 import unicodedata
 from typing import Annotated
@@ -55,7 +55,7 @@ class WebhookOptions(RequestModel):
         None,
         description="On a terminal state (succeeded, failed, cancelled) the service POSTs "
         '`{"type": "job.succeeded" | "job.failed" | "job.cancelled", "job": <this job\'s body>}` here, signed in '
-        "the `Fishersft-Signature` header (README, Webhooks); a non-2xx answer or a timeout is retried with "
+        "the `Fishersft-Signature` header (docs/service.md, Webhooks); a non-2xx answer or a timeout is retried with "
         "backoff, redirects are not followed. Its host must be one the service allows (FISHERSFT_WEBHOOK_HOSTS), "
         "else 422. Default: no webhook.",
     )

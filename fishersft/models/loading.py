@@ -26,7 +26,7 @@ def resolve_device(device: str | None = None) -> torch.device:
 
 def embedding_autocast(device: torch.device, precision: Precision = "auto") -> torch.dtype | None:
     """The embedder's autocast dtype. `auto`: bfloat16 on CPUs with native bfloat16 dot products (AVX512-BF16 or
-    AMX), where it embeds SmolLM2 1.76x faster than float32 and selects the same examples (README, Figures);
+    AMX), where it embeds SmolLM2 1.76x faster than float32 and selects the same examples (docs/results.md);
     float32 on other CPUs, where bfloat16 is emulated. On CUDA the weights are loaded in bfloat16 already."""
     if precision != "auto":
         return torch.bfloat16 if precision == "bfloat16" else None

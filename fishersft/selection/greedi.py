@@ -6,7 +6,7 @@ about m-fold; time falls less, since each partition still picks K.
 
 Partitions are drawn at random (seeded): with random partitions the expected objective is at least
 (1 - 1/e) / 2 of the optimum (Barbosa et al., ICML 2015); the literature finds it within a few percent of
-centralized greedy, and on this objective it came within 0.01% (README, "Scale-out"). With m = 1 the merge
+centralized greedy, and on this objective it came within 0.01% (docs/scale.md, "Scale-out"). With m = 1 the merge
 round re-picks the same examples in the same order, so the answer is centralized greedy's.
 """
 

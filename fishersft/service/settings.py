@@ -1,4 +1,4 @@
-"""Service settings, from environment variables (see README "Configuration"), with pydantic-settings: a bad
+"""Service settings, from environment variables (see docs/service.md, "Configuration"), with pydantic-settings: a bad
 value stops the process at start-up with a message naming the variable, never in the middle of a request."""
 
 import json
@@ -95,12 +95,12 @@ class Settings(BaseSettings):
         None,
         description="Threads torch's CPU kernels use in each worker; default: torch's own (the machine's cores). "
         "On a host running several CPU workers give each its share (cores / workers): two workers on 2 cores "
-        "with both cores each embedded 2.2 times slower than one (README, Scale-out).",
+        "with both cores each embedded 2.2 times slower than one (docs/scale.md, Scale-out).",
     )
 
     webhook_secret: SecretStr | None = Field(
         None,
-        description="Key of the HMAC-SHA256 signature of every webhook (README, Webhooks); required with "
+        description="Key of the HMAC-SHA256 signature of every webhook (docs/service.md, Webhooks); required with "
         "FISHERSFT_WEBHOOK_HOSTS.",
     )
     webhook_hosts: Annotated[frozenset[str], NoDecode] = Field(
