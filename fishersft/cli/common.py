@@ -27,13 +27,6 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
 def add_server_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
     server = os.environ.get("FISHERSFT_SERVER")
     parser.add_argument(

@@ -44,7 +44,6 @@ SCORED_METHODS: tuple[Method, ...] = tuple(s.name for s in registered() if s.nee
 """Methods that rank examples by the base model's pass: text datasets only."""
 TARGET_METHODS: tuple[Method, ...] = tuple(s.name for s in registered() if s.target != "refused")
 """Methods that take a target set (`target_dataset_id`, `--target`)."""
-TARGET_REQUIRED: tuple[Method, ...] = tuple(s.name for s in registered() if s.target == "required")
 
 
 def needs_difficulty(methods: Iterable[Method]) -> bool:
